@@ -1,0 +1,36 @@
+// Version and feature macros; the only header that tests operating-system macros.
+#pragma once
+
+#define TINYPROXY_VERSION_MAJOR 0
+#define TINYPROXY_VERSION_MINOR 1
+#define TINYPROXY_VERSION_PATCH 0
+#define TINYPROXY_VERSION_STRING "0.1.0"
+
+// accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK in one call (Linux, the BSDs).
+#if !defined(TINYPROXY_NO_ACCEPT4) && (defined(__linux__) || defined(__FreeBSD__) ||             \
+                                       defined(__NetBSD__) || defined(__OpenBSD__))
+#    define TINYPROXY_HAS_ACCEPT4 1
+#else
+#    define TINYPROXY_HAS_ACCEPT4 0
+#endif
+
+// SOCK_CLOEXEC / SOCK_NONBLOCK flags on socket(2) and pipe2(2).
+#if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__)
+#    define TINYPROXY_HAS_SOCK_FLAGS 1
+#else
+#    define TINYPROXY_HAS_SOCK_FLAGS 0
+#endif
+
+// MSG_NOSIGNAL on send(2); elsewhere (macOS) the SO_NOSIGPIPE socket option does the same job.
+#if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__)
+#    define TINYPROXY_HAS_MSG_NOSIGNAL 1
+#else
+#    define TINYPROXY_HAS_MSG_NOSIGNAL 0
+#endif
+
+// close_range(2), to close every inherited descriptor in a forked child in one call.
+#if !defined(TINYPROXY_NO_CLOSE_RANGE) && defined(__linux__)
+#    define TINYPROXY_HAS_CLOSE_RANGE 1
+#else
+#    define TINYPROXY_HAS_CLOSE_RANGE 0
+#endif

@@ -1,0 +1,292 @@
+// One thin wrapper per system call: (args..., std::error_code&) noexcept, EINTR handled here.
+#pragma once
+
+#include <cerrno>       // errno
+#include <chrono>       // deadlines
+#include <cstddef>      // std::size_t
+#include <limits>       // the highest descriptor number
+#include <system_error> // std::error_code
+
+#include <fcntl.h>       // fcntl, O_NONBLOCK, FD_CLOEXEC
+#include <netinet/in.h>  // IPPROTO_TCP
+#include <netinet/tcp.h> // TCP_NODELAY
+#include <poll.h>        // poll
+#include <sys/resource.h> // getrlimit
+#include <sys/socket.h>   // socket calls
+#include <unistd.h>       // close, pipe, read, write
+#if TINYPROXY_HAS_CLOSE_RANGE
+#    include <sys/syscall.h> // SYS_close_range
+#endif
+
+#include "tinyproxy/config.hpp"
+#include "tinyproxy/error.hpp"
+
+namespace tinyproxy {
+
+/// The one clock every deadline is measured on.
+using steady_clock = std::chrono::steady_clock;
+using time_point = steady_clock::time_point;
+
+namespace detail {
+
+/// errno as an error_code: the one place the library reads errno.
+inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
+
+inline bool would_block(const std::error_code& ec) noexcept {
+    return ec == std::errc::operation_would_block || ec == std::errc::resource_unavailable_try_again;
+}
+
+/// close(2), never retried: after EINTR the descriptor is already gone on Linux, and a retry
+/// could close a descriptor another thread has just been given.
+inline void close_fd(int fd) noexcept {
+    if (fd >= 0) {
+        ::close(fd);
+    }
+}
+
+inline bool set_cloexec(int fd, std::error_code& ec) noexcept {
+    int flags = ::fcntl(fd, F_GETFD);
+    if (flags < 0 || ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) {
+        ec = last_error();
+        return false;
+    }
+    return true;
+}
+
+inline bool set_nonblocking(int fd, bool on, std::error_code& ec) noexcept {
+    int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0) {
+        ec = last_error();
+        return false;
+    }
+    int wanted = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+    if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) < 0) {
+        ec = last_error();
+        return false;
+    }
+    return true;
+}
+
+/// A socket with close-on-exec set (so a fork+exec elsewhere in the program never inherits it)
+/// and, where the platform asks for it, SO_NOSIGPIPE.
+inline int open_socket(int family, int type, bool nonblocking, std::error_code& ec) noexcept {
+#if TINYPROXY_HAS_SOCK_FLAGS
+    int fd = ::socket(family, type | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0);
+    if (fd < 0) {
+        ec = last_error();
+    }
+    return fd;
+#else
+    int fd = ::socket(family, type, 0);
+    if (fd < 0) {
+        ec = last_error();
+        return -1;
+    }
+    if (!set_cloexec(fd, ec) || (nonblocking && !set_nonblocking(fd, true, ec))) {
+        close_fd(fd);
+        return -1;
+    }
+#    ifdef SO_NOSIGPIPE
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
+#    endif
+    return fd;
+#endif
+}
+
+/// accept4(2) with SOCK_CLOEXEC, and SOCK_NONBLOCK when asked; EINTR retried, and ECONNABORTED
+/// (a client that reset before we accepted it) reported as "would block" so callers just move on.
+inline int accept_socket(int listen_fd, sockaddr_storage& peer, bool nonblocking,
+                         std::error_code& ec) noexcept {
+    for (;;) {
+        socklen_t length = sizeof peer;
+#if TINYPROXY_HAS_ACCEPT4
+        int fd = ::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &length,
+                           SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0));
+#else
+        int fd = ::accept(listen_fd, reinterpret_cast<sockaddr*>(&peer), &length);
+        if (fd >= 0 && (!set_cloexec(fd, ec) || !set_nonblocking(fd, nonblocking, ec))) {
+            close_fd(fd);
+            return -1;
+        }
+#endif
+        if (fd >= 0) {
+            return fd;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == ECONNABORTED) {
+            ec = std::make_error_code(std::errc::resource_unavailable_try_again);
+            return -1;
+        }
+        ec = last_error();
+        return -1;
+    }
+}
+
+/// connect(2) on a non-blocking socket: true when connected at once; false with ec empty when
+/// the connection is in progress; false with ec set on failure.
+inline bool start_connect(int fd, const sockaddr* address, socklen_t length,
+                          std::error_code& ec) noexcept {
+    if (::connect(fd, address, length) == 0) {
+        return true;
+    }
+    // EINTR on connect means the attempt goes on in the background, like EINPROGRESS.
+    if (errno == EINPROGRESS || errno == EINTR) {
+        return false;
+    }
+    ec = last_error();
+    return false;
+}
+
+/// The outcome of a non-blocking connect, read from SO_ERROR once the socket is writable.
+inline std::error_code connect_result(int fd) noexcept {
+    int error = 0;
+    socklen_t length = sizeof error;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) < 0) {
+        return last_error();
+    }
+    return {error, std::system_category()};
+}
+
+/// recv(2): the count read (0 means end of stream); EINTR retried; EAGAIN comes back as an
+/// error for which would_block() is true.
+inline std::size_t recv_some(int fd, void* data, std::size_t size, std::error_code& ec) noexcept {
+    for (;;) {
+        ssize_t n = ::recv(fd, data, size, 0);
+        if (n >= 0) {
+            return static_cast<std::size_t>(n);
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+}
+
+/// send(2) that never raises SIGPIPE; EINTR retried.
+inline std::size_t send_some(int fd, const void* data, std::size_t size,
+                             std::error_code& ec) noexcept {
+#if TINYPROXY_HAS_MSG_NOSIGNAL
+    constexpr int flags = MSG_NOSIGNAL;
+#else
+    constexpr int flags = 0; // SO_NOSIGPIPE was set when the socket was made
+#endif
+    for (;;) {
+        ssize_t n = ::send(fd, data, size, flags);
+        if (n >= 0) {
+            return static_cast<std::size_t>(n);
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+}
+
+inline bool shutdown_socket(int fd, int how, std::error_code& ec) noexcept {
+    if (::shutdown(fd, how) < 0) {
+        ec = last_error();
+        return false;
+    }
+    return true;
+}
+
+inline bool set_int_option(int fd, int level, int name, int value, std::error_code& ec) noexcept {
+    if (::setsockopt(fd, level, name, &value, sizeof value) < 0) {
+        ec = last_error();
+        return false;
+    }
+    return true;
+}
+
+/// Milliseconds from now until `until`, rounded up and clamped to what poll(2) takes;
+/// -1 (wait forever) for the largest time point.
+inline int poll_timeout_ms(time_point until) noexcept {
+    if (until == time_point::max()) {
+        return -1;
+    }
+    auto now = steady_clock::now();
+    if (until <= now) {
+        return 0;
+    }
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count() + 1;
+    return ms > 60'000 ? 60'000 : static_cast<int>(ms);
+}
+
+/// poll(2) until `until`. Returns the count of ready descriptors, 0 on timeout, and 0 as well
+/// when a signal interrupted it: callers loop on their own deadline, so an EINTR is simply an
+/// early return, never an error.
+inline int poll_fds(pollfd* fds, nfds_t count, time_point until, std::error_code& ec) noexcept {
+    int n = ::poll(fds, count, poll_timeout_ms(until));
+    if (n < 0) {
+        if (errno == EINTR) {
+            return 0;
+        }
+        ec = last_error();
+        return 0;
+    }
+    return n;
+}
+
+/// A pipe with both ends close-on-exec.
+inline bool make_pipe(int (&fds)[2], std::error_code& ec) noexcept {
+#if TINYPROXY_HAS_SOCK_FLAGS
+    if (::pipe2(fds, O_CLOEXEC) < 0) {
+        ec = last_error();
+        return false;
+    }
+    return true;
+#else
+    if (::pipe(fds) < 0) {
+        ec = last_error();
+        return false;
+    }
+    if (!set_cloexec(fds[0], ec) || !set_cloexec(fds[1], ec)) {
+        close_fd(fds[0]);
+        close_fd(fds[1]);
+        return false;
+    }
+    return true;
+#endif
+}
+
+/// Closes descriptors first..last; false when the platform cannot do it in one call.
+inline bool close_fd_range(int first, int last) noexcept {
+#if TINYPROXY_HAS_CLOSE_RANGE && defined(SYS_close_range)
+    return ::syscall(SYS_close_range, static_cast<unsigned>(first), static_cast<unsigned>(last),
+                     0u) == 0;
+#else
+    (void)first;
+    (void)last;
+    return false;
+#endif
+}
+
+/// Closes every descriptor from 3 on except those in `keep` (ascending). A forked child calls
+/// it so that it holds nothing of its parent's: a socket the parent closes must really close.
+inline void close_descriptors_except(const int* keep, std::size_t count) noexcept {
+    rlimit limit{};
+    int highest = 65535;
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
+        limit.rlim_cur < 1048576) {
+        highest = static_cast<int>(limit.rlim_cur) - 1;
+    }
+    int first = 3;
+    for (std::size_t i = 0; i <= count; ++i) {
+        int last = i < count ? keep[i] - 1 : highest;
+        int range_end = i < count ? last : std::numeric_limits<int>::max();
+        if (last >= first && !close_fd_range(first, range_end)) {
+            for (int fd = first; fd <= last; ++fd) {
+                ::close(fd);
+            }
+        }
+        if (i < count && keep[i] + 1 > first) {
+            first = keep[i] + 1;
+        }
+    }
+}
+
+} // namespace detail
+} // namespace tinyproxy

@@ -1,0 +1,118 @@
+// fork_policy: one process per client.
+#pragma once
+
+#include <cerrno>  // EINTR
+#include <chrono>  // reaping tick, grace period
+#include <thread>  // sleep while waiting for children
+#include <utility> // std::move, std::swap
+#include <vector>  // child ids
+
+#include <csignal>    // kill, SIGKILL
+#include <sys/wait.h> // waitpid
+#include <unistd.h>   // fork, _exit
+
+#include "tinyproxy/config.hpp"
+#include "tinyproxy/detail/sys.hpp"
+#include "tinyproxy/session.hpp"
+
+namespace tinyproxy {
+
+/// A process per client: the strongest isolation (a crash or leak in one session cannot touch
+/// another), at the cost of a fork per connection. The child closes every descriptor it
+/// inherited except its client and the stop signal, serves the one session and _exit()s; the
+/// parent reaps its own children (only those, never another part of the program's) at least
+/// ten times a second, so no zombie outlives its session by more than that.
+///
+/// Byte counts and other per-session figures stay in the child: the parent sees how many
+/// sessions ran, not what moved through them.
+///
+/// Besides accept_next() and serve() (see thread_policy), it calls the Server's
+///     void enter_child() noexcept;  // in a new child: drop what belongs to the parent
+///     void session_ended(const session_result& result) noexcept; // as each child is reaped
+/// and reads `server.stop_fd()` to keep it open in the child.
+class fork_policy {
+public:
+    /// How long stop waits for children to end by themselves before killing them.
+    std::chrono::milliseconds stop_grace{1000};
+
+    template <class Server>
+    void run(Server& server) {
+        for (;;) {
+            accepted_client client;
+            auto status =
+                server.accept_next(client, steady_clock::now() + std::chrono::milliseconds(100));
+            reap(server, false);
+            if (status == accept_status::stopped) {
+                break;
+            }
+            if (status == accept_status::client) {
+                spawn(server, std::move(client));
+            }
+        }
+        stop_children(server);
+    }
+
+    /// Children still running (for tests and the curious; read it from the run() thread).
+    std::size_t children() const noexcept { return children_.size(); }
+
+private:
+    template <class Server>
+    void spawn(Server& server, accepted_client client) {
+        pid_t pid = ::fork();
+        if (pid == 0) {
+            int keep[2] = {server.stop_fd(), client.connection.native_handle()};
+            if (keep[0] > keep[1]) {
+                std::swap(keep[0], keep[1]);
+            }
+            server.enter_child();
+            detail::close_descriptors_except(keep, 2);
+            session_result result = server.serve(std::move(client));
+            ::_exit(result.error ? 1 : 0);
+        }
+        if (pid > 0) {
+            children_.push_back(pid);
+        }
+        // pid < 0: no process to be had; the client closes here, in the parent.
+    }
+
+    /// Collects every finished child, and counts its session; with `all`, waits for all.
+    template <class Server>
+    void reap(Server& server, bool all) {
+        for (auto it = children_.begin(); it != children_.end();) {
+            int status = 0;
+            pid_t r = ::waitpid(*it, &status, all ? 0 : WNOHANG);
+            if (r == *it || (r < 0 && errno != EINTR)) {
+                session_result result;
+                if (r < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                    result.error = make_error_code(errc::child_failed);
+                }
+                server.session_ended(result);
+                it = children_.erase(it);
+            } else if (r < 0) {
+                continue; // EINTR: ask again
+            } else {
+                ++it;
+            }
+        }
+    }
+
+    template <class Server>
+    void stop_children(Server& server) {
+        // Children watch the stop signal and end by themselves; give them a moment.
+        auto give_up = steady_clock::now() + stop_grace;
+        while (!children_.empty() && steady_clock::now() < give_up) {
+            reap(server, false);
+            if (!children_.empty()) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            }
+        }
+        for (pid_t pid : children_) {
+            ::kill(pid, SIGKILL);
+        }
+        reap(server, true);
+    }
+
+    std::vector<pid_t> children_;
+};
+
+} // namespace tinyproxy

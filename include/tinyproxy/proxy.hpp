@@ -1,0 +1,283 @@
+// basic_proxy<Policy, Mode>: the listener, options, stop signal and counters, and the Server
+// interface that a concurrency policy drives.
+#pragma once
+
+#include <algorithm>    // std::min
+#include <atomic>       // stop flag, counters
+#include <cerrno>       // accept errors
+#include <cstdint>      // counters
+#include <string>       // error messages
+#include <system_error> // error reporting
+#include <utility>      // std::move
+
+#include <poll.h> // waiting for a client or the stop signal
+
+#include "tinyproxy/config.hpp"
+#include "tinyproxy/error.hpp"
+#include "tinyproxy/address.hpp"
+#include "tinyproxy/detail/sys.hpp"
+#include "tinyproxy/socket.hpp"
+#include "tinyproxy/session.hpp"
+#include "tinyproxy/policy/thread.hpp"
+#include "tinyproxy/policy/fork.hpp"
+#include "tinyproxy/policy/poll.hpp"
+#include "tinyproxy/mode/forward.hpp"
+
+namespace tinyproxy {
+
+/// Everything a proxy is told, with defaults that are safe to run as they are.
+struct options : session_options {
+    /// Where to listen. Loopback by default: serving other hosts takes a deliberate choice.
+    endpoint listen{ip_address::loopback_v4(), 1080};
+    int backlog = 1024;
+};
+
+/// Counters, readable from any thread while the proxy runs. Under fork_policy sessions run in
+/// child processes: the parent counts them as they are reaped (a child's exit status says
+/// whether its session failed), but the byte counts stay in the children and read 0.
+struct stats {
+    std::uint64_t accepted = 0;          ///< clients accepted
+    std::uint64_t active = 0;            ///< sessions running now
+    std::uint64_t finished = 0;          ///< sessions ended cleanly
+    std::uint64_t failed = 0;            ///< sessions ended by an error, reset or timeout
+    std::uint64_t bytes_to_upstream = 0; ///< bytes relayed client -> upstream (ended sessions)
+    std::uint64_t bytes_to_client = 0;   ///< bytes relayed upstream -> client (ended sessions)
+};
+
+/// What a policy sees of a proxy: a listener, a stop signal, and sessions to run. Policies are
+/// templates over it; the calls are documented at thread_policy (blocking policies), fork_policy
+/// and poll_policy (event loops).
+template <class Mode>
+class proxy_server {
+public:
+    using mode_type = Mode;
+    using session_type = basic_session<typename Mode::session>;
+
+    proxy_server(options opts, Mode mode) : options_(std::move(opts)), mode_(std::move(mode)) {}
+    proxy_server(const proxy_server&) = delete;
+    proxy_server& operator=(const proxy_server&) = delete;
+    ~proxy_server() {
+        detail::close_fd(stop_write_.exchange(-1));
+    }
+
+    // --- set-up, by basic_proxy ------------------------------------------------------------
+
+    void listen(std::error_code& ec) noexcept;
+    endpoint local_endpoint() const noexcept { return listener_.local_endpoint(); }
+    bool listening() const noexcept { return static_cast<bool>(listener_); }
+    /// Async-signal-safe: an atomic exchange and a close(2).
+    void request_stop() noexcept {
+        stopping_.store(true, std::memory_order_release);
+        detail::close_fd(stop_write_.exchange(-1));
+    }
+
+    // --- the Server interface policies call --------------------------------------------------
+
+    bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+    /// Turns readable (end of file) once stop is requested, in this process and in forked
+    /// children alike: every wait in the library includes it.
+    int stop_fd() const noexcept { return stop_read_.get(); }
+    int listener_fd() const noexcept { return listener_.native_handle(); }
+    const session_options& limits() const noexcept { return options_; }
+
+    /// Waits for the next client, the stop signal, or `until`. When descriptors run out it
+    /// rests instead of spinning, and tries again.
+    accept_status accept_next(accepted_client& out, time_point until) noexcept;
+    /// Takes a pending client without waiting (the listener is non-blocking).
+    accept_status try_accept(accepted_client& out, std::error_code& ec) noexcept;
+    /// A session for `client`, not yet started.
+    session_type make_session(accepted_client client);
+    /// Runs one client's session to its end on the calling thread, and counts it.
+    session_result serve(accepted_client client) noexcept;
+    /// Counts a session that has ended.
+    void session_ended(const session_result& result) noexcept;
+    /// Called in a freshly forked child: drops the parent's listener and stop-signal writer.
+    void enter_child() noexcept {
+        listener_.close();
+        detail::close_fd(stop_write_.exchange(-1));
+    }
+
+    stats snapshot() const noexcept;
+    const options& get_options() const noexcept { return options_; }
+    const Mode& mode() const noexcept { return mode_; }
+
+private:
+    options options_;
+    Mode mode_;
+    listener listener_;
+    unique_fd stop_read_;
+    std::atomic<int> stop_write_{-1};
+    std::atomic<bool> stopping_{false};
+    std::atomic<std::uint64_t> accepted_{0};
+    std::atomic<std::uint64_t> ended_{0};
+    std::atomic<std::uint64_t> finished_{0};
+    std::atomic<std::uint64_t> bytes_to_upstream_{0};
+    std::atomic<std::uint64_t> bytes_to_client_{0};
+};
+
+/// A proxy: a Policy says how sessions are scheduled (thread_policy, fork_policy, poll_policy
+/// or your own), a Mode says where each client goes (forward_mode, ...).
+///
+///     tinyproxy::options opts;
+///     opts.listen = tinyproxy::parse_endpoint("127.0.0.1:8080");
+///     tinyproxy::basic_proxy<tinyproxy::poll_policy, tinyproxy::forward_mode> proxy(
+///         opts, tinyproxy::forward_mode(tinyproxy::parse_host_port("example.com:80")));
+///     proxy.run(); // until proxy.stop() from another thread or a signal handler
+///
+/// A proxy runs once: after stop() and the return of run(), make a new one to serve again.
+template <class Policy, class Mode>
+class basic_proxy {
+public:
+    using policy_type = Policy;
+    using mode_type = Mode;
+
+    basic_proxy(options opts, Mode mode, Policy policy = Policy())
+        : server_(std::move(opts), std::move(mode)), policy_(std::move(policy)) {}
+
+    /// Binds and listens now, so that local_endpoint() is known before run() (port 0 picks a
+    /// free port). Throws std::system_error naming the address.
+    void listen() {
+        std::error_code ec;
+        listen(ec);
+        if (ec) {
+            throw std::system_error(ec, "cannot listen on " + server_.get_options().listen.to_string());
+        }
+    }
+    void listen(std::error_code& ec) noexcept { server_.listen(ec); }
+
+    /// The bound address (with the real port), once listening.
+    endpoint local_endpoint() const noexcept { return server_.local_endpoint(); }
+
+    /// Serves clients until stop(); listens first if listen() was not called. When it returns,
+    /// every thread it started is joined, every child reaped, every descriptor closed.
+    void run() {
+        if (!server_.listening()) {
+            listen();
+        }
+        policy_.run(server_);
+    }
+
+    /// Makes run() return promptly, ending the sessions in flight. Thread-safe, and safe to
+    /// call from a signal handler.
+    void stop() noexcept { server_.request_stop(); }
+
+    tinyproxy::stats stats() const noexcept { return server_.snapshot(); }
+    const options& get_options() const noexcept { return server_.get_options(); }
+    Policy& policy() noexcept { return policy_; }
+    const Mode& mode() const noexcept { return server_.mode(); }
+
+private:
+    proxy_server<Mode> server_;
+    Policy policy_;
+};
+
+/// A port forwarder on the event loop: the usual choice.
+using forward_proxy = basic_proxy<poll_policy, forward_mode>;
+using thread_forward_proxy = basic_proxy<thread_policy, forward_mode>;
+using fork_forward_proxy = basic_proxy<fork_policy, forward_mode>;
+
+// ---------------------------------------------------------------------------------------------
+
+template <class Mode>
+void proxy_server<Mode>::listen(std::error_code& ec) noexcept {
+    ec.clear();
+    int fds[2] = {-1, -1};
+    if (!detail::make_pipe(fds, ec)) {
+        return;
+    }
+    stop_read_.reset(fds[0]);
+    detail::close_fd(stop_write_.exchange(fds[1]));
+    if (stopping()) {
+        detail::close_fd(stop_write_.exchange(-1)); // stop() came first
+    }
+    listener_ = listener::open(options_.listen, options_.backlog, ec);
+    if (!ec) {
+        listener_.set_nonblocking(true, ec);
+    }
+}
+
+template <class Mode>
+accept_status proxy_server<Mode>::try_accept(accepted_client& out, std::error_code& ec) noexcept {
+    out.connection = listener_.accept(out.peer, true, ec);
+    if (ec) {
+        return accept_status::timeout;
+    }
+    accepted_.fetch_add(1, std::memory_order_relaxed);
+    return accept_status::client;
+}
+
+template <class Mode>
+accept_status proxy_server<Mode>::accept_next(accepted_client& out, time_point until) noexcept {
+    for (;;) {
+        if (stopping()) {
+            return accept_status::stopped;
+        }
+        std::error_code ec;
+        if (try_accept(out, ec) == accept_status::client) {
+            return accept_status::client;
+        }
+        // Nothing pending: wait for a client. Out of descriptors (or another failure): the
+        // client stays queued and the listener stays readable, so wait for the stop signal
+        // alone for a moment rather than spin.
+        bool nothing_pending = detail::would_block(ec);
+        time_point rest = std::min(until, steady_clock::now() + std::chrono::milliseconds(100));
+        pollfd fds[2] = {{stop_fd(), POLLIN, 0}, {nothing_pending ? listener_fd() : -1, POLLIN, 0}};
+        std::error_code poll_error;
+        detail::poll_fds(fds, 2, nothing_pending ? until : rest, poll_error);
+        if (fds[0].revents != 0) {
+            return accept_status::stopped;
+        }
+        if (steady_clock::now() >= until) {
+            return accept_status::timeout;
+        }
+    }
+}
+
+template <class Mode>
+typename proxy_server<Mode>::session_type
+proxy_server<Mode>::make_session(accepted_client client) {
+    session_info info;
+    info.client = client.peer;
+    std::error_code ignored;
+    info.local = client.connection.local_endpoint(ignored);
+    return session_type(std::move(client.connection), mode_.make_session(info), options_);
+}
+
+template <class Mode>
+session_result proxy_server<Mode>::serve(accepted_client client) noexcept {
+    session_result result;
+    try {
+        session_type session = make_session(std::move(client));
+        result = run_session(session, stop_fd(), options_.buffer_size);
+    } catch (...) {
+        // Out of memory, or a Mode that threw: this session ends, the proxy goes on.
+        result.error = std::make_error_code(std::errc::not_enough_memory);
+    }
+    session_ended(result);
+    return result;
+}
+
+template <class Mode>
+void proxy_server<Mode>::session_ended(const session_result& result) noexcept {
+    bytes_to_upstream_.fetch_add(result.bytes_to_upstream, std::memory_order_relaxed);
+    bytes_to_client_.fetch_add(result.bytes_to_client, std::memory_order_relaxed);
+    if (!result.error) {
+        finished_.fetch_add(1, std::memory_order_relaxed);
+    }
+    ended_.fetch_add(1, std::memory_order_release);
+}
+
+template <class Mode>
+stats proxy_server<Mode>::snapshot() const noexcept {
+    stats out;
+    out.finished = finished_.load(std::memory_order_relaxed);
+    std::uint64_t ended = ended_.load(std::memory_order_acquire);
+    out.accepted = accepted_.load(std::memory_order_relaxed);
+    out.failed = ended - out.finished;
+    out.active = out.accepted > ended ? out.accepted - ended : 0;
+    out.bytes_to_upstream = bytes_to_upstream_.load(std::memory_order_relaxed);
+    out.bytes_to_client = bytes_to_client_.load(std::memory_order_relaxed);
+    return out;
+}
+
+} // namespace tinyproxy

@@ -1,0 +1,522 @@
+// One proxied connection as a state machine: handshake (the Mode decides where to go), resolve,
+// connect with a deadline, relay; plus the loop that drives one session on a thread or process.
+#pragma once
+
+#include <chrono>       // timeouts
+#include <cstddef>      // std::size_t
+#include <cstdint>      // byte counters
+#include <optional>     // the relay, once connected
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // byte buffers, address lists
+
+#include <poll.h> // pollfd
+
+#include "tinyproxy/config.hpp"
+#include "tinyproxy/bytes.hpp"
+#include "tinyproxy/error.hpp"
+#include "tinyproxy/address.hpp"
+#include "tinyproxy/detail/sys.hpp"
+#include "tinyproxy/socket.hpp"
+#include "tinyproxy/relay.hpp"
+
+namespace tinyproxy {
+
+/// Limits every session keeps, whatever the policy.
+struct session_options {
+    /// From the first connect attempt to the last address giving up.
+    std::chrono::milliseconds connect_timeout{10'000};
+    /// From accept to the Mode deciding where the client goes.
+    std::chrono::milliseconds handshake_timeout{10'000};
+    /// A tunnel in which no byte moves either way for this long is closed.
+    std::chrono::milliseconds idle_timeout{300'000};
+    /// The most one read takes, and so the most buffered per direction.
+    std::size_t buffer_size = 64 * 1024;
+};
+
+/// What a Mode knows about a new client.
+struct session_info {
+    endpoint client; ///< the client's address
+    endpoint local;  ///< the address the client connected to
+};
+
+/// What a Mode's session answers at each step of its handshake.
+struct mode_step {
+    enum class action {
+        need_more, ///< send `to_client` (if any), then feed the client's next bytes
+        connect,   ///< connect to `target`, then send `to_upstream` first
+        fail,      ///< send `to_client` (if any), then close; `error` says why
+    };
+    action what = action::need_more;
+    std::vector<std::uint8_t> to_client;
+    host_port target;
+    std::vector<std::uint8_t> to_upstream;
+    std::error_code error;
+
+    static mode_step need_more(std::vector<std::uint8_t> reply = {}) {
+        mode_step s;
+        s.to_client = std::move(reply);
+        return s;
+    }
+    static mode_step connect_to(host_port where, std::vector<std::uint8_t> first_bytes = {}) {
+        mode_step s;
+        s.what = action::connect;
+        s.target = std::move(where);
+        s.to_upstream = std::move(first_bytes);
+        return s;
+    }
+    static mode_step fail(std::error_code why, std::vector<std::uint8_t> reply = {}) {
+        mode_step s;
+        s.what = action::fail;
+        s.error = why;
+        s.to_client = std::move(reply);
+        return s;
+    }
+};
+
+/// A client just accepted, before its session starts.
+struct accepted_client {
+    socket connection;
+    endpoint peer;
+};
+
+/// What waiting for the next client ended with.
+enum class accept_status {
+    client,  ///< a client was accepted
+    timeout, ///< the wait's deadline passed first
+    stopped, ///< the proxy is stopping: the policy should wind down
+};
+
+/// How a session ended.
+struct session_result {
+    std::error_code error;             ///< empty when both directions finished cleanly
+    std::uint64_t bytes_to_upstream = 0;
+    std::uint64_t bytes_to_client = 0;
+    bool connected = false;            ///< an upstream connection was made
+};
+
+/// One client's session, driven by readiness: the driver waits for `client_events()` on
+/// `client_fd()`, `upstream_events()` on `upstream_fd()` and for `deadline()`, then calls
+/// `on_ready()` or `on_deadline()`; when `wants_resolve()` it resolves `resolve_target()` in a
+/// way that suits it and calls `on_resolved()`. It never blocks and never reads the clock.
+///
+/// `ModeSession` is a Mode's per-client handshake object:
+///     mode_step start();                             // before any byte is read
+///     mode_step on_client_data(byte_view bytes);     // after need_more: the next bytes
+///     std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint& local,
+///                                            const endpoint& upstream); // reply to the client
+template <class ModeSession>
+class basic_session {
+public:
+    basic_session(socket client, ModeSession mode, const session_options& limits) noexcept(
+        std::is_nothrow_move_constructible<ModeSession>::value)
+        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits) {}
+
+    /// Starts the handshake; `now` begins the handshake deadline.
+    void start(time_point now);
+
+    int client_fd() const noexcept { return client_.native_handle(); }
+    /// -1 until an upstream connection is being made.
+    int upstream_fd() const noexcept { return upstream_ ? upstream_.native_handle() : -1; }
+    short client_events() const noexcept;
+    short upstream_events() const noexcept;
+    time_point deadline() const noexcept { return deadline_; }
+
+    bool wants_resolve() const noexcept { return state_ == state::resolving; }
+    const host_port& resolve_target() const noexcept { return target_; }
+    void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now);
+
+    /// Readiness (revents) for each socket; 0 for one that is not ready.
+    void on_ready(short client_revents, short upstream_revents, time_point now,
+                  std::uint8_t* scratch, std::size_t scratch_size);
+    /// Call when `now` has reached `deadline()`.
+    void on_deadline(time_point now);
+    /// Ends the session at once (the proxy is stopping, or the driver failed).
+    void abort(std::error_code why) noexcept { finish(why); }
+
+    bool done() const noexcept { return state_ == state::done; }
+    const session_result& result() const noexcept { return result_; }
+    const host_port& target() const noexcept { return target_; }
+
+private:
+    enum class state {
+        handshaking, // reading the client until the Mode decides
+        resolving,   // waiting for the driver to resolve target_
+        connecting,  // a non-blocking connect to candidates_[next_candidate_ - 1] in progress
+        relaying,    // tunnel up
+        failing,     // sending the Mode's failure reply, then closing
+        done,
+    };
+
+    void apply(mode_step step, time_point now);
+    void begin_connect(time_point now);
+    void try_next_candidate();
+    void on_connect_result(std::error_code ec, time_point now);
+    void start_relay(std::vector<std::uint8_t> reply, time_point now);
+    void fail_with_reply(std::error_code why, std::vector<std::uint8_t> reply, time_point now);
+    void handshake_ready(short revents, time_point now, std::uint8_t* scratch,
+                         std::size_t scratch_size);
+    bool send_to_client(); // writes to_client_; false on error
+    void relay_ready(time_point now, std::uint8_t* scratch, std::size_t scratch_size);
+    void finish(std::error_code why) noexcept;
+
+    socket client_;
+    socket upstream_;
+    ModeSession mode_;
+    session_options limits_;
+    state state_ = state::handshaking;
+    time_point deadline_ = time_point::max();
+    time_point connect_deadline_ = time_point::max();
+    host_port target_;
+    std::vector<endpoint> candidates_;
+    std::size_t next_candidate_ = 0;
+    std::error_code last_connect_error_;
+    std::vector<std::uint8_t> to_client_;
+    std::size_t to_client_offset_ = 0;
+    std::vector<std::uint8_t> to_upstream_;
+    std::optional<relay> relay_;
+    session_result result_;
+};
+
+/// Runs one session to its end on the calling thread, waiting with poll(2). It ends early when
+/// `stop_fd` becomes readable (the proxy's stop signal; -1 for none). Names are resolved here,
+/// blocking this thread only.
+template <class ModeSession>
+session_result run_session(basic_session<ModeSession>& session, int stop_fd,
+                           std::size_t scratch_size);
+
+// ---------------------------------------------------------------------------------------------
+
+template <class ModeSession>
+void basic_session<ModeSession>::start(time_point now) {
+    std::error_code ec;
+    client_.set_nonblocking(true, ec);
+    if (ec) {
+        finish(ec);
+        return;
+    }
+    deadline_ = now + limits_.handshake_timeout;
+    apply(mode_.start(), now);
+}
+
+template <class ModeSession>
+short basic_session<ModeSession>::client_events() const noexcept {
+    switch (state_) {
+    case state::handshaking:
+        return to_client_offset_ < to_client_.size() ? POLLOUT : POLLIN;
+    case state::failing:
+        return POLLOUT;
+    case state::relaying:
+        return relay_->client_events();
+    default:
+        return 0;
+    }
+}
+
+template <class ModeSession>
+short basic_session<ModeSession>::upstream_events() const noexcept {
+    switch (state_) {
+    case state::connecting:
+        return POLLOUT;
+    case state::relaying:
+        return relay_->upstream_events();
+    default:
+        return 0;
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::apply(mode_step step, time_point now) {
+    to_client_ = std::move(step.to_client);
+    to_client_offset_ = 0;
+    switch (step.what) {
+    case mode_step::action::need_more:
+        send_to_client();
+        return;
+    case mode_step::action::connect:
+        target_ = std::move(step.target);
+        to_upstream_ = std::move(step.to_upstream);
+        begin_connect(now);
+        return;
+    case mode_step::action::fail:
+        fail_with_reply(step.error ? step.error : make_error_code(errc::protocol_error),
+                        std::move(to_client_), now);
+        return;
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::begin_connect(time_point now) {
+    connect_deadline_ = now + limits_.connect_timeout;
+    deadline_ = connect_deadline_;
+    if (auto numeric = target_.numeric_address()) {
+        on_resolved({endpoint{*numeric, target_.port}}, {}, now);
+        return;
+    }
+    state_ = state::resolving;
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, std::error_code ec,
+                                             time_point now) {
+    if (state_ != state::resolving && state_ != state::handshaking) {
+        return; // ended meanwhile
+    }
+    candidates_ = std::move(candidates);
+    next_candidate_ = 0;
+    last_connect_error_ = ec ? ec : make_error_code(errc::name_not_resolved);
+    state_ = state::connecting;
+    try_next_candidate();
+    if (!upstream_) {
+        on_connect_result(last_connect_error_, now);
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::try_next_candidate() {
+    upstream_.close();
+    while (next_candidate_ < candidates_.size()) {
+        std::error_code ec;
+        bool connected = false;
+        socket attempt = start_connect(candidates_[next_candidate_++], connected, ec);
+        if (!ec) {
+            // Connected at once or in progress: either way, writability reports the outcome.
+            upstream_ = std::move(attempt);
+            return;
+        }
+        last_connect_error_ = ec;
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_point now) {
+    if (!ec) {
+        std::error_code ignored;
+        endpoint local = upstream_.local_endpoint(ignored);
+        endpoint remote = upstream_.remote_endpoint(ignored);
+        start_relay(mode_.on_connected({}, local, remote), now);
+        return;
+    }
+    last_connect_error_ = ec;
+    if (ec != errc::connect_timeout) {
+        try_next_candidate();
+        if (upstream_) {
+            return; // the next address is being tried
+        }
+    }
+    upstream_.close();
+    fail_with_reply(ec, mode_.on_connected(ec, endpoint{}, endpoint{}), now);
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, time_point now) {
+    std::error_code ignored; // Nagle off is an optimisation; a failure changes nothing else
+    client_.set_nodelay(true, ignored);
+    upstream_.set_nodelay(true, ignored);
+    result_.connected = true;
+    relay_.emplace(client_.native_handle(), upstream_.native_handle());
+    // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
+    // waits for its replies to go out) precedes the connect reply.
+    relay_->prime_client(byte_view{to_client_.data() + to_client_offset_,
+                                   to_client_.size() - to_client_offset_});
+    relay_->prime_client(reply);
+    relay_->prime_upstream(to_upstream_);
+    std::vector<std::uint8_t>().swap(to_client_);
+    std::vector<std::uint8_t>().swap(to_upstream_);
+    to_client_offset_ = 0;
+    state_ = state::relaying;
+    deadline_ = now + limits_.idle_timeout;
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::fail_with_reply(std::error_code why,
+                                                 std::vector<std::uint8_t> reply,
+                                                 time_point now) {
+    result_.error = why;
+    if (reply.empty()) {
+        finish(why);
+        return;
+    }
+    to_client_ = std::move(reply);
+    to_client_offset_ = 0;
+    state_ = state::failing;
+    // A client that will not take a few reply bytes in a second is not worth waiting for.
+    deadline_ = now + std::chrono::seconds(1);
+    if (send_to_client() && to_client_offset_ == to_client_.size()) {
+        finish(why);
+    }
+}
+
+template <class ModeSession>
+bool basic_session<ModeSession>::send_to_client() {
+    std::error_code ec;
+    while (!ec && to_client_offset_ < to_client_.size()) {
+        std::size_t n = client_.send(to_client_.data() + to_client_offset_,
+                                     to_client_.size() - to_client_offset_, ec);
+        if (!ec) {
+            to_client_offset_ += n;
+        }
+    }
+    if (ec && !detail::would_block(ec)) {
+        finish(ec);
+        return false;
+    }
+    return true;
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::handshake_ready(short revents, time_point now,
+                                                 std::uint8_t* scratch,
+                                                 std::size_t scratch_size) {
+    if (to_client_offset_ < to_client_.size()) {
+        if ((revents & (POLLOUT | POLLERR | POLLHUP)) != 0) {
+            send_to_client();
+        }
+        return;
+    }
+    if ((revents & (POLLIN | POLLERR | POLLHUP)) == 0) {
+        return;
+    }
+    std::error_code ec;
+    std::size_t n = client_.receive(scratch, scratch_size, ec);
+    if (ec) {
+        if (!detail::would_block(ec)) {
+            finish(ec);
+        }
+        return;
+    }
+    if (n == 0) {
+        finish(make_error_code(errc::handshake_incomplete));
+        return;
+    }
+    apply(mode_.on_client_data(byte_view{scratch, n}), now);
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::relay_ready(time_point now, std::uint8_t* scratch,
+                                             std::size_t scratch_size) {
+    if (relay_->pump(scratch, scratch_size)) {
+        deadline_ = now + limits_.idle_timeout;
+    }
+    if (!relay_->finished()) {
+        return;
+    }
+    std::error_code error = relay_->error();
+    if (error) {
+        // Pass the reset on: the side that did not fail is closed with RST, not FIN.
+        std::error_code ignored;
+        (relay_->error_on_client() ? upstream_ : client_).set_linger_reset(ignored);
+    }
+    finish(error);
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::on_ready(short client_revents, short upstream_revents,
+                                          time_point now, std::uint8_t* scratch,
+                                          std::size_t scratch_size) {
+    switch (state_) {
+    case state::handshaking:
+        handshake_ready(client_revents, now, scratch, scratch_size);
+        return;
+    case state::connecting:
+        if (upstream_revents != 0) {
+            on_connect_result(detail::connect_result(upstream_.native_handle()), now);
+        }
+        return;
+    case state::relaying:
+        if (client_revents != 0 || upstream_revents != 0) {
+            relay_ready(now, scratch, scratch_size);
+        }
+        return;
+    case state::failing:
+        if (client_revents != 0 && send_to_client() && to_client_offset_ == to_client_.size()) {
+            finish(result_.error);
+        }
+        return;
+    default:
+        return;
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::on_deadline(time_point now) {
+    if (now < deadline_) {
+        return;
+    }
+    switch (state_) {
+    case state::handshaking:
+        finish(make_error_code(errc::handshake_timeout));
+        return;
+    case state::resolving:
+    case state::connecting: {
+        auto ec = make_error_code(errc::connect_timeout);
+        upstream_.close();
+        fail_with_reply(ec, mode_.on_connected(ec, endpoint{}, endpoint{}), now);
+        return;
+    }
+    case state::relaying:
+        finish(make_error_code(errc::idle_timeout));
+        return;
+    default:
+        finish(result_.error ? result_.error : make_error_code(errc::handshake_timeout));
+        return;
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::finish(std::error_code why) noexcept {
+    if (state_ == state::done) {
+        return;
+    }
+    if (relay_) {
+        result_.bytes_to_upstream = relay_->bytes_to_upstream();
+        result_.bytes_to_client = relay_->bytes_to_client();
+    }
+    if (!result_.error) {
+        result_.error = why;
+    }
+    state_ = state::done;
+    deadline_ = time_point::max();
+    upstream_.close();
+    client_.close();
+}
+
+template <class ModeSession>
+session_result run_session(basic_session<ModeSession>& session, int stop_fd,
+                           std::size_t scratch_size) {
+    std::vector<std::uint8_t> scratch(scratch_size);
+    session.start(steady_clock::now());
+    while (!session.done()) {
+        if (session.wants_resolve()) {
+            std::error_code ec;
+            auto candidates = resolve(session.resolve_target(), ec);
+            session.on_resolved(std::move(candidates), ec, steady_clock::now());
+            continue;
+        }
+        short client_events = session.client_events();
+        short upstream_events = session.upstream_events();
+        // A descriptor with no events of interest is left out: poll would still report its
+        // hang-up, over and over, while we do not want to read it yet.
+        pollfd fds[3] = {{stop_fd, POLLIN, 0},
+                         {client_events ? session.client_fd() : -1, client_events, 0},
+                         {upstream_events ? session.upstream_fd() : -1, upstream_events, 0}};
+        std::error_code ec;
+        detail::poll_fds(fds, 3, session.deadline(), ec);
+        if (ec) {
+            session.abort(ec);
+            break;
+        }
+        if (fds[0].revents != 0) {
+            session.abort(make_error_code(errc::stopped));
+            break;
+        }
+        time_point now = steady_clock::now();
+        session.on_ready(fds[1].revents, fds[2].revents, now, scratch.data(), scratch.size());
+        if (!session.done() && now >= session.deadline()) {
+            session.on_deadline(now);
+        }
+    }
+    return session.result();
+}
+
+} // namespace tinyproxy
