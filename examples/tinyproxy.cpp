@@ -53,8 +53,7 @@ std::chrono::milliseconds parse_seconds(std::string_view flag, const std::string
     char* end = nullptr;
     double seconds = std::strtod(text.c_str(), &end);
     if (text.empty() || end == nullptr || *end != '\0' || !(seconds > 0) || seconds > 1e6) {
-        throw usage_error(std::string(flag) + ": not a positive number of seconds: '" + text +
-                          "'");
+        throw usage_error(std::string(flag) + ": not a positive number of seconds: '" + text + "'");
     }
     return std::chrono::milliseconds(static_cast<long long>(seconds * 1000 + 0.5));
 }

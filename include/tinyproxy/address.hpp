@@ -123,7 +123,9 @@ endpoint from_sockaddr(const sockaddr* address, socklen_t length) noexcept;
 // ---------------------------------------------------------------------------------------------
 
 inline std::optional<ip_address> ip_address::parse(std::string_view text) {
-    if (text.empty() || text.size() > INET6_ADDRSTRLEN + 11) {
+    // inet_pton reads a C string: an embedded NUL would hide whatever follows it.
+    if (text.empty() || text.size() > INET6_ADDRSTRLEN + 11 ||
+        text.find('\0') != std::string_view::npos) {
         return std::nullopt;
     }
     std::string copy(text);
@@ -246,8 +248,7 @@ inline host_port parse_host_port(std::string_view text, std::error_code& ec) {
     std::string_view port;
     if (!text.empty() && text.front() == '[') {
         auto close = text.find(']');
-        if (close == std::string_view::npos || close + 1 >= text.size() ||
-            text[close + 1] != ':') {
+        if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
             ec = errc::invalid_address;
             return {};
         }

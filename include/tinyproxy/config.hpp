@@ -7,8 +7,8 @@
 #define TINYPROXY_VERSION_STRING "0.1.0"
 
 // accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK in one call (Linux, the BSDs).
-#if !defined(TINYPROXY_NO_ACCEPT4) && (defined(__linux__) || defined(__FreeBSD__) ||             \
-                                       defined(__NetBSD__) || defined(__OpenBSD__))
+#if !defined(TINYPROXY_NO_ACCEPT4) &&                                                              \
+    (defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__))
 #    define TINYPROXY_HAS_ACCEPT4 1
 #else
 #    define TINYPROXY_HAS_ACCEPT4 0

@@ -11,15 +11,15 @@ namespace tinyproxy {
 /// Conditions the library itself detects (the operating system's errors stay in
 /// std::system_category). Zero is never used: a default error_code means success.
 enum class errc {
-    invalid_address = 1, ///< text that is not HOST:PORT, [V6]:PORT or a valid port
-    name_not_resolved,   ///< getaddrinfo found no address for a host name
-    connect_timeout,     ///< no upstream address connected before the connect deadline
-    handshake_timeout,   ///< the client did not finish its handshake in time
+    invalid_address = 1,  ///< text that is not HOST:PORT, [V6]:PORT or a valid port
+    name_not_resolved,    ///< getaddrinfo found no address for a host name
+    connect_timeout,      ///< no upstream address connected before the connect deadline
+    handshake_timeout,    ///< the client did not finish its handshake in time
     handshake_incomplete, ///< the client closed before finishing its handshake
-    idle_timeout,        ///< no byte moved either way for the idle timeout
-    protocol_error,      ///< the client spoke something the mode does not accept
-    stopped,             ///< the proxy was stopped while the operation was waiting
-    child_failed,        ///< a session in a forked child ended with an error (fork_policy)
+    idle_timeout,         ///< no byte moved either way for the idle timeout
+    protocol_error,       ///< the client spoke something the mode does not accept
+    stopped,              ///< the proxy was stopped while the operation was waiting
+    child_failed,         ///< a session in a forked child ended with an error (fork_policy)
 };
 
 namespace detail {

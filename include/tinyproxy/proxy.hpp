@@ -56,9 +56,7 @@ public:
     proxy_server(options opts, Mode mode) : options_(std::move(opts)), mode_(std::move(mode)) {}
     proxy_server(const proxy_server&) = delete;
     proxy_server& operator=(const proxy_server&) = delete;
-    ~proxy_server() {
-        detail::close_fd(stop_write_.exchange(-1));
-    }
+    ~proxy_server() { detail::close_fd(stop_write_.exchange(-1)); }
 
     // --- set-up, by basic_proxy ------------------------------------------------------------
 
@@ -140,7 +138,8 @@ public:
         std::error_code ec;
         listen(ec);
         if (ec) {
-            throw std::system_error(ec, "cannot listen on " + server_.get_options().listen.to_string());
+            throw std::system_error(ec,
+                                    "cannot listen on " + server_.get_options().listen.to_string());
         }
     }
     void listen(std::error_code& ec) noexcept { server_.listen(ec); }
@@ -234,8 +233,7 @@ accept_status proxy_server<Mode>::accept_next(accepted_client& out, time_point u
 }
 
 template <class Mode>
-typename proxy_server<Mode>::session_type
-proxy_server<Mode>::make_session(accepted_client client) {
+typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accepted_client client) {
     session_info info;
     info.client = client.peer;
     std::error_code ignored;

@@ -112,8 +112,8 @@ inline short relay::events_on(int side) const noexcept {
         return 0;
     }
     // Side 0 is the client: it is the source of halves_[0] and the destination of halves_[1].
-    const half& outgoing = halves_[side];      // reads from this side
-    const half& incoming = halves_[1 - side];  // writes to this side
+    const half& outgoing = halves_[side];     // reads from this side
+    const half& incoming = halves_[1 - side]; // writes to this side
     short events = 0;
     if (!outgoing.eof && !has_pending(outgoing)) {
         events |= POLLIN;

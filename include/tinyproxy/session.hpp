@@ -89,10 +89,10 @@ enum class accept_status {
 
 /// How a session ended.
 struct session_result {
-    std::error_code error;             ///< empty when both directions finished cleanly
+    std::error_code error; ///< empty when both directions finished cleanly
     std::uint64_t bytes_to_upstream = 0;
     std::uint64_t bytes_to_client = 0;
-    bool connected = false;            ///< an upstream connection was made
+    bool connected = false; ///< an upstream connection was made
 };
 
 /// One client's session, driven by readiness: the driver waits for `client_events()` on
@@ -317,8 +317,8 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     relay_.emplace(client_.native_handle(), upstream_.native_handle());
     // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
     // waits for its replies to go out) precedes the connect reply.
-    relay_->prime_client(byte_view{to_client_.data() + to_client_offset_,
-                                   to_client_.size() - to_client_offset_});
+    relay_->prime_client(
+        byte_view{to_client_.data() + to_client_offset_, to_client_.size() - to_client_offset_});
     relay_->prime_client(reply);
     relay_->prime_upstream(to_upstream_);
     std::vector<std::uint8_t>().swap(to_client_);
@@ -330,8 +330,7 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
 
 template <class ModeSession>
 void basic_session<ModeSession>::fail_with_reply(std::error_code why,
-                                                 std::vector<std::uint8_t> reply,
-                                                 time_point now) {
+                                                 std::vector<std::uint8_t> reply, time_point now) {
     result_.error = why;
     if (reply.empty()) {
         finish(why);
@@ -366,8 +365,7 @@ bool basic_session<ModeSession>::send_to_client() {
 
 template <class ModeSession>
 void basic_session<ModeSession>::handshake_ready(short revents, time_point now,
-                                                 std::uint8_t* scratch,
-                                                 std::size_t scratch_size) {
+                                                 std::uint8_t* scratch, std::size_t scratch_size) {
     if (to_client_offset_ < to_client_.size()) {
         if ((revents & (POLLOUT | POLLERR | POLLHUP)) != 0) {
             send_to_client();

@@ -55,10 +55,12 @@ public:
     /// Reads what is there (0 means the peer finished sending). On a non-blocking socket with
     /// nothing to read, ec is would_block.
     std::size_t receive(void* data, std::size_t size, std::error_code& ec) noexcept {
+        ec.clear();
         return detail::recv_some(fd_.get(), data, size, ec);
     }
     /// Writes what fits; never raises SIGPIPE.
     std::size_t send(const void* data, std::size_t size, std::error_code& ec) noexcept {
+        ec.clear();
         return detail::send_some(fd_.get(), data, size, ec);
     }
     /// Writes all of `bytes`, waiting up to `until` for room. Returns the count written.
@@ -69,14 +71,17 @@ public:
 
     /// Says "no more data from us": the peer reads end of stream, and can still send.
     void shutdown_write(std::error_code& ec) noexcept {
+        ec.clear();
         detail::shutdown_socket(fd_.get(), SHUT_WR, ec);
     }
     void set_nonblocking(bool on, std::error_code& ec) noexcept {
+        ec.clear();
         detail::set_nonblocking(fd_.get(), on, ec);
     }
     /// Sends small writes at once instead of batching them (Nagle off): a proxy must not add
     /// delay to interactive traffic.
     void set_nodelay(bool on, std::error_code& ec) noexcept {
+        ec.clear();
         detail::set_int_option(fd_.get(), IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);
     }
     /// Closing with SO_LINGER 0 sends a reset instead of a FIN: how a proxy passes on a reset.
@@ -106,6 +111,7 @@ public:
     int native_handle() const noexcept { return fd_.get(); }
     explicit operator bool() const noexcept { return static_cast<bool>(fd_); }
     void set_nonblocking(bool on, std::error_code& ec) noexcept {
+        ec.clear();
         detail::set_nonblocking(fd_.get(), on, ec);
     }
     /// The bound address, with the real port when port 0 was asked for.
@@ -159,6 +165,7 @@ inline bool wait_for(int fd, short events, time_point until, std::error_code& ec
 
 /// getsockname(2) or getpeername(2) as an endpoint.
 inline endpoint socket_name(int fd, bool peer, std::error_code& ec) noexcept {
+    ec.clear();
     sockaddr_storage storage{};
     socklen_t length = sizeof storage;
     auto* address = reinterpret_cast<sockaddr*>(&storage);
@@ -174,9 +181,12 @@ inline endpoint socket_name(int fd, bool peer, std::error_code& ec) noexcept {
 
 inline std::size_t socket::send_all(byte_view bytes, time_point until,
                                     std::error_code& ec) noexcept {
+    ec.clear();
     std::size_t sent = 0;
     while (sent < bytes.size()) {
-        std::size_t n = send(bytes.data() + sent, bytes.size() - sent, ec);
+        // MSG_DONTWAIT: even on a blocking socket the wait is ours, with its deadline.
+        std::size_t n = detail::send_some(native_handle(), bytes.data() + sent, bytes.size() - sent,
+                                          ec, MSG_DONTWAIT);
         if (ec && detail::would_block(ec)) {
             ec.clear();
             if (!detail::wait_for(native_handle(), POLLOUT, until, ec)) {
@@ -194,8 +204,9 @@ inline std::size_t socket::send_all(byte_view bytes, time_point until,
 
 inline std::size_t socket::receive_some(void* data, std::size_t size, time_point until,
                                         std::error_code& ec) noexcept {
+    ec.clear();
     for (;;) {
-        std::size_t n = receive(data, size, ec);
+        std::size_t n = detail::recv_some(native_handle(), data, size, ec, MSG_DONTWAIT);
         if (!ec || !detail::would_block(ec)) {
             return n;
         }
@@ -207,6 +218,7 @@ inline std::size_t socket::receive_some(void* data, std::size_t size, time_point
 }
 
 inline void socket::set_linger_reset(std::error_code& ec) noexcept {
+    ec.clear();
     ::linger option{1, 0};
     if (::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &option, sizeof option) < 0) {
         ec = detail::last_error();
@@ -262,6 +274,7 @@ inline listener listener::open(const endpoint& where, int backlog) {
 }
 
 inline socket listener::accept(endpoint& peer, bool nonblocking, std::error_code& ec) noexcept {
+    ec.clear();
     sockaddr_storage storage{};
     int fd = detail::accept_socket(fd_.get(), storage, nonblocking, ec);
     if (fd < 0) {

@@ -7,10 +7,10 @@
 #include <limits>       // the highest descriptor number
 #include <system_error> // std::error_code
 
-#include <fcntl.h>       // fcntl, O_NONBLOCK, FD_CLOEXEC
-#include <netinet/in.h>  // IPPROTO_TCP
-#include <netinet/tcp.h> // TCP_NODELAY
-#include <poll.h>        // poll
+#include <fcntl.h>        // fcntl, O_NONBLOCK, FD_CLOEXEC
+#include <netinet/in.h>   // IPPROTO_TCP
+#include <netinet/tcp.h>  // TCP_NODELAY
+#include <poll.h>         // poll
 #include <sys/resource.h> // getrlimit
 #include <sys/socket.h>   // socket calls
 #include <unistd.h>       // close, pipe, read, write
@@ -33,7 +33,8 @@ namespace detail {
 inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
 
 inline bool would_block(const std::error_code& ec) noexcept {
-    return ec == std::errc::operation_would_block || ec == std::errc::resource_unavailable_try_again;
+    return ec == std::errc::operation_would_block ||
+           ec == std::errc::resource_unavailable_try_again;
 }
 
 /// close(2), never retried: after EINTR the descriptor is already gone on Linux, and a retry
@@ -152,9 +153,10 @@ inline std::error_code connect_result(int fd) noexcept {
 
 /// recv(2): the count read (0 means end of stream); EINTR retried; EAGAIN comes back as an
 /// error for which would_block() is true.
-inline std::size_t recv_some(int fd, void* data, std::size_t size, std::error_code& ec) noexcept {
+inline std::size_t recv_some(int fd, void* data, std::size_t size, std::error_code& ec,
+                             int flags = 0) noexcept {
     for (;;) {
-        ssize_t n = ::recv(fd, data, size, 0);
+        ssize_t n = ::recv(fd, data, size, flags);
         if (n >= 0) {
             return static_cast<std::size_t>(n);
         }
@@ -166,13 +168,11 @@ inline std::size_t recv_some(int fd, void* data, std::size_t size, std::error_co
 }
 
 /// send(2) that never raises SIGPIPE; EINTR retried.
-inline std::size_t send_some(int fd, const void* data, std::size_t size,
-                             std::error_code& ec) noexcept {
+inline std::size_t send_some(int fd, const void* data, std::size_t size, std::error_code& ec,
+                             int flags = 0) noexcept {
 #if TINYPROXY_HAS_MSG_NOSIGNAL
-    constexpr int flags = MSG_NOSIGNAL;
-#else
-    constexpr int flags = 0; // SO_NOSIGPIPE was set when the socket was made
-#endif
+    flags |= MSG_NOSIGNAL;
+#endif // elsewhere SO_NOSIGPIPE was set when the socket was made
     for (;;) {
         ssize_t n = ::send(fd, data, size, flags);
         if (n >= 0) {

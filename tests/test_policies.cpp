@@ -1,0 +1,351 @@
+// The policy conformance suite: one set of guarantees, run against thread, fork and poll and a
+// policy written here the way a user would write one (a fixed pool of threads).
+#include <doctest/doctest.h>
+
+#include "support/loopback.hpp"
+
+#include <condition_variable>
+#include <deque>
+#include <future>
+
+using namespace testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// A user-written policy: a fixed pool of worker threads fed by the accept loop through a
+/// queue. Only the public Server interface is used.
+class pool_policy {
+public:
+    template <class Server>
+    void run(Server& server) {
+        std::mutex mutex;
+        std::condition_variable ready;
+        std::deque<tinyproxy::accepted_client> queue;
+        bool stopping = false;
+        std::vector<std::thread> workers;
+        for (int i = 0; i < workers_; ++i) {
+            workers.emplace_back([&] {
+                for (;;) {
+                    std::unique_lock<std::mutex> lock(mutex);
+                    ready.wait(lock, [&] { return stopping || !queue.empty(); });
+                    if (stopping) {
+                        return;
+                    }
+                    auto client = std::move(queue.front());
+                    queue.pop_front();
+                    lock.unlock();
+                    server.serve(std::move(client));
+                }
+            });
+        }
+        for (;;) {
+            tinyproxy::accepted_client client;
+            auto status = server.accept_next(client, tinyproxy::time_point::max());
+            if (status == tinyproxy::accept_status::stopped) {
+                break;
+            }
+            if (status == tinyproxy::accept_status::client) {
+                std::lock_guard<std::mutex> lock(mutex);
+                queue.push_back(std::move(client));
+                ready.notify_one();
+            }
+        }
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            stopping = true;
+            queue.clear(); // clients never served are closed
+        }
+        ready.notify_all();
+        for (auto& w : workers) {
+            w.join();
+        }
+    }
+
+private:
+    // Enough workers for the suite's 100 concurrent clients: a pool serves one session per
+    // worker at a time.
+    int workers_ = 128;
+};
+
+tinyproxy::forward_mode forward_to(const tinyproxy::endpoint& where) {
+    return tinyproxy::forward_mode(tinyproxy::host_port{where.address.to_string(), where.port});
+}
+
+/// Sends `payload` and reads the echo at the same time (both directions in flight at once).
+bytes round_trip(const tinyproxy::endpoint& proxy, const bytes& payload) {
+    auto client = connect_to(proxy);
+    REQUIRE(client);
+    std::thread writer([&] {
+        send_all(client, payload);
+        shutdown_write(client);
+    });
+    bytes echoed = read_to_end(client);
+    writer.join();
+    return echoed;
+}
+
+/// Waits for the fork policy's children to be reaped (others have none).
+void expect_no_children() {
+    CHECK_MESSAGE(eventually([] { return child_states().empty(); }), "children left behind");
+}
+
+} // namespace
+
+TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
+    const int descriptors_before = open_descriptors();
+    {
+        upstream echo_server(echo);
+
+        SUBCASE("payloads of 0 B, 1 B, 64 KiB and 16 MiB arrive byte-exact both ways") {
+            running_proxy<Policy> proxy(forward_to(echo_server.where()));
+            std::uint32_t seed = 1;
+            for (std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{64 * 1024},
+                                     std::size_t{16 * 1024 * 1024}}) {
+                CAPTURE(size);
+                bytes payload = random_bytes(size, seed++);
+                bytes echoed = round_trip(proxy.where(), payload);
+                CHECK(echoed.size() == payload.size());
+                CHECK(echoed == payload);
+            }
+        }
+
+        SUBCASE("half-close from the client: upstream reads EOF, then its whole reply arrives") {
+            bytes request = random_bytes(300 * 1024, 7);
+            bytes reply = random_bytes(2 * 1024 * 1024, 8);
+            std::promise<bytes> received;
+            upstream replier([&](tinyproxy::socket& s) {
+                received.set_value(read_to_end(s)); // until the client's EOF
+                send_all(s, reply);                 // then a full reply on the open half
+                shutdown_write(s);
+            });
+            running_proxy<Policy> proxy(forward_to(replier.where()));
+            auto client = connect_to(proxy.where());
+            REQUIRE(client);
+            REQUIRE(send_all(client, request));
+            shutdown_write(client);
+            bool clean = false;
+            bytes got = read_to_end(client, &clean);
+            CHECK(clean);
+            CHECK(got == reply);
+            auto upstream_got = received.get_future();
+            REQUIRE(upstream_got.wait_for(5s) == std::future_status::ready);
+            CHECK(upstream_got.get() == request);
+        }
+
+        SUBCASE("half-close from upstream: the client reads EOF, then its reply arrives whole") {
+            bytes greeting = random_bytes(500 * 1024, 9);
+            bytes answer = random_bytes(1024 * 1024, 10);
+            std::promise<bytes> received;
+            upstream speaker([&](tinyproxy::socket& s) {
+                send_all(s, greeting);
+                shutdown_write(s); // upstream is done talking, still listening
+                received.set_value(read_to_end(s));
+            });
+            running_proxy<Policy> proxy(forward_to(speaker.where()));
+            auto client = connect_to(proxy.where());
+            REQUIRE(client);
+            bool clean = false;
+            bytes got = read_to_end(client, &clean); // EOF passed on from upstream
+            CHECK(clean);
+            CHECK(got == greeting);
+            REQUIRE(send_all(client, answer));
+            shutdown_write(client);
+            auto upstream_got = received.get_future();
+            REQUIRE(upstream_got.wait_for(5s) == std::future_status::ready);
+            CHECK(upstream_got.get() == answer);
+        }
+
+        SUBCASE("100 concurrent connections are all served intact") {
+            running_proxy<Policy> proxy(forward_to(echo_server.where()));
+            std::vector<std::thread> clients;
+            std::atomic<int> intact{0};
+            for (std::uint32_t i = 0; i < 100; ++i) {
+                clients.emplace_back([&, i] {
+                    bytes payload = random_bytes(64 * 1024, 100 + i);
+                    auto c = connect_to(proxy.where());
+                    if (!c) {
+                        return;
+                    }
+                    std::thread writer([&] {
+                        send_all(c, payload);
+                        shutdown_write(c);
+                    });
+                    bytes echoed = read_to_end(c);
+                    writer.join();
+                    if (echoed == payload) {
+                        ++intact;
+                    }
+                });
+            }
+            for (auto& t : clients) {
+                t.join();
+            }
+            CHECK(intact.load() == 100);
+        }
+
+        SUBCASE("upstream refused: the client is closed within 2 s, and others are served") {
+            tinyproxy::endpoint closed_port;
+            {
+                auto l = tinyproxy::listener::open(tinyproxy::parse_endpoint("127.0.0.1:0"));
+                closed_port = l.local_endpoint();
+            }
+            running_proxy<Policy> proxy(forward_to(closed_port));
+            auto client = connect_to(proxy.where(), 2s);
+            REQUIRE(client);
+            auto begin = tinyproxy::steady_clock::now();
+            std::uint8_t byte = 0;
+            ssize_t n = ::recv(client.native_handle(), &byte, 1, 0);
+            bool timed_out = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+            CHECK_FALSE(timed_out); // EOF or reset: closed, not left hanging
+            CHECK(tinyproxy::steady_clock::now() - begin < 2s);
+            // The proxy itself is still there for the next client.
+            auto second = connect_to(proxy.where(), 2s);
+            CHECK(second);
+        }
+
+        SUBCASE("a client that sends nothing does not delay another client") {
+            running_proxy<Policy> proxy(forward_to(echo_server.where()));
+            auto silent = connect_to(proxy.where());
+            REQUIRE(silent);
+            std::this_thread::sleep_for(50ms);
+            bytes payload = random_bytes(4096, 11);
+            auto begin = tinyproxy::steady_clock::now();
+            CHECK(round_trip(proxy.where(), payload) == payload);
+            // Generous: this only proves the other client was not waited for.
+            CHECK(tinyproxy::steady_clock::now() - begin < 3s);
+        }
+
+        SUBCASE("stop() with live connections returns promptly and ends them") {
+            running_proxy<Policy> proxy(forward_to(echo_server.where()));
+            std::vector<tinyproxy::socket> live;
+            for (int i = 0; i < 5; ++i) {
+                auto c = connect_to(proxy.where(), 3s);
+                REQUIRE(c);
+                REQUIRE(send_all(c, bytes(100, 0x42)));
+                live.push_back(std::move(c));
+            }
+            for (auto& c : live) { // each tunnel is up: its echo came back
+                std::uint8_t buffer[100];
+                std::size_t got = 0;
+                while (got < sizeof buffer) {
+                    ssize_t n = ::recv(c.native_handle(), buffer + got, sizeof buffer - got, 0);
+                    REQUIRE(n > 0);
+                    got += static_cast<std::size_t>(n);
+                }
+            }
+            auto took = proxy.stop();
+            CHECK(took < 1000ms);
+            for (auto& c : live) { // and now each is closed
+                bool clean = false;
+                read_to_end(c, &clean);
+                std::uint8_t byte = 0;
+                CHECK(::recv(c.native_handle(), &byte, 1, 0) <= 0);
+            }
+        }
+        expect_no_children();
+    }
+    // Everything the proxy, its sessions and the test's own servers opened is closed again.
+    CHECK(eventually([&] { return open_descriptors() == descriptors_before; }));
+}
+
+TEST_CASE_TEMPLATE_INVOKE(policy_conformance, tinyproxy::thread_policy, tinyproxy::poll_policy,
+                          pool_policy);
+// Kept apart so that a name filter can leave the process-per-connection policy out under TSan.
+TEST_CASE_TEMPLATE_APPLY(policy_conformance, std::tuple<tinyproxy::fork_policy>);
+
+TEST_CASE("fork policy: no zombie outlives its session while the proxy runs") {
+    upstream echo_server(echo);
+    running_proxy<tinyproxy::fork_policy> proxy(forward_to(echo_server.where()));
+    for (std::uint32_t i = 0; i < 20; ++i) {
+        bytes payload = random_bytes(1000, i);
+        CHECK(round_trip(proxy.where(), payload) == payload);
+    }
+    // Every session has ended; the parent must reap each child soon after, without stop().
+    CHECK_MESSAGE(eventually([] {
+                      for (const auto& state : child_states()) {
+                          if (state.back() == 'Z') {
+                              return false;
+                          }
+                      }
+                      return true;
+                  }),
+                  "zombie children while running");
+    CHECK(eventually([&] { return proxy.proxy().stats().accepted == 20; }));
+}
+
+namespace {
+
+/// A user-written Mode: routes by the client's first byte ('H' to `hanging`, anything else to
+/// `echoing`) and sends the bytes after it upstream. Proves the Mode seam, and lets one proxy
+/// hold a connect that never completes next to working tunnels.
+class first_byte_mode {
+public:
+    first_byte_mode(tinyproxy::endpoint hanging, tinyproxy::endpoint echoing)
+        : hanging_(hanging), echoing_(echoing) {}
+
+    class session {
+    public:
+        session(tinyproxy::endpoint hanging, tinyproxy::endpoint echoing)
+            : hanging_(hanging), echoing_(echoing) {}
+        tinyproxy::mode_step start() { return tinyproxy::mode_step::need_more(); }
+        tinyproxy::mode_step on_client_data(tinyproxy::byte_view data) {
+            const auto& to = data[0] == 'H' ? hanging_ : echoing_;
+            bytes rest(data.begin() + 1, data.end());
+            return tinyproxy::mode_step::connect_to({to.address.to_string(), to.port}, rest);
+        }
+        bytes on_connected(std::error_code, const tinyproxy::endpoint&,
+                           const tinyproxy::endpoint&) {
+            return {};
+        }
+
+    private:
+        tinyproxy::endpoint hanging_;
+        tinyproxy::endpoint echoing_;
+    };
+
+    session make_session(const tinyproxy::session_info&) const { return {hanging_, echoing_}; }
+
+private:
+    tinyproxy::endpoint hanging_;
+    tinyproxy::endpoint echoing_;
+};
+
+} // namespace
+
+TEST_CASE_TEMPLATE("a connect that never completes, a client that never reads and one that "
+                   "never speaks do not stall others",
+                   Policy, tinyproxy::poll_policy, tinyproxy::thread_policy) {
+    // A listener with a full backlog completes no more handshakes: connects to it hang.
+    auto full = tinyproxy::listener::open(tinyproxy::parse_endpoint("127.0.0.1:0"), 0);
+    std::vector<tinyproxy::socket> fillers;
+    for (int i = 0; i < 8; ++i) {
+        bool connected = false;
+        std::error_code ec;
+        fillers.push_back(tinyproxy::start_connect(full.local_endpoint(), connected, ec));
+    }
+    upstream echo_server(echo);
+    auto opts = running_proxy<Policy, first_byte_mode>::default_options();
+    opts.connect_timeout = 10s;
+    running_proxy<Policy, first_byte_mode> proxy(
+        first_byte_mode(full.local_endpoint(), echo_server.where()), opts);
+
+    auto hanging = connect_to(proxy.where());
+    REQUIRE(send_all(hanging, bytes{'H'}));
+    auto silent = connect_to(proxy.where());
+    REQUIRE(silent);
+    auto deaf = connect_to(proxy.where()); // sends 8 MiB, never reads the echo
+    REQUIRE(send_all(deaf, bytes{'E'}));
+    bytes flood = random_bytes(8 * 1024 * 1024, 3);
+    std::thread flooder([&] { send_all(deaf, flood); }); // blocks once buffers fill; times out
+    std::this_thread::sleep_for(200ms);
+
+    bytes payload = random_bytes(100 * 1024, 4);
+    bytes request = {'E'};
+    request.insert(request.end(), payload.begin(), payload.end());
+    auto begin = tinyproxy::steady_clock::now();
+    CHECK(round_trip(proxy.where(), request) == payload); // the pipelined bytes, in order
+    CHECK(tinyproxy::steady_clock::now() - begin < 3s);
+    CHECK(proxy.stop() < 1000ms);
+    flooder.join();
+}
