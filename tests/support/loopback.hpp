@@ -16,7 +16,11 @@
 #include <thread>
 #include <vector>
 
+#include <csignal>
+#include <stdexcept>
+
 #include <dirent.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -191,6 +195,86 @@ private:
     std::thread runner_;
 };
 
+/// fork_policy runs in a process of its own, started here with fork() and single-threaded from
+/// then on: a process-per-connection proxy forks for every client, and forking a process that
+/// runs other threads (this test binary runs clients and servers on threads) can leave a child
+/// stuck on a lock another thread held at the fork, as ASan's allocator does. The host exits 0
+/// only if, after run() returned, it has no child left.
+template <class Mode>
+class running_proxy<tinyproxy::fork_policy, Mode> {
+public:
+    running_proxy(Mode mode, tinyproxy::options opts = default_options()) {
+        tinyproxy::basic_proxy<tinyproxy::fork_policy, Mode> proxy(opts, std::move(mode));
+        proxy.listen();
+        where_ = proxy.local_endpoint();
+        int ready[2];
+        if (::pipe(ready) != 0) {
+            throw std::runtime_error("pipe");
+        }
+        host_ = ::fork();
+        if (host_ == 0) {
+            ::close(ready[0]);
+            host_proxy() = &proxy;
+            struct sigaction action {};
+            action.sa_handler = [](int) { host_proxy()->stop(); };
+            ::sigaction(SIGTERM, &action, nullptr);
+            char one = 1;
+            (void)!::write(ready[1], &one, 1); // the handler is in place
+            proxy.run();
+            int status = 0;
+            bool children_left = ::waitpid(-1, &status, WNOHANG) != -1 || errno != ECHILD;
+            ::_exit(children_left ? 3 : 0);
+        }
+        ::close(ready[1]);
+        char one = 0;
+        pollfd fd{ready[0], POLLIN, 0};
+        ::poll(&fd, 1, 5000);
+        (void)!::read(ready[0], &one, 1);
+        ::close(ready[0]);
+        // `proxy` closes its listener and stop pipe here, in this process only.
+    }
+    ~running_proxy() { stop(); }
+
+    static tinyproxy::options default_options() {
+        return running_proxy<tinyproxy::thread_policy, Mode>::default_options();
+    }
+    /// Sends SIGTERM (the host calls stop()) and waits; how long the host took to exit.
+    std::chrono::milliseconds stop() {
+        if (host_ <= 0) {
+            return 0ms;
+        }
+        auto begin = tinyproxy::steady_clock::now();
+        ::kill(host_, SIGTERM);
+        int status = 0;
+        while (::waitpid(host_, &status, WNOHANG) == 0) {
+            if (tinyproxy::steady_clock::now() - begin > 10s) {
+                ::kill(host_, SIGKILL);
+                ::waitpid(host_, &status, 0);
+                break;
+            }
+            std::this_thread::sleep_for(1ms);
+        }
+        host_exit_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        host_ = -1;
+        return std::chrono::duration_cast<std::chrono::milliseconds>(
+            tinyproxy::steady_clock::now() - begin);
+    }
+    tinyproxy::endpoint where() const { return where_; }
+    pid_t host() const { return host_; }
+    /// The host's exit status once stopped: 0 when it ended cleanly with no child left.
+    int host_exit() const { return host_exit_; }
+
+private:
+    static tinyproxy::basic_proxy<tinyproxy::fork_policy, Mode>*& host_proxy() {
+        static tinyproxy::basic_proxy<tinyproxy::fork_policy, Mode>* proxy = nullptr;
+        return proxy;
+    }
+
+    tinyproxy::endpoint where_;
+    pid_t host_ = -1;
+    int host_exit_ = -1;
+};
+
 /// How many descriptors this process has open.
 inline int open_descriptors() {
     int count = 0;
@@ -207,14 +291,14 @@ inline int open_descriptors() {
     return count - 1; // the directory's own descriptor
 }
 
-/// Child processes of this process (any state), found through /proc.
-inline std::vector<std::string> child_states() {
+/// Child processes of `parent` (this process by default), any state, found through /proc.
+inline std::vector<std::string> child_states(pid_t parent = ::getpid()) {
     std::vector<std::string> states;
     DIR* dir = ::opendir("/proc");
     if (dir == nullptr) {
         return states;
     }
-    std::string self = std::to_string(::getpid());
+    std::string self = std::to_string(parent);
     while (dirent* entry = ::readdir(dir)) {
         if (entry->d_name[0] < '0' || entry->d_name[0] > '9') {
             continue;
