@@ -11,15 +11,23 @@ namespace tinyproxy {
 /// Conditions the library itself detects (the operating system's errors stay in
 /// std::system_category). Zero is never used: a default error_code means success.
 enum class errc {
-    invalid_address = 1,  ///< text that is not HOST:PORT, [V6]:PORT or a valid port
-    name_not_resolved,    ///< getaddrinfo found no address for a host name
-    connect_timeout,      ///< no upstream address connected before the connect deadline
-    handshake_timeout,    ///< the client did not finish its handshake in time
-    handshake_incomplete, ///< the client closed before finishing its handshake
-    idle_timeout,         ///< no byte moved either way for the idle timeout
-    protocol_error,       ///< the client spoke something the mode does not accept
-    stopped,              ///< the proxy was stopped while the operation was waiting
-    child_failed,         ///< a session in a forked child ended with an error (fork_policy)
+    invalid_address = 1,      ///< text that is not HOST:PORT, [V6]:PORT or a valid port
+    name_not_resolved,        ///< getaddrinfo found no address for a host name
+    connect_timeout,          ///< no upstream address connected before the connect deadline
+    handshake_timeout,        ///< the client did not finish its handshake in time
+    handshake_incomplete,     ///< the client closed before finishing its handshake
+    idle_timeout,             ///< no byte moved either way for the idle timeout
+    protocol_error,           ///< the client spoke something the mode does not accept
+    stopped,                  ///< the proxy was stopped while the operation was waiting
+    child_failed,             ///< a session in a forked child ended with an error (fork_policy)
+    unsupported_version,      ///< a handshake in a protocol version we do not speak
+    unsupported_command,      ///< a request other than CONNECT (SOCKS BIND, UDP ASSOCIATE)
+    unsupported_address_type, ///< an address type the protocol does not define
+    no_acceptable_method,     ///< no authentication method both sides accept (SOCKS5)
+    auth_failed,              ///< wrong or missing credentials
+    message_too_large,        ///< a handshake field or header past its hard limit
+    method_not_allowed,       ///< an HTTP method other than CONNECT
+    not_allowed,              ///< the destination is not allowed by the proxy's rules
 };
 
 namespace detail {
@@ -47,6 +55,22 @@ public:
             return "proxy stopped";
         case errc::child_failed:
             return "session in child process failed";
+        case errc::unsupported_version:
+            return "unsupported protocol version";
+        case errc::unsupported_command:
+            return "command not supported";
+        case errc::unsupported_address_type:
+            return "address type not supported";
+        case errc::no_acceptable_method:
+            return "no acceptable authentication method";
+        case errc::auth_failed:
+            return "authentication failed";
+        case errc::message_too_large:
+            return "handshake message too large";
+        case errc::method_not_allowed:
+            return "method not allowed";
+        case errc::not_allowed:
+            return "destination not allowed";
         }
         return "unknown tinyproxy error";
     }

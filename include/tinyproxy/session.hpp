@@ -18,6 +18,7 @@
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
 #include "tinyproxy/socket.hpp"
+#include "tinyproxy/protocol/step.hpp"
 #include "tinyproxy/relay.hpp"
 
 namespace tinyproxy {
@@ -40,39 +41,8 @@ struct session_info {
     endpoint local;  ///< the address the client connected to
 };
 
-/// What a Mode's session answers at each step of its handshake.
-struct mode_step {
-    enum class action {
-        need_more, ///< send `to_client` (if any), then feed the client's next bytes
-        connect,   ///< connect to `target`, then send `to_upstream` first
-        fail,      ///< send `to_client` (if any), then close; `error` says why
-    };
-    action what = action::need_more;
-    std::vector<std::uint8_t> to_client;
-    host_port target;
-    std::vector<std::uint8_t> to_upstream;
-    std::error_code error;
-
-    static mode_step need_more(std::vector<std::uint8_t> reply = {}) {
-        mode_step s;
-        s.to_client = std::move(reply);
-        return s;
-    }
-    static mode_step connect_to(host_port where, std::vector<std::uint8_t> first_bytes = {}) {
-        mode_step s;
-        s.what = action::connect;
-        s.target = std::move(where);
-        s.to_upstream = std::move(first_bytes);
-        return s;
-    }
-    static mode_step fail(std::error_code why, std::vector<std::uint8_t> reply = {}) {
-        mode_step s;
-        s.what = action::fail;
-        s.error = why;
-        s.to_client = std::move(reply);
-        return s;
-    }
-};
+/// What a Mode's session answers at each step of its handshake (see handshake_step).
+using mode_step = handshake_step;
 
 /// A client just accepted, before its session starts.
 struct accepted_client {

@@ -7,6 +7,7 @@
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
 #include "tinyproxy/socket.hpp"
+#include "tinyproxy/protocol/step.hpp"
 #include "tinyproxy/relay.hpp"
 #include "tinyproxy/session.hpp"
 #include "tinyproxy/policy/thread.hpp"

@@ -227,15 +227,23 @@ namespace tinyproxy {
 /// Conditions the library itself detects (the operating system's errors stay in
 /// std::system_category). Zero is never used: a default error_code means success.
 enum class errc {
-    invalid_address = 1,  ///< text that is not HOST:PORT, [V6]:PORT or a valid port
-    name_not_resolved,    ///< getaddrinfo found no address for a host name
-    connect_timeout,      ///< no upstream address connected before the connect deadline
-    handshake_timeout,    ///< the client did not finish its handshake in time
-    handshake_incomplete, ///< the client closed before finishing its handshake
-    idle_timeout,         ///< no byte moved either way for the idle timeout
-    protocol_error,       ///< the client spoke something the mode does not accept
-    stopped,              ///< the proxy was stopped while the operation was waiting
-    child_failed,         ///< a session in a forked child ended with an error (fork_policy)
+    invalid_address = 1,      ///< text that is not HOST:PORT, [V6]:PORT or a valid port
+    name_not_resolved,        ///< getaddrinfo found no address for a host name
+    connect_timeout,          ///< no upstream address connected before the connect deadline
+    handshake_timeout,        ///< the client did not finish its handshake in time
+    handshake_incomplete,     ///< the client closed before finishing its handshake
+    idle_timeout,             ///< no byte moved either way for the idle timeout
+    protocol_error,           ///< the client spoke something the mode does not accept
+    stopped,                  ///< the proxy was stopped while the operation was waiting
+    child_failed,             ///< a session in a forked child ended with an error (fork_policy)
+    unsupported_version,      ///< a handshake in a protocol version we do not speak
+    unsupported_command,      ///< a request other than CONNECT (SOCKS BIND, UDP ASSOCIATE)
+    unsupported_address_type, ///< an address type the protocol does not define
+    no_acceptable_method,     ///< no authentication method both sides accept (SOCKS5)
+    auth_failed,              ///< wrong or missing credentials
+    message_too_large,        ///< a handshake field or header past its hard limit
+    method_not_allowed,       ///< an HTTP method other than CONNECT
+    not_allowed,              ///< the destination is not allowed by the proxy's rules
 };
 
 namespace detail {
@@ -263,6 +271,22 @@ public:
             return "proxy stopped";
         case errc::child_failed:
             return "session in child process failed";
+        case errc::unsupported_version:
+            return "unsupported protocol version";
+        case errc::unsupported_command:
+            return "command not supported";
+        case errc::unsupported_address_type:
+            return "address type not supported";
+        case errc::no_acceptable_method:
+            return "no acceptable authentication method";
+        case errc::auth_failed:
+            return "authentication failed";
+        case errc::message_too_large:
+            return "handshake message too large";
+        case errc::method_not_allowed:
+            return "method not allowed";
+        case errc::not_allowed:
+            return "destination not allowed";
         }
         return "unknown tinyproxy error";
     }
@@ -1327,6 +1351,70 @@ inline socket connect(const host_port& target, time_point until, std::error_code
 
 } // namespace tinyproxy
 // ---- end tinyproxy/socket.hpp ----
+// #include "tinyproxy/protocol/step.hpp"
+// ---- begin tinyproxy/protocol/step.hpp ----
+// handshake_step: what a sans-I/O handshake parser answers each time it is fed bytes.
+
+#include <cstdint>      // bytes
+#include <string>       // credentials
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // byte buffers
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+
+namespace tinyproxy {
+
+/// A user name and password, as SOCKS5 (RFC 1929) and HTTP Basic carry them.
+struct credentials {
+    std::string username;
+    std::string password;
+};
+
+/// The answer of a handshake (a SOCKS or HTTP CONNECT parser, or a Mode's session) to the bytes
+/// it has been fed so far. The caller does the I/O: it sends `to_client` (whatever the action),
+/// then, for need_more, feeds the client's next bytes; for connect, connects to `target` and
+/// sends `to_upstream` before anything else; for fail, closes once `to_client` is out.
+struct handshake_step {
+    enum class action {
+        need_more, ///< send `to_client` (if any), then feed the client's next bytes
+        connect,   ///< connect to `target`, then send `to_upstream` first
+        fail,      ///< send `to_client` (if any), then close; `error` says why
+    };
+    action what = action::need_more;
+    std::vector<std::uint8_t> to_client;
+    host_port target;
+    /// For connect: bytes the client sent after its request (pipelined), to go upstream first
+    /// and in order. A parser never drops them.
+    std::vector<std::uint8_t> to_upstream;
+    std::error_code error;
+
+    static handshake_step need_more(std::vector<std::uint8_t> reply = {}) {
+        handshake_step s;
+        s.to_client = std::move(reply);
+        return s;
+    }
+    static handshake_step connect_to(host_port where, std::vector<std::uint8_t> first_bytes = {}) {
+        handshake_step s;
+        s.what = action::connect;
+        s.target = std::move(where);
+        s.to_upstream = std::move(first_bytes);
+        return s;
+    }
+    static handshake_step fail(std::error_code why, std::vector<std::uint8_t> reply = {}) {
+        handshake_step s;
+        s.what = action::fail;
+        s.error = why;
+        s.to_client = std::move(reply);
+        return s;
+    }
+};
+
+} // namespace tinyproxy
+// ---- end tinyproxy/protocol/step.hpp ----
 // #include "tinyproxy/relay.hpp"
 // ---- begin tinyproxy/relay.hpp ----
 // The one relay engine: moves bytes both ways between two non-blocking sockets, with bounded
@@ -1564,6 +1652,7 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size) noexcep
 // #include "tinyproxy/address.hpp"
 // #include "tinyproxy/detail/sys.hpp"
 // #include "tinyproxy/socket.hpp"
+// #include "tinyproxy/protocol/step.hpp"
 // #include "tinyproxy/relay.hpp"
 
 namespace tinyproxy {
@@ -1586,39 +1675,8 @@ struct session_info {
     endpoint local;  ///< the address the client connected to
 };
 
-/// What a Mode's session answers at each step of its handshake.
-struct mode_step {
-    enum class action {
-        need_more, ///< send `to_client` (if any), then feed the client's next bytes
-        connect,   ///< connect to `target`, then send `to_upstream` first
-        fail,      ///< send `to_client` (if any), then close; `error` says why
-    };
-    action what = action::need_more;
-    std::vector<std::uint8_t> to_client;
-    host_port target;
-    std::vector<std::uint8_t> to_upstream;
-    std::error_code error;
-
-    static mode_step need_more(std::vector<std::uint8_t> reply = {}) {
-        mode_step s;
-        s.to_client = std::move(reply);
-        return s;
-    }
-    static mode_step connect_to(host_port where, std::vector<std::uint8_t> first_bytes = {}) {
-        mode_step s;
-        s.what = action::connect;
-        s.target = std::move(where);
-        s.to_upstream = std::move(first_bytes);
-        return s;
-    }
-    static mode_step fail(std::error_code why, std::vector<std::uint8_t> reply = {}) {
-        mode_step s;
-        s.what = action::fail;
-        s.error = why;
-        s.to_client = std::move(reply);
-        return s;
-    }
-};
+/// What a Mode's session answers at each step of its handshake (see handshake_step).
+using mode_step = handshake_step;
 
 /// A client just accepted, before its session starts.
 struct accepted_client {

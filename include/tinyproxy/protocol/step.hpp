@@ -1,0 +1,62 @@
+// handshake_step: what a sans-I/O handshake parser answers each time it is fed bytes.
+#pragma once
+
+#include <cstdint>      // bytes
+#include <string>       // credentials
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // byte buffers
+
+#include "tinyproxy/config.hpp"
+#include "tinyproxy/bytes.hpp"
+#include "tinyproxy/error.hpp"
+#include "tinyproxy/address.hpp"
+
+namespace tinyproxy {
+
+/// A user name and password, as SOCKS5 (RFC 1929) and HTTP Basic carry them.
+struct credentials {
+    std::string username;
+    std::string password;
+};
+
+/// The answer of a handshake (a SOCKS or HTTP CONNECT parser, or a Mode's session) to the bytes
+/// it has been fed so far. The caller does the I/O: it sends `to_client` (whatever the action),
+/// then, for need_more, feeds the client's next bytes; for connect, connects to `target` and
+/// sends `to_upstream` before anything else; for fail, closes once `to_client` is out.
+struct handshake_step {
+    enum class action {
+        need_more, ///< send `to_client` (if any), then feed the client's next bytes
+        connect,   ///< connect to `target`, then send `to_upstream` first
+        fail,      ///< send `to_client` (if any), then close; `error` says why
+    };
+    action what = action::need_more;
+    std::vector<std::uint8_t> to_client;
+    host_port target;
+    /// For connect: bytes the client sent after its request (pipelined), to go upstream first
+    /// and in order. A parser never drops them.
+    std::vector<std::uint8_t> to_upstream;
+    std::error_code error;
+
+    static handshake_step need_more(std::vector<std::uint8_t> reply = {}) {
+        handshake_step s;
+        s.to_client = std::move(reply);
+        return s;
+    }
+    static handshake_step connect_to(host_port where, std::vector<std::uint8_t> first_bytes = {}) {
+        handshake_step s;
+        s.what = action::connect;
+        s.target = std::move(where);
+        s.to_upstream = std::move(first_bytes);
+        return s;
+    }
+    static handshake_step fail(std::error_code why, std::vector<std::uint8_t> reply = {}) {
+        handshake_step s;
+        s.what = action::fail;
+        s.error = why;
+        s.to_client = std::move(reply);
+        return s;
+    }
+};
+
+} // namespace tinyproxy
