@@ -7,6 +7,7 @@
 // arguments exit 2, a listener that cannot be opened exits 1.
 #include <tinyproxy/tinyproxy.hpp>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -40,20 +41,22 @@ struct command_line {
     bool has_forward = false;
 };
 
-// The running proxy's stop(), for the signal handler (stop() is async-signal-safe).
-void (*stop_running)() = nullptr;
+// The running proxy's stop(), for the signal handler (stop() is async-signal-safe, and so is
+// a lock-free atomic load).
+std::atomic<void (*)()> stop_running{nullptr};
 
 extern "C" void on_signal(int) {
-    if (stop_running != nullptr) {
-        stop_running();
+    if (auto stop = stop_running.load()) {
+        stop();
     }
 }
 
 std::chrono::milliseconds parse_seconds(std::string_view flag, const std::string& text) {
     char* end = nullptr;
     double seconds = std::strtod(text.c_str(), &end);
-    if (text.empty() || end == nullptr || *end != '\0' || !(seconds > 0) || seconds > 1e6) {
-        throw usage_error(std::string(flag) + ": not a positive number of seconds: '" + text + "'");
+    if (text.empty() || end == nullptr || *end != '\0' || !(seconds >= 0.001) || seconds > 1e6) {
+        throw usage_error(std::string(flag) + ": expected seconds from 0.001 to 1000000, not '" +
+                          text + "'");
     }
     return std::chrono::milliseconds(static_cast<long long>(seconds * 1000 + 0.5));
 }
@@ -114,7 +117,7 @@ command_line parse(int argc, char** argv) {
 
 template <class Policy>
 int serve(const command_line& cmd) {
-    static tinyproxy::basic_proxy<Policy, tinyproxy::forward_mode>* running = nullptr;
+    static std::atomic<tinyproxy::basic_proxy<Policy, tinyproxy::forward_mode>*> running{nullptr};
     tinyproxy::basic_proxy<Policy, tinyproxy::forward_mode> proxy(
         cmd.options, tinyproxy::forward_mode(cmd.forward));
     std::error_code ec;
@@ -125,7 +128,11 @@ int serve(const command_line& cmd) {
         return 1;
     }
     running = &proxy;
-    stop_running = [] { running->stop(); };
+    stop_running = [] {
+        if (auto* p = running.load()) {
+            p->stop();
+        }
+    };
     struct sigaction action {};
     action.sa_handler = on_signal;
     sigemptyset(&action.sa_mask);
@@ -134,6 +141,8 @@ int serve(const command_line& cmd) {
 
     std::cout << "listening on " << proxy.local_endpoint().to_string() << std::endl;
     proxy.run();
+    stop_running = nullptr;
+    running = nullptr;
     return 0;
 }
 

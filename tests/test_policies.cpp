@@ -123,7 +123,9 @@ TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
             std::promise<bytes> received;
             upstream replier([&](tinyproxy::socket& s) {
                 received.set_value(read_to_end(s)); // until the client's EOF
-                send_all(s, reply);                 // then a full reply on the open half
+                // Think a while, so the proxy must keep watching us after the client's EOF.
+                std::this_thread::sleep_for(100ms);
+                send_all(s, reply); // then a full reply on the open half
                 shutdown_write(s);
             });
             running_proxy<Policy> proxy(forward_to(replier.where()));

@@ -224,6 +224,21 @@ inline bool valid_host(std::string_view host) {
     if (ip_address::parse(host)) {
         return true;
     }
+    // "127.1", "2130706433", "0x7f.0.0.1": getaddrinfo reads these as IPv4 addresses, so a
+    // rule that looks at numeric hosts before resolving could be walked around. No real
+    // host name ends in a label of digits (RFC 3696 section 2); refuse them.
+    std::string_view last_label =
+        host.substr(host.rfind('.') == std::string_view::npos ? 0 : host.rfind('.') + 1);
+    bool numeric_label = !last_label.empty();
+    for (char c : last_label) {
+        bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') ||
+                   c == 'x' || c == 'X';
+        numeric_label = numeric_label && hex;
+    }
+    bool has_digit = last_label.find_first_of("0123456789") != std::string_view::npos;
+    if (numeric_label && has_digit) {
+        return false;
+    }
     for (char c : host) {
         bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                   c == '-' || c == '.' || c == '_';

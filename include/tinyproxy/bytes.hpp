@@ -71,6 +71,24 @@ constexpr void store_be(std::uint8_t* p, T value) noexcept {
 /// reads nothing, returns zero or an empty value, and leaves the reader "short" (`need_more()`),
 /// which is sticky, so a parser reads a whole message and checks once at the end.
 class byte_reader {
+    // First, so that the constexpr reads below can use them in constant expressions (clang 14
+    // refuses a member template defined after its constexpr caller).
+    constexpr bool take(std::size_t count) noexcept {
+        if (short_ || count > remaining()) {
+            short_ = true;
+            return false;
+        }
+        position_ += count;
+        return true;
+    }
+    template <class T>
+    constexpr T read_int() noexcept {
+        if (!take(sizeof(T))) {
+            return 0;
+        }
+        return load_be<T>(bytes_.data() + position_ - sizeof(T));
+    }
+
 public:
     constexpr byte_reader() noexcept = default;
     constexpr explicit byte_reader(byte_view bytes) noexcept : bytes_(bytes) {}
@@ -102,21 +120,6 @@ public:
     constexpr byte_view rest() const noexcept { return bytes_.subview(position_); }
 
 private:
-    constexpr bool take(std::size_t count) noexcept {
-        if (short_ || count > remaining()) {
-            short_ = true;
-            return false;
-        }
-        position_ += count;
-        return true;
-    }
-    template <class T>
-    constexpr T read_int() noexcept {
-        if (!take(sizeof(T))) {
-            return 0;
-        }
-        return load_be<T>(bytes_.data() + position_ - sizeof(T));
-    }
     std::string length_prefixed(std::size_t length) {
         byte_view text = bytes(length);
         return std::string(text.as_chars());

@@ -244,6 +244,11 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
 template <class Mode>
 session_result proxy_server<Mode>::serve(accepted_client client) noexcept {
     session_result result;
+    if (stopping()) { // a client that was queued when stop came: close it, connect nowhere
+        result.error = make_error_code(errc::stopped);
+        session_ended(result);
+        return result;
+    }
     try {
         session_type session = make_session(std::move(client));
         result = run_session(session, stop_fd(), options_.buffer_size);

@@ -54,6 +54,16 @@ public:
     short client_events() const noexcept { return events_on(0); }
     /// What to wait for on the upstream socket next.
     short upstream_events() const noexcept { return events_on(1); }
+    /// Whether to keep the client socket in the poll set even when client_events() is 0: a
+    /// client that has half-closed can still reset, and poll reports that (POLLERR/POLLHUP)
+    /// only for descriptors it watches. False once nothing more will be written to the client,
+    /// which is also when POLLHUP alone could no longer mean an error.
+    bool watch_client() const noexcept {
+        return client_events() != 0 || (!finished() && !halves_[1].done);
+    }
+    bool watch_upstream() const noexcept {
+        return upstream_events() != 0 || (!finished() && !halves_[0].done);
+    }
 
     /// Both directions have ended cleanly, or one side failed.
     bool finished() const noexcept { return failed() || (halves_[0].done && halves_[1].done); }
@@ -91,6 +101,7 @@ private:
     bool pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size) noexcept;
     /// Writes what is pending; false when the destination is full or failed.
     bool flush(half& h, bool& progressed) noexcept;
+    void probe_half_closed(int side) noexcept;
     /// Copies bytes the destination has not taken yet into the direction's own buffer.
     bool keep(half& h, byte_view rest) noexcept;
     void fail(const std::error_code& ec, int fd) noexcept {
@@ -201,8 +212,22 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
     return progressed;
 }
 
+inline void relay::probe_half_closed(int side) noexcept {
+    // The side has said end of stream and has nothing to receive: no read or write will show
+    // its reset, so ask the socket for a pending error.
+    const half& outgoing = halves_[side];
+    if (outgoing.eof && events_on(side) == 0 && !halves_[1 - side].done) {
+        std::error_code ec = detail::connect_result(outgoing.from);
+        if (ec) {
+            fail(ec, outgoing.from);
+        }
+    }
+}
+
 inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size) noexcept {
     bool progressed = false;
+    probe_half_closed(0);
+    probe_half_closed(1);
     for (half& h : halves_) {
         if (!h.done && !failed()) {
             progressed = pump_half(h, scratch, scratch_size) || progressed;

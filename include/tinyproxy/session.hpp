@@ -31,7 +31,7 @@ struct session_options {
     std::chrono::milliseconds handshake_timeout{10'000};
     /// A tunnel in which no byte moves either way for this long is closed.
     std::chrono::milliseconds idle_timeout{300'000};
-    /// The most one read takes, and so the most buffered per direction.
+    /// The most one read takes, and so the most buffered per direction (0 counts as 1).
     std::size_t buffer_size = 64 * 1024;
 };
 
@@ -90,6 +90,13 @@ public:
     int upstream_fd() const noexcept { return upstream_ ? upstream_.native_handle() : -1; }
     short client_events() const noexcept;
     short upstream_events() const noexcept;
+    /// Whether to poll a socket even when its events are 0 (to hear of a reset).
+    bool watch_client() const noexcept {
+        return state_ == state::relaying ? relay_->watch_client() : client_events() != 0;
+    }
+    bool watch_upstream() const noexcept {
+        return state_ == state::relaying ? relay_->watch_upstream() : upstream_events() != 0;
+    }
     time_point deadline() const noexcept { return deadline_; }
 
     bool wants_resolve() const noexcept { return state_ == state::resolving; }
@@ -165,7 +172,7 @@ void basic_session<ModeSession>::start(time_point now) {
         finish(ec);
         return;
     }
-    deadline_ = now + limits_.handshake_timeout;
+    deadline_ = detail::deadline_after(now, limits_.handshake_timeout);
     apply(mode_.start(), now);
 }
 
@@ -209,15 +216,14 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
         begin_connect(now);
         return;
     case mode_step::action::fail:
-        fail_with_reply(step.error ? step.error : make_error_code(errc::protocol_error),
-                        std::move(to_client_), now);
+        fail_with_reply(step.error ? step.error : make_error_code(errc::protocol_error), {}, now);
         return;
     }
 }
 
 template <class ModeSession>
 void basic_session<ModeSession>::begin_connect(time_point now) {
-    connect_deadline_ = now + limits_.connect_timeout;
+    connect_deadline_ = detail::deadline_after(now, limits_.connect_timeout);
     deadline_ = connect_deadline_;
     if (auto numeric = target_.numeric_address()) {
         on_resolved({endpoint{*numeric, target_.port}}, {}, now);
@@ -295,19 +301,22 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     std::vector<std::uint8_t>().swap(to_upstream_);
     to_client_offset_ = 0;
     state_ = state::relaying;
-    deadline_ = now + limits_.idle_timeout;
+    deadline_ = detail::deadline_after(now, limits_.idle_timeout);
 }
 
 template <class ModeSession>
 void basic_session<ModeSession>::fail_with_reply(std::error_code why,
                                                  std::vector<std::uint8_t> reply, time_point now) {
     result_.error = why;
-    if (reply.empty()) {
+    // Bytes the Mode asked for earlier and not yet sent go out first, then the reply.
+    to_client_.erase(to_client_.begin(),
+                     to_client_.begin() + static_cast<std::ptrdiff_t>(to_client_offset_));
+    to_client_offset_ = 0;
+    to_client_.insert(to_client_.end(), reply.begin(), reply.end());
+    if (to_client_.empty()) {
         finish(why);
         return;
     }
-    to_client_ = std::move(reply);
-    to_client_offset_ = 0;
     state_ = state::failing;
     // A client that will not take a few reply bytes in a second is not worth waiting for.
     deadline_ = now + std::chrono::seconds(1);
@@ -364,7 +373,7 @@ template <class ModeSession>
 void basic_session<ModeSession>::relay_ready(time_point now, std::uint8_t* scratch,
                                              std::size_t scratch_size) {
     if (relay_->pump(scratch, scratch_size)) {
-        deadline_ = now + limits_.idle_timeout;
+        deadline_ = detail::deadline_after(now, limits_.idle_timeout);
     }
     if (!relay_->finished()) {
         return;
@@ -452,7 +461,7 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
 template <class ModeSession>
 session_result run_session(basic_session<ModeSession>& session, int stop_fd,
                            std::size_t scratch_size) {
-    std::vector<std::uint8_t> scratch(scratch_size);
+    std::vector<std::uint8_t> scratch(scratch_size == 0 ? 1 : scratch_size);
     session.start(steady_clock::now());
     while (!session.done()) {
         if (session.wants_resolve()) {
@@ -461,13 +470,12 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
             session.on_resolved(std::move(candidates), ec, steady_clock::now());
             continue;
         }
-        short client_events = session.client_events();
-        short upstream_events = session.upstream_events();
-        // A descriptor with no events of interest is left out: poll would still report its
+        // A descriptor the session does not watch is left out: poll would still report its
         // hang-up, over and over, while we do not want to read it yet.
-        pollfd fds[3] = {{stop_fd, POLLIN, 0},
-                         {client_events ? session.client_fd() : -1, client_events, 0},
-                         {upstream_events ? session.upstream_fd() : -1, upstream_events, 0}};
+        pollfd fds[3] = {
+            {stop_fd, POLLIN, 0},
+            {session.watch_client() ? session.client_fd() : -1, session.client_events(), 0},
+            {session.watch_upstream() ? session.upstream_fd() : -1, session.upstream_events(), 0}};
         std::error_code ec;
         detail::poll_fds(fds, 3, session.deadline(), ec);
         if (ec) {

@@ -119,6 +119,24 @@ constexpr void store_be(std::uint8_t* p, T value) noexcept {
 /// reads nothing, returns zero or an empty value, and leaves the reader "short" (`need_more()`),
 /// which is sticky, so a parser reads a whole message and checks once at the end.
 class byte_reader {
+    // First, so that the constexpr reads below can use them in constant expressions (clang 14
+    // refuses a member template defined after its constexpr caller).
+    constexpr bool take(std::size_t count) noexcept {
+        if (short_ || count > remaining()) {
+            short_ = true;
+            return false;
+        }
+        position_ += count;
+        return true;
+    }
+    template <class T>
+    constexpr T read_int() noexcept {
+        if (!take(sizeof(T))) {
+            return 0;
+        }
+        return load_be<T>(bytes_.data() + position_ - sizeof(T));
+    }
+
 public:
     constexpr byte_reader() noexcept = default;
     constexpr explicit byte_reader(byte_view bytes) noexcept : bytes_(bytes) {}
@@ -150,21 +168,6 @@ public:
     constexpr byte_view rest() const noexcept { return bytes_.subview(position_); }
 
 private:
-    constexpr bool take(std::size_t count) noexcept {
-        if (short_ || count > remaining()) {
-            short_ = true;
-            return false;
-        }
-        position_ += count;
-        return true;
-    }
-    template <class T>
-    constexpr T read_int() noexcept {
-        if (!take(sizeof(T))) {
-            return 0;
-        }
-        return load_be<T>(bytes_.data() + position_ - sizeof(T));
-    }
     std::string length_prefixed(std::size_t length) {
         byte_view text = bytes(length);
         return std::string(text.as_chars());
@@ -539,6 +542,21 @@ inline bool valid_host(std::string_view host) {
     if (ip_address::parse(host)) {
         return true;
     }
+    // "127.1", "2130706433", "0x7f.0.0.1": getaddrinfo reads these as IPv4 addresses, so a
+    // rule that looks at numeric hosts before resolving could be walked around. No real
+    // host name ends in a label of digits (RFC 3696 section 2); refuse them.
+    std::string_view last_label =
+        host.substr(host.rfind('.') == std::string_view::npos ? 0 : host.rfind('.') + 1);
+    bool numeric_label = !last_label.empty();
+    for (char c : last_label) {
+        bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') ||
+                   c == 'x' || c == 'X';
+        numeric_label = numeric_label && hex;
+    }
+    bool has_digit = last_label.find_first_of("0123456789") != std::string_view::npos;
+    if (numeric_label && has_digit) {
+        return false;
+    }
     for (char c : host) {
         bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                   c == '-' || c == '.' || c == '_';
@@ -852,7 +870,8 @@ inline bool start_connect(int fd, const sockaddr* address, socklen_t length,
     return false;
 }
 
-/// The outcome of a non-blocking connect, read from SO_ERROR once the socket is writable.
+/// The socket's pending error (SO_ERROR, which reading clears): the outcome of a non-blocking
+/// connect once the socket is writable, or a reset that no read or write has reported yet.
 inline std::error_code connect_result(int fd) noexcept {
     int error = 0;
     socklen_t length = sizeof error;
@@ -910,6 +929,21 @@ inline bool set_int_option(int fd, int level, int name, int value, std::error_co
         return false;
     }
     return true;
+}
+
+/// `now + wait`, saturating at the largest time point: a timeout of milliseconds::max()
+/// means "never", not an overflow.
+template <class Rep, class Period>
+time_point deadline_after(time_point now, std::chrono::duration<Rep, Period> wait) noexcept {
+    if (wait <= wait.zero()) {
+        return now;
+    }
+    auto room = time_point::max() - now;
+    if (std::chrono::duration_cast<std::chrono::duration<double>>(wait).count() >=
+        std::chrono::duration_cast<std::chrono::duration<double>>(room).count()) {
+        return time_point::max();
+    }
+    return now + std::chrono::duration_cast<steady_clock::duration>(wait);
 }
 
 /// Milliseconds from now until `until`, rounded up and clamped to what poll(2) takes;
@@ -1472,6 +1506,16 @@ public:
     short client_events() const noexcept { return events_on(0); }
     /// What to wait for on the upstream socket next.
     short upstream_events() const noexcept { return events_on(1); }
+    /// Whether to keep the client socket in the poll set even when client_events() is 0: a
+    /// client that has half-closed can still reset, and poll reports that (POLLERR/POLLHUP)
+    /// only for descriptors it watches. False once nothing more will be written to the client,
+    /// which is also when POLLHUP alone could no longer mean an error.
+    bool watch_client() const noexcept {
+        return client_events() != 0 || (!finished() && !halves_[1].done);
+    }
+    bool watch_upstream() const noexcept {
+        return upstream_events() != 0 || (!finished() && !halves_[0].done);
+    }
 
     /// Both directions have ended cleanly, or one side failed.
     bool finished() const noexcept { return failed() || (halves_[0].done && halves_[1].done); }
@@ -1509,6 +1553,7 @@ private:
     bool pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size) noexcept;
     /// Writes what is pending; false when the destination is full or failed.
     bool flush(half& h, bool& progressed) noexcept;
+    void probe_half_closed(int side) noexcept;
     /// Copies bytes the destination has not taken yet into the direction's own buffer.
     bool keep(half& h, byte_view rest) noexcept;
     void fail(const std::error_code& ec, int fd) noexcept {
@@ -1619,8 +1664,22 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
     return progressed;
 }
 
+inline void relay::probe_half_closed(int side) noexcept {
+    // The side has said end of stream and has nothing to receive: no read or write will show
+    // its reset, so ask the socket for a pending error.
+    const half& outgoing = halves_[side];
+    if (outgoing.eof && events_on(side) == 0 && !halves_[1 - side].done) {
+        std::error_code ec = detail::connect_result(outgoing.from);
+        if (ec) {
+            fail(ec, outgoing.from);
+        }
+    }
+}
+
 inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size) noexcept {
     bool progressed = false;
+    probe_half_closed(0);
+    probe_half_closed(1);
     for (half& h : halves_) {
         if (!h.done && !failed()) {
             progressed = pump_half(h, scratch, scratch_size) || progressed;
@@ -1665,7 +1724,7 @@ struct session_options {
     std::chrono::milliseconds handshake_timeout{10'000};
     /// A tunnel in which no byte moves either way for this long is closed.
     std::chrono::milliseconds idle_timeout{300'000};
-    /// The most one read takes, and so the most buffered per direction.
+    /// The most one read takes, and so the most buffered per direction (0 counts as 1).
     std::size_t buffer_size = 64 * 1024;
 };
 
@@ -1724,6 +1783,13 @@ public:
     int upstream_fd() const noexcept { return upstream_ ? upstream_.native_handle() : -1; }
     short client_events() const noexcept;
     short upstream_events() const noexcept;
+    /// Whether to poll a socket even when its events are 0 (to hear of a reset).
+    bool watch_client() const noexcept {
+        return state_ == state::relaying ? relay_->watch_client() : client_events() != 0;
+    }
+    bool watch_upstream() const noexcept {
+        return state_ == state::relaying ? relay_->watch_upstream() : upstream_events() != 0;
+    }
     time_point deadline() const noexcept { return deadline_; }
 
     bool wants_resolve() const noexcept { return state_ == state::resolving; }
@@ -1799,7 +1865,7 @@ void basic_session<ModeSession>::start(time_point now) {
         finish(ec);
         return;
     }
-    deadline_ = now + limits_.handshake_timeout;
+    deadline_ = detail::deadline_after(now, limits_.handshake_timeout);
     apply(mode_.start(), now);
 }
 
@@ -1843,15 +1909,14 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
         begin_connect(now);
         return;
     case mode_step::action::fail:
-        fail_with_reply(step.error ? step.error : make_error_code(errc::protocol_error),
-                        std::move(to_client_), now);
+        fail_with_reply(step.error ? step.error : make_error_code(errc::protocol_error), {}, now);
         return;
     }
 }
 
 template <class ModeSession>
 void basic_session<ModeSession>::begin_connect(time_point now) {
-    connect_deadline_ = now + limits_.connect_timeout;
+    connect_deadline_ = detail::deadline_after(now, limits_.connect_timeout);
     deadline_ = connect_deadline_;
     if (auto numeric = target_.numeric_address()) {
         on_resolved({endpoint{*numeric, target_.port}}, {}, now);
@@ -1929,19 +1994,22 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     std::vector<std::uint8_t>().swap(to_upstream_);
     to_client_offset_ = 0;
     state_ = state::relaying;
-    deadline_ = now + limits_.idle_timeout;
+    deadline_ = detail::deadline_after(now, limits_.idle_timeout);
 }
 
 template <class ModeSession>
 void basic_session<ModeSession>::fail_with_reply(std::error_code why,
                                                  std::vector<std::uint8_t> reply, time_point now) {
     result_.error = why;
-    if (reply.empty()) {
+    // Bytes the Mode asked for earlier and not yet sent go out first, then the reply.
+    to_client_.erase(to_client_.begin(),
+                     to_client_.begin() + static_cast<std::ptrdiff_t>(to_client_offset_));
+    to_client_offset_ = 0;
+    to_client_.insert(to_client_.end(), reply.begin(), reply.end());
+    if (to_client_.empty()) {
         finish(why);
         return;
     }
-    to_client_ = std::move(reply);
-    to_client_offset_ = 0;
     state_ = state::failing;
     // A client that will not take a few reply bytes in a second is not worth waiting for.
     deadline_ = now + std::chrono::seconds(1);
@@ -1998,7 +2066,7 @@ template <class ModeSession>
 void basic_session<ModeSession>::relay_ready(time_point now, std::uint8_t* scratch,
                                              std::size_t scratch_size) {
     if (relay_->pump(scratch, scratch_size)) {
-        deadline_ = now + limits_.idle_timeout;
+        deadline_ = detail::deadline_after(now, limits_.idle_timeout);
     }
     if (!relay_->finished()) {
         return;
@@ -2086,7 +2154,7 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
 template <class ModeSession>
 session_result run_session(basic_session<ModeSession>& session, int stop_fd,
                            std::size_t scratch_size) {
-    std::vector<std::uint8_t> scratch(scratch_size);
+    std::vector<std::uint8_t> scratch(scratch_size == 0 ? 1 : scratch_size);
     session.start(steady_clock::now());
     while (!session.done()) {
         if (session.wants_resolve()) {
@@ -2095,13 +2163,12 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
             session.on_resolved(std::move(candidates), ec, steady_clock::now());
             continue;
         }
-        short client_events = session.client_events();
-        short upstream_events = session.upstream_events();
-        // A descriptor with no events of interest is left out: poll would still report its
+        // A descriptor the session does not watch is left out: poll would still report its
         // hang-up, over and over, while we do not want to read it yet.
-        pollfd fds[3] = {{stop_fd, POLLIN, 0},
-                         {client_events ? session.client_fd() : -1, client_events, 0},
-                         {upstream_events ? session.upstream_fd() : -1, upstream_events, 0}};
+        pollfd fds[3] = {
+            {stop_fd, POLLIN, 0},
+            {session.watch_client() ? session.client_fd() : -1, session.client_events(), 0},
+            {session.watch_upstream() ? session.upstream_fd() : -1, session.upstream_events(), 0}};
         std::error_code ec;
         detail::poll_fds(fds, 3, session.deadline(), ec);
         if (ec) {
@@ -2146,9 +2213,11 @@ namespace tinyproxy {
 /// The policy interface (see basic_proxy in proxy.hpp): a policy is a class with
 ///     template <class Server> void run(Server& server);
 /// that runs until `server` says it is stopping, and before returning joins, reaps and closes
-/// everything it started. The blocking policies need only two calls of the Server:
+/// everything it started. A blocking policy needs only these calls of the Server:
 ///     accept_status accept_next(accepted_client& out, time_point until);
-///     void serve(accepted_client client);   // one session, to its end, on this thread
+///     session_result serve(accepted_client client);  // one session, to its end, here
+///     void session_ended(const session_result&) noexcept; // for a client it could not serve
+///     bool stopping() const noexcept;  // e.g. for a worker waiting on a full queue
 class thread_policy {
 public:
     template <class Server>
@@ -2189,6 +2258,9 @@ private:
         } catch (...) {
             // No thread to be had (resource limits): the client is closed with the lambda.
             workers.pop_back();
+            session_result refused;
+            refused.error = std::make_error_code(std::errc::resource_unavailable_try_again);
+            server.session_ended(refused);
         }
     }
 
@@ -2280,8 +2352,12 @@ private:
         }
         if (pid > 0) {
             children_.push_back(pid);
+            return;
         }
-        // pid < 0: no process to be had; the client closes here, in the parent.
+        // No process to be had: the client closes here, in the parent, and counts as failed.
+        session_result refused;
+        refused.error = std::make_error_code(std::errc::resource_unavailable_try_again);
+        server.session_ended(refused);
     }
 
     /// Collects every finished child, and counts its session; with `all`, waits for all.
@@ -2498,7 +2574,7 @@ void poll_policy::run(Server& server) {
 
     std::vector<std::unique_ptr<entry_type>> sessions;
     std::vector<pollfd> fds;
-    std::vector<std::uint8_t> scratch(server.limits().buffer_size);
+    std::vector<std::uint8_t> scratch(std::max<std::size_t>(server.limits().buffer_size, 1));
     detail::background_resolver resolver;
     std::uint64_t next_id = 1;
     time_point listener_resting_until = time_point::min();
@@ -2523,15 +2599,15 @@ void poll_policy::run(Server& server) {
         fds.push_back({resolver.notify_fd(), POLLIN, 0});
         time_point wake_at = listening ? time_point::max() : listener_resting_until;
         for (auto& e : sessions) {
-            short client_events = e->session.client_events();
-            short upstream_events = e->session.upstream_events();
-            e->client_slot = client_events ? static_cast<int>(fds.size()) : -1;
-            if (client_events) {
-                fds.push_back({e->session.client_fd(), client_events, 0});
+            e->client_slot = -1;
+            if (e->session.watch_client()) {
+                e->client_slot = static_cast<int>(fds.size());
+                fds.push_back({e->session.client_fd(), e->session.client_events(), 0});
             }
-            e->upstream_slot = upstream_events ? static_cast<int>(fds.size()) : -1;
-            if (upstream_events) {
-                fds.push_back({e->session.upstream_fd(), upstream_events, 0});
+            e->upstream_slot = -1;
+            if (e->session.watch_upstream()) {
+                e->upstream_slot = static_cast<int>(fds.size());
+                fds.push_back({e->session.upstream_fd(), e->session.upstream_events(), 0});
             }
             wake_at = std::min(wake_at, e->session.deadline());
         }
@@ -2915,6 +2991,11 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
 template <class Mode>
 session_result proxy_server<Mode>::serve(accepted_client client) noexcept {
     session_result result;
+    if (stopping()) { // a client that was queued when stop came: close it, connect nowhere
+        result.error = make_error_code(errc::stopped);
+        session_ended(result);
+        return result;
+    }
     try {
         session_type session = make_session(std::move(client));
         result = run_session(session, stop_fd(), options_.buffer_size);

@@ -141,7 +141,8 @@ inline bool start_connect(int fd, const sockaddr* address, socklen_t length,
     return false;
 }
 
-/// The outcome of a non-blocking connect, read from SO_ERROR once the socket is writable.
+/// The socket's pending error (SO_ERROR, which reading clears): the outcome of a non-blocking
+/// connect once the socket is writable, or a reset that no read or write has reported yet.
 inline std::error_code connect_result(int fd) noexcept {
     int error = 0;
     socklen_t length = sizeof error;
@@ -199,6 +200,21 @@ inline bool set_int_option(int fd, int level, int name, int value, std::error_co
         return false;
     }
     return true;
+}
+
+/// `now + wait`, saturating at the largest time point: a timeout of milliseconds::max()
+/// means "never", not an overflow.
+template <class Rep, class Period>
+time_point deadline_after(time_point now, std::chrono::duration<Rep, Period> wait) noexcept {
+    if (wait <= wait.zero()) {
+        return now;
+    }
+    auto room = time_point::max() - now;
+    if (std::chrono::duration_cast<std::chrono::duration<double>>(wait).count() >=
+        std::chrono::duration_cast<std::chrono::duration<double>>(room).count()) {
+        return time_point::max();
+    }
+    return now + std::chrono::duration_cast<steady_clock::duration>(wait);
 }
 
 /// Milliseconds from now until `until`, rounded up and clamped to what poll(2) takes;

@@ -71,8 +71,12 @@ private:
         }
         if (pid > 0) {
             children_.push_back(pid);
+            return;
         }
-        // pid < 0: no process to be had; the client closes here, in the parent.
+        // No process to be had: the client closes here, in the parent, and counts as failed.
+        session_result refused;
+        refused.error = std::make_error_code(std::errc::resource_unavailable_try_again);
+        server.session_ended(refused);
     }
 
     /// Collects every finished child, and counts its session; with `all`, waits for all.

@@ -169,7 +169,7 @@ void poll_policy::run(Server& server) {
 
     std::vector<std::unique_ptr<entry_type>> sessions;
     std::vector<pollfd> fds;
-    std::vector<std::uint8_t> scratch(server.limits().buffer_size);
+    std::vector<std::uint8_t> scratch(std::max<std::size_t>(server.limits().buffer_size, 1));
     detail::background_resolver resolver;
     std::uint64_t next_id = 1;
     time_point listener_resting_until = time_point::min();
@@ -194,15 +194,15 @@ void poll_policy::run(Server& server) {
         fds.push_back({resolver.notify_fd(), POLLIN, 0});
         time_point wake_at = listening ? time_point::max() : listener_resting_until;
         for (auto& e : sessions) {
-            short client_events = e->session.client_events();
-            short upstream_events = e->session.upstream_events();
-            e->client_slot = client_events ? static_cast<int>(fds.size()) : -1;
-            if (client_events) {
-                fds.push_back({e->session.client_fd(), client_events, 0});
+            e->client_slot = -1;
+            if (e->session.watch_client()) {
+                e->client_slot = static_cast<int>(fds.size());
+                fds.push_back({e->session.client_fd(), e->session.client_events(), 0});
             }
-            e->upstream_slot = upstream_events ? static_cast<int>(fds.size()) : -1;
-            if (upstream_events) {
-                fds.push_back({e->session.upstream_fd(), upstream_events, 0});
+            e->upstream_slot = -1;
+            if (e->session.watch_upstream()) {
+                e->upstream_slot = static_cast<int>(fds.size());
+                fds.push_back({e->session.upstream_fd(), e->session.upstream_events(), 0});
             }
             wake_at = std::min(wake_at, e->session.deadline());
         }

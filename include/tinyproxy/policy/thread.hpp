@@ -20,9 +20,11 @@ namespace tinyproxy {
 /// The policy interface (see basic_proxy in proxy.hpp): a policy is a class with
 ///     template <class Server> void run(Server& server);
 /// that runs until `server` says it is stopping, and before returning joins, reaps and closes
-/// everything it started. The blocking policies need only two calls of the Server:
+/// everything it started. A blocking policy needs only these calls of the Server:
 ///     accept_status accept_next(accepted_client& out, time_point until);
-///     void serve(accepted_client client);   // one session, to its end, on this thread
+///     session_result serve(accepted_client client);  // one session, to its end, here
+///     void session_ended(const session_result&) noexcept; // for a client it could not serve
+///     bool stopping() const noexcept;  // e.g. for a worker waiting on a full queue
 class thread_policy {
 public:
     template <class Server>
@@ -63,6 +65,9 @@ private:
         } catch (...) {
             // No thread to be had (resource limits): the client is closed with the lambda.
             workers.pop_back();
+            session_result refused;
+            refused.error = std::make_error_code(std::errc::resource_unavailable_try_again);
+            server.session_ended(refused);
         }
     }
 

@@ -1,0 +1,287 @@
+// Black-box tests of the command-line proxy (examples/tinyproxy.cpp): its arguments and exit
+// codes, the listening line, signals, IPv6, and data through every policy.
+#include <doctest/doctest.h>
+
+#include "support/cli_helpers.hpp"
+
+#include <csignal>      // SIGTERM, SIGINT
+#include <cstddef>      // std::size_t
+#include <string>       // arguments
+#include <system_error> // std::error_code
+#include <thread>       // concurrent clients
+#include <vector>       // arguments, results
+
+namespace {
+
+using namespace cli_test;
+
+/// The CLI forwarding to `forward` on an ephemeral loopback port, plus `extra` flags.
+std::vector<std::string> cli_args(const std::string& forward, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args{"--listen", "127.0.0.1:0", "--forward", forward};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+}
+
+/// SIGTERM and SIGINT each end the proxy with status 0 within 2 s, idle or while a tunnel is
+/// open; the client then sees its connection closed.
+void check_signals_stop(const std::string& policy) {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    echo_server echo;
+    for (int signal : {SIGTERM, SIGINT}) {
+        for (bool tunnel_open : {false, true}) {
+            CAPTURE(signal);
+            CAPTURE(tunnel_open);
+            process proxy(path, cli_args(echo.address(), {"--policy", policy}));
+            tinyproxy::endpoint where = read_listening(proxy);
+            tinyproxy::socket client;
+            if (tunnel_open) {
+                client = connect_to(where);
+                REQUIRE(ping(client));
+            }
+            expect_clean_exit(proxy, signal, ms(2000));
+            if (tunnel_open) {
+                CHECK(wait_closed(client, after(ms(2000))));
+            }
+        }
+    }
+}
+
+/// 1 MiB there and back through one client that half-closes after sending, then 20 clients at
+/// once, every byte checked.
+void check_data(const std::string& policy) {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    echo_server echo;
+    process proxy(path, cli_args(echo.address(), {"--policy", policy}));
+    tinyproxy::endpoint where = read_listening(proxy);
+
+    {
+        bytes payload = random_bytes(1024 * 1024, 1);
+        tinyproxy::socket client = connect_to(where);
+        transfer t = exchange(client, payload, after(ms(15'000)));
+        CHECK(t.error == "");
+        CHECK(t.eof);
+        CHECK(t.received.size() == payload.size());
+        CHECK(t.received == payload);
+    }
+
+    constexpr std::size_t clients = 20;
+    std::vector<transfer> results(clients);
+    std::vector<bytes> payloads(clients);
+    std::vector<std::string> connect_errors(clients);
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < clients; ++i) {
+        payloads[i] = random_bytes(64 * 1024 + i, static_cast<unsigned>(100 + i));
+        threads.emplace_back([&, i] {
+            std::error_code ec;
+            tinyproxy::socket client = connect_to(where, ec);
+            if (ec) {
+                connect_errors[i] = ec.message();
+                return;
+            }
+            results[i] = exchange(client, payloads[i], after(ms(15'000)));
+        });
+    }
+    for (std::thread& t : threads) {
+        t.join();
+    }
+    for (std::size_t i = 0; i < clients; ++i) {
+        CAPTURE(i);
+        CHECK(connect_errors[i] == "");
+        CHECK(results[i].error == "");
+        CHECK(results[i].eof);
+        CHECK(results[i].received == payloads[i]);
+    }
+    expect_clean_exit(proxy, SIGTERM);
+}
+
+} // namespace
+
+TEST_SUITE_BEGIN("cli");
+
+TEST_CASE("cli --help prints the usage with the default listen address and exits 0") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    finished_run run = run_to_exit(path, {"--help"});
+    CHECK(run.exit_code == 0);
+    CHECK(run.out.rfind("usage: tinyproxy", 0) == 0);
+    CHECK(run.out.find("127.0.0.1:1080") != std::string::npos);
+    CHECK(run.out.find("--forward") != std::string::npos);
+    CHECK(run.err == "");
+}
+
+TEST_CASE("cli bad arguments exit 2 with one line naming the problem, then the usage") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    struct bad_case {
+        std::vector<std::string> args;
+        std::vector<std::string> named; // what the first line of stderr must mention
+    };
+    const std::vector<bad_case> cases = {
+        {{"--bogus", "--forward", "127.0.0.1:9"}, {"--bogus"}},
+        {{"--forward"}, {"--forward", "missing value"}},
+        {{"--forward", "127.0.0.1:70000"}, {"--forward", "127.0.0.1:70000"}},
+        {{"--listen", "not an address", "--forward", "127.0.0.1:9"},
+         {"--listen", "not an address"}},
+        {{"--policy", "threads", "--forward", "127.0.0.1:9"}, {"--policy", "threads"}},
+        {{"--listen", "127.0.0.1:0"}, {"--forward"}},
+        {{}, {"--forward"}},
+        {{"--connect-timeout", "-1", "--forward", "127.0.0.1:9"}, {"--connect-timeout", "-1"}},
+        {{"--idle-timeout", "abc", "--forward", "127.0.0.1:9"}, {"--idle-timeout", "abc"}},
+    };
+    for (const bad_case& c : cases) {
+        std::string command_line;
+        for (const std::string& arg : c.args) {
+            command_line += " '" + arg + "'";
+        }
+        CAPTURE(command_line);
+        finished_run run = run_to_exit(path, c.args);
+        CHECK(run.exit_code == 2);
+        CHECK(run.out == "");
+        auto newline = run.err.find('\n');
+        REQUIRE(newline != std::string::npos);
+        std::string first_line = run.err.substr(0, newline);
+        CAPTURE(first_line);
+        CHECK(first_line.rfind("tinyproxy: ", 0) == 0);
+        for (const std::string& word : c.named) {
+            CHECK(first_line.find(word) != std::string::npos);
+        }
+        // The usage follows at once: the problem takes exactly one line.
+        CHECK(run.err.compare(newline + 1, 16, "usage: tinyproxy") == 0);
+    }
+}
+
+TEST_CASE("cli prints exactly one listening line, flushed, with the real port") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    echo_server echo;
+    process proxy(path, cli_args(echo.address()));
+    tinyproxy::endpoint where = read_listening(proxy); // read while the proxy still runs
+    CHECK(where.address == tinyproxy::ip_address::loopback_v4());
+    tinyproxy::socket client = connect_to(where); // the port printed is the one bound
+    CHECK(ping(client));
+    expect_clean_exit(proxy, SIGTERM);
+    CHECK(proxy.read_to_end(after(ms(2000))));
+    CHECK(proxy.stdout_text() == ""); // nothing after the one line
+}
+
+TEST_CASE("cli SIGTERM and SIGINT stop the thread policy within 2 s, a tunnel open") {
+    check_signals_stop("thread");
+}
+
+TEST_CASE("cli SIGTERM and SIGINT stop the fork policy within 2 s, a tunnel open") {
+    check_signals_stop("fork");
+}
+
+TEST_CASE("cli SIGTERM and SIGINT stop the poll policy within 2 s, a tunnel open") {
+    check_signals_stop("poll");
+}
+
+TEST_CASE("cli data through the thread policy: 1 MiB round trip, 20 concurrent clients") {
+    check_data("thread");
+}
+
+TEST_CASE("cli data through the fork policy: 1 MiB round trip, 20 concurrent clients") {
+    check_data("fork");
+}
+
+TEST_CASE("cli data through the poll policy: 1 MiB round trip, 20 concurrent clients") {
+    check_data("poll");
+}
+
+TEST_CASE("cli --listen [::1]:0 prints the IPv6 address and serves data over IPv6") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    if (!ipv6_loopback_available()) {
+        MESSAGE("skipped: this machine cannot bind ::1");
+        return;
+    }
+    echo_server echo({tinyproxy::ip_address::loopback_v6(), 0});
+    process proxy(path, {"--listen", "[::1]:0", "--forward", echo.address()});
+    tinyproxy::endpoint where = read_listening(proxy);
+    CHECK(where.address == tinyproxy::ip_address::loopback_v6());
+    bytes payload = random_bytes(100 * 1000, 6);
+    tinyproxy::socket client = connect_to(where);
+    transfer t = exchange(client, payload, after(ms(10'000)));
+    CHECK(t.error == "");
+    CHECK(t.received == payload);
+    CHECK(echo.accepted() == 1);
+    expect_clean_exit(proxy, SIGTERM);
+}
+
+TEST_CASE("cli a listen address already in use exits 1 with a message on stderr") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    tinyproxy::listener taken = tinyproxy::listener::open(loopback(), 1);
+    std::string address = taken.local_endpoint().to_string();
+    finished_run run = run_to_exit(path, {"--listen", address, "--forward", "127.0.0.1:9"});
+    CHECK(run.exit_code == 1);
+    CHECK(run.out == "");
+    CAPTURE(run.err);
+    CHECK(run.err.find("cannot listen on " + address) != std::string::npos);
+}
+
+TEST_CASE("cli a refused upstream closes the client in 2 s, and the next client is served") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    std::uint16_t port = closed_port();
+    process proxy(path, cli_args(loopback(port).to_string()));
+    tinyproxy::endpoint where = read_listening(proxy);
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        CAPTURE(attempt);
+        tinyproxy::socket client = connect_to(where);
+        auto start = steady_clock::now();
+        CHECK(wait_closed(client, start + ms(2000)));
+        CHECK(elapsed_since(start) < ms(2000));
+    }
+    // Once the upstream is there, the same proxy serves the next client.
+    echo_server echo(loopback(port));
+    tinyproxy::socket client = connect_to(where);
+    bytes payload = random_bytes(10'000, 7);
+    transfer t = exchange(client, payload, after(ms(5000)));
+    CHECK(t.error == "");
+    CHECK(t.received == payload);
+    expect_clean_exit(proxy, SIGTERM);
+}
+
+TEST_CASE("cli --connect-timeout and --idle-timeout are taken, and an idle tunnel is closed") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    echo_server echo;
+    process proxy(path,
+                  cli_args(echo.address(), {"--connect-timeout", "2", "--idle-timeout", "0.5"}));
+    tinyproxy::endpoint where = read_listening(proxy);
+    tinyproxy::socket client = connect_to(where);
+    REQUIRE(ping(client));
+    auto idle_since = steady_clock::now();
+    CHECK(wait_closed(client, idle_since + ms(3000)));
+    ms idle_for = elapsed_since(idle_since);
+    CAPTURE(idle_for.count());
+    CHECK(idle_for < ms(3000));
+    CHECK(idle_for >= ms(250)); // closed for being idle, not at once
+    // The proxy itself goes on.
+    tinyproxy::socket next = connect_to(where);
+    CHECK(ping(next));
+    expect_clean_exit(proxy, SIGTERM);
+}
+
+TEST_SUITE_END();
