@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
         return 2;
     }
 
+    // [readme: embedding]
     tinyproxy::options opts;
     opts.listen = {tinyproxy::ip_address::loopback_v4(), listen_port};
     proxy_type proxy(opts, tinyproxy::forward_mode({argv[2], upstream_port}));
@@ -55,5 +56,6 @@ int main(int argc, char** argv) {
     std::signal(SIGTERM, on_signal);
     std::cout << "listening on " << proxy.local_endpoint().to_string() << std::endl;
     proxy.run(); // until SIGINT or SIGTERM
+    // [readme: end]
     running = nullptr;
 }

@@ -7,35 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 preset="${1:-dev}"
 
-# What the tests need, as Debian packages; each is checked first, so a ready machine skips apt.
-missing=()
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-command -v g++ >/dev/null 2>&1 || missing+=(g++)
-command -v make >/dev/null 2>&1 || missing+=(make)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if command -v dpkg >/dev/null 2>&1; then
-    dpkg -s doctest-dev >/dev/null 2>&1 || missing+=(doctest-dev)
-fi
-
-if ((${#missing[@]})); then
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "tools/test.sh: missing ${missing[*]} and no apt-get to install them" >&2
-        exit 1
-    fi
-    sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1; then
-            sudo=(sudo)
-        else
-            echo "tools/test.sh: missing ${missing[*]}; run as root or install sudo" >&2
-            exit 1
-        fi
-    fi
-    echo "tools/test.sh: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+tools/install-deps.sh --tests
 
 # Workflow presets need CMake 3.25.
 cmake_version="$(cmake --version | sed -n 's/^cmake version \([0-9.]*\).*/\1/p')"
