@@ -98,6 +98,22 @@ struct host_port {
     std::optional<ip_address> numeric_address() const { return ip_address::parse(host); }
 };
 
+/// A range of addresses, "10.0.0.0/8" or "2001:db8::/32": what an allow-list holds.
+struct cidr {
+    ip_address network;
+    unsigned prefix = 0; ///< leading bits that must match: 0..32 for IPv4, 0..128 for IPv6
+
+    /// True when `address` is in the range. An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is
+    /// the IPv4 address it carries.
+    bool contains(const ip_address& address) const noexcept;
+    std::string to_string() const { return network.to_string() + "/" + std::to_string(prefix); }
+};
+
+/// Parses "ADDRESS/PREFIX", or a bare address (a range of one). Bits past the prefix must be 0.
+cidr parse_cidr(std::string_view text, std::error_code& ec);
+/// As above; throws std::system_error naming the text.
+cidr parse_cidr(std::string_view text);
+
 /// Parses "HOST:PORT", "[V6]:PORT" (names allowed, nothing resolved). Port 0 is accepted:
 /// for a listener it means "pick a free port".
 host_port parse_host_port(std::string_view text, std::error_code& ec);
@@ -323,6 +339,86 @@ inline endpoint parse_endpoint(std::string_view text) {
     endpoint out = parse_endpoint(text, ec);
     if (ec) {
         detail::throw_address_error(ec, "cannot parse numeric address", text);
+    }
+    return out;
+}
+
+namespace detail {
+
+/// The IPv4 address inside an IPv4-mapped IPv6 address (::ffff:a.b.c.d), or the address itself.
+inline ip_address unmapped(const ip_address& address) noexcept {
+    auto b = address.bytes();
+    if (address.is_v4() || !std::all_of(b.begin(), b.begin() + 10, [](auto x) { return x == 0; }) ||
+        b[10] != 0xFF || b[11] != 0xFF) {
+        return address;
+    }
+    return ip_address::v4({b[12], b[13], b[14], b[15]});
+}
+
+/// True when the first `bits` bits of a and b (each `size` bytes) are equal.
+inline bool same_prefix(const std::uint8_t* a, const std::uint8_t* b, unsigned bits) noexcept {
+    unsigned whole = bits / 8;
+    for (unsigned i = 0; i < whole; ++i) {
+        if (a[i] != b[i]) {
+            return false;
+        }
+    }
+    unsigned rest = bits % 8;
+    if (rest == 0) {
+        return true;
+    }
+    auto mask = static_cast<std::uint8_t>(0xFF << (8 - rest));
+    return (a[whole] & mask) == (b[whole] & mask);
+}
+
+} // namespace detail
+
+inline bool cidr::contains(const ip_address& address) const noexcept {
+    ip_address candidate = detail::unmapped(address);
+    if (candidate.is_v4() != network.is_v4()) {
+        return false;
+    }
+    return detail::same_prefix(candidate.bytes().data(), network.bytes().data(), prefix);
+}
+
+inline cidr parse_cidr(std::string_view text, std::error_code& ec) {
+    ec.clear();
+    auto slash = text.find('/');
+    auto address = ip_address::parse(text.substr(0, slash));
+    if (!address || address->scope_id() != 0) {
+        ec = errc::invalid_address;
+        return {};
+    }
+    unsigned bits = static_cast<unsigned>(address->bytes().size() * 8);
+    unsigned prefix = bits;
+    if (slash != std::string_view::npos) {
+        std::uint16_t parsed = 0;
+        if (!detail::parse_port(text.substr(slash + 1), parsed) || parsed > bits) {
+            ec = errc::invalid_address;
+            return {};
+        }
+        prefix = parsed;
+    }
+    // "10.1.2.3/8" is almost always a typo for 10.0.0.0/8 or 10.1.2.3/32: refuse it.
+    std::array<std::uint8_t, 16> host_bits{};
+    auto b = address->bytes();
+    for (std::size_t i = 0; i < b.size(); ++i) {
+        unsigned from = static_cast<unsigned>(i * 8);
+        unsigned keep = prefix > from ? std::min(8u, prefix - from) : 0u;
+        host_bits[i] = static_cast<std::uint8_t>(b[i] & (0xFFu >> keep));
+    }
+    if (!std::all_of(host_bits.begin(), host_bits.end(), [](auto x) { return x == 0; })) {
+        ec = errc::invalid_address;
+        return {};
+    }
+    return cidr{*address, prefix};
+}
+
+inline cidr parse_cidr(std::string_view text) {
+    std::error_code ec;
+    cidr out = parse_cidr(text, ec);
+    if (ec) {
+        detail::throw_address_error(ec, "cannot parse address range", text);
     }
     return out;
 }

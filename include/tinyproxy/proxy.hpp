@@ -6,6 +6,8 @@
 #include <atomic>       // stop flag, counters
 #include <cerrno>       // accept errors
 #include <cstdint>      // counters
+#include <functional>   // the event hook
+#include <vector>       // the allow-list
 #include <string>       // error messages
 #include <system_error> // error reporting
 #include <utility>      // std::move
@@ -25,23 +27,52 @@
 
 namespace tinyproxy {
 
+/// Something that happened to a client, for the optional `options::on_event` hook.
+struct session_event {
+    enum class kind {
+        rejected, ///< closed at once, before any byte was read (see `reason`)
+        opened,   ///< a session starts
+        closed,   ///< a session ended; `result` says how
+    };
+    kind what = kind::opened;
+    endpoint client;
+    /// For rejected: errc::not_allowed (outside every `allow` range) or
+    /// std::errc::too_many_files_open (past `max_connections`). For closed: what ended it.
+    std::error_code reason;
+    /// For closed: bytes, target, upstream, times and the error that ended it.
+    const session_result* result = nullptr;
+};
+
 /// Everything a proxy is told, with defaults that are safe to run as they are.
 struct options : session_options {
     /// Where to listen. Loopback by default: serving other hosts takes a deliberate choice.
     endpoint listen{ip_address::loopback_v4(), 1080};
     int backlog = 1024;
+    /// Clients past this many concurrent sessions are accepted and closed at once (0: no limit).
+    std::size_t max_connections = 0;
+    /// When not empty, a client outside every range is closed at once, before any byte is read.
+    std::vector<cidr> allow;
+    /// Called for every client rejected, opened and closed, on the thread (or, with
+    /// fork_policy, in the process) that serves it, so it must be thread-safe. Unset, it costs
+    /// one branch per event.
+    std::function<void(const session_event&)> on_event;
 };
 
 /// Counters, readable from any thread while the proxy runs. Under fork_policy sessions run in
 /// child processes: the parent counts them as they are reaped (a child's exit status says
-/// whether its session failed), but the byte counts stay in the children and read 0.
+/// whether its session failed), but the byte counts and the failure reasons stay in the
+/// children, and read 0 (use `on_event`, which runs in the child, to see them).
 struct stats {
-    std::uint64_t accepted = 0;          ///< clients accepted
-    std::uint64_t active = 0;            ///< sessions running now
-    std::uint64_t finished = 0;          ///< sessions ended cleanly
-    std::uint64_t failed = 0;            ///< sessions ended by an error, reset or timeout
-    std::uint64_t bytes_to_upstream = 0; ///< bytes relayed client -> upstream (ended sessions)
-    std::uint64_t bytes_to_client = 0;   ///< bytes relayed upstream -> client (ended sessions)
+    std::uint64_t accepted = 0;           ///< clients accepted (including those rejected)
+    std::uint64_t active = 0;             ///< sessions running now
+    std::uint64_t finished = 0;           ///< sessions ended cleanly
+    std::uint64_t failed = 0;             ///< sessions ended by an error, reset or timeout
+    std::uint64_t rejected_limit = 0;     ///< closed at once: past max_connections
+    std::uint64_t rejected_access = 0;    ///< closed at once: outside every allow range
+    std::uint64_t handshake_failures = 0; ///< failed before the Mode decided (incl. timeouts)
+    std::uint64_t connect_failures = 0;   ///< the upstream refused, did not resolve or timed out
+    std::uint64_t bytes_to_upstream = 0;  ///< bytes relayed client -> upstream (ended sessions)
+    std::uint64_t bytes_to_client = 0;    ///< bytes relayed upstream -> client (ended sessions)
 };
 
 /// What a policy sees of a proxy: a listener, a stop signal, and sessions to run. Policies are
@@ -87,8 +118,10 @@ public:
     session_type make_session(accepted_client client);
     /// Runs one client's session to its end on the calling thread, and counts it.
     session_result serve(accepted_client client) noexcept;
-    /// Counts a session that has ended.
+    /// Counts a session that has ended, and reports it to the event hook.
     void session_ended(const session_result& result) noexcept;
+    /// Counts a session that ended elsewhere (a fork child, which reported it itself).
+    void count_ended(const session_result& result) noexcept;
     /// Called in a freshly forked child: drops the parent's listener and stop-signal writer.
     void enter_child() noexcept {
         listener_.close();
@@ -106,9 +139,24 @@ private:
     unique_fd stop_read_;
     std::atomic<int> stop_write_{-1};
     std::atomic<bool> stopping_{false};
+    /// Applies allow and max_connections to a client just accepted; false: it was closed.
+    bool admit(accepted_client& client) noexcept;
+    void report(const session_event& event) const noexcept {
+        if (options_.on_event) {
+            try {
+                options_.on_event(event);
+            } catch (...) { // a hook that throws must not end the proxy
+            }
+        }
+    }
+
     std::atomic<std::uint64_t> accepted_{0};
     std::atomic<std::uint64_t> ended_{0};
     std::atomic<std::uint64_t> finished_{0};
+    std::atomic<std::uint64_t> rejected_limit_{0};
+    std::atomic<std::uint64_t> rejected_access_{0};
+    std::atomic<std::uint64_t> handshake_failures_{0};
+    std::atomic<std::uint64_t> connect_failures_{0};
     std::atomic<std::uint64_t> bytes_to_upstream_{0};
     std::atomic<std::uint64_t> bytes_to_client_{0};
 };
@@ -197,12 +245,53 @@ void proxy_server<Mode>::listen(std::error_code& ec) noexcept {
 
 template <class Mode>
 accept_status proxy_server<Mode>::try_accept(accepted_client& out, std::error_code& ec) noexcept {
-    out.connection = listener_.accept(out.peer, true, ec);
-    if (ec) {
-        return accept_status::timeout;
+    // Rejected clients are closed here and the next pending one taken, a bounded number of
+    // times so a flood of rejected clients cannot hold the caller.
+    for (int rejected = 0; rejected < 64; ++rejected) {
+        out.connection = listener_.accept(out.peer, true, ec);
+        if (ec) {
+            return accept_status::timeout;
+        }
+        accepted_.fetch_add(1, std::memory_order_relaxed);
+        if (admit(out)) {
+            return accept_status::client;
+        }
     }
-    accepted_.fetch_add(1, std::memory_order_relaxed);
-    return accept_status::client;
+    ec = std::make_error_code(std::errc::resource_unavailable_try_again);
+    return accept_status::timeout;
+}
+
+template <class Mode>
+bool proxy_server<Mode>::admit(accepted_client& client) noexcept {
+    if (!options_.allow.empty()) {
+        bool allowed = false;
+        for (const cidr& range : options_.allow) {
+            allowed = allowed || range.contains(client.peer.address);
+        }
+        if (!allowed) {
+            client.connection.close();
+            rejected_access_.fetch_add(1, std::memory_order_relaxed);
+            report({session_event::kind::rejected, client.peer, make_error_code(errc::not_allowed),
+                    nullptr});
+            return false;
+        }
+    }
+    if (options_.max_connections != 0) {
+        std::uint64_t ended = ended_.load(std::memory_order_acquire);
+        std::uint64_t rejected = rejected_limit_.load(std::memory_order_relaxed) +
+                                 rejected_access_.load(std::memory_order_relaxed);
+        std::uint64_t accepted = accepted_.load(std::memory_order_relaxed);
+        // Sessions running, not counting this client (accepted already counts it).
+        std::uint64_t active = accepted - 1 - ended - rejected;
+        if (active >= options_.max_connections) {
+            client.connection.close();
+            rejected_limit_.fetch_add(1, std::memory_order_relaxed);
+            report({session_event::kind::rejected, client.peer,
+                    std::make_error_code(std::errc::too_many_files_open), nullptr});
+            return false;
+        }
+    }
+    return true;
 }
 
 template <class Mode>
@@ -238,7 +327,9 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
     info.client = client.peer;
     std::error_code ignored;
     info.local = client.connection.local_endpoint(ignored);
-    return session_type(std::move(client.connection), mode_.make_session(info), options_);
+    report({session_event::kind::opened, client.peer, {}, nullptr});
+    return session_type(std::move(client.connection), mode_.make_session(info), options_,
+                        client.peer);
 }
 
 template <class Mode>
@@ -262,10 +353,22 @@ session_result proxy_server<Mode>::serve(accepted_client client) noexcept {
 
 template <class Mode>
 void proxy_server<Mode>::session_ended(const session_result& result) noexcept {
+    count_ended(result);
+    report({session_event::kind::closed, result.client, result.error, &result});
+}
+
+template <class Mode>
+void proxy_server<Mode>::count_ended(const session_result& result) noexcept {
     bytes_to_upstream_.fetch_add(result.bytes_to_upstream, std::memory_order_relaxed);
     bytes_to_client_.fetch_add(result.bytes_to_client, std::memory_order_relaxed);
     if (!result.error) {
         finished_.fetch_add(1, std::memory_order_relaxed);
+    } else if (result.error != errc::child_failed && result.error != errc::stopped) {
+        if (result.stage == session_result::stage_type::handshake) {
+            handshake_failures_.fetch_add(1, std::memory_order_relaxed);
+        } else if (result.stage == session_result::stage_type::connect) {
+            connect_failures_.fetch_add(1, std::memory_order_relaxed);
+        }
     }
     ended_.fetch_add(1, std::memory_order_release);
 }
@@ -275,9 +378,14 @@ stats proxy_server<Mode>::snapshot() const noexcept {
     stats out;
     out.finished = finished_.load(std::memory_order_relaxed);
     std::uint64_t ended = ended_.load(std::memory_order_acquire);
+    out.rejected_limit = rejected_limit_.load(std::memory_order_relaxed);
+    out.rejected_access = rejected_access_.load(std::memory_order_relaxed);
     out.accepted = accepted_.load(std::memory_order_relaxed);
     out.failed = ended - out.finished;
-    out.active = out.accepted > ended ? out.accepted - ended : 0;
+    std::uint64_t gone = ended + out.rejected_limit + out.rejected_access;
+    out.active = out.accepted > gone ? out.accepted - gone : 0;
+    out.handshake_failures = handshake_failures_.load(std::memory_order_relaxed);
+    out.connect_failures = connect_failures_.load(std::memory_order_relaxed);
     out.bytes_to_upstream = bytes_to_upstream_.load(std::memory_order_relaxed);
     out.bytes_to_client = bytes_to_client_.load(std::memory_order_relaxed);
     return out;

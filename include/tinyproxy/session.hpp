@@ -59,10 +59,23 @@ enum class accept_status {
 
 /// How a session ended.
 struct session_result {
+    /// How far a session got before it ended.
+    enum class stage_type {
+        handshake, ///< the Mode had not decided where to go
+        connect,   ///< resolving or connecting upstream
+        relay,     ///< the tunnel was up
+    };
+
     std::error_code error; ///< empty when both directions finished cleanly
     std::uint64_t bytes_to_upstream = 0;
     std::uint64_t bytes_to_client = 0;
     bool connected = false; ///< an upstream connection was made
+    stage_type stage = stage_type::handshake;
+    endpoint client;    ///< the client, as accepted
+    host_port target;   ///< where the Mode sent it (empty before it decided)
+    endpoint upstream;  ///< the address connected to, once connected
+    time_point started; ///< when the session started
+    time_point ended;   ///< when it ended
 };
 
 /// One client's session, driven by readiness: the driver waits for `client_events()` on
@@ -78,9 +91,12 @@ struct session_result {
 template <class ModeSession>
 class basic_session {
 public:
-    basic_session(socket client, ModeSession mode, const session_options& limits) noexcept(
-        std::is_nothrow_move_constructible<ModeSession>::value)
-        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits) {}
+    basic_session(socket client, ModeSession mode, const session_options& limits,
+                  const endpoint& client_address =
+                      {}) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
+        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits) {
+        result_.client = client_address;
+    }
 
     /// Starts the handshake; `now` begins the handshake deadline.
     void start(time_point now);
@@ -153,6 +169,7 @@ private:
     std::vector<std::uint8_t> to_upstream_;
     std::optional<relay> relay_;
     session_result result_;
+    time_point now_{}; // the latest time a driver passed in
 };
 
 /// Runs one session to its end on the calling thread, waiting with poll(2). It ends early when
@@ -166,12 +183,14 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
 
 template <class ModeSession>
 void basic_session<ModeSession>::start(time_point now) {
+    now_ = now;
     std::error_code ec;
     client_.set_nonblocking(true, ec);
     if (ec) {
         finish(ec);
         return;
     }
+    result_.started = now;
     deadline_ = detail::deadline_after(now, limits_.handshake_timeout);
     apply(mode_.start(), now);
 }
@@ -211,7 +230,9 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
         send_to_client();
         return;
     case mode_step::action::connect:
+        result_.stage = session_result::stage_type::connect;
         target_ = std::move(step.target);
+        result_.target = target_;
         to_upstream_ = std::move(step.to_upstream);
         begin_connect(now);
         return;
@@ -235,6 +256,7 @@ void basic_session<ModeSession>::begin_connect(time_point now) {
 template <class ModeSession>
 void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, std::error_code ec,
                                              time_point now) {
+    now_ = now;
     if (state_ != state::resolving && state_ != state::handshaking) {
         return; // ended meanwhile
     }
@@ -270,6 +292,7 @@ void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_poin
         std::error_code ignored;
         endpoint local = upstream_.local_endpoint(ignored);
         endpoint remote = upstream_.remote_endpoint(ignored);
+        result_.upstream = remote;
         start_relay(mode_.on_connected({}, local, remote), now);
         return;
     }
@@ -290,6 +313,7 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     client_.set_nodelay(true, ignored);
     upstream_.set_nodelay(true, ignored);
     result_.connected = true;
+    result_.stage = session_result::stage_type::relay;
     relay_.emplace(client_.native_handle(), upstream_.native_handle());
     // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
     // waits for its replies to go out) precedes the connect reply.
@@ -391,6 +415,7 @@ template <class ModeSession>
 void basic_session<ModeSession>::on_ready(short client_revents, short upstream_revents,
                                           time_point now, std::uint8_t* scratch,
                                           std::size_t scratch_size) {
+    now_ = now;
     switch (state_) {
     case state::handshaking:
         handshake_ready(client_revents, now, scratch, scratch_size);
@@ -417,6 +442,7 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
 
 template <class ModeSession>
 void basic_session<ModeSession>::on_deadline(time_point now) {
+    now_ = now;
     if (now < deadline_) {
         return;
     }
@@ -454,6 +480,7 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
     }
     state_ = state::done;
     deadline_ = time_point::max();
+    result_.ended = now_;
     upstream_.close();
     client_.close();
 }

@@ -416,6 +416,22 @@ struct host_port {
     std::optional<ip_address> numeric_address() const { return ip_address::parse(host); }
 };
 
+/// A range of addresses, "10.0.0.0/8" or "2001:db8::/32": what an allow-list holds.
+struct cidr {
+    ip_address network;
+    unsigned prefix = 0; ///< leading bits that must match: 0..32 for IPv4, 0..128 for IPv6
+
+    /// True when `address` is in the range. An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is
+    /// the IPv4 address it carries.
+    bool contains(const ip_address& address) const noexcept;
+    std::string to_string() const { return network.to_string() + "/" + std::to_string(prefix); }
+};
+
+/// Parses "ADDRESS/PREFIX", or a bare address (a range of one). Bits past the prefix must be 0.
+cidr parse_cidr(std::string_view text, std::error_code& ec);
+/// As above; throws std::system_error naming the text.
+cidr parse_cidr(std::string_view text);
+
 /// Parses "HOST:PORT", "[V6]:PORT" (names allowed, nothing resolved). Port 0 is accepted:
 /// for a listener it means "pick a free port".
 host_port parse_host_port(std::string_view text, std::error_code& ec);
@@ -641,6 +657,86 @@ inline endpoint parse_endpoint(std::string_view text) {
     endpoint out = parse_endpoint(text, ec);
     if (ec) {
         detail::throw_address_error(ec, "cannot parse numeric address", text);
+    }
+    return out;
+}
+
+namespace detail {
+
+/// The IPv4 address inside an IPv4-mapped IPv6 address (::ffff:a.b.c.d), or the address itself.
+inline ip_address unmapped(const ip_address& address) noexcept {
+    auto b = address.bytes();
+    if (address.is_v4() || !std::all_of(b.begin(), b.begin() + 10, [](auto x) { return x == 0; }) ||
+        b[10] != 0xFF || b[11] != 0xFF) {
+        return address;
+    }
+    return ip_address::v4({b[12], b[13], b[14], b[15]});
+}
+
+/// True when the first `bits` bits of a and b (each `size` bytes) are equal.
+inline bool same_prefix(const std::uint8_t* a, const std::uint8_t* b, unsigned bits) noexcept {
+    unsigned whole = bits / 8;
+    for (unsigned i = 0; i < whole; ++i) {
+        if (a[i] != b[i]) {
+            return false;
+        }
+    }
+    unsigned rest = bits % 8;
+    if (rest == 0) {
+        return true;
+    }
+    auto mask = static_cast<std::uint8_t>(0xFF << (8 - rest));
+    return (a[whole] & mask) == (b[whole] & mask);
+}
+
+} // namespace detail
+
+inline bool cidr::contains(const ip_address& address) const noexcept {
+    ip_address candidate = detail::unmapped(address);
+    if (candidate.is_v4() != network.is_v4()) {
+        return false;
+    }
+    return detail::same_prefix(candidate.bytes().data(), network.bytes().data(), prefix);
+}
+
+inline cidr parse_cidr(std::string_view text, std::error_code& ec) {
+    ec.clear();
+    auto slash = text.find('/');
+    auto address = ip_address::parse(text.substr(0, slash));
+    if (!address || address->scope_id() != 0) {
+        ec = errc::invalid_address;
+        return {};
+    }
+    unsigned bits = static_cast<unsigned>(address->bytes().size() * 8);
+    unsigned prefix = bits;
+    if (slash != std::string_view::npos) {
+        std::uint16_t parsed = 0;
+        if (!detail::parse_port(text.substr(slash + 1), parsed) || parsed > bits) {
+            ec = errc::invalid_address;
+            return {};
+        }
+        prefix = parsed;
+    }
+    // "10.1.2.3/8" is almost always a typo for 10.0.0.0/8 or 10.1.2.3/32: refuse it.
+    std::array<std::uint8_t, 16> host_bits{};
+    auto b = address->bytes();
+    for (std::size_t i = 0; i < b.size(); ++i) {
+        unsigned from = static_cast<unsigned>(i * 8);
+        unsigned keep = prefix > from ? std::min(8u, prefix - from) : 0u;
+        host_bits[i] = static_cast<std::uint8_t>(b[i] & (0xFFu >> keep));
+    }
+    if (!std::all_of(host_bits.begin(), host_bits.end(), [](auto x) { return x == 0; })) {
+        ec = errc::invalid_address;
+        return {};
+    }
+    return cidr{*address, prefix};
+}
+
+inline cidr parse_cidr(std::string_view text) {
+    std::error_code ec;
+    cidr out = parse_cidr(text, ec);
+    if (ec) {
+        detail::throw_address_error(ec, "cannot parse address range", text);
     }
     return out;
 }
@@ -1752,10 +1848,23 @@ enum class accept_status {
 
 /// How a session ended.
 struct session_result {
+    /// How far a session got before it ended.
+    enum class stage_type {
+        handshake, ///< the Mode had not decided where to go
+        connect,   ///< resolving or connecting upstream
+        relay,     ///< the tunnel was up
+    };
+
     std::error_code error; ///< empty when both directions finished cleanly
     std::uint64_t bytes_to_upstream = 0;
     std::uint64_t bytes_to_client = 0;
     bool connected = false; ///< an upstream connection was made
+    stage_type stage = stage_type::handshake;
+    endpoint client;    ///< the client, as accepted
+    host_port target;   ///< where the Mode sent it (empty before it decided)
+    endpoint upstream;  ///< the address connected to, once connected
+    time_point started; ///< when the session started
+    time_point ended;   ///< when it ended
 };
 
 /// One client's session, driven by readiness: the driver waits for `client_events()` on
@@ -1771,9 +1880,12 @@ struct session_result {
 template <class ModeSession>
 class basic_session {
 public:
-    basic_session(socket client, ModeSession mode, const session_options& limits) noexcept(
-        std::is_nothrow_move_constructible<ModeSession>::value)
-        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits) {}
+    basic_session(socket client, ModeSession mode, const session_options& limits,
+                  const endpoint& client_address =
+                      {}) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
+        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits) {
+        result_.client = client_address;
+    }
 
     /// Starts the handshake; `now` begins the handshake deadline.
     void start(time_point now);
@@ -1846,6 +1958,7 @@ private:
     std::vector<std::uint8_t> to_upstream_;
     std::optional<relay> relay_;
     session_result result_;
+    time_point now_{}; // the latest time a driver passed in
 };
 
 /// Runs one session to its end on the calling thread, waiting with poll(2). It ends early when
@@ -1859,12 +1972,14 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
 
 template <class ModeSession>
 void basic_session<ModeSession>::start(time_point now) {
+    now_ = now;
     std::error_code ec;
     client_.set_nonblocking(true, ec);
     if (ec) {
         finish(ec);
         return;
     }
+    result_.started = now;
     deadline_ = detail::deadline_after(now, limits_.handshake_timeout);
     apply(mode_.start(), now);
 }
@@ -1904,7 +2019,9 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
         send_to_client();
         return;
     case mode_step::action::connect:
+        result_.stage = session_result::stage_type::connect;
         target_ = std::move(step.target);
+        result_.target = target_;
         to_upstream_ = std::move(step.to_upstream);
         begin_connect(now);
         return;
@@ -1928,6 +2045,7 @@ void basic_session<ModeSession>::begin_connect(time_point now) {
 template <class ModeSession>
 void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, std::error_code ec,
                                              time_point now) {
+    now_ = now;
     if (state_ != state::resolving && state_ != state::handshaking) {
         return; // ended meanwhile
     }
@@ -1963,6 +2081,7 @@ void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_poin
         std::error_code ignored;
         endpoint local = upstream_.local_endpoint(ignored);
         endpoint remote = upstream_.remote_endpoint(ignored);
+        result_.upstream = remote;
         start_relay(mode_.on_connected({}, local, remote), now);
         return;
     }
@@ -1983,6 +2102,7 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     client_.set_nodelay(true, ignored);
     upstream_.set_nodelay(true, ignored);
     result_.connected = true;
+    result_.stage = session_result::stage_type::relay;
     relay_.emplace(client_.native_handle(), upstream_.native_handle());
     // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
     // waits for its replies to go out) precedes the connect reply.
@@ -2084,6 +2204,7 @@ template <class ModeSession>
 void basic_session<ModeSession>::on_ready(short client_revents, short upstream_revents,
                                           time_point now, std::uint8_t* scratch,
                                           std::size_t scratch_size) {
+    now_ = now;
     switch (state_) {
     case state::handshaking:
         handshake_ready(client_revents, now, scratch, scratch_size);
@@ -2110,6 +2231,7 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
 
 template <class ModeSession>
 void basic_session<ModeSession>::on_deadline(time_point now) {
+    now_ = now;
     if (now < deadline_) {
         return;
     }
@@ -2147,6 +2269,7 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
     }
     state_ = state::done;
     deadline_ = time_point::max();
+    result_.ended = now_;
     upstream_.close();
     client_.close();
 }
@@ -2309,7 +2432,8 @@ namespace tinyproxy {
 ///
 /// Besides accept_next() and serve() (see thread_policy), it calls the Server's
 ///     void enter_child() noexcept;  // in a new child: drop what belongs to the parent
-///     void session_ended(const session_result& result) noexcept; // as each child is reaped
+///     void session_ended(const session_result& result) noexcept; // when fork() fails
+///     void count_ended(const session_result& result) noexcept;   // as each child is reaped
 /// and reads `server.stop_fd()` to keep it open in the child.
 class fork_policy {
 public:
@@ -2371,7 +2495,7 @@ private:
                 if (r < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
                     result.error = make_error_code(errc::child_failed);
                 }
-                server.session_ended(result);
+                server.count_ended(result); // the child reported it to the hook itself
                 it = children_.erase(it);
             } else if (r < 0) {
                 continue; // EINTR: ask again
@@ -2753,6 +2877,8 @@ private:
 #include <atomic>       // stop flag, counters
 #include <cerrno>       // accept errors
 #include <cstdint>      // counters
+#include <functional>   // the event hook
+#include <vector>       // the allow-list
 #include <string>       // error messages
 #include <system_error> // error reporting
 #include <utility>      // std::move
@@ -2772,23 +2898,52 @@ private:
 
 namespace tinyproxy {
 
+/// Something that happened to a client, for the optional `options::on_event` hook.
+struct session_event {
+    enum class kind {
+        rejected, ///< closed at once, before any byte was read (see `reason`)
+        opened,   ///< a session starts
+        closed,   ///< a session ended; `result` says how
+    };
+    kind what = kind::opened;
+    endpoint client;
+    /// For rejected: errc::not_allowed (outside every `allow` range) or
+    /// std::errc::too_many_files_open (past `max_connections`). For closed: what ended it.
+    std::error_code reason;
+    /// For closed: bytes, target, upstream, times and the error that ended it.
+    const session_result* result = nullptr;
+};
+
 /// Everything a proxy is told, with defaults that are safe to run as they are.
 struct options : session_options {
     /// Where to listen. Loopback by default: serving other hosts takes a deliberate choice.
     endpoint listen{ip_address::loopback_v4(), 1080};
     int backlog = 1024;
+    /// Clients past this many concurrent sessions are accepted and closed at once (0: no limit).
+    std::size_t max_connections = 0;
+    /// When not empty, a client outside every range is closed at once, before any byte is read.
+    std::vector<cidr> allow;
+    /// Called for every client rejected, opened and closed, on the thread (or, with
+    /// fork_policy, in the process) that serves it, so it must be thread-safe. Unset, it costs
+    /// one branch per event.
+    std::function<void(const session_event&)> on_event;
 };
 
 /// Counters, readable from any thread while the proxy runs. Under fork_policy sessions run in
 /// child processes: the parent counts them as they are reaped (a child's exit status says
-/// whether its session failed), but the byte counts stay in the children and read 0.
+/// whether its session failed), but the byte counts and the failure reasons stay in the
+/// children, and read 0 (use `on_event`, which runs in the child, to see them).
 struct stats {
-    std::uint64_t accepted = 0;          ///< clients accepted
-    std::uint64_t active = 0;            ///< sessions running now
-    std::uint64_t finished = 0;          ///< sessions ended cleanly
-    std::uint64_t failed = 0;            ///< sessions ended by an error, reset or timeout
-    std::uint64_t bytes_to_upstream = 0; ///< bytes relayed client -> upstream (ended sessions)
-    std::uint64_t bytes_to_client = 0;   ///< bytes relayed upstream -> client (ended sessions)
+    std::uint64_t accepted = 0;           ///< clients accepted (including those rejected)
+    std::uint64_t active = 0;             ///< sessions running now
+    std::uint64_t finished = 0;           ///< sessions ended cleanly
+    std::uint64_t failed = 0;             ///< sessions ended by an error, reset or timeout
+    std::uint64_t rejected_limit = 0;     ///< closed at once: past max_connections
+    std::uint64_t rejected_access = 0;    ///< closed at once: outside every allow range
+    std::uint64_t handshake_failures = 0; ///< failed before the Mode decided (incl. timeouts)
+    std::uint64_t connect_failures = 0;   ///< the upstream refused, did not resolve or timed out
+    std::uint64_t bytes_to_upstream = 0;  ///< bytes relayed client -> upstream (ended sessions)
+    std::uint64_t bytes_to_client = 0;    ///< bytes relayed upstream -> client (ended sessions)
 };
 
 /// What a policy sees of a proxy: a listener, a stop signal, and sessions to run. Policies are
@@ -2834,8 +2989,10 @@ public:
     session_type make_session(accepted_client client);
     /// Runs one client's session to its end on the calling thread, and counts it.
     session_result serve(accepted_client client) noexcept;
-    /// Counts a session that has ended.
+    /// Counts a session that has ended, and reports it to the event hook.
     void session_ended(const session_result& result) noexcept;
+    /// Counts a session that ended elsewhere (a fork child, which reported it itself).
+    void count_ended(const session_result& result) noexcept;
     /// Called in a freshly forked child: drops the parent's listener and stop-signal writer.
     void enter_child() noexcept {
         listener_.close();
@@ -2853,9 +3010,24 @@ private:
     unique_fd stop_read_;
     std::atomic<int> stop_write_{-1};
     std::atomic<bool> stopping_{false};
+    /// Applies allow and max_connections to a client just accepted; false: it was closed.
+    bool admit(accepted_client& client) noexcept;
+    void report(const session_event& event) const noexcept {
+        if (options_.on_event) {
+            try {
+                options_.on_event(event);
+            } catch (...) { // a hook that throws must not end the proxy
+            }
+        }
+    }
+
     std::atomic<std::uint64_t> accepted_{0};
     std::atomic<std::uint64_t> ended_{0};
     std::atomic<std::uint64_t> finished_{0};
+    std::atomic<std::uint64_t> rejected_limit_{0};
+    std::atomic<std::uint64_t> rejected_access_{0};
+    std::atomic<std::uint64_t> handshake_failures_{0};
+    std::atomic<std::uint64_t> connect_failures_{0};
     std::atomic<std::uint64_t> bytes_to_upstream_{0};
     std::atomic<std::uint64_t> bytes_to_client_{0};
 };
@@ -2944,12 +3116,53 @@ void proxy_server<Mode>::listen(std::error_code& ec) noexcept {
 
 template <class Mode>
 accept_status proxy_server<Mode>::try_accept(accepted_client& out, std::error_code& ec) noexcept {
-    out.connection = listener_.accept(out.peer, true, ec);
-    if (ec) {
-        return accept_status::timeout;
+    // Rejected clients are closed here and the next pending one taken, a bounded number of
+    // times so a flood of rejected clients cannot hold the caller.
+    for (int rejected = 0; rejected < 64; ++rejected) {
+        out.connection = listener_.accept(out.peer, true, ec);
+        if (ec) {
+            return accept_status::timeout;
+        }
+        accepted_.fetch_add(1, std::memory_order_relaxed);
+        if (admit(out)) {
+            return accept_status::client;
+        }
     }
-    accepted_.fetch_add(1, std::memory_order_relaxed);
-    return accept_status::client;
+    ec = std::make_error_code(std::errc::resource_unavailable_try_again);
+    return accept_status::timeout;
+}
+
+template <class Mode>
+bool proxy_server<Mode>::admit(accepted_client& client) noexcept {
+    if (!options_.allow.empty()) {
+        bool allowed = false;
+        for (const cidr& range : options_.allow) {
+            allowed = allowed || range.contains(client.peer.address);
+        }
+        if (!allowed) {
+            client.connection.close();
+            rejected_access_.fetch_add(1, std::memory_order_relaxed);
+            report({session_event::kind::rejected, client.peer, make_error_code(errc::not_allowed),
+                    nullptr});
+            return false;
+        }
+    }
+    if (options_.max_connections != 0) {
+        std::uint64_t ended = ended_.load(std::memory_order_acquire);
+        std::uint64_t rejected = rejected_limit_.load(std::memory_order_relaxed) +
+                                 rejected_access_.load(std::memory_order_relaxed);
+        std::uint64_t accepted = accepted_.load(std::memory_order_relaxed);
+        // Sessions running, not counting this client (accepted already counts it).
+        std::uint64_t active = accepted - 1 - ended - rejected;
+        if (active >= options_.max_connections) {
+            client.connection.close();
+            rejected_limit_.fetch_add(1, std::memory_order_relaxed);
+            report({session_event::kind::rejected, client.peer,
+                    std::make_error_code(std::errc::too_many_files_open), nullptr});
+            return false;
+        }
+    }
+    return true;
 }
 
 template <class Mode>
@@ -2985,7 +3198,9 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
     info.client = client.peer;
     std::error_code ignored;
     info.local = client.connection.local_endpoint(ignored);
-    return session_type(std::move(client.connection), mode_.make_session(info), options_);
+    report({session_event::kind::opened, client.peer, {}, nullptr});
+    return session_type(std::move(client.connection), mode_.make_session(info), options_,
+                        client.peer);
 }
 
 template <class Mode>
@@ -3009,10 +3224,22 @@ session_result proxy_server<Mode>::serve(accepted_client client) noexcept {
 
 template <class Mode>
 void proxy_server<Mode>::session_ended(const session_result& result) noexcept {
+    count_ended(result);
+    report({session_event::kind::closed, result.client, result.error, &result});
+}
+
+template <class Mode>
+void proxy_server<Mode>::count_ended(const session_result& result) noexcept {
     bytes_to_upstream_.fetch_add(result.bytes_to_upstream, std::memory_order_relaxed);
     bytes_to_client_.fetch_add(result.bytes_to_client, std::memory_order_relaxed);
     if (!result.error) {
         finished_.fetch_add(1, std::memory_order_relaxed);
+    } else if (result.error != errc::child_failed && result.error != errc::stopped) {
+        if (result.stage == session_result::stage_type::handshake) {
+            handshake_failures_.fetch_add(1, std::memory_order_relaxed);
+        } else if (result.stage == session_result::stage_type::connect) {
+            connect_failures_.fetch_add(1, std::memory_order_relaxed);
+        }
     }
     ended_.fetch_add(1, std::memory_order_release);
 }
@@ -3022,9 +3249,14 @@ stats proxy_server<Mode>::snapshot() const noexcept {
     stats out;
     out.finished = finished_.load(std::memory_order_relaxed);
     std::uint64_t ended = ended_.load(std::memory_order_acquire);
+    out.rejected_limit = rejected_limit_.load(std::memory_order_relaxed);
+    out.rejected_access = rejected_access_.load(std::memory_order_relaxed);
     out.accepted = accepted_.load(std::memory_order_relaxed);
     out.failed = ended - out.finished;
-    out.active = out.accepted > ended ? out.accepted - ended : 0;
+    std::uint64_t gone = ended + out.rejected_limit + out.rejected_access;
+    out.active = out.accepted > gone ? out.accepted - gone : 0;
+    out.handshake_failures = handshake_failures_.load(std::memory_order_relaxed);
+    out.connect_failures = connect_failures_.load(std::memory_order_relaxed);
     out.bytes_to_upstream = bytes_to_upstream_.load(std::memory_order_relaxed);
     out.bytes_to_client = bytes_to_client_.load(std::memory_order_relaxed);
     return out;

@@ -28,7 +28,8 @@ namespace tinyproxy {
 ///
 /// Besides accept_next() and serve() (see thread_policy), it calls the Server's
 ///     void enter_child() noexcept;  // in a new child: drop what belongs to the parent
-///     void session_ended(const session_result& result) noexcept; // as each child is reaped
+///     void session_ended(const session_result& result) noexcept; // when fork() fails
+///     void count_ended(const session_result& result) noexcept;   // as each child is reaped
 /// and reads `server.stop_fd()` to keep it open in the child.
 class fork_policy {
 public:
@@ -90,7 +91,7 @@ private:
                 if (r < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
                     result.error = make_error_code(errc::child_failed);
                 }
-                server.session_ended(result);
+                server.count_ended(result); // the child reported it to the hook itself
                 it = children_.erase(it);
             } else if (r < 0) {
                 continue; // EINTR: ask again
