@@ -1,7 +1,11 @@
-// tinyproxy: the command-line proxy. A port forwarder on any of the three policies.
+// tinyproxy: the command-line proxy. A SOCKS4/4a/5 proxy, an HTTP CONNECT proxy or a port
+// forwarder, on any of the three policies, optionally speaking the PROXY protocol.
 //
-//   tinyproxy [--listen HOST:PORT] [--policy thread|fork|poll] --forward HOST:PORT
-//             [--connect-timeout SEC] [--idle-timeout SEC]
+//   tinyproxy [--listen HOST:PORT] [--policy thread|fork|poll]
+//             [--socks | --http-connect | --forward HOST:PORT] [--user NAME:PASS]
+//             [--accept-proxy] [--send-proxy v1|v2]
+//             [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]
+//             [--max-connections N] [--allow CIDR]... [--verbose | --quiet]
 //
 // Prints "listening on HOST:PORT" once listening; SIGINT or SIGTERM stop it (exit 0); bad
 // arguments exit 2, a listener that cannot be opened exits 1.
@@ -12,33 +16,59 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 
+#include <unistd.h>
+
 namespace {
 
 constexpr const char* usage_text =
-    "usage: tinyproxy [--listen HOST:PORT] [--policy thread|fork|poll] --forward HOST:PORT\n"
-    "                 [--connect-timeout SEC] [--idle-timeout SEC]\n"
+    "usage: tinyproxy [--listen HOST:PORT] [--policy thread|fork|poll]\n"
+    "                 [--socks | --http-connect | --forward HOST:PORT] [--user NAME:PASS]\n"
+    "                 [--accept-proxy] [--send-proxy v1|v2]\n"
+    "                 [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]\n"
+    "                 [--max-connections N] [--allow CIDR]... [--verbose | --quiet]\n"
     "\n"
     "  --listen HOST:PORT     where to accept clients (default 127.0.0.1:1080; port 0 picks a\n"
     "                         free port; IPv6 as [::1]:PORT)\n"
     "  --policy NAME          thread, fork or poll (default poll)\n"
-    "  --forward HOST:PORT    the upstream every client is connected to\n"
+    "  --socks                a SOCKS4, 4a and 5 proxy (the default mode)\n"
+    "  --http-connect         an HTTP CONNECT proxy\n"
+    "  --forward HOST:PORT    a port forwarder: every client goes to HOST:PORT\n"
+    "  --user NAME:PASS       require these credentials (SOCKS5 username/password, HTTP Basic)\n"
+    "  --accept-proxy         clients begin with a PROXY protocol header (v1 or v2)\n"
+    "  --send-proxy v1|v2     begin each upstream connection with a PROXY protocol header\n"
     "  --connect-timeout SEC  give up connecting upstream after SEC seconds (default 10)\n"
     "  --idle-timeout SEC     close a tunnel idle for SEC seconds (default 300)\n"
+    "  --handshake-timeout SEC  close a client that has not finished its handshake after SEC\n"
+    "                         seconds (default 10)\n"
+    "  --max-connections N    close clients past N concurrent sessions at once (default: no\n"
+    "                         limit)\n"
+    "  --allow CIDR           serve only clients in this range (repeatable; IPv4 or IPv6;\n"
+    "                         default: everyone); with --accept-proxy, the client its header\n"
+    "                         names\n"
+    "  --verbose              print a line per session to stderr\n"
+    "  --quiet                print nothing but errors (and the listening line)\n"
     "  --help                 print this and exit\n";
 
 struct usage_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+enum class mode_name { socks, http_connect, forward };
+
 struct command_line {
     tinyproxy::options options;
     std::string policy = "poll";
+    std::optional<mode_name> mode;
     tinyproxy::host_port forward;
-    bool has_forward = false;
+    std::optional<tinyproxy::credentials> user;
+    bool accept_proxy = false;
+    tinyproxy::proxy_protocol_version send_proxy = tinyproxy::proxy_protocol_version::none;
+    enum class verbosity { quiet, normal, verbose } talk = verbosity::normal;
 };
 
 // The running proxy's stop(), for the signal handler (stop() is async-signal-safe, and so is
@@ -73,6 +103,70 @@ tinyproxy::endpoint parse_listen(const std::string& text) {
     throw usage_error("--listen: cannot use address '" + text + "'");
 }
 
+void set_mode(command_line& cmd, mode_name mode, const std::string& flag) {
+    if (cmd.mode && *cmd.mode != mode) {
+        throw usage_error(flag + ": only one of --socks, --http-connect and --forward");
+    }
+    cmd.mode = mode;
+}
+
+tinyproxy::credentials parse_user(const std::string& text) {
+    auto colon = text.find(':');
+    if (colon == std::string::npos || colon == 0 || colon > 255 || text.size() - colon - 1 > 255) {
+        throw usage_error("--user: expected NAME:PASS (each 1 to 255 bytes), not '" + text + "'");
+    }
+    return {text.substr(0, colon), text.substr(colon + 1)};
+}
+
+/// Options that take a value, and what to do with it.
+void apply_value(command_line& cmd, const std::string& flag, const std::string& value) {
+    if (flag == "--listen") {
+        cmd.options.listen = parse_listen(value);
+    } else if (flag == "--policy") {
+        if (value != "thread" && value != "fork" && value != "poll") {
+            throw usage_error("--policy: expected thread, fork or poll, not '" + value + "'");
+        }
+        cmd.policy = value;
+    } else if (flag == "--forward") {
+        std::error_code ec;
+        cmd.forward = tinyproxy::parse_host_port(value, ec);
+        if (ec || cmd.forward.port == 0) {
+            throw usage_error("--forward: cannot use address '" + value + "'");
+        }
+        set_mode(cmd, mode_name::forward, flag);
+    } else if (flag == "--user") {
+        cmd.user = parse_user(value);
+    } else if (flag == "--send-proxy") {
+        if (value != "v1" && value != "v2") {
+            throw usage_error("--send-proxy: expected v1 or v2, not '" + value + "'");
+        }
+        cmd.send_proxy = value == "v1" ? tinyproxy::proxy_protocol_version::v1
+                                       : tinyproxy::proxy_protocol_version::v2;
+    } else if (flag == "--connect-timeout") {
+        cmd.options.connect_timeout = parse_seconds(flag, value);
+    } else if (flag == "--idle-timeout") {
+        cmd.options.idle_timeout = parse_seconds(flag, value);
+    } else if (flag == "--handshake-timeout") {
+        cmd.options.handshake_timeout = parse_seconds(flag, value);
+    } else if (flag == "--max-connections") {
+        char* end = nullptr;
+        unsigned long long n = std::strtoull(value.c_str(), &end, 10);
+        if (value.empty() || value[0] == '-' || *end != '\0' || n == 0 || n > 10'000'000) {
+            throw usage_error("--max-connections: expected a count from 1, not '" + value + "'");
+        }
+        cmd.options.max_connections = static_cast<std::size_t>(n);
+    } else if (flag == "--allow") {
+        std::error_code ec;
+        cmd.options.allow.push_back(tinyproxy::parse_cidr(value, ec));
+        if (ec) {
+            throw usage_error("--allow: expected an address range like 10.0.0.0/8, not '" + value +
+                              "'");
+        }
+    } else {
+        throw usage_error("unknown option '" + flag + "'");
+    }
+}
+
 command_line parse(int argc, char** argv) {
     command_line cmd;
     for (int i = 1; i < argc; ++i) {
@@ -80,46 +174,99 @@ command_line parse(int argc, char** argv) {
         if (flag == "--help" || flag == "-h") {
             std::cout << usage_text;
             std::exit(0);
-        }
-        if (flag != "--listen" && flag != "--policy" && flag != "--forward" &&
-            flag != "--connect-timeout" && flag != "--idle-timeout") {
-            throw usage_error("unknown option '" + flag + "'");
-        }
-        if (i + 1 >= argc) {
-            throw usage_error(flag + ": missing value");
-        }
-        std::string value = argv[++i];
-        if (flag == "--listen") {
-            cmd.options.listen = parse_listen(value);
-        } else if (flag == "--policy") {
-            if (value != "thread" && value != "fork" && value != "poll") {
-                throw usage_error("--policy: expected thread, fork or poll, not '" + value + "'");
+        } else if (flag == "--socks") {
+            set_mode(cmd, mode_name::socks, flag);
+        } else if (flag == "--http-connect") {
+            set_mode(cmd, mode_name::http_connect, flag);
+        } else if (flag == "--accept-proxy") {
+            cmd.accept_proxy = true;
+        } else if (flag == "--verbose" || flag == "--quiet") {
+            auto wanted = flag == "--verbose" ? command_line::verbosity::verbose
+                                              : command_line::verbosity::quiet;
+            if (cmd.talk != command_line::verbosity::normal && cmd.talk != wanted) {
+                throw usage_error("--verbose and --quiet exclude each other");
             }
-            cmd.policy = value;
-        } else if (flag == "--forward") {
-            std::error_code ec;
-            cmd.forward = tinyproxy::parse_host_port(value, ec);
-            if (ec || cmd.forward.port == 0) {
-                throw usage_error("--forward: cannot use address '" + value + "'");
-            }
-            cmd.has_forward = true;
-        } else if (flag == "--connect-timeout") {
-            cmd.options.connect_timeout = parse_seconds(flag, value);
+            cmd.talk = wanted;
+        } else if (flag.rfind("--", 0) != 0 || flag == "--") {
+            throw usage_error("unexpected argument '" + flag + "'");
         } else {
-            cmd.options.idle_timeout = parse_seconds(flag, value);
+            static const char* const with_value[] = {"--listen",          "--policy",
+                                                     "--forward",         "--user",
+                                                     "--send-proxy",      "--connect-timeout",
+                                                     "--idle-timeout",    "--handshake-timeout",
+                                                     "--max-connections", "--allow"};
+            bool known = false;
+            for (const char* name : with_value) {
+                known = known || flag == name;
+            }
+            if (!known) {
+                throw usage_error("unknown option '" + flag + "'");
+            }
+            if (i + 1 >= argc) {
+                throw usage_error(flag + ": missing value");
+            }
+            apply_value(cmd, flag, argv[++i]);
         }
     }
-    if (!cmd.has_forward) {
-        throw usage_error("--forward HOST:PORT is required");
+    if (cmd.user && cmd.mode == mode_name::forward) {
+        throw usage_error("--user: a port forwarder has no handshake to check credentials in");
     }
     return cmd;
 }
 
-template <class Policy>
-int serve(const command_line& cmd) {
-    static std::atomic<tinyproxy::basic_proxy<Policy, tinyproxy::forward_mode>*> running{nullptr};
-    tinyproxy::basic_proxy<Policy, tinyproxy::forward_mode> proxy(
-        cmd.options, tinyproxy::forward_mode(cmd.forward));
+std::string describe(const tinyproxy::session_event& event) {
+    using kind = tinyproxy::session_event::kind;
+    std::string line = event.client.to_string();
+    if (event.what == kind::rejected) {
+        return line + " rejected: " + event.reason.message();
+    }
+    const tinyproxy::session_result& r = *event.result;
+    if (!r.target.host.empty()) {
+        line += " -> " + r.target.to_string();
+    }
+    if (r.connected) {
+        line += " (" + r.upstream.to_string() + ")";
+    }
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(r.ended - r.started).count();
+    line += ": " + std::to_string(r.bytes_to_upstream) + " bytes up, " +
+            std::to_string(r.bytes_to_client) + " down, " + std::to_string(ms) + " ms, " +
+            (r.error ? r.error.message() : std::string("closed"));
+    return line;
+}
+
+/// --verbose: one line per session as it ends, and one per rejected client, on stderr (one
+/// write each, so lines from several threads or processes do not interleave).
+void log_event(const tinyproxy::session_event& event) {
+    if (event.what == tinyproxy::session_event::kind::opened) {
+        return;
+    }
+    std::string line = "tinyproxy: " + describe(event) + "\n";
+    (void)!::write(2, line.data(), line.size());
+}
+
+void print_summary(const tinyproxy::stats& s) {
+    std::cerr << "tinyproxy: " << s.accepted << " accepted, " << s.finished << " finished, "
+              << s.failed << " failed (" << s.handshake_failures << " in handshake, "
+              << s.connect_failures << " connecting), " << s.rejected_limit
+              << " rejected by --max-connections, " << s.rejected_access << " by --allow; "
+              << s.bytes_to_upstream << " bytes up, " << s.bytes_to_client << " down\n";
+}
+
+template <class Policy, class Mode>
+int serve(command_line cmd, Mode mode) {
+    using layered = tinyproxy::with_proxy_protocol<Mode>;
+    using proxy_type = tinyproxy::basic_proxy<Policy, layered>;
+    static std::atomic<proxy_type*> running{nullptr};
+    if (cmd.talk == command_line::verbosity::verbose) {
+        cmd.options.on_event = log_event;
+    }
+    typename layered::config layers{cmd.accept_proxy, cmd.send_proxy, {}};
+    if (cmd.accept_proxy) {
+        // The TCP peer is the load balancer; --allow is about the client its header names.
+        layers.allow = std::move(cmd.options.allow);
+        cmd.options.allow.clear();
+    }
+    proxy_type proxy(cmd.options, layered(std::move(mode), std::move(layers)));
     std::error_code ec;
     proxy.listen(ec);
     if (ec) {
@@ -143,7 +290,28 @@ int serve(const command_line& cmd) {
     proxy.run();
     stop_running = nullptr;
     running = nullptr;
+    if (cmd.talk != command_line::verbosity::quiet) {
+        print_summary(proxy.stats());
+    }
     return 0;
+}
+
+template <class Policy>
+int serve_mode(const command_line& cmd) {
+    switch (cmd.mode.value_or(mode_name::socks)) {
+    case mode_name::forward:
+        return serve<Policy>(cmd, tinyproxy::forward_mode(cmd.forward));
+    case mode_name::http_connect: {
+        tinyproxy::http_connect_mode::config cfg;
+        cfg.required = cmd.user;
+        return serve<Policy>(cmd, tinyproxy::http_connect_mode(cfg));
+    }
+    case mode_name::socks:
+        break;
+    }
+    tinyproxy::socks_mode::config cfg;
+    cfg.required = cmd.user;
+    return serve<Policy>(cmd, tinyproxy::socks_mode(cfg));
 }
 
 } // namespace
@@ -157,10 +325,10 @@ int main(int argc, char** argv) {
         return 2;
     }
     if (cmd.policy == "thread") {
-        return serve<tinyproxy::thread_policy>(cmd);
+        return serve_mode<tinyproxy::thread_policy>(cmd);
     }
     if (cmd.policy == "fork") {
-        return serve<tinyproxy::fork_policy>(cmd);
+        return serve_mode<tinyproxy::fork_policy>(cmd);
     }
-    return serve<tinyproxy::poll_policy>(cmd);
+    return serve_mode<tinyproxy::poll_policy>(cmd);
 }

@@ -28,6 +28,7 @@ enum class errc {
     message_too_large,        ///< a handshake field or header past its hard limit
     method_not_allowed,       ///< an HTTP method other than CONNECT
     not_allowed,              ///< the destination is not allowed by the proxy's rules
+    client_not_allowed,       ///< the client is outside every allowed range
 };
 
 namespace detail {
@@ -71,6 +72,8 @@ public:
             return "method not allowed";
         case errc::not_allowed:
             return "destination not allowed";
+        case errc::client_not_allowed:
+            return "client not allowed";
         }
         return "unknown tinyproxy error";
     }

@@ -36,7 +36,7 @@ struct session_event {
     };
     kind what = kind::opened;
     endpoint client;
-    /// For rejected: errc::not_allowed (outside every `allow` range) or
+    /// For rejected: errc::client_not_allowed (outside every `allow` range) or
     /// std::errc::too_many_files_open (past `max_connections`). For closed: what ended it.
     std::error_code reason;
     /// For closed: bytes, target, upstream, times and the error that ended it.
@@ -153,6 +153,7 @@ private:
     std::atomic<std::uint64_t> accepted_{0};
     std::atomic<std::uint64_t> ended_{0};
     std::atomic<std::uint64_t> finished_{0};
+    std::atomic<std::uint64_t> failed_{0};
     std::atomic<std::uint64_t> rejected_limit_{0};
     std::atomic<std::uint64_t> rejected_access_{0};
     std::atomic<std::uint64_t> handshake_failures_{0};
@@ -271,8 +272,8 @@ bool proxy_server<Mode>::admit(accepted_client& client) noexcept {
         if (!allowed) {
             client.connection.close();
             rejected_access_.fetch_add(1, std::memory_order_relaxed);
-            report({session_event::kind::rejected, client.peer, make_error_code(errc::not_allowed),
-                    nullptr});
+            report({session_event::kind::rejected, client.peer,
+                    make_error_code(errc::client_not_allowed), nullptr});
             return false;
         }
     }
@@ -363,7 +364,10 @@ void proxy_server<Mode>::count_ended(const session_result& result) noexcept {
     bytes_to_client_.fetch_add(result.bytes_to_client, std::memory_order_relaxed);
     if (!result.error) {
         finished_.fetch_add(1, std::memory_order_relaxed);
-    } else if (result.error != errc::child_failed && result.error != errc::stopped) {
+    } else {
+        failed_.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (result.error && result.error != errc::child_failed && result.error != errc::stopped) {
         if (result.stage == session_result::stage_type::handshake) {
             handshake_failures_.fetch_add(1, std::memory_order_relaxed);
         } else if (result.stage == session_result::stage_type::connect) {
@@ -381,7 +385,9 @@ stats proxy_server<Mode>::snapshot() const noexcept {
     out.rejected_limit = rejected_limit_.load(std::memory_order_relaxed);
     out.rejected_access = rejected_access_.load(std::memory_order_relaxed);
     out.accepted = accepted_.load(std::memory_order_relaxed);
-    out.failed = ended - out.finished;
+    // Each counter read on its own: no difference of two counters can show a session that
+    // has not happened (a reader between two increments would).
+    out.failed = failed_.load(std::memory_order_relaxed);
     std::uint64_t gone = ended + out.rejected_limit + out.rejected_access;
     out.active = out.accepted > gone ? out.accepted - gone : 0;
     out.handshake_failures = handshake_failures_.load(std::memory_order_relaxed);

@@ -6,6 +6,7 @@
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
 #include <optional>     // the relay, once connected
+#include <type_traits>  // detecting optional Mode session members
 #include <system_error> // std::error_code
 #include <utility>      // std::move
 #include <vector>       // byte buffers, address lists
@@ -221,8 +222,26 @@ short basic_session<ModeSession>::upstream_events() const noexcept {
     }
 }
 
+namespace detail {
+
+/// A Mode session may say who the client really is (a PROXY protocol header names it) with
+/// `const endpoint* client_address() const`; results and logs then name that address.
+template <class ModeSession, class = void>
+struct reports_client : std::false_type {};
+template <class ModeSession>
+struct reports_client<ModeSession,
+                      std::void_t<decltype(std::declval<const ModeSession&>().client_address())>>
+    : std::true_type {};
+
+} // namespace detail
+
 template <class ModeSession>
 void basic_session<ModeSession>::apply(mode_step step, time_point now) {
+    if constexpr (detail::reports_client<ModeSession>::value) {
+        if (const endpoint* client = mode_.client_address()) {
+            result_.client = *client;
+        }
+    }
     to_client_ = std::move(step.to_client);
     to_client_offset_ = 0;
     switch (step.what) {

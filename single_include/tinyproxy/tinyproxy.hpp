@@ -247,6 +247,7 @@ enum class errc {
     message_too_large,        ///< a handshake field or header past its hard limit
     method_not_allowed,       ///< an HTTP method other than CONNECT
     not_allowed,              ///< the destination is not allowed by the proxy's rules
+    client_not_allowed,       ///< the client is outside every allowed range
 };
 
 namespace detail {
@@ -290,6 +291,8 @@ public:
             return "method not allowed";
         case errc::not_allowed:
             return "destination not allowed";
+        case errc::client_not_allowed:
+            return "client not allowed";
         }
         return "unknown tinyproxy error";
     }
@@ -1545,6 +1548,1683 @@ struct handshake_step {
 
 } // namespace tinyproxy
 // ---- end tinyproxy/protocol/step.hpp ----
+// #include "tinyproxy/protocol/http_connect.hpp"
+// ---- begin tinyproxy/protocol/http_connect.hpp ----
+// HTTP CONNECT (RFC 9110 section 9.3.6) as a sans-I/O handshake: a request head in, a target or
+// a complete HTTP error response out.
+
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <optional>     // configured credentials, the Proxy-Authorization value
+#include <string>       // lines, responses
+#include <string_view>  // parsing
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // byte buffers
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+
+namespace tinyproxy {
+
+/// The server side of an HTTP CONNECT handshake, one object per client. It is fed whatever
+/// bytes arrived (any split, down to one byte at a time) and answers with a handshake_step:
+///  - need_more: the head is not complete yet;
+///  - connect: `target` is the request's "host:port"; `to_upstream` holds the bytes the client
+///    sent after the blank line that ends its head (the start of the tunnel), untouched;
+///  - fail: `to_client` is a complete HTTP/1.1 response ("Connection: close", no body) to send
+///    before closing, and `error` says why.
+/// Once a step is connect or fail the handshake is over: a further feed() answers fail
+/// (errc::protocol_error) with nothing to send. After connecting upstream, the caller sends
+/// connected() or failed(why).
+///
+/// What is accepted (RFC 9112 message syntax, strictly):
+///  - the request line `CONNECT host:port HTTP/1.x`, single spaces, the target in authority
+///    form as parse_host_port reads it ("[v6]:port" for IPv6; no zone id, no userinfo), the port
+///    required and 1..65535; HTTP/1.0 and HTTP/1.1 (any HTTP/1.minor);
+///  - CRLF or bare LF line ends; empty lines before the request line are skipped;
+///  - header fields `token ":" OWS value OWS`; names are case-insensitive; only
+///    Proxy-Authorization is interpreted (when credentials are required), the others are checked
+///    for syntax and skipped. Content-Length and Transfer-Encoding mean nothing here: whatever
+///    follows the head is tunnel data.
+///
+/// What is refused, and with which response (and error):
+///  - 400 Bad Request (protocol_error): a malformed request line or header line, a bare CR, a
+///    control character (NUL included) or a byte >= 0x80 in the request line, a control
+///    character in a header line, an obs-fold line (starting with SP or HTAB), a target that is
+///    not "host:port" (origin form "/x", absolute form "http://...", "*", a missing or zero
+///    port, a host parse_host_port rejects), a malformed Basic credential (bad base64, no ':'),
+///    two Proxy-Authorization fields. A control character (a TLS ClientHello, binary garbage)
+///    fails at once, without waiting for the end of its line.
+///  - 405 Method Not Allowed with "Allow: CONNECT" (method_not_allowed): any other token method
+///    (methods are case-sensitive: "connect" is refused too).
+///  - 407 Proxy Authentication Required with `Proxy-Authenticate: Basic realm="<realm>"`
+///    (auth_failed): credentials required and Proxy-Authorization missing, not Basic, or wrong.
+///  - 414 URI Too Long (message_too_large): the request line passes max_line while its target is
+///    being read ("METHOD SP" seen, no second SP); 400 (message_too_large) when it passes
+///    max_line anywhere else in the request line.
+///  - 431 Request Header Fields Too Large (message_too_large): a header line past max_line, more
+///    than max_headers fields, or the whole head (leading empty lines included) past
+///    max_head_bytes.
+///  - 505 HTTP Version Not Supported (unsupported_version): "HTTP/d.d" with a major other than 1.
+/// Every limit fails on the first byte past it, so memory stays bounded by max_line.
+class http_connect_handshake {
+public:
+    struct config {
+        /// When set, Proxy-Authorization: Basic must carry exactly these credentials.
+        std::optional<credentials> required;
+        /// The realm named in the 407 response (quotes and backslashes are escaped, control
+        /// characters dropped).
+        std::string realm = "tinyproxy";
+        /// The most bytes in the request line or in one header line, line end included.
+        std::size_t max_line = 8192;
+        /// The most header fields.
+        std::size_t max_headers = 100;
+        /// The most bytes in the whole head, the blank line that ends it included.
+        std::size_t max_head_bytes = 64 * 1024;
+    };
+
+    http_connect_handshake() : http_connect_handshake(config{}) {}
+    explicit http_connect_handshake(config cfg) : config_(std::move(cfg)) {}
+
+    /// Feeds the client's next bytes (any number, zero included).
+    [[nodiscard]] handshake_step feed(byte_view bytes);
+
+    /// The response that opens the tunnel once the upstream is connected.
+    [[nodiscard]] std::vector<std::uint8_t> connected() const;
+    /// The response for an upstream that could not be reached: 504 Gateway Timeout for
+    /// errc::connect_timeout and timeouts (std::errc::timed_out), 403 Forbidden for
+    /// errc::not_allowed, 502 Bad Gateway for anything else (refused, unreachable,
+    /// errc::name_not_resolved, ..., and an empty error code).
+    [[nodiscard]] std::vector<std::uint8_t> failed(std::error_code why) const;
+
+    /// True once a step was connect or fail.
+    bool finished() const noexcept { return phase_ == phase::finished; }
+
+private:
+    enum class phase { request_line, headers, finished };
+
+    std::optional<handshake_step> end_of_line();
+    std::optional<handshake_step> request_line(std::string_view line);
+    std::optional<handshake_step> header_line(std::string_view line);
+    handshake_step end_of_head();
+    handshake_step line_too_long();
+    handshake_step reject(int status, std::error_code why);
+
+    config config_;
+    phase phase_ = phase::request_line;
+    std::string line_; // the line being read, without its LF (a CR before it included)
+    std::size_t head_bytes_ = 0;
+    std::size_t header_count_ = 0;
+    host_port target_;
+    std::optional<std::string> authorization_; // Proxy-Authorization, when credentials are required
+    bool duplicate_authorization_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+namespace http_head {
+
+/// tchar (RFC 9110 section 5.6.2).
+inline bool is_tchar(std::uint8_t c) noexcept {
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
+        return true;
+    }
+    switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+        return true;
+    default:
+        return false;
+    }
+}
+
+inline bool is_token(std::string_view text) noexcept {
+    if (text.empty()) {
+        return false;
+    }
+    for (char c : text) {
+        if (!is_tchar(static_cast<std::uint8_t>(c))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+inline char ascii_lower(char c) noexcept {
+    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+inline bool iequals(std::string_view a, std::string_view b) noexcept {
+    if (a.size() != b.size()) {
+        return false;
+    }
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        if (ascii_lower(a[i]) != ascii_lower(b[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/// Strips optional whitespace (SP, HTAB) from both ends.
+inline std::string_view trim_ows(std::string_view text) noexcept {
+    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
+        text.remove_prefix(1);
+    }
+    while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) {
+        text.remove_suffix(1);
+    }
+    return text;
+}
+
+/// The value of one base64 character (RFC 4648 section 4 alphabet), or -1.
+inline int base64_value(char c) noexcept {
+    if (c >= 'A' && c <= 'Z') {
+        return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+        return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+        return c - '0' + 52;
+    }
+    if (c == '+') {
+        return 62;
+    }
+    if (c == '/') {
+        return 63;
+    }
+    return -1;
+}
+
+/// Strict base64 (RFC 4648 section 4, as RFC 7617 uses it): the standard alphabet, padded to a
+/// multiple of 4, '=' only as the last one or two characters, and the unused bits of the last
+/// group zero (so every byte string has exactly one accepted encoding). Nothing for anything
+/// else, the empty string included.
+inline std::optional<std::string> base64_decode(std::string_view text) {
+    if (text.empty() || text.size() % 4 != 0) {
+        return std::nullopt;
+    }
+    std::size_t padding = 0;
+    if (text.back() == '=') {
+        padding = text[text.size() - 2] == '=' ? 2 : 1;
+    }
+    std::string out;
+    out.reserve(text.size() / 4 * 3);
+    for (std::size_t group = 0; group < text.size(); group += 4) {
+        bool last = group + 4 == text.size();
+        std::size_t digits = last ? 4 - padding : 4;
+        std::uint32_t bits = 0;
+        for (std::size_t i = 0; i < 4; ++i) {
+            int value = 0;
+            if (i < digits) {
+                value = base64_value(text[group + i]);
+                if (value < 0) {
+                    return std::nullopt; // a bad character, or '=' before the end
+                }
+            }
+            bits = (bits << 6) | static_cast<std::uint32_t>(value);
+        }
+        out.push_back(static_cast<char>((bits >> 16) & 0xFFu));
+        if (digits >= 3) {
+            out.push_back(static_cast<char>((bits >> 8) & 0xFFu));
+        } else if (((bits >> 8) & 0xFFu) != 0) {
+            return std::nullopt; // "Zh==": leftover bits set
+        }
+        if (digits == 4) {
+            out.push_back(static_cast<char>(bits & 0xFFu));
+        } else if ((bits & 0xFFu) != 0) {
+            return std::nullopt;
+        }
+    }
+    return out;
+}
+
+/// Compares two strings in a time that depends on their lengths only, never on where they first
+/// differ (no early exit: a wrong password does not tell how much of it was right).
+inline bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
+    unsigned difference = a.size() == b.size() ? 0u : 1u;
+    std::size_t longest = a.size() > b.size() ? a.size() : b.size();
+    for (std::size_t i = 0; i < longest; ++i) {
+        unsigned x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0u;
+        unsigned y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0u;
+        difference |= x ^ y;
+    }
+    return difference == 0;
+}
+
+inline const char* reason_phrase(int status) noexcept {
+    switch (status) {
+    case 200:
+        return "Connection established";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 405:
+        return "Method Not Allowed";
+    case 407:
+        return "Proxy Authentication Required";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 502:
+        return "Bad Gateway";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Error";
+    }
+}
+
+/// A complete response with no content that closes the connection; `fields` are extra header
+/// lines, each ending in CRLF.
+inline std::vector<std::uint8_t> closing_response(int status, std::string_view fields) {
+    std::string text = "HTTP/1.1 " + std::to_string(status) + " " + reason_phrase(status) + "\r\n";
+    text += fields;
+    text += "Connection: close\r\nContent-Length: 0\r\n\r\n";
+    return std::vector<std::uint8_t>(text.begin(), text.end());
+}
+
+/// `realm` as a quoted-string: '"' and '\' escaped, control characters dropped (a realm from a
+/// configuration file cannot split the response).
+inline std::string quoted(std::string_view realm) {
+    std::string out = "\"";
+    for (char c : realm) {
+        auto byte = static_cast<std::uint8_t>(c);
+        if ((byte < 0x20 && c != '\t') || byte == 0x7F) {
+            continue;
+        }
+        if (c == '"' || c == '\\') {
+            out += '\\';
+        }
+        out += c;
+    }
+    out += '"';
+    return out;
+}
+
+} // namespace http_head
+} // namespace detail
+
+inline handshake_step http_connect_handshake::feed(byte_view bytes) {
+    if (phase_ == phase::finished) {
+        return handshake_step::fail(errc::protocol_error);
+    }
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        const std::uint8_t byte = bytes[i];
+        if (++head_bytes_ > config_.max_head_bytes) {
+            return reject(431, errc::message_too_large);
+        }
+        if (line_.size() + 1 > config_.max_line) {
+            return line_too_long();
+        }
+        if (!line_.empty() && line_.back() == '\r' && byte != '\n') {
+            return reject(400, errc::protocol_error); // a bare CR
+        }
+        if (byte == '\n') {
+            std::optional<handshake_step> step = end_of_line();
+            if (!step) {
+                continue;
+            }
+            if (step->what == handshake_step::action::connect) {
+                step->to_upstream.assign(bytes.begin() + i + 1, bytes.end());
+            }
+            return std::move(*step);
+        }
+        // Control characters never belong in a head (HTAB only inside header values), nor do
+        // bytes >= 0x80 in a request line (they may appear as obs-text in field values).
+        bool control = (byte < 0x20 && byte != '\r' && byte != '\t') || byte == 0x7F;
+        bool bad_in_request_line = phase_ == phase::request_line && (byte == '\t' || byte >= 0x80);
+        if (control || bad_in_request_line) {
+            return reject(400, errc::protocol_error);
+        }
+        line_.push_back(static_cast<char>(byte));
+    }
+    return handshake_step::need_more();
+}
+
+inline std::optional<handshake_step> http_connect_handshake::end_of_line() {
+    // A view of the line (its buffer is kept for the next one); nothing reads it after a reject.
+    std::string_view line = line_;
+    if (!line.empty() && line.back() == '\r') {
+        line.remove_suffix(1);
+    }
+    std::optional<handshake_step> step;
+    if (phase_ == phase::request_line) {
+        // Empty lines before the request line are skipped (RFC 9112 section 2.2).
+        if (!line.empty()) {
+            step = request_line(line);
+        }
+    } else {
+        step = line.empty() ? end_of_head() : header_line(line);
+    }
+    line_.clear();
+    return step;
+}
+
+inline std::optional<handshake_step> http_connect_handshake::request_line(std::string_view line) {
+    namespace h = detail::http_head;
+    auto first_space = line.find(' ');
+    if (first_space == std::string_view::npos) {
+        return reject(400, errc::protocol_error);
+    }
+    std::string_view method = line.substr(0, first_space);
+    std::string_view rest = line.substr(first_space + 1);
+    auto second_space = rest.find(' ');
+    if (!h::is_token(method) || second_space == std::string_view::npos) {
+        return reject(400, errc::protocol_error);
+    }
+    std::string_view target = rest.substr(0, second_space);
+    std::string_view version = rest.substr(second_space + 1);
+    bool version_syntax = version.size() == 8 && version.substr(0, 5) == "HTTP/" &&
+                          version[5] >= '0' && version[5] <= '9' && version[6] == '.' &&
+                          version[7] >= '0' && version[7] <= '9';
+    if (target.empty() || !version_syntax) {
+        return reject(400, errc::protocol_error);
+    }
+    if (version[5] != '1') {
+        return reject(505, errc::unsupported_version);
+    }
+    if (method != "CONNECT") {
+        return reject(405, errc::method_not_allowed);
+    }
+    // Authority form only; a '%' would be a zone id, which a URI cannot carry unescaped.
+    std::error_code ec;
+    host_port parsed =
+        target.find('%') == std::string_view::npos ? parse_host_port(target, ec) : host_port{};
+    if (ec || parsed.host.empty() || parsed.port == 0) {
+        return reject(400, errc::protocol_error);
+    }
+    target_ = std::move(parsed);
+    phase_ = phase::headers;
+    return std::nullopt;
+}
+
+inline std::optional<handshake_step> http_connect_handshake::header_line(std::string_view line) {
+    namespace h = detail::http_head;
+    if (++header_count_ > config_.max_headers) {
+        return reject(431, errc::message_too_large);
+    }
+    // A line starting with whitespace is obs-fold (or whitespace after the request line): both
+    // are refused (RFC 9112 sections 2.2 and 5.2).
+    auto colon = line.find(':');
+    if (line.front() == ' ' || line.front() == '\t' || colon == std::string_view::npos ||
+        !h::is_token(line.substr(0, colon))) {
+        return reject(400, errc::protocol_error);
+    }
+    if (config_.required && h::iequals(line.substr(0, colon), "proxy-authorization")) {
+        if (authorization_) {
+            duplicate_authorization_ = true;
+        } else {
+            authorization_ = std::string(h::trim_ows(line.substr(colon + 1)));
+        }
+    }
+    return std::nullopt;
+}
+
+inline handshake_step http_connect_handshake::end_of_head() {
+    namespace h = detail::http_head;
+    if (config_.required) {
+        if (duplicate_authorization_) {
+            return reject(400, errc::protocol_error);
+        }
+        if (!authorization_) {
+            return reject(407, errc::auth_failed);
+        }
+        // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
+        std::string_view value = *authorization_;
+        std::string_view scheme = value.substr(0, value.find(' '));
+        if (!h::iequals(scheme, "basic")) {
+            return reject(407, errc::auth_failed);
+        }
+        std::string_view encoded = value.substr(scheme.size());
+        while (!encoded.empty() && encoded.front() == ' ') {
+            encoded.remove_prefix(1);
+        }
+        std::optional<std::string> decoded = h::base64_decode(encoded);
+        if (!decoded || decoded->find(':') == std::string::npos) {
+            return reject(400, errc::protocol_error);
+        }
+        // user-pass = user-id ":" password (RFC 7617); one comparison of the whole, no early exit.
+        std::string expected = config_.required->username + ":" + config_.required->password;
+        if (!h::constant_time_equal(*decoded, expected)) {
+            return reject(407, errc::auth_failed);
+        }
+    }
+    phase_ = phase::finished;
+    return handshake_step::connect_to(target_);
+}
+
+inline handshake_step http_connect_handshake::line_too_long() {
+    if (phase_ == phase::headers) {
+        return reject(431, errc::message_too_large);
+    }
+    // Reading the target: "token SP" seen, and no second SP yet.
+    std::string_view line = line_;
+    auto first_space = line.find(' ');
+    bool in_target = first_space != std::string_view::npos &&
+                     detail::http_head::is_token(line.substr(0, first_space)) &&
+                     line.find(' ', first_space + 1) == std::string_view::npos;
+    return reject(in_target ? 414 : 400, errc::message_too_large);
+}
+
+inline handshake_step http_connect_handshake::reject(int status, std::error_code why) {
+    namespace h = detail::http_head;
+    phase_ = phase::finished;
+    line_.clear();
+    line_.shrink_to_fit();
+    std::string fields;
+    if (status == 405) {
+        fields = "Allow: CONNECT\r\n";
+    } else if (status == 407) {
+        fields = "Proxy-Authenticate: Basic realm=" + h::quoted(config_.realm) + "\r\n";
+    }
+    return handshake_step::fail(why, h::closing_response(status, fields));
+}
+
+inline std::vector<std::uint8_t> http_connect_handshake::connected() const {
+    static constexpr std::string_view text = "HTTP/1.1 200 Connection established\r\n\r\n";
+    return std::vector<std::uint8_t>(text.begin(), text.end());
+}
+
+inline std::vector<std::uint8_t> http_connect_handshake::failed(std::error_code why) const {
+    int status = 502;
+    if (why == errc::connect_timeout || why == std::errc::timed_out) {
+        status = 504;
+    } else if (why == errc::not_allowed) {
+        status = 403;
+    }
+    return detail::http_head::closing_response(status, {});
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/protocol/http_connect.hpp ----
+// #include "tinyproxy/protocol/proxy_protocol.hpp"
+// ---- begin tinyproxy/protocol/proxy_protocol.hpp ----
+// The PROXY protocol (haproxy's proxy-protocol.txt, versions 1 and 2): encode a header that names
+// the real client, and decode one sans-I/O.
+
+#include <array>        // address bytes, the v2 signature
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <optional>     // decoded endpoints
+#include <string>       // v1 lines
+#include <string_view>  // v1 parsing
+#include <system_error> // std::error_code
+#include <vector>       // byte buffers
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+
+namespace tinyproxy {
+namespace proxy_protocol {
+
+/// The 12 bytes every version 2 header starts with.
+constexpr std::array<std::uint8_t, 12> v2_signature = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                                       0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+/// The longest version 1 line, CRLF included ("PROXY UNKNOWN" with two full IPv6 addresses).
+constexpr std::size_t v1_max_line = 107;
+/// The fixed part of a version 2 header: signature, version and command, family, length.
+constexpr std::size_t v2_fixed_size = 16;
+/// The decoder's default cap on a version 2 length field (addresses plus TLVs). The format allows
+/// 65535; real senders stay far below (haproxy's SSL TLVs, AWS and GCP ids: a few hundred).
+constexpr std::size_t default_max_v2_length = 2048;
+
+/// What a header says about the connection it precedes.
+struct header {
+    /// A v2 LOCAL command, a v2 PROXY command with an unspecified family or one that is not TCP
+    /// over IPv4/IPv6 (UDP, UNIX), or v1 "PROXY UNKNOWN": no addresses; the receiver uses the
+    /// connection's own.
+    bool local = false;
+    std::optional<endpoint> source;      ///< the real client
+    std::optional<endpoint> destination; ///< the address the client connected to
+    int version = 0;                     ///< 1 or 2; 0 until decoded
+};
+
+/// "PROXY TCP4 s d sp dp\r\n", or TCP6 when either address is IPv6: an IPv4 address beside an
+/// IPv6 one is written IPv4-mapped (::ffff:a.b.c.d), so it decodes as that IPv6 address. IPv6
+/// scope ids are not carried.
+[[nodiscard]] std::vector<std::uint8_t> encode_v1(const endpoint& source,
+                                                  const endpoint& destination);
+/// A v2 PROXY command for TCP over IPv4 (both addresses IPv4) or IPv6 (otherwise, with an IPv4
+/// address mapped as ::ffff:a.b.c.d); no TLVs; scope ids are not carried.
+[[nodiscard]] std::vector<std::uint8_t> encode_v2(const endpoint& source,
+                                                  const endpoint& destination);
+/// A v2 LOCAL command (family UNSPEC, no addresses): a connection the proxy made on its own.
+[[nodiscard]] std::vector<std::uint8_t> encode_v2_local();
+
+/// Reads one header from the start of a connection, fed in pieces of any size. The version is
+/// told from the first bytes ("PROXY " or the v2 signature); anything else is invalid as soon as
+/// it cannot be a prefix of either. It never buffers more than the header itself: at most
+/// v1_max_line bytes, or v2_fixed_size plus the length cap.
+///
+/// Version 1: exactly one line "PROXY TCP4|TCP6 src dst sport dport\r\n" with single spaces,
+/// IPv4 addresses as four decimal numbers 0..255 without leading zeros, IPv6 addresses as
+/// inet_pton reads them (no zone id), ports 0..65535 without leading zeros. "PROXY UNKNOWN",
+/// alone or followed by a space and anything up to the CRLF, is local. A lone CR or LF, a
+/// control character, or no CRLF within 107 bytes is invalid.
+///
+/// Version 2: version nibble 2 (else unsupported_version), command LOCAL or PROXY. LOCAL skips
+/// the whole block, whatever the family says. PROXY with TCP over IPv4 (0x11) or IPv6 (0x21)
+/// decodes both endpoints; UNSPEC (family or transport 0), UDP (0x12, 0x22) and UNIX (0x31,
+/// 0x32) fall back to local, as the spec allows; any other family or transport is invalid. The
+/// length must hold the address block of the family it names; what follows the addresses must
+/// be well-formed TLVs, each inside the length (their contents are skipped, except a CRC32C
+/// TLV, which is verified). A length past the cap is invalid (message_too_large) as soon as it
+/// is read.
+class decoder {
+public:
+    enum class status { need_more, done, invalid };
+
+    decoder() noexcept = default;
+    /// `max_v2_length` caps a version 2 length field (at most 65535 is ever possible).
+    explicit decoder(std::size_t max_v2_length) noexcept : max_v2_length_(max_v2_length) {}
+
+    /// Feeds the next bytes. Once done, further bytes are kept for take_rest() (the caller
+    /// bounds them); once invalid, it stays invalid.
+    [[nodiscard]] status feed(byte_view bytes);
+    status state() const noexcept { return status_; }
+    /// The header, once done (a default header before).
+    const header& result() const noexcept { return result_; }
+    /// The bytes after the header, from every feed, once done; later calls return only what was
+    /// fed since.
+    [[nodiscard]] std::vector<std::uint8_t> take_rest();
+    /// Why it is invalid: errc::protocol_error, errc::message_too_large or
+    /// errc::unsupported_version; empty otherwise.
+    std::error_code error() const noexcept { return error_; }
+
+private:
+    enum class format { unknown, v1, v2 };
+
+    void consume(std::uint8_t byte);
+    void consume_v1(std::uint8_t byte);
+    void consume_v2(std::uint8_t byte);
+    void finish_v1();
+    void finish_v2();
+    void fail(errc why);
+    void succeed();
+
+    std::size_t max_v2_length_ = default_max_v2_length;
+    status status_ = status::need_more;
+    format format_ = format::unknown;
+    std::vector<std::uint8_t> buffer_; // the header so far
+    std::size_t v2_size_ = 0;          // the whole v2 header, once its length is read
+    header result_;
+    std::vector<std::uint8_t> rest_;
+    std::error_code error_;
+};
+
+} // namespace proxy_protocol
+
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+namespace proxy_header {
+
+constexpr std::uint8_t command_local = 0x0;
+constexpr std::uint8_t command_proxy = 0x1;
+constexpr std::uint8_t tcp_over_ipv4 = 0x11;
+constexpr std::uint8_t tcp_over_ipv6 = 0x21;
+constexpr std::uint8_t tlv_crc32c = 0x03;
+
+/// The address block a v2 family/transport byte needs, or -1 for one the spec does not define.
+inline int address_block_size(std::uint8_t family) noexcept {
+    switch (family) {
+    case 0x11:
+    case 0x12:
+        return 12;
+    case 0x21:
+    case 0x22:
+        return 36;
+    case 0x31:
+    case 0x32:
+        return 216;
+    default:
+        break;
+    }
+    bool known_family = (family >> 4) <= 3;
+    bool known_transport = (family & 0x0F) <= 2;
+    if (known_family && known_transport) {
+        return 0; // UNSPEC family or transport: addresses, if any, are ignored
+    }
+    return -1;
+}
+
+/// CRC-32C (Castagnoli, RFC 4960 appendix B), bit by bit: headers are short.
+inline std::uint32_t crc32c(byte_view bytes) noexcept {
+    std::uint32_t crc = 0xFFFFFFFFu;
+    for (std::uint8_t byte : bytes) {
+        crc ^= byte;
+        for (int bit = 0; bit < 8; ++bit) {
+            crc = (crc & 1u) != 0 ? (crc >> 1) ^ 0x82F63B78u : crc >> 1;
+        }
+    }
+    return crc ^ 0xFFFFFFFFu;
+}
+
+/// A decimal number 0..max without leading zeros ("0" itself is fine).
+inline bool parse_decimal(std::string_view text, std::uint32_t max, std::uint32_t& value) noexcept {
+    if (text.empty() || text.size() > 5 || (text.size() > 1 && text.front() == '0')) {
+        return false;
+    }
+    std::uint32_t number = 0;
+    for (char c : text) {
+        if (c < '0' || c > '9') {
+            return false;
+        }
+        number = number * 10 + static_cast<std::uint32_t>(c - '0');
+    }
+    if (number > max) {
+        return false;
+    }
+    value = number;
+    return true;
+}
+
+/// Exactly four decimal numbers 0..255, no leading zeros, one dot between each.
+inline std::optional<ip_address> parse_v4(std::string_view text) noexcept {
+    std::array<std::uint8_t, 4> bytes{};
+    for (std::size_t i = 0; i < 4; ++i) {
+        auto dot = text.find('.');
+        bool last = i == 3;
+        if (last != (dot == std::string_view::npos)) {
+            return std::nullopt;
+        }
+        std::uint32_t value = 0;
+        if (!parse_decimal(text.substr(0, dot), 255, value)) {
+            return std::nullopt;
+        }
+        bytes[i] = static_cast<std::uint8_t>(value);
+        text = last ? std::string_view{} : text.substr(dot + 1);
+    }
+    return ip_address::v4(bytes);
+}
+
+/// An IPv6 address as inet_pton reads it (hex groups, one "::", a dotted IPv4 tail), no zone id.
+inline std::optional<ip_address> parse_v6(std::string_view text) {
+    for (char c : text) {
+        bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') ||
+                  c == ':' || c == '.';
+        if (!ok) {
+            return std::nullopt;
+        }
+    }
+    auto parsed = ip_address::parse(text);
+    if (!parsed || !parsed->is_v6()) {
+        return std::nullopt;
+    }
+    return parsed;
+}
+
+/// `address` as 16 bytes: IPv6 as it is, IPv4 mapped (::ffff:a.b.c.d).
+inline std::array<std::uint8_t, 16> as_v6_bytes(const ip_address& address) noexcept {
+    std::array<std::uint8_t, 16> out{};
+    byte_view bytes = address.bytes();
+    if (address.is_v6()) {
+        for (std::size_t i = 0; i < 16; ++i) {
+            out[i] = bytes[i];
+        }
+    } else {
+        out[10] = 0xFF;
+        out[11] = 0xFF;
+        for (std::size_t i = 0; i < 4; ++i) {
+            out[12 + i] = bytes[i];
+        }
+    }
+    return out;
+}
+
+/// Splits off the text up to the next single space; false when there is none.
+inline bool next_field(std::string_view& text, std::string_view& field) noexcept {
+    auto space = text.find(' ');
+    if (space == std::string_view::npos) {
+        return false;
+    }
+    field = text.substr(0, space);
+    text.remove_prefix(space + 1);
+    return true;
+}
+
+} // namespace proxy_header
+} // namespace detail
+
+namespace proxy_protocol {
+
+inline std::vector<std::uint8_t> encode_v1(const endpoint& source, const endpoint& destination) {
+    namespace d = detail::proxy_header;
+    std::string line = "PROXY ";
+    if (source.address.is_v4() && destination.address.is_v4()) {
+        line += "TCP4 " + source.address.to_string() + " " + destination.address.to_string();
+    } else {
+        // Rebuilt without the scope id, which to_string() would append as "%n".
+        line += "TCP6 " + ip_address::v6(d::as_v6_bytes(source.address)).to_string() + " " +
+                ip_address::v6(d::as_v6_bytes(destination.address)).to_string();
+    }
+    line += " " + std::to_string(source.port) + " " + std::to_string(destination.port) + "\r\n";
+    return std::vector<std::uint8_t>(line.begin(), line.end());
+}
+
+inline std::vector<std::uint8_t> encode_v2(const endpoint& source, const endpoint& destination) {
+    namespace d = detail::proxy_header;
+    std::vector<std::uint8_t> out;
+    byte_writer writer(out);
+    writer.bytes(byte_view{v2_signature.data(), v2_signature.size()});
+    writer.u8(0x20 | d::command_proxy);
+    if (source.address.is_v4() && destination.address.is_v4()) {
+        writer.u8(d::tcp_over_ipv4).u16(12);
+        writer.bytes(source.address.bytes()).bytes(destination.address.bytes());
+    } else {
+        auto source_bytes = d::as_v6_bytes(source.address);
+        auto destination_bytes = d::as_v6_bytes(destination.address);
+        writer.u8(d::tcp_over_ipv6).u16(36);
+        writer.bytes(byte_view{source_bytes.data(), 16});
+        writer.bytes(byte_view{destination_bytes.data(), 16});
+    }
+    writer.u16(source.port).u16(destination.port);
+    return out;
+}
+
+inline std::vector<std::uint8_t> encode_v2_local() {
+    std::vector<std::uint8_t> out;
+    byte_writer(out)
+        .bytes(byte_view{v2_signature.data(), v2_signature.size()})
+        .u8(0x20 | detail::proxy_header::command_local)
+        .u8(0x00)
+        .u16(0);
+    return out;
+}
+
+inline decoder::status decoder::feed(byte_view bytes) {
+    if (status_ == status::invalid) {
+        return status_;
+    }
+    std::size_t used = 0;
+    while (status_ == status::need_more && used < bytes.size()) {
+        if (format_ == format::v2 && buffer_.size() >= v2_fixed_size) {
+            // The length is known and checked: copy the rest of the block in one go.
+            std::size_t wanted = v2_size_ - buffer_.size();
+            std::size_t available = bytes.size() - used;
+            std::size_t count = wanted < available ? wanted : available;
+            buffer_.insert(buffer_.end(), bytes.begin() + used, bytes.begin() + used + count);
+            used += count;
+            if (buffer_.size() == v2_size_) {
+                finish_v2();
+            }
+            continue;
+        }
+        consume(bytes[used++]);
+    }
+    if (status_ == status::done) {
+        rest_.insert(rest_.end(), bytes.begin() + used, bytes.end());
+    }
+    return status_;
+}
+
+inline std::vector<std::uint8_t> decoder::take_rest() {
+    std::vector<std::uint8_t> out;
+    out.swap(rest_);
+    return out;
+}
+
+inline void decoder::consume(std::uint8_t byte) {
+    if (format_ == format::unknown) {
+        if (byte == 'P') {
+            format_ = format::v1;
+        } else if (byte == v2_signature[0]) {
+            format_ = format::v2;
+        } else {
+            fail(errc::protocol_error);
+            return;
+        }
+    }
+    if (format_ == format::v1) {
+        consume_v1(byte);
+    } else {
+        consume_v2(byte);
+    }
+}
+
+inline void decoder::consume_v1(std::uint8_t byte) {
+    static constexpr std::string_view prefix = "PROXY ";
+    if (buffer_.size() < prefix.size()) {
+        if (byte != static_cast<std::uint8_t>(prefix[buffer_.size()])) {
+            fail(errc::protocol_error);
+            return;
+        }
+        buffer_.push_back(byte);
+        return;
+    }
+    bool after_cr = buffer_.back() == '\r';
+    if (byte == '\n') {
+        if (!after_cr) {
+            fail(errc::protocol_error); // a lone LF
+            return;
+        }
+        buffer_.push_back(byte);
+        finish_v1();
+        return;
+    }
+    if (after_cr || (byte != '\r' && (byte < 0x20 || byte > 0x7E))) {
+        fail(errc::protocol_error); // a lone CR, or a byte no v1 line holds
+        return;
+    }
+    buffer_.push_back(byte);
+    if (buffer_.size() >= proxy_protocol::v1_max_line) {
+        fail(errc::message_too_large); // no room left for the LF within 107 bytes
+    }
+}
+
+inline void decoder::consume_v2(std::uint8_t byte) {
+    namespace d = detail::proxy_header;
+    std::size_t position = buffer_.size();
+    if (position < v2_signature.size() && byte != v2_signature[position]) {
+        fail(errc::protocol_error);
+        return;
+    }
+    buffer_.push_back(byte);
+    if (position == 12) {
+        if ((byte >> 4) != 2) {
+            fail(errc::unsupported_version);
+        } else if ((byte & 0x0F) > d::command_proxy) {
+            fail(errc::protocol_error);
+        }
+    } else if (position == 13) {
+        bool proxy = (buffer_[12] & 0x0F) == d::command_proxy;
+        if (proxy && d::address_block_size(byte) < 0) {
+            fail(errc::protocol_error);
+        }
+    } else if (position == 15) {
+        std::size_t length = load_be<std::uint16_t>(buffer_.data() + 14);
+        bool proxy = (buffer_[12] & 0x0F) == d::command_proxy;
+        if (length > max_v2_length_) {
+            fail(errc::message_too_large);
+        } else if (proxy && length < static_cast<std::size_t>(d::address_block_size(buffer_[13]))) {
+            fail(errc::protocol_error); // the length cannot hold the addresses it announces
+        } else {
+            v2_size_ = v2_fixed_size + length;
+            if (length == 0) {
+                finish_v2();
+            }
+        }
+    }
+}
+
+inline void decoder::finish_v1() {
+    namespace d = detail::proxy_header;
+    // Between "PROXY " and the CRLF.
+    auto text = std::string_view(reinterpret_cast<const char*>(buffer_.data()), buffer_.size());
+    text = text.substr(6, text.size() - 8);
+    constexpr std::string_view unknown = "UNKNOWN";
+    if (text.substr(0, unknown.size()) == unknown &&
+        (text.size() == unknown.size() || text[unknown.size()] == ' ')) {
+        result_.local = true; // whatever follows UNKNOWN is ignored, as the spec says
+        succeed();
+        return;
+    }
+    std::string_view protocol;
+    std::string_view source_text;
+    std::string_view destination_text;
+    std::string_view source_port_text;
+    bool fields = d::next_field(text, protocol) && d::next_field(text, source_text) &&
+                  d::next_field(text, destination_text) && d::next_field(text, source_port_text);
+    std::string_view destination_port_text = text; // the last field: no space may follow
+    std::optional<ip_address> source;
+    std::optional<ip_address> destination;
+    if (fields && protocol == "TCP4") {
+        source = d::parse_v4(source_text);
+        destination = d::parse_v4(destination_text);
+    } else if (fields && protocol == "TCP6") {
+        source = d::parse_v6(source_text);
+        destination = d::parse_v6(destination_text);
+    }
+    std::uint32_t source_port = 0;
+    std::uint32_t destination_port = 0;
+    if (!source || !destination || !d::parse_decimal(source_port_text, 65535, source_port) ||
+        !d::parse_decimal(destination_port_text, 65535, destination_port)) {
+        fail(errc::protocol_error);
+        return;
+    }
+    result_.source = endpoint{*source, static_cast<std::uint16_t>(source_port)};
+    result_.destination = endpoint{*destination, static_cast<std::uint16_t>(destination_port)};
+    succeed();
+}
+
+inline void decoder::finish_v2() {
+    namespace d = detail::proxy_header;
+    const std::uint8_t family = buffer_[13];
+    if ((buffer_[12] & 0x0F) == d::command_local) {
+        result_.local = true; // the block, family included, is ignored
+        succeed();
+        return;
+    }
+    // The length was checked against the family's address block when it was read.
+    const auto address_size = static_cast<std::size_t>(d::address_block_size(family));
+    if (address_size == 0) {
+        result_.local = true; // UNSPEC: use the connection's own addresses
+        succeed();
+        return;
+    }
+    // TLVs: type (1), length (2), value; each must end inside the header.
+    bool seen_crc = false;
+    std::size_t position = v2_fixed_size + address_size;
+    while (position < v2_size_) {
+        if (v2_size_ - position < 3) {
+            fail(errc::protocol_error);
+            return;
+        }
+        const std::uint8_t type = buffer_[position];
+        const std::size_t length = load_be<std::uint16_t>(buffer_.data() + position + 1);
+        const std::size_t value = position + 3;
+        if (length > v2_size_ - value) {
+            fail(errc::protocol_error);
+            return;
+        }
+        if (type == d::tlv_crc32c) {
+            if (seen_crc || length != 4) {
+                fail(errc::protocol_error);
+                return;
+            }
+            seen_crc = true;
+            // The checksum of the whole header with the checksum field zeroed.
+            std::vector<std::uint8_t> copy = buffer_; // exactly the header here
+            for (std::size_t i = 0; i < 4; ++i) {
+                copy[value + i] = 0;
+            }
+            if (d::crc32c(copy) != load_be<std::uint32_t>(buffer_.data() + value)) {
+                fail(errc::protocol_error);
+                return;
+            }
+        }
+        position = value + length;
+    }
+    if (family == d::tcp_over_ipv4 || family == d::tcp_over_ipv6) {
+        byte_reader reader(byte_view{buffer_.data() + v2_fixed_size, address_size});
+        ip_address source;
+        ip_address destination;
+        if (family == d::tcp_over_ipv4) {
+            std::array<std::uint8_t, 4> source_bytes{};
+            std::array<std::uint8_t, 4> destination_bytes{};
+            for (auto& b : source_bytes) {
+                b = reader.u8();
+            }
+            for (auto& b : destination_bytes) {
+                b = reader.u8();
+            }
+            source = ip_address::v4(source_bytes);
+            destination = ip_address::v4(destination_bytes);
+        } else {
+            std::array<std::uint8_t, 16> source_bytes{};
+            std::array<std::uint8_t, 16> destination_bytes{};
+            for (auto& b : source_bytes) {
+                b = reader.u8();
+            }
+            for (auto& b : destination_bytes) {
+                b = reader.u8();
+            }
+            source = ip_address::v6(source_bytes);
+            destination = ip_address::v6(destination_bytes);
+        }
+        std::uint16_t source_port = reader.u16();
+        std::uint16_t destination_port = reader.u16();
+        result_.source = endpoint{source, source_port};
+        result_.destination = endpoint{destination, destination_port};
+    } else {
+        result_.local = true; // UDP or UNIX: not something a TCP proxy can use
+    }
+    succeed();
+}
+
+inline void decoder::fail(errc why) {
+    status_ = status::invalid;
+    error_ = why;
+    result_ = header{};
+    buffer_.clear();
+    buffer_.shrink_to_fit();
+}
+
+inline void decoder::succeed() {
+    status_ = status::done;
+    result_.version = format_ == format::v1 ? 1 : 2;
+    buffer_.clear();
+    buffer_.shrink_to_fit();
+}
+
+} // namespace proxy_protocol
+} // namespace tinyproxy
+// ---- end tinyproxy/protocol/proxy_protocol.hpp ----
+// #include "tinyproxy/protocol/socks4.hpp"
+// ---- begin tinyproxy/protocol/socks4.hpp ----
+// socks4_handshake: the server side of a SOCKS4 or SOCKS4a CONNECT request as a sans-I/O parser.
+
+#include <algorithm>    // std::find, std::copy
+#include <array>        // the fixed header
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <string>       // user id, host name
+#include <string_view>  // name checks
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // replies
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+
+namespace tinyproxy {
+
+/// The server side of a SOCKS4 request, and of its SOCKS4a form (DSTIP 0.0.0.x with x != 0,
+/// then a host name after the user id):
+///
+///     VN=4 CD DSTPORT(2) DSTIP(4) USERID... NUL [HOST... NUL]
+///
+/// Feed it whatever bytes arrived, in any split; each feed answers a handshake_step. The user
+/// id and host name are bounded (`config`): a field past its bound fails as soon as the bound is
+/// passed, whatever the client still has to send, so a client cannot make it buffer more than
+/// 8 + max_user_id + max_host_name bytes. Bytes after the request come back in the connect
+/// step's `to_upstream`. Any truncation of a valid request is need_more.
+///
+/// Outcomes (to_client on fail is the 8-byte reply VN 0, CD 0x5B, unless said otherwise):
+///  - connect: nothing to send yet; after connecting, the caller sends connected(local) or
+///    failed(why);
+///  - fail:
+///     * not SOCKS4 (first byte not 4): nothing (unsupported_version), at the first byte;
+///     * user id or host name past its bound: message_too_large;
+///     * a command other than CONNECT (BIND is 2): unsupported_command, once the whole request
+///       is in;
+///     * a SOCKS4a host name that is empty or holds a control character: name_not_resolved;
+///     * DSTPORT 0: invalid_address.
+/// Any feed after a connect or fail step answers fail(protocol_error) with nothing to send.
+class socks4_handshake {
+public:
+    struct config {
+        std::size_t max_user_id = 255;   ///< bytes before the user id's NUL
+        std::size_t max_host_name = 255; ///< bytes before the SOCKS4a host name's NUL
+    };
+
+    static constexpr std::uint8_t version = 4;
+    static constexpr std::uint8_t command_connect = 1;
+    static constexpr std::uint8_t command_bind = 2;
+    static constexpr std::uint8_t reply_granted = 0x5A;
+    static constexpr std::uint8_t reply_rejected = 0x5B;
+
+    socks4_handshake() = default;
+    explicit socks4_handshake(config cfg) noexcept : config_(cfg) {}
+
+    /// The client's next bytes. See the class comment for the outcomes.
+    [[nodiscard]] handshake_step feed(byte_view bytes);
+
+    /// VN 0, CD 0x5A, then the port and IPv4 address of `bound` (the proxy's address on the
+    /// upstream connection; the address is 0.0.0.0 when that is IPv6, which SOCKS4 cannot say).
+    std::vector<std::uint8_t> connected(const endpoint& bound) const;
+    /// VN 0, CD 0x5B, port 0, address 0.0.0.0: SOCKS4 has one code for every failure.
+    std::vector<std::uint8_t> failed(std::error_code why) const;
+
+    /// The user id the client sent (at most max_user_id bytes; complete once finished()).
+    const std::string& user_id() const noexcept { return user_id_; }
+    /// True once feed() has answered connect or fail.
+    bool finished() const noexcept { return stage_ == stage::finished; }
+
+private:
+    enum class stage { header, user_id, host_name, finished };
+    static constexpr std::size_t header_size = 8;
+
+    /// Appends input bytes to `field` up to and including a NUL (which is not stored); answers
+    /// whether the NUL was found, and sets `too_long` once the field passes `bound`.
+    static bool read_until_nul(byte_reader& input, std::string& field, std::size_t bound,
+                               bool& too_long);
+    handshake_step finish(byte_reader& input);
+    handshake_step fail_with(std::error_code why, bool reply = true);
+    bool is_socks4a() const noexcept;
+    static bool usable_name(std::string_view name) noexcept;
+
+    config config_;
+    stage stage_ = stage::header;
+    std::array<std::uint8_t, header_size> header_{};
+    std::size_t header_bytes_ = 0;
+    std::string user_id_;
+    std::string host_name_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline handshake_step socks4_handshake::feed(byte_view bytes) {
+    if (stage_ == stage::finished) {
+        return handshake_step::fail(errc::protocol_error);
+    }
+    byte_reader input(bytes);
+    if (stage_ == stage::header) {
+        byte_view more = input.bytes(std::min(header_size - header_bytes_, input.remaining()));
+        std::copy(more.begin(), more.end(), header_.data() + header_bytes_);
+        header_bytes_ += more.size();
+        if (header_bytes_ >= 1 && header_[0] != version) {
+            return fail_with(errc::unsupported_version, false); // not a SOCKS4 client
+        }
+        if (header_bytes_ < header_size) {
+            return handshake_step::need_more();
+        }
+        stage_ = stage::user_id;
+    }
+    bool too_long = false;
+    if (stage_ == stage::user_id) {
+        if (!read_until_nul(input, user_id_, config_.max_user_id, too_long)) {
+            return too_long ? fail_with(errc::message_too_large) : handshake_step::need_more();
+        }
+        stage_ = is_socks4a() ? stage::host_name : stage::finished;
+    }
+    if (stage_ == stage::host_name) {
+        if (!read_until_nul(input, host_name_, config_.max_host_name, too_long)) {
+            return too_long ? fail_with(errc::message_too_large) : handshake_step::need_more();
+        }
+        stage_ = stage::finished;
+    }
+    return finish(input);
+}
+
+inline bool socks4_handshake::read_until_nul(byte_reader& input, std::string& field,
+                                             std::size_t bound, bool& too_long) {
+    byte_view rest = input.rest();
+    const std::uint8_t* nul = std::find(rest.begin(), rest.end(), std::uint8_t{0});
+    auto length = static_cast<std::size_t>(nul - rest.begin());
+    // Room left under the bound, checked before anything is copied: a 64 KiB user id with no
+    // NUL fails here without being stored.
+    if (length > bound - std::min(bound, field.size())) {
+        too_long = true;
+        return false;
+    }
+    field.append(input.bytes(length).as_chars());
+    if (nul == rest.end()) {
+        return false;
+    }
+    input.skip(1); // the NUL
+    return true;
+}
+
+inline handshake_step socks4_handshake::finish(byte_reader& input) {
+    byte_reader header(byte_view{header_.data(), header_.size()});
+    header.skip(1); // VN, checked on arrival
+    std::uint8_t command = header.u8();
+    std::uint16_t port = header.u16();
+    byte_view ip = header.bytes(4);
+    if (command != command_connect) {
+        return fail_with(errc::unsupported_command); // BIND, or no command at all
+    }
+    host_port target;
+    if (is_socks4a()) {
+        if (!usable_name(host_name_)) {
+            return fail_with(errc::name_not_resolved);
+        }
+        target.host = host_name_;
+    } else {
+        target.host = ip_address::v4({ip[0], ip[1], ip[2], ip[3]}).to_string();
+    }
+    if (port == 0) {
+        return fail_with(errc::invalid_address);
+    }
+    target.port = port;
+    byte_view rest = input.rest();
+    return handshake_step::connect_to(std::move(target),
+                                      std::vector<std::uint8_t>(rest.begin(), rest.end()));
+}
+
+inline handshake_step socks4_handshake::fail_with(std::error_code why, bool reply) {
+    stage_ = stage::finished;
+    return handshake_step::fail(why, reply ? failed(why) : std::vector<std::uint8_t>{});
+}
+
+inline bool socks4_handshake::is_socks4a() const noexcept {
+    // DSTIP 0.0.0.x with x != 0: "I could not resolve the name; here it is".
+    return header_[4] == 0 && header_[5] == 0 && header_[6] == 0 && header_[7] != 0;
+}
+
+inline std::vector<std::uint8_t> socks4_handshake::connected(const endpoint& bound) const {
+    std::vector<std::uint8_t> reply;
+    reply.reserve(header_size);
+    byte_writer out(reply);
+    out.u8(0).u8(reply_granted).u16(bound.port);
+    if (bound.address.is_v4()) {
+        out.bytes(bound.address.bytes());
+    } else {
+        out.u32(0);
+    }
+    return reply;
+}
+
+inline std::vector<std::uint8_t> socks4_handshake::failed(std::error_code) const {
+    std::vector<std::uint8_t> reply;
+    reply.reserve(header_size);
+    byte_writer(reply).u8(0).u8(reply_rejected).u16(0).u32(0);
+    return reply;
+}
+
+inline bool socks4_handshake::usable_name(std::string_view name) noexcept {
+    if (name.empty()) {
+        return false;
+    }
+    for (char c : name) {
+        auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7F) {
+            return false;
+        }
+    }
+    return true;
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/protocol/socks4.hpp ----
+// #include "tinyproxy/protocol/socks5.hpp"
+// ---- begin tinyproxy/protocol/socks5.hpp ----
+// socks5_handshake: the server side of a SOCKS5 handshake (RFC 1928, RFC 1929) as a sans-I/O
+// parser.
+
+#include <algorithm>    // std::min
+#include <array>        // the message buffer
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <optional>     // configured credentials
+#include <string>       // host names
+#include <string_view>  // credential comparison
+#include <system_error> // std::error_code, std::errc
+#include <utility>      // std::move
+#include <vector>       // replies
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+
+namespace tinyproxy {
+
+/// The server side of a SOCKS5 handshake: method negotiation, username/password
+/// authentication (RFC 1929) when credentials are configured, then one CONNECT request.
+///
+/// Feed it whatever bytes arrived, in any split (one byte at a time is fine); each feed answers
+/// a handshake_step. It buffers at most one message (513 bytes, the largest RFC 1929 request),
+/// never reads past the bytes it was given, and hands back the bytes that follow the request in
+/// the connect step's `to_upstream`. Any truncation of a valid exchange is need_more.
+///
+/// What each outcome sends (to_client):
+///  - need_more: the method selection {5, M} and the auth status {1, 0} once each is due;
+///  - connect: those replies if they are still due (when the client pipelined its messages);
+///    after connecting, the caller sends connected(local) or failed(why);
+///  - fail: the replies due, then the one that says why, and the caller closes:
+///     * not SOCKS5 (first byte not 5): nothing (unsupported_version);
+///     * NMETHODS = 0, or no method we accept: {5, 0xFF} (no_acceptable_method);
+///     * RFC 1929 version not 1: {1, 1} (unsupported_version); bad credentials: {1, 1}
+///       (auth_failed);
+///     * request version not 5: REP 0x01 (unsupported_version);
+///     * a command other than CONNECT (BIND, UDP ASSOCIATE, ...): REP 0x07 (unsupported_command);
+///     * ATYP other than 1, 3, 4: REP 0x08 (unsupported_address_type), as soon as ATYP arrives,
+///       since the request's length is then unknown;
+///     * a domain name that is empty or holds a control character (NUL included): REP 0x04
+///       (name_not_resolved: no such name can resolve);
+///     * port 0: REP 0x01 (invalid_address).
+///
+/// Domain names are otherwise passed through as given (up to 255 bytes, as the protocol allows);
+/// an IPv4 or IPv6 target comes out as its numeric text. Any feed after a connect or fail step
+/// answers fail(protocol_error) with nothing to send.
+class socks5_handshake {
+public:
+    struct config {
+        /// Set: only USERNAME/PASSWORD (method 0x02) is accepted, with exactly these
+        /// credentials. Unset: only NO AUTHENTICATION REQUIRED (0x00).
+        std::optional<credentials> required;
+    };
+
+    static constexpr std::uint8_t version = 5;
+    static constexpr std::uint8_t method_no_auth = 0x00;
+    static constexpr std::uint8_t method_username_password = 0x02;
+    static constexpr std::uint8_t method_none_acceptable = 0xFF;
+    static constexpr std::uint8_t auth_version = 1;
+    static constexpr std::uint8_t command_connect = 1;
+    static constexpr std::uint8_t atyp_ipv4 = 1;
+    static constexpr std::uint8_t atyp_domain = 3;
+    static constexpr std::uint8_t atyp_ipv6 = 4;
+    /// The largest message a client sends: an RFC 1929 request with a 255-byte user name and
+    /// password (1 + 1 + 255 + 1 + 255).
+    static constexpr std::size_t max_message_size = 513;
+
+    socks5_handshake() = default;
+    explicit socks5_handshake(config cfg) noexcept : config_(std::move(cfg)) {}
+
+    /// The client's next bytes. See the class comment for what each outcome sends.
+    [[nodiscard]] handshake_step feed(byte_view bytes);
+
+    /// The success reply (REP 0x00) with BND.ADDR/BND.PORT = `bound`, the proxy's own address on
+    /// the upstream connection (ATYP 1 for IPv4, 4 for IPv6).
+    std::vector<std::uint8_t> connected(const endpoint& bound) const;
+    /// The failure reply for `why` (REP from reply_code(), BND.ADDR 0.0.0.0, BND.PORT 0).
+    std::vector<std::uint8_t> failed(std::error_code why) const;
+    /// The REP code that says why a request failed: not_allowed 0x02; network unreachable or
+    /// down 0x03; host unreachable or name_not_resolved 0x04; connection refused 0x05;
+    /// connect_timeout or timed out 0x06 ("TTL expired"); unsupported_command 0x07;
+    /// unsupported_address_type 0x08; anything else, an empty code included, 0x01. Never 0x00.
+    static std::uint8_t reply_code(std::error_code why) noexcept;
+
+    /// True once feed() has answered connect or fail.
+    bool finished() const noexcept { return stage_ == stage::finished; }
+
+private:
+    enum class stage { greeting, auth, request, finished };
+
+    /// How many bytes the message being read needs, judged from the bytes buffered so far: its
+    /// full length once every length field is in, else more than is buffered. Sets `why` (and
+    /// returns 0) as soon as the buffered bytes cannot start a valid message.
+    std::size_t wanted(std::error_code& why) const noexcept;
+    /// Acts on the complete message in the buffer; answers whether the handshake goes on.
+    bool on_greeting(std::vector<std::uint8_t>& to_client, std::error_code& why);
+    bool on_auth(std::vector<std::uint8_t>& to_client, std::error_code& why) const;
+    bool on_request(host_port& target, std::error_code& why) const;
+    handshake_step fail_with(std::error_code why, std::vector<std::uint8_t> to_client);
+
+    static bool same_secret(std::string_view given, std::string_view expected) noexcept;
+    static bool usable_name(std::string_view name) noexcept;
+
+    config config_;
+    stage stage_ = stage::greeting;
+    std::array<std::uint8_t, max_message_size> buffer_{};
+    std::size_t buffered_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline handshake_step socks5_handshake::feed(byte_view bytes) {
+    if (stage_ == stage::finished) {
+        return handshake_step::fail(errc::protocol_error);
+    }
+    std::vector<std::uint8_t> to_client; // replies due, in order
+    byte_reader input(bytes);
+    for (;;) {
+        std::error_code why;
+        std::size_t want = wanted(why);
+        if (why) {
+            return fail_with(why, std::move(to_client));
+        }
+        if (buffered_ < want) {
+            if (input.remaining() == 0) {
+                return handshake_step::need_more(std::move(to_client));
+            }
+            // Copy only what this message still needs: the rest may belong to the next one.
+            // Then ask again: a field that decides the length (or fails) may just have arrived.
+            byte_view more = input.bytes(std::min(want - buffered_, input.remaining()));
+            std::copy(more.begin(), more.end(), buffer_.data() + buffered_);
+            buffered_ += more.size();
+            continue;
+        }
+        // buffered_ == want: one complete message.
+        switch (stage_) {
+        case stage::greeting:
+            if (!on_greeting(to_client, why)) {
+                return fail_with(why, std::move(to_client));
+            }
+            break;
+        case stage::auth:
+            if (!on_auth(to_client, why)) {
+                return fail_with(why, std::move(to_client));
+            }
+            stage_ = stage::request;
+            break;
+        case stage::request: {
+            host_port target;
+            if (!on_request(target, why)) {
+                return fail_with(why, std::move(to_client));
+            }
+            stage_ = stage::finished;
+            byte_view rest = input.rest();
+            handshake_step step = handshake_step::connect_to(
+                std::move(target), std::vector<std::uint8_t>(rest.begin(), rest.end()));
+            step.to_client = std::move(to_client);
+            return step;
+        }
+        case stage::finished:
+            break; // not reached: the loop returns when the stage becomes finished
+        }
+        buffered_ = 0;
+    }
+}
+
+inline std::size_t socks5_handshake::wanted(std::error_code& why) const noexcept {
+    const std::size_t n = buffered_;
+    const auto& b = buffer_;
+    switch (stage_) {
+    case stage::greeting: // VER NMETHODS METHODS[NMETHODS]
+        if (n >= 1 && b[0] != version) {
+            why = errc::unsupported_version;
+            return 0;
+        }
+        if (n < 2) {
+            return 2;
+        }
+        if (b[1] == 0) {
+            why = errc::no_acceptable_method;
+            return 0;
+        }
+        return 2 + std::size_t{b[1]};
+    case stage::auth: // VER ULEN UNAME[ULEN] PLEN PASSWD[PLEN]
+        if (n >= 1 && b[0] != auth_version) {
+            why = errc::unsupported_version;
+            return 0;
+        }
+        if (n < 2) {
+            return 2;
+        }
+        if (n < 3 + std::size_t{b[1]}) {
+            return 3 + std::size_t{b[1]};
+        }
+        return 3 + std::size_t{b[1]} + std::size_t{b[2 + std::size_t{b[1]}]};
+    case stage::request: // VER CMD RSV ATYP DST.ADDR DST.PORT
+        if (n >= 1 && b[0] != version) {
+            why = errc::unsupported_version;
+            return 0;
+        }
+        if (n < 4) {
+            return 4;
+        }
+        switch (b[3]) {
+        case atyp_ipv4:
+            return 4 + 4 + 2;
+        case atyp_ipv6:
+            return 4 + 16 + 2;
+        case atyp_domain:
+            return n < 5 ? 5 : 5 + std::size_t{b[4]} + 2;
+        default:
+            why = errc::unsupported_address_type;
+            return 0;
+        }
+    case stage::finished:
+        break;
+    }
+    why = errc::protocol_error;
+    return 0;
+}
+
+inline bool socks5_handshake::on_greeting(std::vector<std::uint8_t>& to_client,
+                                          std::error_code& why) {
+    byte_reader message(byte_view{buffer_.data(), buffered_});
+    message.skip(1); // VER, checked by wanted()
+    byte_view methods = message.bytes(message.u8());
+    const std::uint8_t ours = config_.required ? method_username_password : method_no_auth;
+    bool offered = false;
+    for (std::uint8_t method : methods) {
+        offered = offered || method == ours;
+    }
+    if (!offered) {
+        why = errc::no_acceptable_method;
+        return false;
+    }
+    byte_writer(to_client).u8(version).u8(ours);
+    stage_ = config_.required ? stage::auth : stage::request;
+    return true;
+}
+
+inline bool socks5_handshake::on_auth(std::vector<std::uint8_t>& to_client,
+                                      std::error_code& why) const {
+    byte_reader message(byte_view{buffer_.data(), buffered_});
+    message.skip(1); // VER, checked by wanted()
+    byte_view username = message.bytes(message.u8());
+    byte_view password = message.bytes(message.u8());
+    // RFC 1929 says 1 to 255 bytes each; an empty field is read the same way and simply does not
+    // match (unless the configured value is empty too). Both fields are always compared.
+    bool user_ok = same_secret(username.as_chars(), config_.required->username);
+    bool password_ok = same_secret(password.as_chars(), config_.required->password);
+    if (!(user_ok && password_ok)) {
+        why = errc::auth_failed;
+        return false;
+    }
+    byte_writer(to_client).u8(auth_version).u8(0x00);
+    return true;
+}
+
+inline bool socks5_handshake::on_request(host_port& target, std::error_code& why) const {
+    byte_reader message(byte_view{buffer_.data(), buffered_});
+    message.skip(1); // VER, checked by wanted()
+    std::uint8_t command = message.u8();
+    message.skip(1); // RSV: ignored
+    std::uint8_t atyp = message.u8();
+    if (command != command_connect) {
+        why = errc::unsupported_command; // BIND (2), UDP ASSOCIATE (3) or unknown
+        return false;
+    }
+    if (atyp == atyp_ipv4) {
+        byte_view a = message.bytes(4);
+        target.host = ip_address::v4({a[0], a[1], a[2], a[3]}).to_string();
+    } else if (atyp == atyp_ipv6) {
+        std::array<std::uint8_t, 16> a{};
+        byte_view raw = message.bytes(16);
+        std::copy(raw.begin(), raw.end(), a.begin());
+        target.host = ip_address::v6(a).to_string();
+    } else {
+        target.host = message.string_u8();
+        if (!usable_name(target.host)) {
+            why = errc::name_not_resolved;
+            return false;
+        }
+    }
+    target.port = message.u16();
+    if (!message || message.remaining() != 0) {
+        why = errc::protocol_error; // wanted() and this reading disagree: a bug, not a client
+        return false;
+    }
+    if (target.port == 0) {
+        why = errc::invalid_address;
+        return false;
+    }
+    return true;
+}
+
+inline handshake_step socks5_handshake::fail_with(std::error_code why,
+                                                  std::vector<std::uint8_t> to_client) {
+    const stage failed_at = stage_;
+    stage_ = stage::finished;
+    buffered_ = 0;
+    if (failed_at == stage::greeting && why == errc::no_acceptable_method) {
+        byte_writer(to_client).u8(version).u8(method_none_acceptable);
+    } else if (failed_at == stage::auth) {
+        byte_writer(to_client).u8(auth_version).u8(0x01); // any status but 0 is a failure
+    } else if (failed_at == stage::request) {
+        byte_writer(to_client).bytes(failed(why));
+    }
+    // A greeting in another version gets no answer: the client does not speak SOCKS5.
+    return handshake_step::fail(why, std::move(to_client));
+}
+
+inline std::vector<std::uint8_t> socks5_handshake::connected(const endpoint& bound) const {
+    std::vector<std::uint8_t> reply;
+    reply.reserve(22);
+    byte_writer(reply)
+        .u8(version)
+        .u8(0x00)
+        .u8(0x00)
+        .u8(bound.address.is_v6() ? atyp_ipv6 : atyp_ipv4)
+        .bytes(bound.address.bytes())
+        .u16(bound.port);
+    return reply;
+}
+
+inline std::vector<std::uint8_t> socks5_handshake::failed(std::error_code why) const {
+    std::vector<std::uint8_t> reply;
+    reply.reserve(10);
+    byte_writer(reply).u8(version).u8(reply_code(why)).u8(0x00).u8(atyp_ipv4).u32(0).u16(0);
+    return reply;
+}
+
+inline std::uint8_t socks5_handshake::reply_code(std::error_code why) noexcept {
+    if (why == errc::not_allowed) {
+        return 0x02;
+    }
+    if (why == std::errc::network_unreachable || why == std::errc::network_down) {
+        return 0x03;
+    }
+    if (why == std::errc::host_unreachable || why == errc::name_not_resolved) {
+        return 0x04;
+    }
+    if (why == std::errc::connection_refused) {
+        return 0x05;
+    }
+    if (why == errc::connect_timeout || why == std::errc::timed_out) {
+        return 0x06;
+    }
+    if (why == errc::unsupported_command) {
+        return 0x07;
+    }
+    if (why == errc::unsupported_address_type) {
+        return 0x08;
+    }
+    return 0x01;
+}
+
+inline bool socks5_handshake::same_secret(std::string_view given,
+                                          std::string_view expected) noexcept {
+    // The time taken depends on the expected length only, not on where the first difference is.
+    unsigned difference = given.size() == expected.size() ? 0u : 1u;
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+        unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0u;
+        difference |= static_cast<unsigned>(g ^ static_cast<unsigned char>(expected[i]));
+    }
+    return difference == 0;
+}
+
+inline bool socks5_handshake::usable_name(std::string_view name) noexcept {
+    if (name.empty()) {
+        return false;
+    }
+    for (char c : name) {
+        auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7F) {
+            return false;
+        }
+    }
+    return true;
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/protocol/socks5.hpp ----
 // #include "tinyproxy/relay.hpp"
 // ---- begin tinyproxy/relay.hpp ----
 // The one relay engine: moves bytes both ways between two non-blocking sockets, with bounded
@@ -1795,6 +3475,7 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size) noexcep
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
 #include <optional>     // the relay, once connected
+#include <type_traits>  // detecting optional Mode session members
 #include <system_error> // std::error_code
 #include <utility>      // std::move
 #include <vector>       // byte buffers, address lists
@@ -2010,8 +3691,26 @@ short basic_session<ModeSession>::upstream_events() const noexcept {
     }
 }
 
+namespace detail {
+
+/// A Mode session may say who the client really is (a PROXY protocol header names it) with
+/// `const endpoint* client_address() const`; results and logs then name that address.
+template <class ModeSession, class = void>
+struct reports_client : std::false_type {};
+template <class ModeSession>
+struct reports_client<ModeSession,
+                      std::void_t<decltype(std::declval<const ModeSession&>().client_address())>>
+    : std::true_type {};
+
+} // namespace detail
+
 template <class ModeSession>
 void basic_session<ModeSession>::apply(mode_step step, time_point now) {
+    if constexpr (detail::reports_client<ModeSession>::value) {
+        if (const endpoint* client = mode_.client_address()) {
+            result_.client = *client;
+        }
+    }
     to_client_ = std::move(step.to_client);
     to_client_offset_ = 0;
     switch (step.what) {
@@ -2868,6 +4567,317 @@ private:
 
 } // namespace tinyproxy
 // ---- end tinyproxy/mode/forward.hpp ----
+// #include "tinyproxy/mode/socks.hpp"
+// ---- begin tinyproxy/mode/socks.hpp ----
+// socks_mode: SOCKS4, SOCKS4a and SOCKS5 on one port, told apart by the first byte.
+
+#include <cstdint>      // bytes
+#include <optional>     // configured credentials, the chosen parser
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // replies
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+// #include "tinyproxy/protocol/socks4.hpp"
+// #include "tinyproxy/protocol/socks5.hpp"
+// #include "tinyproxy/session.hpp"
+
+namespace tinyproxy {
+
+/// Where a SOCKS client asks to go. Version 4 and 4a requests begin with the byte 4, version 5
+/// with 5; the first byte picks the parser and anything else is closed at once.
+///
+/// With credentials configured, SOCKS5 clients must authenticate (RFC 1929) and SOCKS4 clients,
+/// which cannot, are refused with a 0x5B reply.
+class socks_mode {
+public:
+    struct config {
+        std::optional<credentials> required; ///< user name and password every client must give
+        bool allow_socks4 = true;            ///< also serve SOCKS4 and 4a (when no credentials)
+    };
+
+    socks_mode() = default;
+    explicit socks_mode(config cfg) : config_(std::move(cfg)) {}
+
+    class session {
+    public:
+        explicit session(const config& cfg) : config_(&cfg) {}
+
+        mode_step start() { return mode_step::need_more(); }
+        mode_step on_client_data(byte_view bytes);
+        std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint& local,
+                                               const endpoint& upstream);
+
+    private:
+        const config* config_;
+        std::optional<socks4_handshake> v4_;
+        std::optional<socks5_handshake> v5_;
+    };
+
+    session make_session(const session_info&) const { return session{config_}; }
+
+private:
+    config config_;
+};
+
+inline mode_step socks_mode::session::on_client_data(byte_view bytes) {
+    if (v5_) {
+        return v5_->feed(bytes);
+    }
+    if (v4_) {
+        return v4_->feed(bytes);
+    }
+    if (bytes.empty()) {
+        return mode_step::need_more();
+    }
+    if (bytes[0] == 5) {
+        socks5_handshake::config cfg;
+        cfg.required = config_->required;
+        v5_.emplace(std::move(cfg));
+        return v5_->feed(bytes);
+    }
+    if (bytes[0] == 4) {
+        v4_.emplace();
+        if (config_->required || !config_->allow_socks4) {
+            // SOCKS4 carries no password: with credentials required it cannot be served.
+            return mode_step::fail(make_error_code(errc::auth_failed),
+                                   v4_->failed(make_error_code(errc::not_allowed)));
+        }
+        return v4_->feed(bytes);
+    }
+    return mode_step::fail(make_error_code(errc::unsupported_version));
+}
+
+inline std::vector<std::uint8_t>
+socks_mode::session::on_connected(std::error_code result, const endpoint& local, const endpoint&) {
+    if (v5_) {
+        return result ? v5_->failed(result) : v5_->connected(local);
+    }
+    if (v4_) {
+        return result ? v4_->failed(result) : v4_->connected(local);
+    }
+    return {};
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/mode/socks.hpp ----
+// #include "tinyproxy/mode/http_connect.hpp"
+// ---- begin tinyproxy/mode/http_connect.hpp ----
+// http_connect_mode: HTTP CONNECT tunnels (RFC 9110 section 9.3.6).
+
+#include <cstdint>      // bytes
+#include <optional>     // the parser
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // replies
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+// #include "tinyproxy/protocol/http_connect.hpp"
+// #include "tinyproxy/session.hpp"
+
+namespace tinyproxy {
+
+/// Where an HTTP client asks to go with `CONNECT host:port HTTP/1.1`: answered with
+/// `200 Connection established` and a raw tunnel, or a 4xx/5xx response and a close (405 for
+/// other methods, 407 without the configured credentials, 502 when the upstream refuses or
+/// does not resolve, 504 when the connect times out).
+class http_connect_mode {
+public:
+    using config = http_connect_handshake::config;
+
+    http_connect_mode() = default;
+    explicit http_connect_mode(config cfg) : config_(std::move(cfg)) {}
+
+    class session {
+    public:
+        explicit session(const config& cfg) : parser_(cfg) {}
+
+        mode_step start() { return mode_step::need_more(); }
+        mode_step on_client_data(byte_view bytes) { return parser_.feed(bytes); }
+        std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint&,
+                                               const endpoint&) {
+            return result ? parser_.failed(result) : parser_.connected();
+        }
+
+    private:
+        http_connect_handshake parser_;
+    };
+
+    session make_session(const session_info&) const { return session{config_}; }
+
+private:
+    config config_;
+};
+
+} // namespace tinyproxy
+// ---- end tinyproxy/mode/http_connect.hpp ----
+// #include "tinyproxy/mode/proxy_protocol.hpp"
+// ---- begin tinyproxy/mode/proxy_protocol.hpp ----
+// with_proxy_protocol<Mode>: the PROXY protocol (v1/v2) as a layer on either side of any Mode.
+
+#include <cstdint>      // bytes
+#include <optional>     // the inner session, once the client is known
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // headers
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+// #include "tinyproxy/protocol/proxy_protocol.hpp"
+// #include "tinyproxy/session.hpp"
+
+namespace tinyproxy {
+
+/// Which PROXY protocol header to send upstream.
+enum class proxy_protocol_version { none = 0, v1 = 1, v2 = 2 };
+
+/// Adds the PROXY protocol to `Mode`, on either side or both:
+/// - `accept`: every client must begin with a PROXY header (v1 or v2, told apart by its
+///   signature), as a load balancer in front of us sends it. The address it names is the client
+///   the inner Mode, and a `send` header, see. A client without a valid header is closed.
+/// - `send`: each upstream connection begins with a header naming the client and the address
+///   it connected to, before any of the client's bytes.
+template <class Mode>
+class with_proxy_protocol {
+public:
+    struct config {
+        bool accept = false;
+        proxy_protocol_version send = proxy_protocol_version::none;
+        /// With `accept`: when not empty, a client whose header names an address outside every
+        /// range is closed (options::allow sees only the sender of the header, such as a load
+        /// balancer).
+        std::vector<cidr> allow;
+    };
+
+    with_proxy_protocol(Mode inner, config cfg) : inner_(std::move(inner)), config_(cfg) {}
+
+    class session {
+    public:
+        session(const Mode& inner, const config& cfg, session_info info)
+            : inner_mode_(&inner), config_(&cfg), info_(info) {
+            if (!cfg.accept) {
+                inner_.emplace(inner.make_session(info_));
+            }
+        }
+
+        mode_step start() { return inner_ ? outgoing(inner_->start()) : mode_step::need_more(); }
+        mode_step on_client_data(byte_view bytes) {
+            if (inner_) {
+                return outgoing(inner_->on_client_data(bytes));
+            }
+            return decode(bytes);
+        }
+        std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint& local,
+                                               const endpoint& upstream) {
+            return inner_ ? inner_->on_connected(result, local, upstream)
+                          : std::vector<std::uint8_t>{};
+        }
+        /// The client as the PROXY header named it (or as accepted, without one).
+        const session_info& info() const noexcept { return info_; }
+        /// Once a header has named the client, that address (basic_session reports it).
+        const endpoint* client_address() const noexcept {
+            return decoded_ ? &info_.client : nullptr;
+        }
+
+    private:
+        mode_step decode(byte_view bytes) {
+            switch (decoder_.feed(bytes)) {
+            case proxy_protocol::decoder::status::need_more:
+                return mode_step::need_more();
+            case proxy_protocol::decoder::status::invalid:
+                return mode_step::fail(decoder_.error() ? decoder_.error()
+                                                        : make_error_code(errc::protocol_error));
+            case proxy_protocol::decoder::status::done:
+                break;
+            }
+            const auto& header = decoder_.result();
+            if (!header.local && header.source && header.destination) {
+                info_.client = *header.source;
+                info_.local = *header.destination;
+                decoded_ = true;
+            }
+            if (!allowed(info_.client.address)) {
+                return mode_step::fail(make_error_code(errc::client_not_allowed));
+            }
+            inner_.emplace(inner_mode_->make_session(info_));
+            mode_step first = inner_->start();
+            std::vector<std::uint8_t> rest = decoder_.take_rest();
+            if (rest.empty()) {
+                return outgoing(std::move(first));
+            }
+            if (first.what == mode_step::action::connect) {
+                // A Mode that decides at once (forward_mode): the bytes after the header go
+                // upstream after whatever the Mode put first.
+                first.to_upstream.insert(first.to_upstream.end(), rest.begin(), rest.end());
+                return outgoing(std::move(first));
+            }
+            if (first.what == mode_step::action::fail) {
+                return first;
+            }
+            mode_step next = inner_->on_client_data(rest);
+            // Whatever the first step wanted sent goes before the next step's bytes.
+            first.to_client.insert(first.to_client.end(), next.to_client.begin(),
+                                   next.to_client.end());
+            next.to_client = std::move(first.to_client);
+            return outgoing(std::move(next));
+        }
+
+        /// With `send`, a connect step's upstream bytes begin with the PROXY header.
+        mode_step outgoing(mode_step step) const {
+            if (step.what != mode_step::action::connect ||
+                config_->send == proxy_protocol_version::none) {
+                return step;
+            }
+            std::vector<std::uint8_t> header =
+                config_->send == proxy_protocol_version::v1
+                    ? proxy_protocol::encode_v1(info_.client, info_.local)
+                    : proxy_protocol::encode_v2(info_.client, info_.local);
+            header.insert(header.end(), step.to_upstream.begin(), step.to_upstream.end());
+            step.to_upstream = std::move(header);
+            return step;
+        }
+
+        bool allowed(const ip_address& address) const noexcept {
+            if (config_->allow.empty()) {
+                return true;
+            }
+            for (const cidr& range : config_->allow) {
+                if (range.contains(address)) {
+                    return true;
+                }
+            }
+            return false;
+        }
+
+        const Mode* inner_mode_;
+        const config* config_;
+        session_info info_;
+        bool decoded_ = false;
+        proxy_protocol::decoder decoder_;
+        std::optional<typename Mode::session> inner_;
+    };
+
+    session make_session(const session_info& info) const { return session{inner_, config_, info}; }
+    const Mode& inner() const noexcept { return inner_; }
+
+private:
+    Mode inner_;
+    config config_;
+};
+
+} // namespace tinyproxy
+// ---- end tinyproxy/mode/proxy_protocol.hpp ----
 // #include "tinyproxy/proxy.hpp"
 // ---- begin tinyproxy/proxy.hpp ----
 // basic_proxy<Policy, Mode>: the listener, options, stop signal and counters, and the Server
@@ -2907,7 +4917,7 @@ struct session_event {
     };
     kind what = kind::opened;
     endpoint client;
-    /// For rejected: errc::not_allowed (outside every `allow` range) or
+    /// For rejected: errc::client_not_allowed (outside every `allow` range) or
     /// std::errc::too_many_files_open (past `max_connections`). For closed: what ended it.
     std::error_code reason;
     /// For closed: bytes, target, upstream, times and the error that ended it.
@@ -3024,6 +5034,7 @@ private:
     std::atomic<std::uint64_t> accepted_{0};
     std::atomic<std::uint64_t> ended_{0};
     std::atomic<std::uint64_t> finished_{0};
+    std::atomic<std::uint64_t> failed_{0};
     std::atomic<std::uint64_t> rejected_limit_{0};
     std::atomic<std::uint64_t> rejected_access_{0};
     std::atomic<std::uint64_t> handshake_failures_{0};
@@ -3142,8 +5153,8 @@ bool proxy_server<Mode>::admit(accepted_client& client) noexcept {
         if (!allowed) {
             client.connection.close();
             rejected_access_.fetch_add(1, std::memory_order_relaxed);
-            report({session_event::kind::rejected, client.peer, make_error_code(errc::not_allowed),
-                    nullptr});
+            report({session_event::kind::rejected, client.peer,
+                    make_error_code(errc::client_not_allowed), nullptr});
             return false;
         }
     }
@@ -3234,7 +5245,10 @@ void proxy_server<Mode>::count_ended(const session_result& result) noexcept {
     bytes_to_client_.fetch_add(result.bytes_to_client, std::memory_order_relaxed);
     if (!result.error) {
         finished_.fetch_add(1, std::memory_order_relaxed);
-    } else if (result.error != errc::child_failed && result.error != errc::stopped) {
+    } else {
+        failed_.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (result.error && result.error != errc::child_failed && result.error != errc::stopped) {
         if (result.stage == session_result::stage_type::handshake) {
             handshake_failures_.fetch_add(1, std::memory_order_relaxed);
         } else if (result.stage == session_result::stage_type::connect) {
@@ -3252,7 +5266,9 @@ stats proxy_server<Mode>::snapshot() const noexcept {
     out.rejected_limit = rejected_limit_.load(std::memory_order_relaxed);
     out.rejected_access = rejected_access_.load(std::memory_order_relaxed);
     out.accepted = accepted_.load(std::memory_order_relaxed);
-    out.failed = ended - out.finished;
+    // Each counter read on its own: no difference of two counters can show a session that
+    // has not happened (a reader between two increments would).
+    out.failed = failed_.load(std::memory_order_relaxed);
     std::uint64_t gone = ended + out.rejected_limit + out.rejected_access;
     out.active = out.accepted > gone ? out.accepted - gone : 0;
     out.handshake_failures = handshake_failures_.load(std::memory_order_relaxed);
