@@ -384,3 +384,21 @@ TEST_CASE("error category: errc converts to error_code implicitly and compares")
 }
 
 TEST_SUITE_END();
+
+TEST_CASE("host names ending in a number inet_aton would read are refused, others are names") {
+    for (const char* numeric :
+         {"127.1:80", "2130706433:80", "0x7f000001:80", "10.0x1:80", "host.017:80"}) {
+        CAPTURE(numeric);
+        std::error_code ec;
+        (void)tinyproxy::parse_host_port(numeric, ec);
+        CHECK(ec == tinyproxy::errc::invalid_address);
+    }
+    for (const char* name : {"db1:5432", "node.dc1:22", "beef1:1", "cache2:80", "web01:80",
+                             "0xgood.example:80", "example.com.:80"}) {
+        CAPTURE(name);
+        std::error_code ec;
+        auto parsed = tinyproxy::parse_host_port(name, ec);
+        CHECK_FALSE(ec);
+        CHECK_FALSE(parsed.host.empty());
+    }
+}

@@ -240,19 +240,17 @@ inline bool valid_host(std::string_view host) {
     if (ip_address::parse(host)) {
         return true;
     }
-    // "127.1", "2130706433", "0x7f.0.0.1": getaddrinfo reads these as IPv4 addresses, so a
-    // rule that looks at numeric hosts before resolving could be walked around. No real
-    // host name ends in a label of digits (RFC 3696 section 2); refuse them.
-    std::string_view last_label =
-        host.substr(host.rfind('.') == std::string_view::npos ? 0 : host.rfind('.') + 1);
-    bool numeric_label = !last_label.empty();
-    for (char c : last_label) {
-        bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') ||
-                   c == 'x' || c == 'X';
-        numeric_label = numeric_label && hex;
-    }
-    bool has_digit = last_label.find_first_of("0123456789") != std::string_view::npos;
-    if (numeric_label && has_digit) {
+    // "127.1", "2130706433", "0x7f.0.0.1": getaddrinfo reads these as IPv4 addresses (with
+    // inet_aton's rules), so a rule that looks at numeric hosts before resolving could be
+    // walked around. A last label of decimal digits, or 0x and hex digits, is such a number;
+    // no real host name ends in one (RFC 3696 section 2). "db1" or "beef1" are fine.
+    auto dot = host.rfind('.');
+    std::string_view last_label = host.substr(dot == std::string_view::npos ? 0 : dot + 1);
+    bool hex_form = last_label.size() > 2 && last_label[0] == '0' &&
+                    (last_label[1] == 'x' || last_label[1] == 'X');
+    std::string_view digits = hex_form ? last_label.substr(2) : last_label;
+    const char* allowed = hex_form ? "0123456789abcdefABCDEF" : "0123456789";
+    if (!digits.empty() && digits.find_first_not_of(allowed) == std::string_view::npos) {
         return false;
     }
     for (char c : host) {
