@@ -122,6 +122,12 @@ public:
     void session_ended(const session_result& result) noexcept;
     /// Counts a session that ended elsewhere (a fork child, which reported it itself).
     void count_ended(const session_result& result) noexcept;
+    /// After run(): closes the listener and the stop signal (the proxy runs once).
+    void close() noexcept {
+        listener_.close();
+        stop_read_.reset();
+        detail::close_fd(stop_write_.exchange(-1));
+    }
     /// Called in a freshly forked child: drops the parent's listener and stop-signal writer.
     void enter_child() noexcept {
         listener_.close();
@@ -203,6 +209,7 @@ public:
             listen();
         }
         policy_.run(server_);
+        server_.close(); // a client arriving now is refused, not left in a dead backlog
     }
 
     /// Makes run() return promptly, ending the sessions in flight. Thread-safe, and safe to
