@@ -191,7 +191,7 @@ void check_recovered(running_proxy<Policy, Mode>& proxy, event_server& upstream,
     MESSAGE("a normal client after the storm: " << std::string(served ? "served" : "NOT served")
                                                 << " in " << since(begin).count() << " ms");
     CHECK_MESSAGE(served, "a normal client is not served after the storm");
-    CHECK_MESSAGE(eventually([&] { return upstream.open_connections() == 0; }, 5s),
+    CHECK_MESSAGE(eventually([&] { return upstream.open_connections() == 0; }, 15s),
                   "upstream connections left open: " << upstream.open_connections());
     int descriptors = -1;
     CHECK_MESSAGE(eventually(
@@ -199,9 +199,9 @@ void check_recovered(running_proxy<Policy, Mode>& proxy, event_server& upstream,
                           descriptors = proxy_descriptors(proxy);
                           return descriptors == baseline;
                       },
-                      5s),
+                      15s),
                   "descriptors: " << descriptors << ", baseline " << baseline);
-    CHECK_MESSAGE(eventually([&] { return proxy_children(proxy).empty(); }, 3s),
+    CHECK_MESSAGE(eventually([&] { return proxy_children(proxy).empty(); }, 5s),
                   "children left behind");
 }
 
@@ -209,12 +209,12 @@ void check_recovered(running_proxy<Policy, Mode>& proxy, event_server& upstream,
 template <class Policy, class Mode>
 void check_stop(running_proxy<Policy, Mode>& proxy) {
     auto took = proxy.stop();
-    CHECK_MESSAGE(took < 1000ms, "stop() took " << took.count() << " ms");
+    CHECK_MESSAGE(took < 1000ms * timing_scale, "stop() took " << took.count() << " ms");
 }
 template <class Mode>
 void check_stop(running_proxy<fork_policy, Mode>& proxy) {
     auto took = proxy.stop();
-    CHECK_MESSAGE(took < 1000ms, "stop() took " << took.count() << " ms");
+    CHECK_MESSAGE(took < 1000ms * timing_scale, "stop() took " << took.count() << " ms");
     CHECK_MESSAGE(proxy.host_exit() == 0, "the fork host exited with " << proxy.host_exit());
 }
 
@@ -697,7 +697,7 @@ TEST_CASE_TEMPLATE("production descriptor exhaustion: under RLIMIT_NOFILE 64 the
         std::chrono::milliseconds took{0};
         int status = host.stop(&took);
         CHECK_MESSAGE(status == 0, "host exit status " << status);
-        CHECK(took < 2000ms);
+        CHECK(took < 2000ms * timing_scale);
     }
     CHECK(eventually([&] { return open_descriptors() == descriptors_before; }));
     CHECK(eventually([] { return child_states().empty(); }));
@@ -739,7 +739,7 @@ TEST_CASE_TEMPLATE("production storm: 2000 connect/close cycles (150 for the pro
             [&](const auto& s) {
                 return s.accepted == static_cast<std::uint64_t>(cycles) && s.active == 0;
             },
-            5s));
+            15s));
         auto s = *stats_of(proxy);
         INFO(describe(s));
         CHECK(s.finished + s.failed == static_cast<std::uint64_t>(cycles));
@@ -783,16 +783,19 @@ TEST_CASE_TEMPLATE("production storm: 200 clients reset mid-transfer (50 for the
     MESSAGE(total << " resets mid-transfer took " << since(begin).count() << " ms");
     CHECK(streamed.load() == total);
     // Each reset is passed on upstream as a reset.
-    CHECK_MESSAGE(eventually([&] { return streamer.resets() == total; }, 5s),
+    CHECK_MESSAGE(eventually([&] { return streamer.resets() == total; }, 15s),
                   "upstream resets: " << streamer.resets() << " of " << total);
     if (stats_of(proxy)) {
         CHECK(eventually_stats(
             proxy, [&](const auto& s) { return s.active == 0 && s.accepted == unsigned(total); },
-            5s));
+            15s));
         auto s = *stats_of(proxy);
         INFO(describe(s));
         CHECK(s.failed == static_cast<std::uint64_t>(total));
-        CHECK(s.bytes_to_upstream == static_cast<std::uint64_t>(total) * 4096);
+        // At most what the clients sent: a client that resets before the proxy has read its
+        // bytes takes them with it (a reset discards what the kernel had not yet handed over),
+        // and the upstream streams from the start, so a client may read its 16 KiB first.
+        CHECK(s.bytes_to_upstream <= static_cast<std::uint64_t>(total) * 4096);
         CHECK(s.bytes_to_client >= static_cast<std::uint64_t>(total) * 16 * 1024);
     }
     check_recovered(proxy, streamer, baseline, [&] {
@@ -807,13 +810,27 @@ TEST_CASE_TEMPLATE("production storm: garbage to a Mode that accepts only GO end
                    "at once (200 clients, 60 for the process-per-client policy)",
                    Policy, thread_policy, poll_policy, fork_policy) {
     event_server echo(event_server::behaviour::echo);
-    running_proxy<Policy, go_mode> proxy(go_mode(echo.where()));
+    // The handshake deadline is far off, so a client closed within `limit` was closed by the
+    // Mode's refusal, not by the deadline.
+    auto opts = running_proxy<Policy, go_mode>::default_options();
+    opts.handshake_timeout = 60s;
+    const auto limit = 5s * timing_scale;
+    running_proxy<Policy, go_mode> proxy(go_mode(echo.where()), opts);
     const int baseline = proxy_descriptors(proxy);
     const int total = is_fork<Policy> ? 60 : 200;
     const int threads = 4;
     std::atomic<int> next{0};
     std::atomic<int> closed_in_time{0};
     std::atomic<int> waited_for{0};
+    // Once one client was left open the test has failed: the others wait briefly, so that a
+    // broken proxy fails it in seconds, not minutes.
+    auto wait_closed = [&](tinyproxy::socket& c) {
+        ++waited_for;
+        bool failed_already = closed_in_time.load() + 4 < waited_for.load();
+        if (wait_fate(c, failed_already ? std::chrono::milliseconds(200) : limit) == fate::closed) {
+            ++closed_in_time;
+        }
+    };
     auto begin = now();
     std::vector<std::thread> clients;
     for (int t = 0; t < threads; ++t) {
@@ -831,10 +848,7 @@ TEST_CASE_TEMPLATE("production storm: garbage to a Mode that accepts only GO end
                 switch (i % 3) {
                 case 0: // garbage, then wait for the proxy to hang up
                     send_all(c, garbage);
-                    ++waited_for;
-                    if (wait_fate(c, 2s) == fate::closed) {
-                        ++closed_in_time;
-                    }
+                    wait_closed(c);
                     break;
                 case 1: // garbage, then leave
                     send_all(c, garbage);
@@ -843,10 +857,7 @@ TEST_CASE_TEMPLATE("production storm: garbage to a Mode that accepts only GO end
                     send_all(c, text("GO"));
                     std::this_thread::sleep_for(2ms);
                     send_all(c, garbage);
-                    ++waited_for;
-                    if (wait_fate(c, 2s) == fate::closed) {
-                        ++closed_in_time;
-                    }
+                    wait_closed(c);
                     break;
                 }
             }
@@ -864,7 +875,7 @@ TEST_CASE_TEMPLATE("production storm: garbage to a Mode that accepts only GO end
             [&](const auto& s) {
                 return s.active == 0 && s.handshake_failures == static_cast<unsigned>(total);
             },
-            5s));
+            15s));
         auto s = *stats_of(proxy);
         INFO(describe(s));
         CHECK(s.failed == static_cast<std::uint64_t>(total));

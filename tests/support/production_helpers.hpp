@@ -42,6 +42,23 @@ namespace testing {
 
 using namespace std::chrono_literals;
 
+// --- timing under sanitizers -------------------------------------------------------------------
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#    define TINYPROXY_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#    if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#        define TINYPROXY_TEST_SANITIZED 1
+#    endif
+#endif
+#ifndef TINYPROXY_TEST_SANITIZED
+#    define TINYPROXY_TEST_SANITIZED 0
+#endif
+
+/// ASan and TSan slow down what a wall-clock bound measures (a fork and exit of a large process,
+/// a thread start): such bounds are this many times longer under them, and exact otherwise.
+constexpr int timing_scale = TINYPROXY_TEST_SANITIZED ? 2 : 1;
+
 // --- policies --------------------------------------------------------------------------------
 
 template <class Policy>
