@@ -1,0 +1,582 @@
+#!/usr/bin/env bash
+# bench/run.sh [--quick]: tinyproxy against direct TCP and the proxies people deploy (haproxy,
+# nginx stream, rinetd, socat, microsocks), side by side in one run on loopback. Installs the
+# peers with apt when missing, builds tinyproxy in Release and bench/load.cpp, measures bulk
+# throughput (iperf3 and bench/load bulk), CPU per GB, connection rate, request/response latency
+# (also pinned to one CPU) and memory per held connection, alternating targets run by run, then
+# prints a markdown table of medians and writes bench/results/<date>-<quick|full>.json.
+# Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$PWD
+MODE=full
+for arg in "$@"; do
+    case "$arg" in
+    --quick) MODE=quick ;;
+    -h | --help)
+        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "run.sh: unknown argument '$arg' (only --quick)" >&2
+        exit 2
+        ;;
+    esac
+done
+COMMAND="bench/run.sh${*:+ $*}"
+T0=$(date +%s)
+
+if [ "$MODE" = quick ]; then
+    REPS=1 BULK_TIME=2 RATE_TIME=2 RR_COUNT=5000 HOLD_COUNTS=(1000) OPEN_TIME=30
+else
+    REPS=3 BULK_TIME=5 RATE_TIME=5 RR_COUNT=20000 HOLD_COUNTS=(1000 9000) OPEN_TIME=60
+fi
+RATE_THREADS=8
+
+log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
+
+# ---------------------------------------------------------------- processes and cleanup
+WORK=$(mktemp -d /tmp/tinyproxy-bench.XXXXXX)
+RAW=$WORK/raw.tsv
+: >"$RAW"
+declare -A PORT_OF=() PID_OF=() MISSING=()
+
+# PID and all its descendants, one per line (from /proc; no tools needed).
+tree_pids() {
+    local root=$1 line pid rest ppid
+    local -A kids=()
+    for stat in /proc/[0-9]*/stat; do
+        { read -r line <"$stat"; } 2>/dev/null || continue
+        pid=${line%% *}
+        rest=${line##*) }
+        ppid=${rest#* }
+        ppid=${ppid%% *}
+        kids[$ppid]+=" $pid"
+    done
+    local queue=("$root") i=0
+    while ((i < ${#queue[@]})); do
+        echo "${queue[i]}"
+        # shellcheck disable=SC2206
+        queue+=(${kids[${queue[i]}]:-})
+        i=$((i + 1))
+    done
+}
+
+# Ends a process and its descendants: SIGTERM, up to 3 s, then SIGKILL.
+stop_tree() {
+    local root=$1 pids p n
+    [ -d "/proc/$root" ] || return 0
+    mapfile -t pids < <(tree_pids "$root")
+    kill -TERM "${pids[@]}" 2>/dev/null
+    for ((n = 0; n < 60; n++)); do
+        local alive=0
+        for p in "${pids[@]}"; do
+            if [ -d "/proc/$p" ] && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then
+                alive=1
+                break
+            fi
+        done
+        ((alive)) || break
+        sleep 0.05
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null
+    wait "$root" 2>/dev/null
+    return 0
+}
+
+cleanup() {
+    trap - EXIT INT TERM
+    local pids p
+    mapfile -t pids < <(tree_pids $$)
+    for p in "${pids[@]}"; do
+        [ "$p" = $$ ] || [ "$p" = "$BASHPID" ] || kill -TERM "$p" 2>/dev/null
+    done
+    sleep 0.3
+    mapfile -t pids < <(tree_pids $$)
+    for p in "${pids[@]}"; do
+        [ "$p" = $$ ] || [ "$p" = "$BASHPID" ] || kill -KILL "$p" 2>/dev/null
+    done
+    wait 2>/dev/null
+    if [ "${KEEP_WORK:-0}" = 1 ]; then
+        echo "run.sh: logs kept in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# ---------------------------------------------------------------- install and build
+install_missing() {
+    local want=()
+    command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || want+=(haproxy)
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || want+=(nginx-light)
+    [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || want+=(libnginx-mod-stream)
+    command -v socat >/dev/null 2>&1 || want+=(socat)
+    command -v rinetd >/dev/null 2>&1 || [ -x /usr/sbin/rinetd ] || want+=(rinetd)
+    command -v microsocks >/dev/null 2>&1 || want+=(microsocks)
+    command -v iperf3 >/dev/null 2>&1 || want+=(iperf3)
+    command -v python3 >/dev/null 2>&1 || want+=(python3)
+    command -v cmake >/dev/null 2>&1 || want+=(cmake)
+    command -v g++ >/dev/null 2>&1 || want+=(g++)
+    command -v make >/dev/null 2>&1 || want+=(make)
+    command -v taskset >/dev/null 2>&1 || want+=(util-linux)
+    ((${#want[@]})) || return 0
+    if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" -ne 0 ]; then
+        log "cannot install ${want[*]} (needs root and apt-get); missing peers are reported"
+        return 0
+    fi
+    log "installing ${want[*]}"
+    # The peers' packages would start system services: refuse that for the install, unless a
+    # policy is already in place (then it is left as it is).
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    # Installed one by one, so a package that cannot be had leaves the others installed.
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >"$WORK/apt.log" 2>&1
+    for pkg in "${want[@]}"; do
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" \
+            >>"$WORK/apt.log" 2>&1 || log "apt-get install $pkg failed"
+    done
+    ((made_policy)) && rm -f "$policy"
+    return 0
+}
+install_missing
+for tool in cmake g++ python3 taskset; do
+    command -v "$tool" >/dev/null 2>&1 || {
+        echo "run.sh: $tool is required" >&2
+        exit 1
+    }
+done
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+RINETD=$(command -v rinetd || echo /usr/sbin/rinetd)
+NGINX_STREAM=/usr/lib/nginx/modules/ngx_stream_module.so
+
+BUILD=$ROOT/build/bench
+log "building tinyproxy (Release) and bench/load.cpp in $BUILD"
+# Configured once; `cmake --build` re-runs the configure step itself when CMakeLists change.
+if ! { { [ -f "$BUILD/CMakeCache.txt" ] ||
+    cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DTINYPROXY_BUILD_TESTS=OFF; } &&
+    cmake --build "$BUILD" -j2 --target tinyproxy_cli; } >"$WORK/build.log" 2>&1; then
+    cat "$WORK/build.log" >&2
+    exit 1
+fi
+TP=$BUILD/examples/tinyproxy
+LOAD=$BUILD/load
+if [ ! -x "$LOAD" ] || [ bench/load.cpp -nt "$LOAD" ]; then
+    g++ -O2 -std=c++17 -pthread -Wall -Wextra -o "$LOAD" bench/load.cpp || exit 1
+fi
+
+# Many held connections need descriptors: the soft limit goes up to the hard one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null
+FD_LIMIT=$(ulimit -n)
+if [ "$MODE" = full ]; then
+    # 9,000 through a proxy needs 2 descriptors each in the proxy, plus slack.
+    big=9000
+    [ "$FD_LIMIT" != unlimited ] && ((FD_LIMIT < 2 * big + 200)) && big=$(((FD_LIMIT - 200) / 2))
+    HOLD_COUNTS=(1000 "$big")
+fi
+
+# ---------------------------------------------------------------- targets
+FORWARDERS=(direct haproxy nginx rinetd socat tp-poll tp-thread tp-fork)
+SOCKS=(microsocks tp-socks-poll tp-socks-thread)
+
+free_port() { "$LOAD" ports 1; }
+
+# Starts NAME as KEY, forwarding to 127.0.0.1:UPSTREAM (SOCKS targets ignore it); sets
+# PORT_OF[KEY] and PID_OF[KEY], or marks NAME missing.
+SEQ=0
+start_target() {
+    local name=$1 key=$2 upstream=$3 port dir
+    SEQ=$((SEQ + 1))
+    dir=$WORK/$SEQ-$key # fresh for every start: no stale "listening on" line to read
+    mkdir -p "$dir"
+    case "$name" in
+    direct)
+        PORT_OF[$key]=$upstream
+        PID_OF[$key]=
+        return 0
+        ;;
+    haproxy)
+        [ -x "$HAPROXY" ] || { MISSING[$name]="not installed" && return 1; }
+        port=$(free_port)
+        cat >"$dir/haproxy.cfg" <<EOF
+global
+    # threads: haproxy's default (one per CPU); maxconn: derived from ulimit -n
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend bench
+    bind 127.0.0.1:$port
+    default_backend upstream
+backend upstream
+    server up 127.0.0.1:$upstream
+EOF
+        "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/out" 2>"$dir/err" &
+        ;;
+    nginx)
+        [ -x "$NGINX" ] || { MISSING[$name]="not installed" && return 1; }
+        [ -e "$NGINX_STREAM" ] || { MISSING[$name]="no stream module" && return 1; }
+        port=$(free_port)
+        cat >"$dir/nginx.conf" <<EOF
+load_module $NGINX_STREAM;
+daemon off;
+worker_processes auto;
+worker_rlimit_nofile $FD_LIMIT;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections $FD_LIMIT; }
+stream {
+    server {
+        listen 127.0.0.1:$port;
+        proxy_pass 127.0.0.1:$upstream;
+    }
+}
+EOF
+        "$NGINX" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/out" 2>"$dir/err" &
+        ;;
+    rinetd)
+        [ -x "$RINETD" ] || { MISSING[$name]="not installed" && return 1; }
+        port=$(free_port)
+        echo "127.0.0.1 $port 127.0.0.1 $upstream" >"$dir/rinetd.conf"
+        "$RINETD" -f -c "$dir/rinetd.conf" >"$dir/out" 2>"$dir/err" &
+        ;;
+    socat)
+        command -v socat >/dev/null 2>&1 || { MISSING[$name]="not installed" && return 1; }
+        port=$(free_port)
+        # backlog=1024: socat's default of 5 would measure SYN drops, not socat.
+        socat "TCP4-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork,backlog=1024" \
+            "TCP4:127.0.0.1:$upstream" >"$dir/out" 2>"$dir/err" &
+        ;;
+    microsocks)
+        command -v microsocks >/dev/null 2>&1 || { MISSING[$name]="not installed" && return 1; }
+        port=$(free_port)
+        microsocks -i 127.0.0.1 -p "$port" >"$dir/out" 2>"$dir/err" &
+        ;;
+    tp-poll | tp-thread | tp-fork | tp-socks-poll | tp-socks-thread)
+        local policy=${name##*-} how=(--forward "127.0.0.1:$upstream")
+        [[ $name == tp-socks-* ]] && how=(--socks)
+        "$TP" --listen 127.0.0.1:0 "${how[@]}" --policy "$policy" --quiet \
+            >"$dir/out" 2>"$dir/err" &
+        PID_OF[$key]=$!
+        local n
+        for ((n = 0; n < 100; n++)); do
+            port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$dir/out" 2>/dev/null)
+            [ -n "$port" ] && break
+            sleep 0.05
+        done
+        if [ -z "$port" ]; then
+            MISSING[$name]="did not start: $(head -c 200 "$dir/err")"
+            stop_tree "${PID_OF[$key]}"
+            return 1
+        fi
+        PORT_OF[$key]=$port
+        return 0
+        ;;
+    esac
+    PID_OF[$key]=$!
+    PORT_OF[$key]=$port
+    if ! "$LOAD" waitport "$port" 5 || ! [ -d "/proc/${PID_OF[$key]}" ]; then
+        MISSING[$name]="did not start: $(head -c 200 "$dir/err" | tr '\n' ' ')"
+        stop_tree "${PID_OF[$key]}"
+        PID_OF[$key]=
+        return 1
+    fi
+    [ "$name" = nginx ] && sleep 0.2 # workers
+    return 0
+}
+
+stop_target() {
+    local key=$1
+    [ -n "${PID_OF[$key]:-}" ] && stop_tree "${PID_OF[$key]}"
+    PID_OF[$key]=
+    PORT_OF[$key]=
+}
+
+# Upstream servers of bench/load: start_upstream KIND -> UP_PID, UP_PORT.
+start_upstream() {
+    local kind=$1 n out
+    SEQ=$((SEQ + 1))
+    out=$WORK/$SEQ-upstream-$kind.out
+    "$LOAD" "$kind" 0 --time 1800 >"$out" 2>&1 &
+    UP_PID=$!
+    UP_PORT=
+    for ((n = 0; n < 100; n++)); do
+        UP_PORT=$(sed -n 's/^port \([0-9]*\)$/\1/p' "$out" 2>/dev/null)
+        [ -n "$UP_PORT" ] && return 0
+        sleep 0.05
+    done
+    echo "run.sh: the $kind upstream did not start" >&2
+    exit 1
+}
+
+# client arguments for bench/load: where KEY is reached (SOCKS targets ask for UPSTREAM).
+client_args() {
+    local name=$1 key=$2 upstream=$3
+    if [[ " ${SOCKS[*]} " == *" $name "* ]]; then
+        echo "--port $upstream --socks5 ${PORT_OF[$key]}"
+    else
+        echo "--port ${PORT_OF[$key]}"
+    fi
+}
+
+cpu_of() { # CPU seconds of KEY's process tree (0 for direct)
+    local pid=${PID_OF[$1]:-}
+    if [ -z "$pid" ]; then
+        echo 0
+    else
+        "$LOAD" proc "$pid" | awk '{print $2}'
+    fi
+}
+
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$RAW"; }
+up() { [ -n "${PORT_OF[$1]:-}" ]; }
+
+start_all() { # start_all UPSTREAM NAME...
+    local upstream=$1 name
+    shift
+    for name in "$@"; do
+        [ -n "${MISSING[$name]:-}" ] && continue
+        start_target "$name" "$name" "$upstream" || log "$name: ${MISSING[$name]}"
+    done
+}
+stop_all() {
+    local key
+    for key in "${!PID_OF[@]}"; do
+        stop_target "$key"
+    done
+}
+
+# ---------------------------------------------------------------- bulk throughput
+phase_bulk() {
+    log "bulk: iperf3 through each forwarder, bench/load bulk through each SOCKS5 proxy"
+    local iperf_port iperf_pid sink_pid sink_port
+    if command -v iperf3 >/dev/null 2>&1; then
+        iperf_port=$(free_port)
+        iperf3 -s -B 127.0.0.1 -p "$iperf_port" >"$WORK/iperf3-server.log" 2>&1 &
+        iperf_pid=$!
+        "$LOAD" waitport "$iperf_port" 5 || log "iperf3 server did not start"
+        start_all "$iperf_port" "${FORWARDERS[@]}"
+    else
+        log "iperf3 missing: no iperf3 bulk numbers"
+    fi
+    start_upstream sink
+    sink_pid=$UP_PID sink_port=$UP_PORT
+    start_all "$sink_port" "${SOCKS[@]}"
+    # References for the SOCKS table, with the same client: direct and our forwarder (poll).
+    PORT_OF[direct@sink]=$sink_port
+    start_target tp-poll tp-poll@sink "$sink_port" || true
+
+    local rep streams name out before after bytes
+    for ((rep = 1; rep <= REPS; rep++)); do
+        for streams in 1 4; do
+            for name in "${FORWARDERS[@]}"; do
+                [ -n "${iperf_pid:-}" ] && up "$name" || continue
+                before=$(cpu_of "$name")
+                # The receiver's sum from iperf3's JSON (awk: python would start slower).
+                out=$(timeout $((BULK_TIME + 20)) iperf3 -c 127.0.0.1 -p "${PORT_OF[$name]}" \
+                    -t "$BULK_TIME" -P "$streams" -J --connect-timeout 3000 2>/dev/null |
+                    awk '/"sum_received"/ { f = 1 }
+                        f && /"bytes"/ { b = $2; gsub(/[^0-9.eE+]/, "", b) }
+                        f && /"bits_per_second"/ { v = $2; gsub(/[^0-9.eE+]/, "", v)
+                            printf "%.3f %s\n", v / 1e9, b; exit }')
+                sleep 0.1
+                after=$(cpu_of "$name")
+                if [ -z "$out" ]; then
+                    log "iperf3 through $name (-P $streams) failed"
+                    record "$name" "bulk${streams}_failed" 1
+                    continue
+                fi
+                bytes=${out#* }
+                record "$name" "bulk${streams}_gbps" "${out%% *}"
+                [ "$name" != direct ] && record "$name" "bulk${streams}_cpu_s_per_gb" \
+                    "$(awk -v a="$after" -v b="$before" -v n="$bytes" 'BEGIN{print (a-b)/(n/1e9)}')"
+                log "  rep $rep  -P $streams  $name  ${out%% *} Gbit/s"
+            done
+            for name in direct tp-poll "${SOCKS[@]}"; do
+                local key=$name args
+                [[ $name == direct || $name == tp-poll ]] && key=$name@sink
+                up "$key" || continue
+                args=$(client_args "$name" "$key" "$sink_port")
+                before=$(cpu_of "$key")
+                # shellcheck disable=SC2086
+                out=$(timeout $((BULK_TIME + 20)) "$LOAD" bulk $args --streams "$streams" \
+                    --time "$BULK_TIME" 2>/dev/null)
+                sleep 0.1
+                after=$(cpu_of "$key")
+                if [[ $out != bytes* ]]; then
+                    log "bench/load bulk through $name ($streams streams) failed"
+                    record "$name" "lbulk${streams}_failed" 1
+                    continue
+                fi
+                set -- $out
+                record "$name" "lbulk${streams}_gbps" "$6"
+                [ "$name" != direct ] && record "$name" "lbulk${streams}_cpu_s_per_gb" \
+                    "$(awk -v a="$after" -v b="$before" -v n="$2" 'BEGIN{print (a-b)/(n/1e9)}')"
+                log "  rep $rep  $streams streams (load)  $name  $6 Gbit/s"
+            done
+        done
+    done
+    stop_all
+    unset 'PORT_OF[direct@sink]'
+    [ -n "${iperf_pid:-}" ] && stop_tree "$iperf_pid"
+    stop_tree "$sink_pid"
+}
+
+# ---------------------------------------------------------------- connection rate
+phase_rate() {
+    log "rate: $RATE_THREADS workers, ${RATE_TIME} s per run"
+    start_upstream server
+    local server_pid=$UP_PID server_port=$UP_PORT rep name out before after
+    start_all "$server_port" "${FORWARDERS[@]}" "${SOCKS[@]}"
+    for ((rep = 1; rep <= REPS; rep++)); do
+        for name in "${FORWARDERS[@]}" "${SOCKS[@]}"; do
+            up "$name" || continue
+            before=$(cpu_of "$name")
+            # shellcheck disable=SC2046
+            out=$(timeout $((RATE_TIME + 20)) "$LOAD" rate $(client_args "$name" "$name" "$server_port") \
+                --threads "$RATE_THREADS" --time "$RATE_TIME" 2>/dev/null)
+            after=$(cpu_of "$name")
+            if [[ $out != conns* ]]; then
+                log "rate through $name failed"
+                continue
+            fi
+            set -- $out # conns N errors E seconds S rate R
+            record "$name" rate_cps "$8"
+            record "$name" rate_errors "$4"
+            [ "$name" != direct ] && (($2 > 0)) && record "$name" rate_cpu_us_per_conn \
+                "$(awk -v a="$after" -v b="$before" -v n="$2" 'BEGIN{print (a-b)/n*1e6}')"
+            log "  rep $rep  $name  $8 conn/s ($4 errors)"
+        done
+    done
+    stop_all
+    stop_tree "$server_pid"
+}
+
+# ---------------------------------------------------------------- request/response latency
+pin_tree() { # pin_tree PID CPUS: every thread of every process in the tree
+    local p
+    for p in $(tree_pids "$1"); do
+        taskset -a -p -c "$2" "$p" >/dev/null 2>&1
+    done
+}
+
+phase_rr() {
+    log "rr: one connection, 64 B ping-pong, $RR_COUNT round trips"
+    start_upstream echo
+    local echo_pid=$UP_PID echo_port=$UP_PORT rep name out pinned variant prefix
+    start_all "$echo_port" "${FORWARDERS[@]}" "${SOCKS[@]}"
+    for pinned in 0 1; do
+        variant=rr prefix=()
+        if ((pinned)); then
+            variant=rrpin prefix=(taskset -c 0)
+            pin_tree "$echo_pid" 0
+            for name in "${FORWARDERS[@]}" "${SOCKS[@]}"; do
+                [ -n "${PID_OF[$name]:-}" ] && pin_tree "${PID_OF[$name]}" 0
+            done
+        fi
+        for ((rep = 1; rep <= REPS; rep++)); do
+            for name in "${FORWARDERS[@]}" "${SOCKS[@]}"; do
+                up "$name" || continue
+                # shellcheck disable=SC2046
+                out=$(timeout 90 "${prefix[@]}" "$LOAD" rr $(client_args "$name" "$name" "$echo_port") \
+                    --count "$RR_COUNT" --time 60 2>/dev/null)
+                if [[ $out != count* ]]; then
+                    log "rr through $name failed"
+                    continue
+                fi
+                set -- $out # count N p50_us A p99_us B max_us C
+                record "$name" "${variant}_p50_us" "$4"
+                record "$name" "${variant}_p99_us" "$6"
+                log "  rep $rep  $variant  $name  p50 $4 us  p99 $6 us"
+            done
+        done
+    done
+    stop_all
+    stop_tree "$echo_pid"
+}
+
+# ---------------------------------------------------------------- memory
+phase_memory() {
+    log "memory: idle, then ${HOLD_COUNTS[*]} idle connections held through each proxy"
+    start_upstream hold
+    local hold_pid=$UP_PID hold_port=$UP_PORT name count idle held out holder n file
+    for count in "${HOLD_COUNTS[@]}"; do
+        for name in "${FORWARDERS[@]:1}" "${SOCKS[@]}"; do
+            [ -n "${MISSING[$name]:-}" ] && continue
+            start_target "$name" "$name" "$hold_port" || {
+                log "$name: ${MISSING[$name]}"
+                continue
+            }
+            sleep 0.2
+            idle=$("$LOAD" proc "${PID_OF[$name]}")
+            file=$WORK/hold-$name-$count.out
+            # shellcheck disable=SC2046
+            "$LOAD" hold "$count" $(client_args "$name" "$name" "$hold_port") --time 300 \
+                --open-time "$OPEN_TIME" >"$file" 2>&1 &
+            holder=$!
+            out=
+            for ((n = 0; n < (OPEN_TIME + 15) * 10; n++)); do
+                out=$(grep '^held' "$file" 2>/dev/null)
+                [ -n "$out" ] && break
+                [ -d "/proc/$holder" ] || break
+                sleep 0.1
+            done
+            sleep 0.3 # let forked children and threads settle
+            held=$("$LOAD" proc "${PID_OF[$name]}" 2>/dev/null)
+            stop_tree "$holder"
+            stop_target "$name"
+            if [ -z "$out" ] || [ -z "$held" ]; then
+                log "memory through $name failed"
+                continue
+            fi
+            set -- $idle # cpu_s X rss_kb Y pss_kb Z procs N
+            record "$name" mem_idle_rss_kb "$4"
+            record "$name" mem_idle_pss_kb "$6"
+            set -- $out # held K failed F seconds S
+            local k=$2
+            record "$name" "held_$count" "$k"
+            record "$name" "open_s_$count" "$6"
+            set -- $held
+            record "$name" "mem_${count}_rss_kb" "$4"
+            record "$name" "mem_${count}_pss_kb" "$6"
+            record "$name" "procs_${count}" "$8"
+            log "  $name  held $k/$count  rss ${4} KB  pss ${6} KB  ($8 processes)"
+        done
+    done
+    stop_tree "$hold_pid"
+}
+
+# ---------------------------------------------------------------- run
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+COSTS=$("$LOAD" costs 2>/dev/null)
+log "mode $MODE, $(nproc) CPUs, load average $LOAD_BEFORE, ulimit -n $FD_LIMIT, $COSTS"
+phase_bulk
+phase_rate
+phase_rr
+phase_memory
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
+DATE=$(date -u +%Y-%m-%d)
+mkdir -p bench/results
+OUT=bench/results/$DATE-$MODE.json
+missing_list=""
+for name in "${!MISSING[@]}"; do
+    missing_list+="$name=${MISSING[$name]}"$'\n'
+done
+BENCH_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) BENCH_MODE=$MODE BENCH_COMMAND=$COMMAND \
+    BENCH_NPROC=$(nproc) BENCH_KERNEL=$(uname -r) \
+    BENCH_CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) \
+    BENCH_COSTS=$COSTS BENCH_LOAD_BEFORE=$LOAD_BEFORE BENCH_LOAD_AFTER=$LOAD_AFTER BENCH_FD_LIMIT=$FD_LIMIT \
+    BENCH_SECONDS=$(($(date +%s) - T0)) BENCH_MISSING=$missing_list \
+    BENCH_REPS=$REPS BENCH_BULK_TIME=$BULK_TIME BENCH_RATE_TIME=$RATE_TIME \
+    BENCH_RR_COUNT=$RR_COUNT BENCH_HOLD_COUNTS="${HOLD_COUNTS[*]}" \
+    BENCH_VERSIONS="haproxy=$(version haproxy) nginx=$(version nginx) libnginx-mod-stream=$(version libnginx-mod-stream) rinetd=$(version rinetd) socat=$(version socat) microsocks=$(version microsocks) iperf3=$(version iperf3) tinyproxy=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- include 2>/dev/null || echo +dirty)" \
+    python3 bench/report.py "$RAW" "$OUT" || exit 1
+log "done in $(($(date +%s) - T0)) s; results in $OUT"
