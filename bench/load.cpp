@@ -34,10 +34,9 @@
 #include <cstdint>   // uint64_t
 #include <cstdio>    // printf
 #include <cstdlib>   // strtol
-#include <cstring>   // memset, strerror
+#include <cstring>   // strerror
 #include <fstream>   // /proc files
 #include <map>       // process tree
-#include <set>       // process tree
 #include <sstream>   // /proc parsing
 #include <string>    // std::string
 #include <thread>    // workers

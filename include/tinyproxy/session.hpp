@@ -5,6 +5,7 @@
 #include <chrono>       // timeouts
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
+#include <memory>       // the scratch buffer
 #include <optional>     // the relay, once connected
 #include <type_traits>  // detecting optional Mode session members
 #include <system_error> // std::error_code
@@ -507,7 +508,11 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
 template <class ModeSession>
 session_result run_session(basic_session<ModeSession>& session, int stop_fd,
                            std::size_t scratch_size) {
-    std::vector<std::uint8_t> scratch(scratch_size == 0 ? 1 : scratch_size);
+    // Not zero-filled: a std::vector would write every byte, and so make a thread or process
+    // that serves an idle client pay for the whole buffer in memory. Pages nobody reads into
+    // are never touched.
+    const std::size_t size = scratch_size == 0 ? 1 : scratch_size;
+    std::unique_ptr<std::uint8_t[]> scratch(new std::uint8_t[size]);
     session.start(steady_clock::now());
     while (!session.done()) {
         if (session.wants_resolve()) {
@@ -533,7 +538,7 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
             break;
         }
         time_point now = steady_clock::now();
-        session.on_ready(fds[1].revents, fds[2].revents, now, scratch.data(), scratch.size());
+        session.on_ready(fds[1].revents, fds[2].revents, now, scratch.get(), size);
         if (!session.done() && now >= session.deadline()) {
             session.on_deadline(now);
         }
