@@ -374,7 +374,9 @@ void proxy_server<Mode>::count_ended(const session_result& result) noexcept {
     } else {
         failed_.fetch_add(1, std::memory_order_relaxed);
     }
-    if (result.error && result.error != errc::child_failed && result.error != errc::stopped) {
+    // A child's exit status or a stop says nothing about where a session went wrong.
+    bool has_stage = result.error != errc::child_failed && result.error != errc::stopped;
+    if (result.error && has_stage) {
         if (result.stage == session_result::stage_type::handshake) {
             handshake_failures_.fetch_add(1, std::memory_order_relaxed);
         } else if (result.stage == session_result::stage_type::connect) {

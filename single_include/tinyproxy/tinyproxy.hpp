@@ -1488,6 +1488,7 @@ inline socket connect(const host_port& target, time_point until, std::error_code
 
 #include <cstdint>      // bytes
 #include <string>       // credentials
+#include <string_view>  // host names
 #include <system_error> // std::error_code
 #include <utility>      // std::move
 #include <vector>       // byte buffers
@@ -1543,6 +1544,24 @@ struct handshake_step {
         return s;
     }
 };
+
+namespace detail {
+
+/// A host name a client sent (SOCKS4a, SOCKS5): not empty, no NUL or other control character.
+inline bool usable_host_name(std::string_view name) noexcept {
+    if (name.empty()) {
+        return false;
+    }
+    for (char c : name) {
+        auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7F) {
+            return false;
+        }
+    }
+    return true;
+}
+
+} // namespace detail
 
 } // namespace tinyproxy
 // ---- end tinyproxy/protocol/step.hpp ----
@@ -2699,7 +2718,6 @@ private:
     handshake_step finish(byte_reader& input);
     handshake_step fail_with(std::error_code why, bool reply = true);
     bool is_socks4a() const noexcept;
-    static bool usable_name(std::string_view name) noexcept;
 
     config config_;
     stage stage_ = stage::header;
@@ -2774,7 +2792,7 @@ inline handshake_step socks4_handshake::finish(byte_reader& input) {
     }
     host_port target;
     if (is_socks4a()) {
-        if (!usable_name(host_name_)) {
+        if (!detail::usable_host_name(host_name_)) {
             return fail_with(errc::name_not_resolved);
         }
         target.host = host_name_;
@@ -2818,19 +2836,6 @@ inline std::vector<std::uint8_t> socks4_handshake::failed(std::error_code) const
     reply.reserve(header_size);
     byte_writer(reply).u8(0).u8(reply_rejected).u16(0).u32(0);
     return reply;
-}
-
-inline bool socks4_handshake::usable_name(std::string_view name) noexcept {
-    if (name.empty()) {
-        return false;
-    }
-    for (char c : name) {
-        auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7F) {
-            return false;
-        }
-    }
-    return true;
 }
 
 } // namespace tinyproxy
@@ -2942,7 +2947,6 @@ private:
     handshake_step fail_with(std::error_code why, std::vector<std::uint8_t> to_client);
 
     static bool same_secret(std::string_view given, std::string_view expected) noexcept;
-    static bool usable_name(std::string_view name) noexcept;
 
     config config_;
     stage stage_ = stage::greeting;
@@ -3119,7 +3123,7 @@ inline bool socks5_handshake::on_request(host_port& target, std::error_code& why
         target.host = ip_address::v6(a).to_string();
     } else {
         target.host = message.string_u8();
-        if (!usable_name(target.host)) {
+        if (!detail::usable_host_name(target.host)) {
             why = errc::name_not_resolved;
             return false;
         }
@@ -3206,19 +3210,6 @@ inline bool socks5_handshake::same_secret(std::string_view given,
         difference |= static_cast<unsigned>(g ^ static_cast<unsigned char>(expected[i]));
     }
     return difference == 0;
-}
-
-inline bool socks5_handshake::usable_name(std::string_view name) noexcept {
-    if (name.empty()) {
-        return false;
-    }
-    for (char c : name) {
-        auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7F) {
-            return false;
-        }
-    }
-    return true;
 }
 
 } // namespace tinyproxy
@@ -5258,7 +5249,9 @@ void proxy_server<Mode>::count_ended(const session_result& result) noexcept {
     } else {
         failed_.fetch_add(1, std::memory_order_relaxed);
     }
-    if (result.error && result.error != errc::child_failed && result.error != errc::stopped) {
+    // A child's exit status or a stop says nothing about where a session went wrong.
+    bool has_stage = result.error != errc::child_failed && result.error != errc::stopped;
+    if (result.error && has_stage) {
         if (result.stage == session_result::stage_type::handshake) {
             handshake_failures_.fetch_add(1, std::memory_order_relaxed);
         } else if (result.stage == session_result::stage_type::connect) {

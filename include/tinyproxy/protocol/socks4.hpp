@@ -82,7 +82,6 @@ private:
     handshake_step finish(byte_reader& input);
     handshake_step fail_with(std::error_code why, bool reply = true);
     bool is_socks4a() const noexcept;
-    static bool usable_name(std::string_view name) noexcept;
 
     config config_;
     stage stage_ = stage::header;
@@ -157,7 +156,7 @@ inline handshake_step socks4_handshake::finish(byte_reader& input) {
     }
     host_port target;
     if (is_socks4a()) {
-        if (!usable_name(host_name_)) {
+        if (!detail::usable_host_name(host_name_)) {
             return fail_with(errc::name_not_resolved);
         }
         target.host = host_name_;
@@ -201,19 +200,6 @@ inline std::vector<std::uint8_t> socks4_handshake::failed(std::error_code) const
     reply.reserve(header_size);
     byte_writer(reply).u8(0).u8(reply_rejected).u16(0).u32(0);
     return reply;
-}
-
-inline bool socks4_handshake::usable_name(std::string_view name) noexcept {
-    if (name.empty()) {
-        return false;
-    }
-    for (char c : name) {
-        auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7F) {
-            return false;
-        }
-    }
-    return true;
 }
 
 } // namespace tinyproxy

@@ -104,7 +104,6 @@ private:
     handshake_step fail_with(std::error_code why, std::vector<std::uint8_t> to_client);
 
     static bool same_secret(std::string_view given, std::string_view expected) noexcept;
-    static bool usable_name(std::string_view name) noexcept;
 
     config config_;
     stage stage_ = stage::greeting;
@@ -281,7 +280,7 @@ inline bool socks5_handshake::on_request(host_port& target, std::error_code& why
         target.host = ip_address::v6(a).to_string();
     } else {
         target.host = message.string_u8();
-        if (!usable_name(target.host)) {
+        if (!detail::usable_host_name(target.host)) {
             why = errc::name_not_resolved;
             return false;
         }
@@ -368,19 +367,6 @@ inline bool socks5_handshake::same_secret(std::string_view given,
         difference |= static_cast<unsigned>(g ^ static_cast<unsigned char>(expected[i]));
     }
     return difference == 0;
-}
-
-inline bool socks5_handshake::usable_name(std::string_view name) noexcept {
-    if (name.empty()) {
-        return false;
-    }
-    for (char c : name) {
-        auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7F) {
-            return false;
-        }
-    }
-    return true;
 }
 
 } // namespace tinyproxy

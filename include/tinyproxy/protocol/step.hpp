@@ -3,6 +3,7 @@
 
 #include <cstdint>      // bytes
 #include <string>       // credentials
+#include <string_view>  // host names
 #include <system_error> // std::error_code
 #include <utility>      // std::move
 #include <vector>       // byte buffers
@@ -58,5 +59,23 @@ struct handshake_step {
         return s;
     }
 };
+
+namespace detail {
+
+/// A host name a client sent (SOCKS4a, SOCKS5): not empty, no NUL or other control character.
+inline bool usable_host_name(std::string_view name) noexcept {
+    if (name.empty()) {
+        return false;
+    }
+    for (char c : name) {
+        auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7F) {
+            return false;
+        }
+    }
+    return true;
+}
+
+} // namespace detail
 
 } // namespace tinyproxy
