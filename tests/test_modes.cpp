@@ -261,5 +261,6 @@ TEST_CASE_TEMPLATE_DEFINE("modes end to end", Policy, modes_end_to_end) {
     }
 }
 
-TEST_CASE_TEMPLATE_INVOKE(modes_end_to_end, tinyproxy::thread_policy, tinyproxy::poll_policy);
+TEST_CASE_TEMPLATE_INVOKE(modes_end_to_end, tinyproxy::thread_policy, tinyproxy::poll_policy,
+                          tinyproxy::portable_poll_policy);
 TEST_CASE_TEMPLATE_APPLY(modes_end_to_end, std::tuple<tinyproxy::fork_policy>);

@@ -260,7 +260,7 @@ TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
 }
 
 TEST_CASE_TEMPLATE_INVOKE(policy_conformance, tinyproxy::thread_policy, tinyproxy::poll_policy,
-                          pool_policy);
+                          tinyproxy::portable_poll_policy, pool_policy);
 // Kept apart so that a name filter can leave the process-per-connection policy out under TSan.
 TEST_CASE_TEMPLATE_APPLY(policy_conformance, std::tuple<tinyproxy::fork_policy>);
 
@@ -326,7 +326,8 @@ private:
 
 TEST_CASE_TEMPLATE("a connect that never completes, a client that never reads and one that "
                    "never speaks do not stall others",
-                   Policy, tinyproxy::poll_policy, tinyproxy::thread_policy) {
+                   Policy, tinyproxy::poll_policy, tinyproxy::portable_poll_policy,
+                   tinyproxy::thread_policy) {
     // A listener with a full backlog completes no more handshakes: connects to it hang.
     auto full = tinyproxy::listener::open(tinyproxy::parse_endpoint("127.0.0.1:0"), 0);
     std::vector<tinyproxy::socket> fillers;

@@ -33,6 +33,7 @@ LAYERS = [
     "address.hpp",
     "detail/sys.hpp",
     "socket.hpp",
+    "poller.hpp",
     "protocol/*.hpp",
     "relay.hpp",
     "session.hpp",

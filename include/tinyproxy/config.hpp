@@ -34,3 +34,10 @@
 #else
 #    define TINYPROXY_HAS_CLOSE_RANGE 0
 #endif
+
+// epoll(7) behind poll_policy; poll(2) (portable_poll_policy) is built and tested everywhere.
+#if !defined(TINYPROXY_NO_EPOLL) && defined(__linux__)
+#    define TINYPROXY_HAS_EPOLL 1
+#else
+#    define TINYPROXY_HAS_EPOLL 0
+#endif

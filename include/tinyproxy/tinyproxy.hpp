@@ -7,6 +7,7 @@
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
 #include "tinyproxy/socket.hpp"
+#include "tinyproxy/poller.hpp"
 #include "tinyproxy/protocol/step.hpp"
 #include "tinyproxy/protocol/http_connect.hpp"
 #include "tinyproxy/protocol/proxy_protocol.hpp"

@@ -18,6 +18,24 @@ foreach(header IN LISTS tinyproxy_headers)
     list(APPEND tinyproxy_header_check_sources "${source}")
 endforeach()
 
+# The portable paths, as a platform without epoll(7) and splice(2) builds them: the whole
+# library with both switched off, a poll_policy proxy instantiated.
+set(source "${CMAKE_CURRENT_BINARY_DIR}/header_checks/portable_paths_compile.cpp")
+file(CONFIGURE OUTPUT "${source}" CONTENT [=[
+// Generated: the library compiles with TINYPROXY_NO_EPOLL and TINYPROXY_NO_SPLICE.
+#define TINYPROXY_NO_EPOLL 1
+#define TINYPROXY_NO_SPLICE 1
+#include <tinyproxy/tinyproxy.hpp>
+#include <type_traits>
+static_assert(std::is_same<tinyproxy::poll_policy, tinyproxy::portable_poll_policy>::value,
+              "without epoll, poll_policy is the poll(2) loop");
+void portable_paths_instantiate(tinyproxy::options opts, tinyproxy::forward_mode mode) {
+    tinyproxy::basic_proxy<tinyproxy::poll_policy, tinyproxy::forward_mode> proxy(opts, mode);
+    proxy.run();
+}
+]=] @ONLY)
+list(APPEND tinyproxy_header_check_sources "${source}")
+
 if(tinyproxy_header_check_sources)
     add_library(tinyproxy_header_checks OBJECT ${tinyproxy_header_check_sources})
     target_include_directories(tinyproxy_header_checks PRIVATE "${PROJECT_SOURCE_DIR}/include")

@@ -72,6 +72,9 @@ const char* policy_name() {
     if (std::is_same<Policy, tinyproxy::poll_policy>::value) {
         return "poll";
     }
+    if (std::is_same<Policy, tinyproxy::portable_poll_policy>::value) {
+        return "portable-poll";
+    }
     return "fork";
 }
 
@@ -536,6 +539,8 @@ inline void run_host_if_requested() {
         host_detail::host_main<tinyproxy::thread_policy>(upstream_port, nofile);
     } else if (name == "poll") {
         host_detail::host_main<tinyproxy::poll_policy>(upstream_port, nofile);
+    } else if (name == "portable-poll") {
+        host_detail::host_main<tinyproxy::portable_poll_policy>(upstream_port, nofile);
     } else if (name == "fork") {
         host_detail::host_main<tinyproxy::fork_policy>(upstream_port, nofile);
     }

@@ -14,12 +14,14 @@
 #include <sys/resource.h> // getrlimit
 #include <sys/socket.h>   // socket calls
 #include <unistd.h>       // close, pipe, read, write
-#if TINYPROXY_HAS_CLOSE_RANGE
-#    include <sys/syscall.h> // SYS_close_range
-#endif
 
 #include "tinyproxy/config.hpp"
 #include "tinyproxy/error.hpp"
+
+// After config.hpp, which defines the feature macros.
+#if TINYPROXY_HAS_CLOSE_RANGE
+#    include <sys/syscall.h> // SYS_close_range
+#endif
 
 namespace tinyproxy {
 

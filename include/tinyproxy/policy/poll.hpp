@@ -1,7 +1,7 @@
-// poll_policy: one thread, one event loop over non-blocking sockets.
+// poll_policy: one thread, one event loop over non-blocking sockets (epoll or poll(2)).
 #pragma once
 
-#include <algorithm>          // std::min
+#include <algorithm>          // std::min, the timer heap
 #include <chrono>             // back-off
 #include <condition_variable> // the resolver's queue
 #include <cstdint>            // session ids
@@ -11,7 +11,7 @@
 #include <system_error>       // std::error_code
 #include <thread>             // the resolver's thread
 #include <utility>            // std::move
-#include <vector>             // pollfd set, sessions
+#include <vector>             // sessions, timers
 
 #include <cerrno> // EMFILE
 #include <poll.h> // poll
@@ -20,6 +20,7 @@
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
 #include "tinyproxy/socket.hpp"
+#include "tinyproxy/poller.hpp"
 #include "tinyproxy/session.hpp"
 
 namespace tinyproxy {
@@ -130,13 +131,17 @@ private:
 /// client does (sending nothing, reading nothing, an upstream that never answers) holds up the
 /// others. Pick it for many concurrent clients, or whenever in doubt; it is the default.
 ///
+/// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
+/// poller.hpp. `poll_policy` picks the best one the platform has.
+///
 /// Besides stop_fd() it calls the Server's
 ///     int listener_fd() const noexcept;
 ///     accept_status try_accept(accepted_client& out, std::error_code& ec) noexcept;
 ///     session_type make_session(accepted_client client);  // not yet started
 ///     void session_ended(const session_result& result) noexcept;
 ///     const session_options& limits() const noexcept;
-class poll_policy {
+template <class Poller>
+class basic_poll_policy {
 public:
     /// How long the listener rests after accept fails for lack of descriptors or memory.
     std::chrono::milliseconds accept_backoff{100};
@@ -148,139 +153,363 @@ public:
     void run(Server& server);
 
 private:
-    static short revents_at(const std::vector<pollfd>& fds, int slot) noexcept {
-        return slot >= 0 ? fds[static_cast<std::size_t>(slot)].revents : short{0};
-    }
-
-    template <class Session>
-    struct entry {
-        std::uint64_t id;
-        Session session;
-        bool resolving;
-        int client_slot;   // index into the pollfd set, or -1
-        int upstream_slot; // index into the pollfd set, or -1
-    };
+    // Made with the policy, so a proxy's descriptors are all open before it runs.
+    Poller poller_;
 };
 
-template <class Server>
-void poll_policy::run(Server& server) {
+#if TINYPROXY_HAS_EPOLL
+using poll_policy = basic_poll_policy<epoll_poller>;
+#else
+using poll_policy = basic_poll_policy<poll_poller>;
+#endif
+/// The event loop on poll(2), on every platform: the portable path, kept built and tested.
+using portable_poll_policy = basic_poll_policy<poll_poller>;
+
+namespace detail {
+
+/// The state of one run of the event loop. Sessions live in numbered slots; a descriptor's
+/// token names its slot, the slot's generation (so an event for a session that has ended is
+/// recognised and dropped) and which of its two sockets it is.
+template <class Server, class Poller>
+class event_loop {
+public:
+    event_loop(Server& server, Poller& poller, std::chrono::milliseconds accept_backoff,
+               int accepts_per_turn)
+        : server_(server), poller_(poller), accept_backoff_(accept_backoff),
+          accepts_per_turn_(accepts_per_turn < 1 ? 1 : accepts_per_turn),
+          scratch_(std::max<std::size_t>(server.limits().buffer_size, 1)) {}
+    event_loop(const event_loop&) = delete;
+    event_loop& operator=(const event_loop&) = delete;
+
+    void run();
+
+private:
     using session_type = typename Server::session_type;
-    using entry_type = entry<session_type>;
 
-    std::vector<std::unique_ptr<entry_type>> sessions;
-    std::vector<pollfd> fds;
-    std::vector<std::uint8_t> scratch(std::max<std::size_t>(server.limits().buffer_size, 1));
-    detail::background_resolver resolver;
-    std::uint64_t next_id = 1;
-    time_point listener_resting_until = time_point::min();
-
-    // After every event: a session that now needs a name resolved hands it to the resolver.
-    auto settle = [&](entry_type& e) {
-        if (e.session.wants_resolve() && !e.resolving) {
-            e.resolving = true;
-            if (!resolver.submit(e.id, e.session.resolve_target())) {
-                auto no_thread = std::make_error_code(std::errc::resource_unavailable_try_again);
-                e.session.on_resolved({}, no_thread, steady_clock::now());
-            }
-        }
+    struct entry {
+        session_type session;
+        bool resolving = false;
+        poller_slot client{};
+        poller_slot upstream{};
+        short client_revents = 0; // gathered over one wait
+        short upstream_revents = 0;
+        bool touched = false;
+        time_point timer_at = time_point::max(); // the live timer's time, max for none
+    };
+    struct timer {
+        time_point when;
+        std::uint32_t slot;
+        std::uint32_t generation;
+        bool operator<(const timer& other) const noexcept { return when > other.when; }
     };
 
-    for (;;) {
+    static constexpr std::uint64_t stop_token = ~std::uint64_t{0};
+    static constexpr std::uint64_t listener_token = stop_token - 1;
+    static constexpr std::uint64_t resolver_token = stop_token - 2;
+    std::uint64_t token(std::uint32_t slot, int side) const noexcept {
+        return (std::uint64_t{slot} << 32) | (std::uint64_t{generations_[slot]} << 1) |
+               static_cast<std::uint64_t>(side);
+    }
+    entry* find(std::uint64_t token) noexcept {
+        auto slot = static_cast<std::uint32_t>(token >> 32);
+        auto generation = static_cast<std::uint32_t>(token & 0xffffffffu) >> 1;
+        return find(slot, generation);
+    }
+    entry* find(std::uint32_t slot, std::uint32_t generation) noexcept {
+        if (slot >= entries_.size() || !entries_[slot] || generations_[slot] != generation) {
+            return nullptr;
+        }
+        return entries_[slot].get();
+    }
+
+    bool wait_and_dispatch();
+    void serve_touched(time_point now);
+    void take_resolved(time_point now);
+    void expire_timers(time_point now);
+    void accept_clients(time_point now);
+    void settle(std::uint32_t slot, time_point now);
+    void end(std::uint32_t slot) noexcept;
+    void arm_timer(std::uint32_t slot, entry& e);
+    void watch_listener(bool on) noexcept;
+    time_point next_wake() const noexcept;
+
+    Server& server_;
+    Poller& poller_;
+    const std::chrono::milliseconds accept_backoff_;
+    const int accepts_per_turn_;
+    std::vector<std::uint8_t> scratch_;
+    background_resolver resolver_;
+    poller_slot stop_slot_{};
+    poller_slot listener_slot_{};
+    poller_slot resolver_slot_{};
+    time_point listener_resting_until_ = time_point::min();
+    bool stopping_ = false;
+
+    std::vector<std::unique_ptr<entry>> entries_; // by slot; empty when free
+    std::vector<std::uint32_t> generations_;      // by slot; bumped when a session ends
+    std::vector<std::uint32_t> free_slots_;
+    std::size_t live_ = 0;
+    std::vector<timer> timers_; // a min-heap, with stale entries
+    std::vector<ready_event> ready_;
+    std::vector<std::uint32_t> touched_;
+    bool accept_ready_ = false;
+    bool resolver_ready_ = false;
+};
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::run() {
+    std::error_code ec;
+    if (!poller_.update(stop_slot_, server_.stop_fd(), POLLIN, 0, stop_token, ec)) {
+        return; // no epoll descriptor, or no memory: nothing can be served
+    }
+    watch_listener(true);
+    while (wait_and_dispatch()) {
         time_point now = steady_clock::now();
-        fds.clear();
-        fds.push_back({server.stop_fd(), POLLIN, 0});
-        bool listening = now >= listener_resting_until;
-        fds.push_back({listening ? server.listener_fd() : -1, POLLIN, 0});
-        fds.push_back({resolver.notify_fd(), POLLIN, 0});
-        time_point wake_at = listening ? time_point::max() : listener_resting_until;
-        for (auto& e : sessions) {
-            e->client_slot = -1;
-            if (e->session.watch_client()) {
-                e->client_slot = static_cast<int>(fds.size());
-                fds.push_back({e->session.client_fd(), e->session.client_events(), 0});
-            }
-            e->upstream_slot = -1;
-            if (e->session.watch_upstream()) {
-                e->upstream_slot = static_cast<int>(fds.size());
-                fds.push_back({e->session.upstream_fd(), e->session.upstream_events(), 0});
-            }
-            wake_at = std::min(wake_at, e->session.deadline());
+        // Sessions first, then name lookups, deadlines and new clients.
+        serve_touched(now);
+        if (resolver_ready_) {
+            take_resolved(now);
         }
+        expire_timers(now);
+        if (listener_slot_.fd < 0 && now >= listener_resting_until_) {
+            watch_listener(true);
+        }
+        if (accept_ready_) {
+            accept_clients(now);
+        }
+    }
+    for (std::uint32_t slot = 0; slot < entries_.size(); ++slot) {
+        if (entries_[slot]) {
+            entries_[slot]->session.abort(make_error_code(errc::stopped));
+            end(slot);
+        }
+    }
+    // The poller outlives this loop: leave nothing in it that points here.
+    std::error_code ignored;
+    for (poller_slot* slot : {&stop_slot_, &listener_slot_, &resolver_slot_}) {
+        poller_.update(*slot, -1, 0, 0, 0, ignored);
+    }
+}
 
+template <class Server, class Poller>
+bool event_loop<Server, Poller>::wait_and_dispatch() {
+    ready_.clear();
+    accept_ready_ = false;
+    resolver_ready_ = false;
+    std::error_code ec;
+    poller_.wait(next_wake(), ready_, ec);
+    if (ec) {
+        return false; // only a programming error (or no memory for the ready list) gets here
+    }
+    for (const ready_event& event : ready_) {
+        if (event.token == stop_token) {
+            return false;
+        }
+        if (event.token == listener_token) {
+            accept_ready_ = true;
+        } else if (event.token == resolver_token) {
+            resolver_ready_ = true;
+        } else if (entry* e = find(event.token)) {
+            ((event.token & 1) == 0 ? e->client_revents : e->upstream_revents) |= event.revents;
+            if (!e->touched) {
+                e->touched = true;
+                touched_.push_back(static_cast<std::uint32_t>(event.token >> 32));
+            }
+        }
+    }
+    return true;
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::serve_touched(time_point now) {
+    for (std::uint32_t slot : touched_) {
+        entry& e = *entries_[slot]; // nothing ends a session between dispatch and here
+        short client_revents = e.client_revents;
+        short upstream_revents = e.upstream_revents;
+        e.client_revents = 0;
+        e.upstream_revents = 0;
+        e.touched = false;
+        e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
+        settle(slot, now);
+    }
+    touched_.clear();
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::take_resolved(time_point now) {
+    for (auto& answer : resolver_.take()) {
+        entry* e = find(answer.id);
+        if (e != nullptr && e->resolving) {
+            e->resolving = false;
+            e->session.on_resolved(std::move(answer.candidates), answer.error, now);
+            settle(static_cast<std::uint32_t>(answer.id >> 32), now);
+        }
+    }
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::expire_timers(time_point now) {
+    while (!timers_.empty() && timers_.front().when <= now) {
+        std::pop_heap(timers_.begin(), timers_.end());
+        timer due = timers_.back();
+        timers_.pop_back();
+        entry* e = find(due.slot, due.generation);
+        if (e == nullptr || e->timer_at != due.when) {
+            continue; // the session ended, or this timer was replaced by an earlier one
+        }
+        e->timer_at = time_point::max();
+        if (now >= e->session.deadline()) {
+            e->session.on_deadline(now);
+        }
+        settle(due.slot, now); // re-arms for the deadline as it is now
+    }
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::accept_clients(time_point now) {
+    for (int n = 0; n < accepts_per_turn_; ++n) {
+        accepted_client client;
         std::error_code ec;
-        detail::poll_fds(fds.data(), static_cast<nfds_t>(fds.size()), wake_at, ec);
-        if (fds[0].revents != 0 || ec) {
-            break; // stopping (or poll itself failed, which only a programming error causes)
+        if (server_.try_accept(client, ec) != accept_status::client) {
+            if (ec == std::errc::too_many_files_open ||
+                ec == std::errc::too_many_files_open_in_system ||
+                ec == std::errc::no_buffer_space || ec == std::errc::not_enough_memory) {
+                // Out of descriptors: the pending client stays queued, and a watched listener
+                // would report it again at once. Rest instead of spinning.
+                listener_resting_until_ = now + accept_backoff_;
+                watch_listener(false);
+            }
+            return;
         }
-        now = steady_clock::now();
-
-        // Sessions first, then new clients: the slots above belong to the sessions as they were.
-        std::size_t existing = sessions.size();
-        for (std::size_t i = 0; i < existing; ++i) {
-            entry_type& e = *sessions[i];
-            short client_revents = revents_at(fds, e.client_slot);
-            short upstream_revents = revents_at(fds, e.upstream_slot);
-            if (client_revents != 0 || upstream_revents != 0) {
-                e.session.on_ready(client_revents, upstream_revents, now, scratch.data(),
-                                   scratch.size());
+        std::uint32_t slot = 0;
+        try {
+            auto e = std::make_unique<entry>(entry{server_.make_session(std::move(client))});
+            if (free_slots_.empty()) {
+                // Room first, so that nothing below (nor end(), nor a dispatch) can throw.
+                std::size_t slots = entries_.size() + 1;
+                entries_.reserve(slots);
+                generations_.reserve(slots);
+                free_slots_.reserve(slots);
+                touched_.reserve(slots);
+                generations_.push_back(0);
+                free_slots_.push_back(static_cast<std::uint32_t>(entries_.size()));
+                entries_.emplace_back();
             }
-            if (!e.session.done() && now >= e.session.deadline()) {
-                e.session.on_deadline(now);
-            }
-            settle(e);
+            slot = free_slots_.back();
+            free_slots_.pop_back();
+            entries_[slot] = std::move(e);
+        } catch (...) {
+            continue; // no memory for this client: it is closed, the loop goes on
         }
-
-        if (fds[2].revents != 0) {
-            for (auto& answer : resolver.take()) {
-                for (std::size_t i = 0; i < existing; ++i) {
-                    entry_type& e = *sessions[i];
-                    if (e.id == answer.id && !e.session.done()) {
-                        e.resolving = false;
-                        e.session.on_resolved(std::move(answer.candidates), answer.error, now);
-                        settle(e);
-                    }
-                }
-            }
-        }
-
-        if (fds[1].revents != 0) {
-            for (int n = 0; n < accepts_per_turn; ++n) {
-                accepted_client client;
-                std::error_code accept_error;
-                if (server.try_accept(client, accept_error) != accept_status::client) {
-                    if (accept_error == std::errc::too_many_files_open ||
-                        accept_error == std::errc::too_many_files_open_in_system ||
-                        accept_error == std::errc::no_buffer_space ||
-                        accept_error == std::errc::not_enough_memory) {
-                        // Out of descriptors: the pending client stays queued, and polling the
-                        // listener would report it again at once. Rest instead of spinning.
-                        listener_resting_until = now + accept_backoff;
-                    }
-                    break;
-                }
-                auto e = std::make_unique<entry_type>(
-                    entry_type{next_id++, server.make_session(std::move(client)), false, -1, -1});
-                e->session.start(now);
-                settle(*e);
-                sessions.push_back(std::move(e));
-            }
-        }
-
-        // Report and drop finished sessions (their sockets are already closed).
-        auto finished = [&server](const std::unique_ptr<entry_type>& e) {
-            if (!e->session.done()) {
-                return false;
-            }
-            server.session_ended(e->session.result());
-            return true;
-        };
-        sessions.erase(std::remove_if(sessions.begin(), sessions.end(), finished), sessions.end());
+        ++live_;
+        entries_[slot]->session.start(now);
+        settle(slot, now);
     }
+}
 
-    for (auto& e : sessions) {
-        e->session.abort(make_error_code(errc::stopped));
-        server.session_ended(e->session.result());
+template <class Server, class Poller>
+void event_loop<Server, Poller>::settle(std::uint32_t slot, time_point now) {
+    entry& e = *entries_[slot];
+    session_type& s = e.session;
+    if (s.wants_resolve() && !e.resolving) {
+        e.resolving = true;
+        bool queued = false;
+        try {
+            queued = resolver_.submit(token(slot, 0), s.resolve_target());
+        } catch (...) {
+        }
+        if (!queued) {
+            s.on_resolved({}, std::make_error_code(std::errc::resource_unavailable_try_again), now);
+        } else if (resolver_slot_.fd < 0) {
+            std::error_code ec;
+            poller_.update(resolver_slot_, resolver_.notify_fd(), POLLIN, 0, resolver_token, ec);
+        }
     }
+    if (!s.done()) {
+        std::error_code ec;
+        int client = s.watch_client() ? s.client_fd() : -1;
+        int upstream = s.watch_upstream() ? s.upstream_fd() : -1;
+        if (!poller_.update(e.client, client, s.client_events(), 0, token(slot, 0), ec) ||
+            !poller_.update(e.upstream, upstream, s.upstream_events(), s.upstream_serial(),
+                            token(slot, 1), ec)) {
+            s.abort(ec); // the poller could not take it (no memory): end this session only
+        }
+    }
+    if (s.done()) {
+        end(slot);
+        return;
+    }
+    try {
+        arm_timer(slot, e);
+    } catch (...) { // no memory for a timer: a session without a deadline is not allowed
+        s.abort(std::make_error_code(std::errc::not_enough_memory));
+        end(slot);
+    }
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::arm_timer(std::uint32_t slot, entry& e) {
+    time_point deadline = e.session.deadline();
+    if (deadline >= e.timer_at) {
+        return; // the live timer fires first and re-arms then: a moved idle deadline is free
+    }
+    if (timers_.size() > 2 * live_ + 1024) {
+        // Mostly timers of ended sessions: rebuild from the live ones, so the heap stays
+        // proportional to the sessions, not to the connections ever made.
+        timers_.clear();
+        for (std::uint32_t i = 0; i < entries_.size(); ++i) {
+            if (entries_[i] && entries_[i]->timer_at != time_point::max()) {
+                timers_.push_back({entries_[i]->timer_at, i, generations_[i]});
+            }
+        }
+        std::make_heap(timers_.begin(), timers_.end());
+    }
+    timers_.push_back({deadline, slot, generations_[slot]});
+    std::push_heap(timers_.begin(), timers_.end());
+    e.timer_at = deadline;
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::end(std::uint32_t slot) noexcept {
+    entry& e = *entries_[slot];
+    // A session ends with its sockets closed; the poller only forgets them.
+    poller_.forget(e.client);
+    poller_.forget(e.upstream);
+    server_.session_ended(e.session.result());
+    entries_[slot].reset();
+    ++generations_[slot];
+    generations_[slot] &= 0x7fffffffu; // 31 bits in a token
+    free_slots_.push_back(slot);       // cannot throw: its capacity grows with entries_
+    --live_;
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::watch_listener(bool on) noexcept {
+    std::error_code ec;
+    if (!poller_.update(listener_slot_, on ? server_.listener_fd() : -1, POLLIN, 0, listener_token,
+                        ec)) {
+        listener_resting_until_ = steady_clock::now() + accept_backoff_; // try again later
+    }
+}
+
+template <class Server, class Poller>
+time_point event_loop<Server, Poller>::next_wake() const noexcept {
+    time_point wake = timers_.empty() ? time_point::max() : timers_.front().when;
+    if (listener_slot_.fd < 0) {
+        wake = std::min(wake, listener_resting_until_);
+    }
+    return wake;
+}
+
+} // namespace detail
+
+template <class Poller>
+template <class Server>
+void basic_poll_policy<Poller>::run(Server& server) {
+    auto loop = std::make_unique<detail::event_loop<Server, Poller>>(
+        server, poller_, accept_backoff, accepts_per_turn);
+    loop->run();
+    poller_.close(); // a proxy runs once, and leaves no descriptor open when run() returns
 }
 
 } // namespace tinyproxy
