@@ -448,6 +448,11 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
     case state::connecting:
         if (upstream_revents != 0) {
             on_connect_result(detail::connect_result(upstream_.native_handle()), now);
+            if (state_ == state::relaying) {
+                // The reply and any pipelined bytes go now, and what the client sent while we
+                // connected is read now, not one more wait later.
+                relay_ready(now, scratch, scratch_size);
+            }
         }
         return;
     case state::relaying:

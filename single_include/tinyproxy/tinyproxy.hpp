@@ -4168,6 +4168,11 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
     case state::connecting:
         if (upstream_revents != 0) {
             on_connect_result(detail::connect_result(upstream_.native_handle()), now);
+            if (state_ == state::relaying) {
+                // The reply and any pipelined bytes go now, and what the client sent while we
+                // connected is read now, not one more wait later.
+                relay_ready(now, scratch, scratch_size);
+            }
         }
         return;
     case state::relaying:
@@ -4891,7 +4896,13 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
             continue; // no memory for this client: it is closed, the loop goes on
         }
         ++live_;
-        entries_[slot]->session.start(now);
+        session_type& session = entries_[slot]->session;
+        session.start(now);
+        if (!session.done() && (session.client_events() & POLLIN) != 0) {
+            // A client that speaks first (SOCKS, HTTP CONNECT, a PROXY header) has usually
+            // sent by the time it is accepted: read now rather than after one more wait.
+            session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size());
+        }
         settle(slot, now);
     }
 }

@@ -402,7 +402,13 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
             continue; // no memory for this client: it is closed, the loop goes on
         }
         ++live_;
-        entries_[slot]->session.start(now);
+        session_type& session = entries_[slot]->session;
+        session.start(now);
+        if (!session.done() && (session.client_events() & POLLIN) != 0) {
+            // A client that speaks first (SOCKS, HTTP CONNECT, a PROXY header) has usually
+            // sent by the time it is accepted: read now rather than after one more wait.
+            session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size());
+        }
         settle(slot, now);
     }
 }
