@@ -6,6 +6,7 @@
 //             [--accept-proxy] [--send-proxy v1|v2]
 //             [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]
 //             [--max-connections N] [--allow CIDR]... [--verbose | --quiet]
+//             [--loops N]
 //
 // Prints "listening on HOST:PORT" once listening; SIGINT or SIGTERM stop it (exit 0); bad
 // arguments exit 2, a listener that cannot be opened exits 1.
@@ -20,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include <unistd.h>
 
@@ -31,6 +33,7 @@ constexpr const char* usage_text =
     "                 [--accept-proxy] [--send-proxy v1|v2]\n"
     "                 [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]\n"
     "                 [--max-connections N] [--allow CIDR]... [--verbose | --quiet]\n"
+    "                 [--loops N]\n"
     "\n"
     "  --listen HOST:PORT     where to accept clients (default 127.0.0.1:1080; port 0 picks a\n"
     "                         free port; IPv6 as [::1]:PORT)\n"
@@ -52,6 +55,7 @@ constexpr const char* usage_text =
     "                         names\n"
     "  --verbose              print a line per session to stderr\n"
     "  --quiet                print nothing but errors (and the listening line)\n"
+    "  --loops N              with --policy poll: N event loops on N threads (default 1)\n"
     "  --help                 print this and exit\n";
 
 struct usage_error : std::runtime_error {
@@ -63,6 +67,7 @@ enum class mode_name { socks, http_connect, forward };
 struct command_line {
     tinyproxy::options options;
     std::string policy = "poll";
+    unsigned loops = 0; // 0: not given (one loop)
     std::optional<mode_name> mode;
     tinyproxy::host_port forward;
     std::optional<tinyproxy::credentials> user;
@@ -155,6 +160,13 @@ void apply_value(command_line& cmd, const std::string& flag, const std::string& 
             throw usage_error("--max-connections: expected a count from 1, not '" + value + "'");
         }
         cmd.options.max_connections = static_cast<std::size_t>(n);
+    } else if (flag == "--loops") {
+        char* end = nullptr;
+        unsigned long n = std::strtoul(value.c_str(), &end, 10);
+        if (value.empty() || value[0] == '-' || *end != '\0' || n == 0 || n > 256) {
+            throw usage_error("--loops: expected a count from 1 to 256, not '" + value + "'");
+        }
+        cmd.loops = static_cast<unsigned>(n);
     } else if (flag == "--allow") {
         std::error_code ec;
         cmd.options.allow.push_back(tinyproxy::parse_cidr(value, ec));
@@ -190,11 +202,10 @@ command_line parse(int argc, char** argv) {
         } else if (flag.rfind("--", 0) != 0 || flag == "--") {
             throw usage_error("unexpected argument '" + flag + "'");
         } else {
-            static const char* const with_value[] = {"--listen",          "--policy",
-                                                     "--forward",         "--user",
-                                                     "--send-proxy",      "--connect-timeout",
-                                                     "--idle-timeout",    "--handshake-timeout",
-                                                     "--max-connections", "--allow"};
+            static const char* const with_value[] = {
+                "--listen",          "--policy",          "--forward",      "--user",
+                "--send-proxy",      "--connect-timeout", "--idle-timeout", "--handshake-timeout",
+                "--max-connections", "--allow",           "--loops"};
             bool known = false;
             for (const char* name : with_value) {
                 known = known || flag == name;
@@ -207,6 +218,9 @@ command_line parse(int argc, char** argv) {
             }
             apply_value(cmd, flag, argv[++i]);
         }
+    }
+    if (cmd.loops != 0 && cmd.policy != "poll") {
+        throw usage_error("--loops: only with --policy poll");
     }
     if (cmd.user && cmd.mode == mode_name::forward) {
         throw usage_error("--user: a port forwarder has no handshake to check credentials in");
@@ -266,7 +280,11 @@ int serve(command_line cmd, Mode mode) {
         layers.allow = std::move(cmd.options.allow);
         cmd.options.allow.clear();
     }
-    proxy_type proxy(cmd.options, layered(std::move(mode), std::move(layers)));
+    Policy policy;
+    if constexpr (std::is_same<Policy, tinyproxy::poll_policy>::value) {
+        policy.loops = cmd.loops == 0 ? 1 : cmd.loops;
+    }
+    proxy_type proxy(cmd.options, layered(std::move(mode), std::move(layers)), std::move(policy));
     std::error_code ec;
     proxy.listen(ec);
     if (ec) {

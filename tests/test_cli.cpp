@@ -11,6 +11,8 @@
 #include <thread>       // concurrent clients
 #include <vector>       // arguments, results
 
+#include <dirent.h> // counting a process's threads
+
 namespace {
 
 using namespace cli_test;
@@ -24,6 +26,20 @@ std::vector<std::string> cli_args(const std::string& forward, std::vector<std::s
 
 /// SIGTERM and SIGINT each end the proxy with status 0 within 2 s, idle or while a tunnel is
 /// open; the client then sees its connection closed.
+/// Threads of process `pid` (entries of /proc/PID/task), -1 when unreadable.
+int process_threads(pid_t pid) {
+    DIR* dir = ::opendir(("/proc/" + std::to_string(pid) + "/task").c_str());
+    if (dir == nullptr) {
+        return -1;
+    }
+    int count = 0;
+    while (dirent* entry = ::readdir(dir)) {
+        count += entry->d_name[0] != '.' ? 1 : 0;
+    }
+    ::closedir(dir);
+    return count;
+}
+
 void check_signals_stop(const std::string& policy) {
     std::string path = cli_program();
     if (path.empty()) {
@@ -51,13 +67,17 @@ void check_signals_stop(const std::string& policy) {
 
 /// 1 MiB there and back through one client that half-closes after sending, then 20 clients at
 /// once, every byte checked.
-void check_data(const std::string& policy) {
+/// With `threads`, the proxy must run at least that many threads (its event loops) meanwhile.
+void check_data(const std::string& policy, std::vector<std::string> more_args = {},
+                int threads_at_least = 0) {
     std::string path = cli_program();
     if (path.empty()) {
         return;
     }
     echo_server echo;
-    process proxy(path, cli_args(echo.address(), {"--policy", policy}));
+    std::vector<std::string> extra = {"--policy", policy};
+    extra.insert(extra.end(), more_args.begin(), more_args.end());
+    process proxy(path, cli_args(echo.address(), extra));
     tinyproxy::endpoint where = read_listening(proxy);
 
     {
@@ -96,6 +116,9 @@ void check_data(const std::string& policy) {
         CHECK(results[i].error == "");
         CHECK(results[i].eof);
         CHECK(results[i].received == payloads[i]);
+    }
+    if (threads_at_least > 0) { // checked once it has served: the loops start after listening
+        CHECK(process_threads(proxy.pid()) >= threads_at_least);
     }
     expect_clean_exit(proxy, SIGTERM);
 }
@@ -208,6 +231,24 @@ TEST_CASE("cli data through the fork policy: 1 MiB round trip, 20 concurrent cli
 
 TEST_CASE("cli data through the poll policy: 1 MiB round trip, 20 concurrent clients") {
     check_data("poll");
+}
+
+TEST_CASE("cli --loops 3: three event loops on three threads carry every byte, and SIGTERM "
+          "stops them all") {
+    check_data("poll", {"--loops", "3"}, 3);
+}
+
+TEST_CASE("cli --loops with another policy than poll, or not a count, exits 2") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    for (auto args : std::vector<std::vector<std::string>>{
+             {"--policy", "thread", "--loops", "2"}, {"--loops", "0"}, {"--loops", "many"}}) {
+        finished_run run = run_to_exit(path, args);
+        CHECK(run.exit_code == 2);
+        CHECK(run.err.find("--loops") != std::string::npos);
+    }
 }
 
 TEST_CASE("cli --listen [::1]:0 prints the IPv6 address and serves data over IPv6") {

@@ -259,8 +259,13 @@ TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
     CHECK(eventually([&] { return open_descriptors() == descriptors_before; }));
 }
 
+/// poll_policy with two event loops on two threads, both accepting from the one listener.
+struct two_loop_policy : tinyproxy::poll_policy {
+    two_loop_policy() { loops = 2; }
+};
+
 TEST_CASE_TEMPLATE_INVOKE(policy_conformance, tinyproxy::thread_policy, tinyproxy::poll_policy,
-                          tinyproxy::portable_poll_policy, pool_policy);
+                          tinyproxy::portable_poll_policy, two_loop_policy, pool_policy);
 // Kept apart so that a name filter can leave the process-per-connection policy out under TSan.
 TEST_CASE_TEMPLATE_APPLY(policy_conformance, std::tuple<tinyproxy::fork_policy>);
 

@@ -4642,11 +4642,18 @@ public:
     /// The most clients accepted in one turn of the loop, so a connection storm cannot starve
     /// established tunnels.
     int accepts_per_turn = 64;
+    /// Event loops, each on its own thread, all accepting from the one listener: a session
+    /// stays on the loop that accepted it. 1 (the default) is the single-threaded loop the
+    /// rest of this comment describes; more use more cores, for many streams at once.
+    unsigned loops = 1;
 
     template <class Server>
     void run(Server& server);
 
 private:
+    template <class Server>
+    void run_loop(Server& server, Poller& poller);
+
     // Made with the policy, so a proxy's descriptors are all open before it runs.
     Poller poller_;
 };
@@ -5006,10 +5013,40 @@ time_point event_loop<Server, Poller>::next_wake() const noexcept {
 template <class Poller>
 template <class Server>
 void basic_poll_policy<Poller>::run(Server& server) {
-    auto loop = std::make_unique<detail::event_loop<Server, Poller>>(
-        server, poller_, accept_backoff, accepts_per_turn);
-    loop->run();
+    std::vector<Poller> more_pollers;
+    std::vector<std::thread> more_loops;
+    try {
+        for (unsigned n = 1; n < loops; ++n) {
+            more_pollers.emplace_back();
+        }
+        more_loops.reserve(more_pollers.size());
+        for (Poller& poller : more_pollers) {
+            more_loops.emplace_back([this, &server, &poller] {
+                try {
+                    run_loop(server, poller);
+                } catch (...) { // no memory for this loop's state: the other loops serve on
+                }
+            });
+        }
+    } catch (...) {
+        // No memory or no thread for another loop: serve with the loops there are.
+    }
+    run_loop(server, poller_);
+    for (std::thread& loop : more_loops) {
+        loop.join(); // every loop sees the same stop signal
+    }
+    for (Poller& poller : more_pollers) {
+        poller.close();
+    }
     poller_.close(); // a proxy runs once, and leaves no descriptor open when run() returns
+}
+
+template <class Poller>
+template <class Server>
+void basic_poll_policy<Poller>::run_loop(Server& server, Poller& poller) {
+    auto loop = std::make_unique<detail::event_loop<Server, Poller>>(server, poller, accept_backoff,
+                                                                     accepts_per_turn);
+    loop->run();
 }
 
 } // namespace tinyproxy
