@@ -7,6 +7,12 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <mutex>
+#include <set>
+#include <type_traits>
+
+#include <sys/syscall.h> // SYS_gettid
+#include <unistd.h>      // syscall
 
 using namespace testing;
 using namespace std::chrono_literals;
@@ -268,6 +274,47 @@ TEST_CASE_TEMPLATE_INVOKE(policy_conformance, tinyproxy::thread_policy, tinyprox
                           tinyproxy::portable_poll_policy, two_loop_policy, pool_policy);
 // Kept apart so that a name filter can leave the process-per-connection policy out under TSan.
 TEST_CASE_TEMPLATE_APPLY(policy_conformance, std::tuple<tinyproxy::fork_policy>);
+
+namespace {
+
+/// thread_policy with no idle threads kept: a new thread for every client.
+struct thread_per_session_policy : tinyproxy::thread_policy {
+    thread_per_session_policy() { keep_idle_thread = std::chrono::milliseconds(0); }
+};
+
+} // namespace
+
+TEST_CASE_TEMPLATE("thread policy: a thread that has finished its session serves the next client; "
+                   "with keep_idle_thread 0 every client gets a new thread",
+                   Policy, tinyproxy::thread_policy, thread_per_session_policy) {
+    upstream echo_server(echo);
+    std::mutex mutex;
+    std::set<long> threads; // kernel thread ids: unlike std::thread::id, never reused soon
+    std::atomic<int> closed{0};
+    auto opts = running_proxy<Policy>::default_options();
+    opts.on_event = [&](const tinyproxy::session_event& event) {
+        if (event.what == tinyproxy::session_event::kind::closed) { // on the serving thread
+            std::lock_guard<std::mutex> lock(mutex);
+            threads.insert(static_cast<long>(::syscall(SYS_gettid)));
+            ++closed;
+        }
+    };
+    running_proxy<Policy> proxy(forward_to(echo_server.where()), opts);
+    constexpr int clients = 20;
+    for (int i = 0; i < clients; ++i) { // one after another
+        bytes payload = random_bytes(100, static_cast<std::uint32_t>(i));
+        REQUIRE(round_trip(proxy.where(), payload) == payload);
+        REQUIRE(eventually([&] { return closed.load() == i + 1; }));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20)); // it goes back to waiting
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    if (std::is_same<Policy, tinyproxy::thread_policy>::value) {
+        // One thread, give or take a client that came before the last one was waiting again.
+        CHECK(threads.size() <= 5);
+    } else {
+        CHECK(threads.size() == static_cast<std::size_t>(clients));
+    }
+}
 
 TEST_CASE("fork policy: no zombie outlives its session while the proxy runs") {
     upstream echo_server(echo);
