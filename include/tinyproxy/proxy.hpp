@@ -333,8 +333,13 @@ template <class Mode>
 typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accepted_client client) {
     session_info info;
     info.client = client.peer;
-    std::error_code ignored;
-    info.local = client.connection.local_endpoint(ignored);
+    endpoint bound = listener_.local_endpoint();
+    if (bound.address.is_unspecified()) { // listening on every address: ask which one
+        std::error_code ignored;
+        info.local = client.connection.local_endpoint(ignored);
+    } else {
+        info.local = bound; // one system call less per client
+    }
     report({session_event::kind::opened, client.peer, {}, nullptr});
     return session_type(std::move(client.connection), mode_.make_session(info), options_,
                         client.peer);

@@ -316,7 +316,7 @@ void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_poin
     if (!ec) {
         std::error_code ignored;
         endpoint local = upstream_.local_endpoint(ignored);
-        endpoint remote = upstream_.remote_endpoint(ignored);
+        endpoint remote = candidates_[next_candidate_ - 1]; // the address just connected to
         result_.upstream = remote;
         start_relay(mode_.on_connected({}, local, remote), now);
         return;
@@ -447,7 +447,11 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
         return;
     case state::connecting:
         if (upstream_revents != 0) {
-            on_connect_result(detail::connect_result(upstream_.native_handle()), now);
+            // Writable without an error or hang-up is connected: no need to ask the socket.
+            bool trouble = (upstream_revents & (POLLERR | POLLHUP)) != 0;
+            on_connect_result(trouble ? detail::connect_result(upstream_.native_handle())
+                                      : std::error_code{},
+                              now);
             if (state_ == state::relaying) {
                 // The reply and any pipelined bytes go now, and what the client sent while we
                 // connected is read now, not one more wait later.

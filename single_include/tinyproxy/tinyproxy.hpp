@@ -4036,7 +4036,7 @@ void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_poin
     if (!ec) {
         std::error_code ignored;
         endpoint local = upstream_.local_endpoint(ignored);
-        endpoint remote = upstream_.remote_endpoint(ignored);
+        endpoint remote = candidates_[next_candidate_ - 1]; // the address just connected to
         result_.upstream = remote;
         start_relay(mode_.on_connected({}, local, remote), now);
         return;
@@ -4167,7 +4167,11 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
         return;
     case state::connecting:
         if (upstream_revents != 0) {
-            on_connect_result(detail::connect_result(upstream_.native_handle()), now);
+            // Writable without an error or hang-up is connected: no need to ask the socket.
+            bool trouble = (upstream_revents & (POLLERR | POLLHUP)) != 0;
+            on_connect_result(trouble ? detail::connect_result(upstream_.native_handle())
+                                      : std::error_code{},
+                              now);
             if (state_ == state::relaying) {
                 // The reply and any pipelined bytes go now, and what the client sent while we
                 // connected is read now, not one more wait later.
@@ -5847,8 +5851,13 @@ template <class Mode>
 typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accepted_client client) {
     session_info info;
     info.client = client.peer;
-    std::error_code ignored;
-    info.local = client.connection.local_endpoint(ignored);
+    endpoint bound = listener_.local_endpoint();
+    if (bound.address.is_unspecified()) { // listening on every address: ask which one
+        std::error_code ignored;
+        info.local = client.connection.local_endpoint(ignored);
+    } else {
+        info.local = bound; // one system call less per client
+    }
     report({session_event::kind::opened, client.peer, {}, nullptr});
     return session_type(std::move(client.connection), mode_.make_session(info), options_,
                         client.peer);
