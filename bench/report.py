@@ -12,7 +12,6 @@ FORWARDERS = ["direct", "haproxy", "nginx", "rinetd", "socat", "tp-poll", "tp-th
 FORWARD_PEERS = ["haproxy", "nginx", "rinetd", "socat"]
 SOCKS_ROWS = ["direct", "tp-poll", "microsocks", "tp-socks-poll", "tp-socks-thread"]
 PSS_TARGETS = {"nginx", "socat", "tp-fork"}  # process trees: PSS summed over them
-OURS = {"tp-poll", "tp-thread", "tp-fork", "tp-socks-poll", "tp-socks-thread"}
 
 
 def label(target, versions):
@@ -32,6 +31,9 @@ def label(target, versions):
         "tp-fork": "**tinyproxy fork**",
         "tp-socks-poll": "**tinyproxy --socks poll**",
         "tp-socks-thread": "**tinyproxy --socks thread**",
+        "tp-portable": "**tinyproxy poll: poll(2), copy** (portable build)",
+        "tp-copy": "**tinyproxy poll: epoll, copy** (--no-splice)",
+        "tp-loops2": "**tinyproxy poll: epoll, splice, 2 loops** (--loops 2)",
     }
     return " ".join(names.get(target, target).split())
 
@@ -39,6 +41,8 @@ def label(target, versions):
 def main():
     raw_path, out_path = sys.argv[1], sys.argv[2]
     env = os.environ.get
+    forwarders = env("BENCH_FORWARDERS", " ".join(FORWARDERS)).split()
+    socks = env("BENCH_SOCKS", "microsocks tp-socks-poll tp-socks-thread").split()
     samples = {}
     with open(raw_path) as f:
         for line in f:
@@ -134,7 +138,7 @@ def main():
             "RR p50 / p99 µs", "RR pinned p50 / p99 µs", "idle KB"] + mem_heads
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
-    for t in FORWARDERS:
+    for t in forwarders:
         row = [label(t, versions), pair(t, "bulk1_gbps", "bulk4_gbps", 1),
                "–" if t == "direct" else pair(t, "bulk1_cpu_s_per_gb", "bulk4_cpu_s_per_gb", 2),
                cell(t, "rate_cps", 0),
@@ -170,7 +174,7 @@ def main():
     head = ["target"] + [f"{name} (best: {bests[m][1] or '–'})" for name, m in ratio_metrics]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
-    for t in FORWARDERS[1:]:
+    for t in forwarders[1:]:
         row = [label(t, versions)]
         for _, m in ratio_metrics:
             d = get("direct", m) if not m.startswith(("kb_", "bulk1_cpu")) else None
@@ -179,6 +183,26 @@ def main():
     lines.append("")
 
     # ---- SOCKS5
+    if socks:
+        socks_tables(lines, socks, label, versions, pair, cell, mem_cells, mem_heads, ratio, get,
+                     hold_counts)
+    if missing:
+        lines.append("Missing: " + "; ".join(f"{k}: {v.strip()}" for k, v in sorted(missing.items())))
+        lines.append("")
+    errors = {t: get(t, "rate_errors") for t in medians if get(t, "rate_errors")}
+    if errors:
+        lines.append("Connection-rate errors (median per run): " +
+                     ", ".join(f"{t} {v:.0f}" for t, v in sorted(errors.items())))
+        lines.append("")
+
+    table = "\n".join(lines)
+    print(table)
+    write_json(out_path, env, costs, hold_counts, versions, missing, medians, samples, table)
+
+
+def socks_tables(lines, socks, label, versions, pair, cell, mem_cells, mem_heads, ratio, get,
+                 hold_counts):
+    """The SOCKS5 table and its ratios to microsocks and to our forwarder."""
     lines.append("#### SOCKS5 (bulk: bench/load bulk to a sink; direct and the forwarder for "
                  "reference)")
     lines.append("")
@@ -205,23 +229,15 @@ def main():
     head = ["target"] + [name for name, _ in socks_metrics]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
-    for t in ["tp-socks-poll", "tp-socks-thread"]:
+    for t in [t for t in socks if t.startswith("tp-")]:
         row = [label(t, versions)]
         for _, m in socks_metrics:
             row.append(f"{ratio(t, m, get('microsocks', m))} / {ratio(t, m, get('tp-poll', m))}")
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    if missing:
-        lines.append("Missing: " + "; ".join(f"{k}: {v.strip()}" for k, v in sorted(missing.items())))
-        lines.append("")
-    errors = {t: get(t, "rate_errors") for t in medians if get(t, "rate_errors")}
-    if errors:
-        lines.append("Connection-rate errors (median per run): " +
-                     ", ".join(f"{t} {v:.0f}" for t, v in sorted(errors.items())))
-        lines.append("")
 
-    table = "\n".join(lines)
-    print(table)
+
+def write_json(out_path, env, costs, hold_counts, versions, missing, medians, samples, table):
     result = {
         "date": env("BENCH_DATE"),
         "mode": env("BENCH_MODE"),

@@ -5,21 +5,26 @@
 # throughput (iperf3 and bench/load bulk), CPU per GB, connection rate, request/response latency
 # (also pinned to one CPU) and memory per held connection, alternating targets run by run, then
 # prints a markdown table of medians and writes bench/results/<date>-<quick|full>.json.
+# --levers measures what each lever bought instead: the same forwarder built for poll(2) and
+# copies only, then epoll, then splice, then two loops, next to haproxy and nginx
+# (bench/results/<date>-<mode>-levers.json).
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 MODE=full
+LEVERS=0
 for arg in "$@"; do
     case "$arg" in
     --quick) MODE=quick ;;
+    --levers) LEVERS=1 ;;
     -h | --help)
-        sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "run.sh: unknown argument '$arg' (only --quick)" >&2
+        echo "run.sh: unknown argument '$arg' (only --quick and --levers)" >&2
         exit 2
         ;;
     esac
@@ -165,6 +170,20 @@ if ! { { [ -f "$BUILD/CMakeCache.txt" ] ||
     exit 1
 fi
 TP=$BUILD/examples/tinyproxy
+TP_PORTABLE=
+if ((LEVERS)); then
+    # The portable paths as another platform gets them: poll(2), and copies instead of splice.
+    PORTABLE=$ROOT/build/bench-portable
+    log "building the portable tinyproxy (TINYPROXY_NO_EPOLL, TINYPROXY_NO_SPLICE) in $PORTABLE"
+    if ! { { [ -f "$PORTABLE/CMakeCache.txt" ] ||
+        cmake -S . -B "$PORTABLE" -DCMAKE_BUILD_TYPE=Release -DTINYPROXY_BUILD_TESTS=OFF \
+            "-DCMAKE_CXX_FLAGS=-DTINYPROXY_NO_EPOLL -DTINYPROXY_NO_SPLICE"; } &&
+        cmake --build "$PORTABLE" -j2 --target tinyproxy_cli; } >"$WORK/build-portable.log" 2>&1; then
+        cat "$WORK/build-portable.log" >&2
+        exit 1
+    fi
+    TP_PORTABLE=$PORTABLE/examples/tinyproxy
+fi
 LOAD=$BUILD/load
 if [ ! -x "$LOAD" ] || [ bench/load.cpp -nt "$LOAD" ]; then
     g++ -O2 -std=c++17 -pthread -Wall -Wextra -o "$LOAD" bench/load.cpp || exit 1
@@ -179,10 +198,19 @@ if [ "$MODE" = full ]; then
     [ "$FD_LIMIT" != unlimited ] && ((FD_LIMIT < 2 * big + 200)) && big=$(((FD_LIMIT - 200) / 2))
     HOLD_COUNTS=(1000 "$big")
 fi
+if ((LEVERS)); then # thousands of connections are where poll(2) and epoll part ways
+    big=9000
+    [ "$FD_LIMIT" != unlimited ] && ((FD_LIMIT < 2 * big + 200)) && big=$(((FD_LIMIT - 200) / 2))
+    HOLD_COUNTS=(1000 "$big")
+fi
 
 # ---------------------------------------------------------------- targets
 FORWARDERS=(direct haproxy nginx rinetd socat tp-poll tp-thread tp-fork)
 SOCKS=(microsocks tp-socks-poll tp-socks-thread)
+if ((LEVERS)); then
+    FORWARDERS=(direct haproxy nginx tp-portable tp-copy tp-poll tp-loops2)
+    SOCKS=()
+fi
 
 free_port() { "$LOAD" ports 1; }
 
@@ -258,10 +286,15 @@ EOF
         port=$(free_port)
         microsocks -i 127.0.0.1 -p "$port" >"$dir/out" 2>"$dir/err" &
         ;;
-    tp-poll | tp-thread | tp-fork | tp-socks-poll | tp-socks-thread)
-        local policy=${name##*-} how=(--forward "127.0.0.1:$upstream")
+    tp-*)
+        local policy=${name##*-} how=(--forward "127.0.0.1:$upstream") program=$TP more=()
         [[ $name == tp-socks-* ]] && how=(--socks)
-        "$TP" --listen 127.0.0.1:0 "${how[@]}" --policy "$policy" --quiet \
+        case "$name" in # the lever runs: all poll, one lever at a time
+        tp-portable) policy=poll program=$TP_PORTABLE ;;
+        tp-copy) policy=poll more=(--no-splice) ;;
+        tp-loops2) policy=poll more=(--loops 2) ;;
+        esac
+        "$program" --listen 127.0.0.1:0 "${how[@]}" --policy "$policy" "${more[@]}" --quiet \
             >"$dir/out" 2>"$dir/err" &
         PID_OF[$key]=$!
         local n
@@ -367,10 +400,14 @@ phase_bulk() {
     fi
     start_upstream sink
     sink_pid=$UP_PID sink_port=$UP_PORT
-    start_all "$sink_port" "${SOCKS[@]}"
-    # References for the SOCKS table, with the same client: direct and our forwarder (poll).
-    PORT_OF[direct@sink]=$sink_port
-    start_target tp-poll tp-poll@sink "$sink_port" || true
+    local socks_refs=()
+    if ((${#SOCKS[@]})); then
+        start_all "$sink_port" "${SOCKS[@]}"
+        # References for the SOCKS table, with the same client: direct and our forwarder (poll).
+        PORT_OF[direct@sink]=$sink_port
+        start_target tp-poll tp-poll@sink "$sink_port" || true
+        socks_refs=(direct tp-poll)
+    fi
 
     local rep streams name out before after bytes
     for ((rep = 1; rep <= REPS; rep++)); do
@@ -398,7 +435,7 @@ phase_bulk() {
                     "$(awk -v a="$after" -v b="$before" -v n="$bytes" 'BEGIN{print (a-b)/(n/1e9)}')"
                 log "  rep $rep  -P $streams  $name  ${out%% *} Gbit/s"
             done
-            for name in direct tp-poll "${SOCKS[@]}"; do
+            for name in "${socks_refs[@]}" "${SOCKS[@]}"; do
                 local key=$name args
                 [[ $name == direct || $name == tp-poll ]] && key=$name@sink
                 up "$key" || continue
@@ -565,7 +602,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
 DATE=$(date -u +%Y-%m-%d)
 mkdir -p bench/results
-OUT=bench/results/$DATE-$MODE.json
+OUT=bench/results/$DATE-$MODE$( ((LEVERS)) && echo -levers).json
 missing_list=""
 for name in "${!MISSING[@]}"; do
     missing_list+="$name=${MISSING[$name]}"$'\n'
@@ -577,6 +614,7 @@ BENCH_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) BENCH_MODE=$MODE BENCH_COMMAND=$COMMAN
     BENCH_SECONDS=$(($(date +%s) - T0)) BENCH_MISSING=$missing_list \
     BENCH_REPS=$REPS BENCH_BULK_TIME=$BULK_TIME BENCH_RATE_TIME=$RATE_TIME \
     BENCH_RR_COUNT=$RR_COUNT BENCH_HOLD_COUNTS="${HOLD_COUNTS[*]}" \
+    BENCH_FORWARDERS="${FORWARDERS[*]}" BENCH_SOCKS="${SOCKS[*]}" \
     BENCH_VERSIONS="haproxy=$(version haproxy) nginx=$(version nginx) libnginx-mod-stream=$(version libnginx-mod-stream) rinetd=$(version rinetd) socat=$(version socat) microsocks=$(version microsocks) iperf3=$(version iperf3) tinyproxy=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- include 2>/dev/null || echo +dirty)" \
     python3 bench/report.py "$RAW" "$OUT" || exit 1
 log "done in $(($(date +%s) - T0)) s; results in $OUT"
