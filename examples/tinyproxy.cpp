@@ -6,7 +6,7 @@
 //             [--accept-proxy] [--send-proxy v1|v2]
 //             [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]
 //             [--max-connections N] [--allow CIDR]... [--verbose | --quiet]
-//             [--loops N]
+//             [--loops N] [--no-splice]
 //
 // Prints "listening on HOST:PORT" once listening; SIGINT or SIGTERM stop it (exit 0); bad
 // arguments exit 2, a listener that cannot be opened exits 1.
@@ -33,7 +33,7 @@ constexpr const char* usage_text =
     "                 [--accept-proxy] [--send-proxy v1|v2]\n"
     "                 [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]\n"
     "                 [--max-connections N] [--allow CIDR]... [--verbose | --quiet]\n"
-    "                 [--loops N]\n"
+    "                 [--loops N] [--no-splice]\n"
     "\n"
     "  --listen HOST:PORT     where to accept clients (default 127.0.0.1:1080; port 0 picks a\n"
     "                         free port; IPv6 as [::1]:PORT)\n"
@@ -53,6 +53,7 @@ constexpr const char* usage_text =
     "  --allow CIDR           serve only clients in this range (repeatable; IPv4 or IPv6;\n"
     "                         default: everyone); with --accept-proxy, the client its header\n"
     "                         names\n"
+    "  --no-splice            relay with read/write instead of splice(2); for comparison\n"
     "  --verbose              print a line per session to stderr\n"
     "  --quiet                print nothing but errors (and the listening line)\n"
     "  --loops N              with --policy poll: N event loops on N threads (default 1)\n"
@@ -192,6 +193,8 @@ command_line parse(int argc, char** argv) {
             set_mode(cmd, mode_name::http_connect, flag);
         } else if (flag == "--accept-proxy") {
             cmd.accept_proxy = true;
+        } else if (flag == "--no-splice") {
+            cmd.options.splice = false;
         } else if (flag == "--verbose" || flag == "--quiet") {
             auto wanted = flag == "--verbose" ? command_line::verbosity::verbose
                                               : command_line::verbosity::quiet;

@@ -11,7 +11,8 @@
 #include <thread>       // concurrent clients
 #include <vector>       // arguments, results
 
-#include <dirent.h> // counting a process's threads
+#include <dirent.h> // a process's threads (/proc/PID/task) and descriptors (/proc/PID/fd)
+#include <unistd.h> // readlink
 
 namespace {
 
@@ -123,6 +124,26 @@ void check_data(const std::string& policy, std::vector<std::string> more_args = 
     expect_clean_exit(proxy, SIGTERM);
 }
 
+/// How many pipes process `pid` holds open, from /proc/PID/fd; -1 where that cannot be read.
+int pipes_held(pid_t pid) {
+    std::string dir_path = "/proc/" + std::to_string(pid) + "/fd";
+    DIR* dir = ::opendir(dir_path.c_str());
+    if (dir == nullptr) {
+        return -1;
+    }
+    int pipes = 0;
+    while (dirent* entry = ::readdir(dir)) {
+        char target[64] = {};
+        std::string link = dir_path + "/" + entry->d_name;
+        ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
+        if (n > 0 && std::string(target, static_cast<std::size_t>(n)).rfind("pipe:", 0) == 0) {
+            ++pipes;
+        }
+    }
+    ::closedir(dir);
+    return pipes;
+}
+
 } // namespace
 
 TEST_SUITE_BEGIN("cli");
@@ -137,6 +158,7 @@ TEST_CASE("cli --help prints the usage with the default listen address and exits
     CHECK(run.out.rfind("usage: tinyproxy", 0) == 0);
     CHECK(run.out.find("127.0.0.1:1080") != std::string::npos);
     CHECK(run.out.find("--forward") != std::string::npos);
+    CHECK(run.out.find("--no-splice") != std::string::npos);
     CHECK(run.err == "");
 }
 
@@ -333,6 +355,44 @@ TEST_CASE("cli --connect-timeout and --idle-timeout are taken, and an idle tunne
     tinyproxy::socket next = connect_to(where);
     CHECK(ping(next));
     expect_clean_exit(proxy, SIGTERM);
+}
+
+TEST_CASE("cli --no-splice is taken: bulk data goes through, and no pipe is made for it") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    echo_server echo;
+    for (bool splice : {true, false}) {
+        CAPTURE(splice);
+        std::vector<std::string> extra{"--policy", "poll", "--quiet"};
+        if (!splice) {
+            extra.push_back("--no-splice");
+        }
+        process proxy(path, cli_args(echo.address(), extra));
+        tinyproxy::endpoint where = read_listening(proxy);
+        const int pipes_before = pipes_held(proxy.pid());
+        tinyproxy::socket client = connect_to(where);
+        bytes payload = random_bytes(4 * 1024 * 1024, 7);
+        transfer t = exchange(client, payload, after(ms(15'000)), false); // the tunnel stays up
+        CHECK(t.error == "");
+        CHECK(t.received == payload);
+        // Bulk data went both ways: with splice(2), a direction that carried it holds a pipe
+        // (two descriptors) until it ends; with --no-splice, none does.
+        if (pipes_before >= 0) {
+            int made = pipes_held(proxy.pid()) - pipes_before;
+            CAPTURE(made);
+            if (splice && TINYPROXY_HAS_SPLICE) {
+                CHECK(made >= 2);
+                CHECK(made <= 4);
+            } else {
+                CHECK(made == 0);
+            }
+        }
+        transfer rest = exchange(client, {}, after(ms(5000)), true);
+        CHECK(rest.eof);
+        expect_clean_exit(proxy, SIGTERM);
+    }
 }
 
 TEST_SUITE_END();

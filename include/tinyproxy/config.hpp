@@ -41,3 +41,10 @@
 #else
 #    define TINYPROXY_HAS_EPOLL 0
 #endif
+
+// splice(2), to relay bulk data socket -> pipe -> socket without copying it through user space.
+#if !defined(TINYPROXY_NO_SPLICE) && defined(__linux__)
+#    define TINYPROXY_HAS_SPLICE 1
+#else
+#    define TINYPROXY_HAS_SPLICE 0
+#endif

@@ -1,9 +1,11 @@
 // The one relay engine: moves bytes both ways between two non-blocking sockets, with bounded
-// buffers, half-close and reset propagation, and byte counts.
+// buffers, half-close and reset propagation, and byte counts; on Linux, bulk data moves with
+// splice(2).
 #pragma once
 
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
+#include <optional>     // a SIGPIPE guard, only while splicing
 #include <system_error> // std::error_code
 #include <vector>       // pending bytes
 
@@ -14,6 +16,7 @@
 #include "tinyproxy/bytes.hpp"
 #include "tinyproxy/error.hpp"
 #include "tinyproxy/detail/sys.hpp"
+#include "tinyproxy/socket.hpp"
 
 namespace tinyproxy {
 
@@ -33,11 +36,23 @@ namespace tinyproxy {
 /// Buffers are lazy: bytes are read into the caller's scratch buffer and written straight on;
 /// only what the destination would not take is copied into a per-direction buffer, which is
 /// freed again once drained. An idle tunnel holds no buffer at all.
+///
+/// Zero copy (Linux, TINYPROXY_HAS_SPLICE): once a read in one direction fills the whole
+/// scratch buffer, that direction is carrying bulk data, and from then on it moves socket ->
+/// pipe -> socket with splice(2), never through user space. The pipe (two descriptors) is made
+/// once per direction, only then, so idle and request/response tunnels never hold one; it is
+/// closed when its direction ends or the relay is destroyed. If it cannot be made (EMFILE, ...)
+/// the direction stays on the copy path. Bytes in the pipe are pending bytes like any other:
+/// the pipe is filled only when empty, with at most one scratch buffer's worth. splice(2) cannot
+/// say MSG_NOSIGNAL, so each pump that splices into a socket blocks SIGPIPE in the calling
+/// thread meanwhile (detail::sigpipe_guard) and takes back a SIGPIPE its failed write raised:
+/// the relay never kills the process, whoever drives it, and installs no handler.
 class relay {
 public:
-    relay(int client_fd, int upstream_fd) noexcept
-        : halves_{half{client_fd, upstream_fd, {}, 0, false, false, 0},
-                  half{upstream_fd, client_fd, {}, 0, false, false, 0}} {}
+    /// `use_splice`: let bulk data move with splice(2) (see above); ignored where unavailable.
+    relay(int client_fd, int upstream_fd, bool use_splice = true) noexcept
+        : halves_{half(client_fd, upstream_fd), half(upstream_fd, client_fd)},
+          use_splice_(TINYPROXY_HAS_SPLICE != 0 && use_splice) {}
 
     /// Bytes to send upstream before anything read from the client: what a client pipelined
     /// behind its handshake, or a PROXY protocol header.
@@ -75,32 +90,53 @@ public:
 
     std::uint64_t bytes_to_upstream() const noexcept { return halves_[0].bytes_written; }
     std::uint64_t bytes_to_client() const noexcept { return halves_[1].bytes_written; }
-    /// Bytes waiting for a slow destination (per direction at most one scratch buffer's worth).
+    /// Of bytes_to_upstream(), those that went through a pipe with splice(2).
+    std::uint64_t bytes_spliced_to_upstream() const noexcept { return halves_[0].bytes_spliced; }
+    /// Of bytes_to_client(), those that went through a pipe with splice(2).
+    std::uint64_t bytes_spliced_to_client() const noexcept { return halves_[1].bytes_spliced; }
+    /// Bytes waiting for a slow destination, in a buffer or a pipe (per direction at most one
+    /// scratch buffer's worth, besides what prime_upstream/prime_client gave).
     std::size_t bytes_buffered() const noexcept {
-        return halves_[0].pending.size() - halves_[0].pending_offset + halves_[1].pending.size() -
-               halves_[1].pending_offset;
+        return buffered(halves_[0]) + buffered(halves_[1]);
     }
 
 private:
     /// One direction: bytes read from `from`, written to `to`.
     struct half {
+        half(int from_fd, int to_fd) noexcept : from(from_fd), to(to_fd) {}
+
         int from;
         int to;
         std::vector<std::uint8_t> pending; // read but not yet written; empty when idle
-        std::size_t pending_offset;        // how much of `pending` has been written
-        bool eof;                          // `from` said end of stream
-        bool done;                         // ... and `to` has been shut down for writing
-        std::uint64_t bytes_written;
+        std::size_t pending_offset = 0;    // how much of `pending` has been written
+        unique_fd pipe_read;               // splicing: the pipe `from` is spliced into ...
+        unique_fd pipe_write;              // ... through this end
+        std::size_t in_pipe = 0;           // spliced in, not yet out (after `pending`)
+        bool pipe_tried = false;           // a pipe was asked for (once per direction)
+        bool eof = false;                  // `from` said end of stream
+        bool done = false;                 // ... and `to` has been shut down for writing
+        std::uint64_t bytes_written = 0;
+        std::uint64_t bytes_spliced = 0; // of bytes_written, through the pipe
     };
+    /// A SIGPIPE guard made by the first splice into a socket in a pump, held to its end.
+    using sigpipe_scope = std::optional<detail::sigpipe_guard>;
 
     static void append(half& h, byte_view bytes) {
         h.pending.insert(h.pending.end(), bytes.begin(), bytes.end());
     }
-    bool has_pending(const half& h) const noexcept { return h.pending_offset < h.pending.size(); }
+    static std::size_t buffered(const half& h) noexcept {
+        return h.pending.size() - h.pending_offset + h.in_pipe;
+    }
+    bool has_pending(const half& h) const noexcept { return buffered(h) != 0; }
     short events_on(int side) const noexcept;
-    bool pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size) noexcept;
-    /// Writes what is pending; false when the destination is full or failed.
+    bool pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size,
+                   sigpipe_scope& sigpipe) noexcept;
+    /// Writes what is pending in the buffer; false when the destination is full or failed.
     bool flush(half& h, bool& progressed) noexcept;
+    /// Splices what the pipe holds into the destination; false when it is full or failed.
+    bool drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept;
+    /// A read filled the scratch buffer: from now on this direction splices, if it can.
+    void start_splicing(half& h) noexcept;
     void probe_half_closed(int side) noexcept;
     /// Copies bytes the destination has not taken yet into the direction's own buffer.
     bool keep(half& h, byte_view rest) noexcept;
@@ -112,6 +148,7 @@ private:
     }
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
+    bool use_splice_;
     std::error_code error_;
     bool error_on_client_ = false;
 };
@@ -136,7 +173,7 @@ inline short relay::events_on(int side) const noexcept {
 }
 
 inline bool relay::flush(half& h, bool& progressed) noexcept {
-    while (has_pending(h)) {
+    while (h.pending_offset < h.pending.size()) {
         std::error_code ec;
         std::size_t n = detail::send_some(h.to, h.pending.data() + h.pending_offset,
                                           h.pending.size() - h.pending_offset, ec);
@@ -168,15 +205,75 @@ inline bool relay::keep(half& h, byte_view rest) noexcept {
     }
 }
 
-inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size) noexcept {
+inline bool relay::drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept {
+    while (h.in_pipe > 0) {
+        if (!sigpipe) {
+            sigpipe.emplace();
+        }
+        std::error_code ec;
+        std::size_t n = detail::splice_some(h.pipe_read.get(), h.to, h.in_pipe, ec);
+        if (ec) {
+            if (!detail::would_block(ec)) {
+                sigpipe->take_raised(); // the write into a socket whose peer is gone raised it
+                fail(ec, h.to);
+            }
+            return false;
+        }
+        if (n == 0) {
+            return false; // not with bytes in the pipe; wait for writability rather than spin
+        }
+        h.in_pipe -= n;
+        h.bytes_written += n;
+        h.bytes_spliced += n;
+        progressed = true;
+    }
+    return true;
+}
+
+inline void relay::start_splicing(half& h) noexcept {
+    if (!use_splice_ || h.pipe_tried) {
+        return;
+    }
+    h.pipe_tried = true; // once: a direction that could not have a pipe copies to its end
+    int fds[2] = {-1, -1};
+    std::error_code ec;
+    if (detail::make_pipe(fds, ec, true)) {
+        h.pipe_read.reset(fds[0]);
+        h.pipe_write.reset(fds[1]);
+    }
+}
+
+inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size,
+                             sigpipe_scope& sigpipe) noexcept {
     bool progressed = false;
     // A few rounds at most, so that in an event loop one fast tunnel cannot starve the others;
     // level-triggered readiness brings us straight back if there is more.
     for (int round = 0; round < 4; ++round) {
-        if (!flush(h, progressed) || h.eof) {
+        // Older bytes first: what the copy path kept, then what the pipe holds.
+        if (!flush(h, progressed) || !drain_pipe(h, progressed, sigpipe) || h.eof) {
             break;
         }
         std::error_code ec;
+        if (h.pipe_read) {
+            // Splicing: at most one scratch buffer's worth into the (empty) pipe, then on.
+            std::size_t n = detail::splice_some(h.from, h.pipe_write.get(), scratch_size, ec);
+            if (ec) {
+                if (!detail::would_block(ec)) {
+                    fail(ec, h.from);
+                }
+                break;
+            }
+            progressed = true;
+            if (n == 0) {
+                h.eof = true;
+                break;
+            }
+            h.in_pipe = n;
+            if (!drain_pipe(h, progressed, sigpipe)) {
+                break;
+            }
+            continue;
+        }
         std::size_t n = detail::recv_some(h.from, scratch, scratch_size, ec);
         if (ec) {
             if (!detail::would_block(ec)) {
@@ -188,6 +285,9 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
         if (n == 0) {
             h.eof = true;
             break;
+        }
+        if (n == scratch_size) {
+            start_splicing(h); // bulk data: the next read goes through a pipe
         }
         // Write straight from scratch; keep only what the destination would not take.
         std::size_t written = detail::send_some(h.to, scratch, n, ec);
@@ -207,6 +307,9 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
         std::error_code ignored; // the peer may be gone already; its reset shows on a read
         detail::shutdown_socket(h.to, SHUT_WR, ignored);
         h.done = true;
+        // Nothing more goes this way: the pipe's descriptors go back now.
+        h.pipe_read.reset();
+        h.pipe_write.reset();
         progressed = true;
     }
     return progressed;
@@ -228,9 +331,12 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size) noexcep
     bool progressed = false;
     probe_half_closed(0);
     probe_half_closed(1);
+    // Blocks SIGPIPE from the first splice into a socket to the end of this pump; a pump that
+    // does not splice out makes no system call for it.
+    sigpipe_scope sigpipe;
     for (half& h : halves_) {
         if (!h.done && !failed()) {
-            progressed = pump_half(h, scratch, scratch_size) || progressed;
+            progressed = pump_half(h, scratch, scratch_size, sigpipe) || progressed;
         }
     }
     return progressed || failed();

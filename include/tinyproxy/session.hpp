@@ -35,6 +35,9 @@ struct session_options {
     std::chrono::milliseconds idle_timeout{300'000};
     /// The most one read takes, and so the most buffered per direction (0 counts as 1).
     std::size_t buffer_size = 64 * 1024;
+    /// Zero-copy relay with splice(2) on Linux, for tunnels that carry bulk data; ignored where
+    /// unavailable.
+    bool splice = true;
 };
 
 /// What a Mode knows about a new client.
@@ -339,7 +342,7 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     upstream_.set_nodelay(true, ignored);
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
-    relay_.emplace(client_.native_handle(), upstream_.native_handle());
+    relay_.emplace(client_.native_handle(), upstream_.native_handle(), limits_.splice);
     // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
     // waits for its replies to go out) precedes the connect reply.
     relay_->prime_client(

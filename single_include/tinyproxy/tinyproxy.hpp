@@ -51,6 +51,13 @@
 #else
 #    define TINYPROXY_HAS_EPOLL 0
 #endif
+
+// splice(2), to relay bulk data socket -> pipe -> socket without copying it through user space.
+#if !defined(TINYPROXY_NO_SPLICE) && defined(__linux__)
+#    define TINYPROXY_HAS_SPLICE 1
+#else
+#    define TINYPROXY_HAS_SPLICE 0
+#endif
 // ---- end tinyproxy/config.hpp ----
 // #include "tinyproxy/bytes.hpp"
 // ---- begin tinyproxy/bytes.hpp ----
@@ -844,8 +851,10 @@ inline std::vector<endpoint> resolve(const host_port& target) {
 #include <netinet/in.h>   // IPPROTO_TCP
 #include <netinet/tcp.h>  // TCP_NODELAY
 #include <poll.h>         // poll
+#include <signal.h>       // pthread_sigmask, sigpending, sigtimedwait: SIGPIPE without a handler
 #include <sys/resource.h> // getrlimit
 #include <sys/socket.h>   // socket calls
+#include <time.h>         // timespec, the zero timeout of sigtimedwait
 #include <unistd.h>       // close, pipe, read, write
 
 // #include "tinyproxy/config.hpp"
@@ -1081,10 +1090,10 @@ inline int poll_fds(pollfd* fds, nfds_t count, time_point until, std::error_code
     return n;
 }
 
-/// A pipe with both ends close-on-exec.
-inline bool make_pipe(int (&fds)[2], std::error_code& ec) noexcept {
+/// A pipe with both ends close-on-exec, and non-blocking when asked.
+inline bool make_pipe(int (&fds)[2], std::error_code& ec, bool nonblocking = false) noexcept {
 #if TINYPROXY_HAS_SOCK_FLAGS
-    if (::pipe2(fds, O_CLOEXEC) < 0) {
+    if (::pipe2(fds, O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0)) < 0) {
         ec = last_error();
         return false;
     }
@@ -1094,13 +1103,150 @@ inline bool make_pipe(int (&fds)[2], std::error_code& ec) noexcept {
         ec = last_error();
         return false;
     }
-    if (!set_cloexec(fds[0], ec) || !set_cloexec(fds[1], ec)) {
+    if (!set_cloexec(fds[0], ec) || !set_cloexec(fds[1], ec) ||
+        (nonblocking &&
+         (!set_nonblocking(fds[0], true, ec) || !set_nonblocking(fds[1], true, ec)))) {
         close_fd(fds[0]);
         close_fd(fds[1]);
         return false;
     }
     return true;
 #endif
+}
+
+/// splice(2): moves up to `size` bytes from `from` to `to`, one of them a pipe, without copying
+/// them through user space (SPLICE_F_MOVE) and without waiting on the pipe (SPLICE_F_NONBLOCK;
+/// a socket must be non-blocking itself). Returns the count moved, 0 meaning end of stream when
+/// `from` is a socket; EINTR retried; EAGAIN comes back as an error for which would_block() is
+/// true. Fails with ENOSYS where the platform has no splice(2) (TINYPROXY_HAS_SPLICE is 0).
+/// Unlike send_some it cannot say MSG_NOSIGNAL: into a socket whose peer is gone it raises
+/// SIGPIPE, so whoever splices into a socket holds a sigpipe_guard.
+inline std::size_t splice_some(int from, int to, std::size_t size, std::error_code& ec) noexcept {
+#if TINYPROXY_HAS_SPLICE
+    for (;;) {
+        ssize_t n = ::splice(from, nullptr, to, nullptr, size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n >= 0) {
+            return static_cast<std::size_t>(n);
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+#else
+    (void)from;
+    (void)to;
+    (void)size;
+    ec = std::make_error_code(std::errc::function_not_supported);
+    return 0;
+#endif
+}
+
+/// pthread_sigmask(3): changes or reads the calling thread's signal mask. (It reports failure
+/// by its return value, not errno.)
+inline bool thread_signal_mask(int how, const sigset_t* set, sigset_t* old,
+                               std::error_code& ec) noexcept {
+    int error = ::pthread_sigmask(how, set, old);
+    if (error != 0) {
+        ec = std::error_code(error, std::system_category());
+        return false;
+    }
+    return true;
+}
+
+/// sigpending(2): the signals pending for the calling thread or for the whole process.
+inline bool pending_signals(sigset_t& pending, std::error_code& ec) noexcept {
+    if (::sigpending(&pending) < 0) {
+        ec = last_error();
+        return false;
+    }
+    return true;
+}
+
+/// sigtimedwait(2) with a zero timeout: takes one pending signal of `set` (one directed at this
+/// thread first, then one at the process) without waiting. Returns its number, or 0 when none of
+/// `set` is pending. EINTR retried. Only where splice(2) exists, the one reason to call it;
+/// elsewhere it takes nothing and returns 0.
+inline int take_pending_signal(const sigset_t& set, std::error_code& ec) noexcept {
+#if TINYPROXY_HAS_SPLICE
+    const timespec no_wait{0, 0};
+    for (;;) {
+        int signal_number = ::sigtimedwait(&set, nullptr, &no_wait);
+        if (signal_number > 0) {
+            return signal_number;
+        }
+        if (errno == EAGAIN) {
+            return 0;
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+#else
+    (void)set;
+    (void)ec;
+    return 0;
+#endif
+}
+
+/// Blocks SIGPIPE in the calling thread for its lifetime, and afterwards unblocks it only if it
+/// was not blocked before; it installs no handler and leaves every other signal alone. It is for
+/// writes that cannot say MSG_NOSIGNAL (splice(2) into a socket): while the guard lives, the
+/// SIGPIPE such a write raises stays pending instead of killing the process, and
+/// take_raised() then takes it back. A SIGPIPE that was already pending when the guard began
+/// (the user's own, directed at this thread or the process) is left alone.
+class sigpipe_guard {
+public:
+    sigpipe_guard() noexcept;
+    ~sigpipe_guard();
+    sigpipe_guard(const sigpipe_guard&) = delete;
+    sigpipe_guard& operator=(const sigpipe_guard&) = delete;
+
+    /// Call after a write into a socket failed: takes the SIGPIPE the write raised, if any.
+    void take_raised() noexcept;
+
+private:
+    static sigset_t only_sigpipe() noexcept {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        return set;
+    }
+
+    bool unblock_at_end_ = false; // SIGPIPE was not blocked before: this guard blocked it
+    bool was_pending_ = false;    // a SIGPIPE was pending already when the guard began
+};
+
+inline sigpipe_guard::sigpipe_guard() noexcept {
+    const sigset_t set = only_sigpipe();
+    sigset_t before;
+    std::error_code ec;
+    if (!thread_signal_mask(SIG_BLOCK, &set, &before, ec)) {
+        return;
+    }
+    unblock_at_end_ = sigismember(&before, SIGPIPE) != 1;
+    // While SIGPIPE is not blocked nothing can be pending for us: it would have been delivered.
+    sigset_t pending;
+    if (!unblock_at_end_ && pending_signals(pending, ec)) {
+        was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+    }
+}
+
+inline sigpipe_guard::~sigpipe_guard() {
+    if (unblock_at_end_) {
+        const sigset_t set = only_sigpipe();
+        std::error_code ignored;
+        thread_signal_mask(SIG_UNBLOCK, &set, nullptr, ignored);
+    }
+}
+
+inline void sigpipe_guard::take_raised() noexcept {
+    if (!was_pending_) {
+        // A write raises SIGPIPE at this thread, and sigtimedwait takes those first.
+        std::error_code ignored;
+        (void)take_pending_signal(only_sigpipe(), ignored);
+    }
 }
 
 /// Closes descriptors first..last; false when the platform cannot do it in one call.
@@ -3479,10 +3625,12 @@ inline bool socks5_handshake::same_secret(std::string_view given,
 // #include "tinyproxy/relay.hpp"
 // ---- begin tinyproxy/relay.hpp ----
 // The one relay engine: moves bytes both ways between two non-blocking sockets, with bounded
-// buffers, half-close and reset propagation, and byte counts.
+// buffers, half-close and reset propagation, and byte counts; on Linux, bulk data moves with
+// splice(2).
 
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
+#include <optional>     // a SIGPIPE guard, only while splicing
 #include <system_error> // std::error_code
 #include <vector>       // pending bytes
 
@@ -3493,6 +3641,7 @@ inline bool socks5_handshake::same_secret(std::string_view given,
 // #include "tinyproxy/bytes.hpp"
 // #include "tinyproxy/error.hpp"
 // #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/socket.hpp"
 
 namespace tinyproxy {
 
@@ -3512,11 +3661,23 @@ namespace tinyproxy {
 /// Buffers are lazy: bytes are read into the caller's scratch buffer and written straight on;
 /// only what the destination would not take is copied into a per-direction buffer, which is
 /// freed again once drained. An idle tunnel holds no buffer at all.
+///
+/// Zero copy (Linux, TINYPROXY_HAS_SPLICE): once a read in one direction fills the whole
+/// scratch buffer, that direction is carrying bulk data, and from then on it moves socket ->
+/// pipe -> socket with splice(2), never through user space. The pipe (two descriptors) is made
+/// once per direction, only then, so idle and request/response tunnels never hold one; it is
+/// closed when its direction ends or the relay is destroyed. If it cannot be made (EMFILE, ...)
+/// the direction stays on the copy path. Bytes in the pipe are pending bytes like any other:
+/// the pipe is filled only when empty, with at most one scratch buffer's worth. splice(2) cannot
+/// say MSG_NOSIGNAL, so each pump that splices into a socket blocks SIGPIPE in the calling
+/// thread meanwhile (detail::sigpipe_guard) and takes back a SIGPIPE its failed write raised:
+/// the relay never kills the process, whoever drives it, and installs no handler.
 class relay {
 public:
-    relay(int client_fd, int upstream_fd) noexcept
-        : halves_{half{client_fd, upstream_fd, {}, 0, false, false, 0},
-                  half{upstream_fd, client_fd, {}, 0, false, false, 0}} {}
+    /// `use_splice`: let bulk data move with splice(2) (see above); ignored where unavailable.
+    relay(int client_fd, int upstream_fd, bool use_splice = true) noexcept
+        : halves_{half(client_fd, upstream_fd), half(upstream_fd, client_fd)},
+          use_splice_(TINYPROXY_HAS_SPLICE != 0 && use_splice) {}
 
     /// Bytes to send upstream before anything read from the client: what a client pipelined
     /// behind its handshake, or a PROXY protocol header.
@@ -3554,32 +3715,53 @@ public:
 
     std::uint64_t bytes_to_upstream() const noexcept { return halves_[0].bytes_written; }
     std::uint64_t bytes_to_client() const noexcept { return halves_[1].bytes_written; }
-    /// Bytes waiting for a slow destination (per direction at most one scratch buffer's worth).
+    /// Of bytes_to_upstream(), those that went through a pipe with splice(2).
+    std::uint64_t bytes_spliced_to_upstream() const noexcept { return halves_[0].bytes_spliced; }
+    /// Of bytes_to_client(), those that went through a pipe with splice(2).
+    std::uint64_t bytes_spliced_to_client() const noexcept { return halves_[1].bytes_spliced; }
+    /// Bytes waiting for a slow destination, in a buffer or a pipe (per direction at most one
+    /// scratch buffer's worth, besides what prime_upstream/prime_client gave).
     std::size_t bytes_buffered() const noexcept {
-        return halves_[0].pending.size() - halves_[0].pending_offset + halves_[1].pending.size() -
-               halves_[1].pending_offset;
+        return buffered(halves_[0]) + buffered(halves_[1]);
     }
 
 private:
     /// One direction: bytes read from `from`, written to `to`.
     struct half {
+        half(int from_fd, int to_fd) noexcept : from(from_fd), to(to_fd) {}
+
         int from;
         int to;
         std::vector<std::uint8_t> pending; // read but not yet written; empty when idle
-        std::size_t pending_offset;        // how much of `pending` has been written
-        bool eof;                          // `from` said end of stream
-        bool done;                         // ... and `to` has been shut down for writing
-        std::uint64_t bytes_written;
+        std::size_t pending_offset = 0;    // how much of `pending` has been written
+        unique_fd pipe_read;               // splicing: the pipe `from` is spliced into ...
+        unique_fd pipe_write;              // ... through this end
+        std::size_t in_pipe = 0;           // spliced in, not yet out (after `pending`)
+        bool pipe_tried = false;           // a pipe was asked for (once per direction)
+        bool eof = false;                  // `from` said end of stream
+        bool done = false;                 // ... and `to` has been shut down for writing
+        std::uint64_t bytes_written = 0;
+        std::uint64_t bytes_spliced = 0; // of bytes_written, through the pipe
     };
+    /// A SIGPIPE guard made by the first splice into a socket in a pump, held to its end.
+    using sigpipe_scope = std::optional<detail::sigpipe_guard>;
 
     static void append(half& h, byte_view bytes) {
         h.pending.insert(h.pending.end(), bytes.begin(), bytes.end());
     }
-    bool has_pending(const half& h) const noexcept { return h.pending_offset < h.pending.size(); }
+    static std::size_t buffered(const half& h) noexcept {
+        return h.pending.size() - h.pending_offset + h.in_pipe;
+    }
+    bool has_pending(const half& h) const noexcept { return buffered(h) != 0; }
     short events_on(int side) const noexcept;
-    bool pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size) noexcept;
-    /// Writes what is pending; false when the destination is full or failed.
+    bool pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size,
+                   sigpipe_scope& sigpipe) noexcept;
+    /// Writes what is pending in the buffer; false when the destination is full or failed.
     bool flush(half& h, bool& progressed) noexcept;
+    /// Splices what the pipe holds into the destination; false when it is full or failed.
+    bool drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept;
+    /// A read filled the scratch buffer: from now on this direction splices, if it can.
+    void start_splicing(half& h) noexcept;
     void probe_half_closed(int side) noexcept;
     /// Copies bytes the destination has not taken yet into the direction's own buffer.
     bool keep(half& h, byte_view rest) noexcept;
@@ -3591,6 +3773,7 @@ private:
     }
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
+    bool use_splice_;
     std::error_code error_;
     bool error_on_client_ = false;
 };
@@ -3615,7 +3798,7 @@ inline short relay::events_on(int side) const noexcept {
 }
 
 inline bool relay::flush(half& h, bool& progressed) noexcept {
-    while (has_pending(h)) {
+    while (h.pending_offset < h.pending.size()) {
         std::error_code ec;
         std::size_t n = detail::send_some(h.to, h.pending.data() + h.pending_offset,
                                           h.pending.size() - h.pending_offset, ec);
@@ -3647,15 +3830,75 @@ inline bool relay::keep(half& h, byte_view rest) noexcept {
     }
 }
 
-inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size) noexcept {
+inline bool relay::drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept {
+    while (h.in_pipe > 0) {
+        if (!sigpipe) {
+            sigpipe.emplace();
+        }
+        std::error_code ec;
+        std::size_t n = detail::splice_some(h.pipe_read.get(), h.to, h.in_pipe, ec);
+        if (ec) {
+            if (!detail::would_block(ec)) {
+                sigpipe->take_raised(); // the write into a socket whose peer is gone raised it
+                fail(ec, h.to);
+            }
+            return false;
+        }
+        if (n == 0) {
+            return false; // not with bytes in the pipe; wait for writability rather than spin
+        }
+        h.in_pipe -= n;
+        h.bytes_written += n;
+        h.bytes_spliced += n;
+        progressed = true;
+    }
+    return true;
+}
+
+inline void relay::start_splicing(half& h) noexcept {
+    if (!use_splice_ || h.pipe_tried) {
+        return;
+    }
+    h.pipe_tried = true; // once: a direction that could not have a pipe copies to its end
+    int fds[2] = {-1, -1};
+    std::error_code ec;
+    if (detail::make_pipe(fds, ec, true)) {
+        h.pipe_read.reset(fds[0]);
+        h.pipe_write.reset(fds[1]);
+    }
+}
+
+inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size,
+                             sigpipe_scope& sigpipe) noexcept {
     bool progressed = false;
     // A few rounds at most, so that in an event loop one fast tunnel cannot starve the others;
     // level-triggered readiness brings us straight back if there is more.
     for (int round = 0; round < 4; ++round) {
-        if (!flush(h, progressed) || h.eof) {
+        // Older bytes first: what the copy path kept, then what the pipe holds.
+        if (!flush(h, progressed) || !drain_pipe(h, progressed, sigpipe) || h.eof) {
             break;
         }
         std::error_code ec;
+        if (h.pipe_read) {
+            // Splicing: at most one scratch buffer's worth into the (empty) pipe, then on.
+            std::size_t n = detail::splice_some(h.from, h.pipe_write.get(), scratch_size, ec);
+            if (ec) {
+                if (!detail::would_block(ec)) {
+                    fail(ec, h.from);
+                }
+                break;
+            }
+            progressed = true;
+            if (n == 0) {
+                h.eof = true;
+                break;
+            }
+            h.in_pipe = n;
+            if (!drain_pipe(h, progressed, sigpipe)) {
+                break;
+            }
+            continue;
+        }
         std::size_t n = detail::recv_some(h.from, scratch, scratch_size, ec);
         if (ec) {
             if (!detail::would_block(ec)) {
@@ -3667,6 +3910,9 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
         if (n == 0) {
             h.eof = true;
             break;
+        }
+        if (n == scratch_size) {
+            start_splicing(h); // bulk data: the next read goes through a pipe
         }
         // Write straight from scratch; keep only what the destination would not take.
         std::size_t written = detail::send_some(h.to, scratch, n, ec);
@@ -3686,6 +3932,9 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
         std::error_code ignored; // the peer may be gone already; its reset shows on a read
         detail::shutdown_socket(h.to, SHUT_WR, ignored);
         h.done = true;
+        // Nothing more goes this way: the pipe's descriptors go back now.
+        h.pipe_read.reset();
+        h.pipe_write.reset();
         progressed = true;
     }
     return progressed;
@@ -3707,9 +3956,12 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size) noexcep
     bool progressed = false;
     probe_half_closed(0);
     probe_half_closed(1);
+    // Blocks SIGPIPE from the first splice into a socket to the end of this pump; a pump that
+    // does not splice out makes no system call for it.
+    sigpipe_scope sigpipe;
     for (half& h : halves_) {
         if (!h.done && !failed()) {
-            progressed = pump_half(h, scratch, scratch_size) || progressed;
+            progressed = pump_half(h, scratch, scratch_size, sigpipe) || progressed;
         }
     }
     return progressed || failed();
@@ -3755,6 +4007,9 @@ struct session_options {
     std::chrono::milliseconds idle_timeout{300'000};
     /// The most one read takes, and so the most buffered per direction (0 counts as 1).
     std::size_t buffer_size = 64 * 1024;
+    /// Zero-copy relay with splice(2) on Linux, for tunnels that carry bulk data; ignored where
+    /// unavailable.
+    bool splice = true;
 };
 
 /// What a Mode knows about a new client.
@@ -4059,7 +4314,7 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     upstream_.set_nodelay(true, ignored);
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
-    relay_.emplace(client_.native_handle(), upstream_.native_handle());
+    relay_.emplace(client_.native_handle(), upstream_.native_handle(), limits_.splice);
     // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
     // waits for its replies to go out) precedes the connect reply.
     relay_->prime_client(

@@ -11,8 +11,10 @@
 #include <netinet/in.h>   // IPPROTO_TCP
 #include <netinet/tcp.h>  // TCP_NODELAY
 #include <poll.h>         // poll
+#include <signal.h>       // pthread_sigmask, sigpending, sigtimedwait: SIGPIPE without a handler
 #include <sys/resource.h> // getrlimit
 #include <sys/socket.h>   // socket calls
+#include <time.h>         // timespec, the zero timeout of sigtimedwait
 #include <unistd.h>       // close, pipe, read, write
 
 #include "tinyproxy/config.hpp"
@@ -248,10 +250,10 @@ inline int poll_fds(pollfd* fds, nfds_t count, time_point until, std::error_code
     return n;
 }
 
-/// A pipe with both ends close-on-exec.
-inline bool make_pipe(int (&fds)[2], std::error_code& ec) noexcept {
+/// A pipe with both ends close-on-exec, and non-blocking when asked.
+inline bool make_pipe(int (&fds)[2], std::error_code& ec, bool nonblocking = false) noexcept {
 #if TINYPROXY_HAS_SOCK_FLAGS
-    if (::pipe2(fds, O_CLOEXEC) < 0) {
+    if (::pipe2(fds, O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0)) < 0) {
         ec = last_error();
         return false;
     }
@@ -261,13 +263,150 @@ inline bool make_pipe(int (&fds)[2], std::error_code& ec) noexcept {
         ec = last_error();
         return false;
     }
-    if (!set_cloexec(fds[0], ec) || !set_cloexec(fds[1], ec)) {
+    if (!set_cloexec(fds[0], ec) || !set_cloexec(fds[1], ec) ||
+        (nonblocking &&
+         (!set_nonblocking(fds[0], true, ec) || !set_nonblocking(fds[1], true, ec)))) {
         close_fd(fds[0]);
         close_fd(fds[1]);
         return false;
     }
     return true;
 #endif
+}
+
+/// splice(2): moves up to `size` bytes from `from` to `to`, one of them a pipe, without copying
+/// them through user space (SPLICE_F_MOVE) and without waiting on the pipe (SPLICE_F_NONBLOCK;
+/// a socket must be non-blocking itself). Returns the count moved, 0 meaning end of stream when
+/// `from` is a socket; EINTR retried; EAGAIN comes back as an error for which would_block() is
+/// true. Fails with ENOSYS where the platform has no splice(2) (TINYPROXY_HAS_SPLICE is 0).
+/// Unlike send_some it cannot say MSG_NOSIGNAL: into a socket whose peer is gone it raises
+/// SIGPIPE, so whoever splices into a socket holds a sigpipe_guard.
+inline std::size_t splice_some(int from, int to, std::size_t size, std::error_code& ec) noexcept {
+#if TINYPROXY_HAS_SPLICE
+    for (;;) {
+        ssize_t n = ::splice(from, nullptr, to, nullptr, size, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n >= 0) {
+            return static_cast<std::size_t>(n);
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+#else
+    (void)from;
+    (void)to;
+    (void)size;
+    ec = std::make_error_code(std::errc::function_not_supported);
+    return 0;
+#endif
+}
+
+/// pthread_sigmask(3): changes or reads the calling thread's signal mask. (It reports failure
+/// by its return value, not errno.)
+inline bool thread_signal_mask(int how, const sigset_t* set, sigset_t* old,
+                               std::error_code& ec) noexcept {
+    int error = ::pthread_sigmask(how, set, old);
+    if (error != 0) {
+        ec = std::error_code(error, std::system_category());
+        return false;
+    }
+    return true;
+}
+
+/// sigpending(2): the signals pending for the calling thread or for the whole process.
+inline bool pending_signals(sigset_t& pending, std::error_code& ec) noexcept {
+    if (::sigpending(&pending) < 0) {
+        ec = last_error();
+        return false;
+    }
+    return true;
+}
+
+/// sigtimedwait(2) with a zero timeout: takes one pending signal of `set` (one directed at this
+/// thread first, then one at the process) without waiting. Returns its number, or 0 when none of
+/// `set` is pending. EINTR retried. Only where splice(2) exists, the one reason to call it;
+/// elsewhere it takes nothing and returns 0.
+inline int take_pending_signal(const sigset_t& set, std::error_code& ec) noexcept {
+#if TINYPROXY_HAS_SPLICE
+    const timespec no_wait{0, 0};
+    for (;;) {
+        int signal_number = ::sigtimedwait(&set, nullptr, &no_wait);
+        if (signal_number > 0) {
+            return signal_number;
+        }
+        if (errno == EAGAIN) {
+            return 0;
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+#else
+    (void)set;
+    (void)ec;
+    return 0;
+#endif
+}
+
+/// Blocks SIGPIPE in the calling thread for its lifetime, and afterwards unblocks it only if it
+/// was not blocked before; it installs no handler and leaves every other signal alone. It is for
+/// writes that cannot say MSG_NOSIGNAL (splice(2) into a socket): while the guard lives, the
+/// SIGPIPE such a write raises stays pending instead of killing the process, and
+/// take_raised() then takes it back. A SIGPIPE that was already pending when the guard began
+/// (the user's own, directed at this thread or the process) is left alone.
+class sigpipe_guard {
+public:
+    sigpipe_guard() noexcept;
+    ~sigpipe_guard();
+    sigpipe_guard(const sigpipe_guard&) = delete;
+    sigpipe_guard& operator=(const sigpipe_guard&) = delete;
+
+    /// Call after a write into a socket failed: takes the SIGPIPE the write raised, if any.
+    void take_raised() noexcept;
+
+private:
+    static sigset_t only_sigpipe() noexcept {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        return set;
+    }
+
+    bool unblock_at_end_ = false; // SIGPIPE was not blocked before: this guard blocked it
+    bool was_pending_ = false;    // a SIGPIPE was pending already when the guard began
+};
+
+inline sigpipe_guard::sigpipe_guard() noexcept {
+    const sigset_t set = only_sigpipe();
+    sigset_t before;
+    std::error_code ec;
+    if (!thread_signal_mask(SIG_BLOCK, &set, &before, ec)) {
+        return;
+    }
+    unblock_at_end_ = sigismember(&before, SIGPIPE) != 1;
+    // While SIGPIPE is not blocked nothing can be pending for us: it would have been delivered.
+    sigset_t pending;
+    if (!unblock_at_end_ && pending_signals(pending, ec)) {
+        was_pending_ = sigismember(&pending, SIGPIPE) == 1;
+    }
+}
+
+inline sigpipe_guard::~sigpipe_guard() {
+    if (unblock_at_end_) {
+        const sigset_t set = only_sigpipe();
+        std::error_code ignored;
+        thread_signal_mask(SIG_UNBLOCK, &set, nullptr, ignored);
+    }
+}
+
+inline void sigpipe_guard::take_raised() noexcept {
+    if (!was_pending_) {
+        // A write raises SIGPIPE at this thread, and sigtimedwait takes those first.
+        std::error_code ignored;
+        (void)take_pending_signal(only_sigpipe(), ignored);
+    }
 }
 
 /// Closes descriptors first..last; false when the platform cannot do it in one call.
