@@ -3894,8 +3894,8 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
                 break;
             }
             h.in_pipe = n;
-            if (!drain_pipe(h, progressed, sigpipe)) {
-                break;
+            if (!drain_pipe(h, progressed, sigpipe) || n < scratch_size) {
+                break; // a short read emptied the socket: see below
             }
             continue;
         }
@@ -3924,6 +3924,12 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
         h.bytes_written += written;
         if (written < n) {
             keep(h, byte_view{scratch + written, n - written});
+            break;
+        }
+        if (n < scratch_size) {
+            // A short read took everything the socket had: another would only say EAGAIN (two
+            // wasted system calls per request/response round trip). Readiness is level
+            // triggered, so bytes that arrive meanwhile bring the caller straight back.
             break;
         }
     }
