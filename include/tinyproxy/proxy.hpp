@@ -203,12 +203,18 @@ public:
     endpoint local_endpoint() const noexcept { return server_.local_endpoint(); }
 
     /// Serves clients until stop(); listens first if listen() was not called. When it returns,
-    /// every thread it started is joined, every child reaped, every descriptor closed.
+    /// every thread it started is joined, every child reaped, every descriptor closed. Throws
+    /// std::system_error when it cannot listen, or when the policy cannot start.
     void run() {
         if (!server_.listening()) {
             listen();
         }
-        policy_.run(server_);
+        try {
+            policy_.run(server_);
+        } catch (...) { // the policy could not run (e.g. no descriptor for its event loop)
+            server_.close();
+            throw;
+        }
         server_.close(); // a client arriving now is refused, not left in a dead backlog
     }
 

@@ -140,6 +140,8 @@ private:
 ///     session_type make_session(accepted_client client);  // not yet started
 ///     void session_ended(const session_result& result) noexcept;
 ///     const session_options& limits() const noexcept;
+///     void request_stop() noexcept;  // when one of several loops fails, to end the others
+/// run() throws std::system_error when the loop cannot start (no descriptor for epoll).
 template <class Poller>
 class basic_poll_policy {
 public:
@@ -157,9 +159,6 @@ public:
     void run(Server& server);
 
 private:
-    template <class Server>
-    void run_loop(Server& server, Poller& poller);
-
     // Made with the policy, so a proxy's descriptors are all open before it runs.
     Poller poller_;
 };
@@ -188,6 +187,9 @@ public:
     event_loop(const event_loop&) = delete;
     event_loop& operator=(const event_loop&) = delete;
 
+    /// Watches the stop signal and the listener; throws std::system_error if it cannot.
+    void start();
+    /// Serves until the stop signal, then ends every session still open.
     void run();
 
 private:
@@ -250,7 +252,6 @@ private:
     poller_slot listener_slot_{};
     poller_slot resolver_slot_{};
     time_point listener_resting_until_ = time_point::min();
-    bool stopping_ = false;
 
     std::vector<std::unique_ptr<entry>> entries_; // by slot; empty when free
     std::vector<std::uint32_t> generations_;      // by slot; bumped when a session ends
@@ -264,12 +265,17 @@ private:
 };
 
 template <class Server, class Poller>
-void event_loop<Server, Poller>::run() {
+void event_loop<Server, Poller>::start() {
     std::error_code ec;
     if (!poller_.update(stop_slot_, server_.stop_fd(), POLLIN, 0, stop_token, ec)) {
-        return; // no epoll descriptor, or no memory: nothing can be served
+        // No epoll descriptor (descriptors ran out when the policy was made), or no memory.
+        throw std::system_error(ec, "tinyproxy: the event loop cannot start");
     }
     watch_listener(true);
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::run() {
     while (wait_and_dispatch()) {
         time_point now = steady_clock::now();
         // Sessions first, then name lookups, deadlines and new clients.
@@ -519,6 +525,10 @@ time_point event_loop<Server, Poller>::next_wake() const noexcept {
 template <class Poller>
 template <class Server>
 void basic_poll_policy<Poller>::run(Server& server) {
+    using loop_type = detail::event_loop<Server, Poller>;
+    // This thread's loop is made and started first: if it cannot be, nothing else was begun.
+    auto main_loop = std::make_unique<loop_type>(server, poller_, accept_backoff, accepts_per_turn);
+    main_loop->start();
     std::vector<Poller> more_pollers;
     std::vector<std::thread> more_loops;
     try {
@@ -529,15 +539,25 @@ void basic_poll_policy<Poller>::run(Server& server) {
         for (Poller& poller : more_pollers) {
             more_loops.emplace_back([this, &server, &poller] {
                 try {
-                    run_loop(server, poller);
-                } catch (...) { // no memory for this loop's state: the other loops serve on
+                    loop_type loop(server, poller, accept_backoff, accepts_per_turn);
+                    loop.start();
+                    loop.run();
+                } catch (...) { // this loop could not start: the others serve on
                 }
             });
         }
     } catch (...) {
         // No memory or no thread for another loop: serve with the loops there are.
     }
-    run_loop(server, poller_);
+    try {
+        main_loop->run();
+    } catch (...) {
+        server.request_stop(); // (only no memory gets here) end the other loops too
+        for (std::thread& loop : more_loops) {
+            loop.join();
+        }
+        throw;
+    }
     for (std::thread& loop : more_loops) {
         loop.join(); // every loop sees the same stop signal
     }
@@ -545,14 +565,6 @@ void basic_poll_policy<Poller>::run(Server& server) {
         poller.close();
     }
     poller_.close(); // a proxy runs once, and leaves no descriptor open when run() returns
-}
-
-template <class Poller>
-template <class Server>
-void basic_poll_policy<Poller>::run_loop(Server& server, Poller& poller) {
-    auto loop = std::make_unique<detail::event_loop<Server, Poller>>(server, poller, accept_backoff,
-                                                                     accepts_per_turn);
-    loop->run();
 }
 
 } // namespace tinyproxy
