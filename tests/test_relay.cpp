@@ -481,6 +481,30 @@ TEST_CASE("a reset from a client that has already half-closed still ends the rel
            rig.relay().error() == std::errc::broken_pipe));
 }
 
+TEST_CASE("an urgent byte (MSG_OOB) neither stalls a direction nor makes the relay spin") {
+    // The sender's urgent byte is not part of the stream (no SO_OOBINLINE): it is skipped, and
+    // the bytes after it follow. splice(2) alone would stop at it for good while poll(2) kept
+    // reporting the socket readable: a tunnel stuck, and a relay pumped in a busy loop.
+    bool use_splice = splice_path();
+    relay_rig rig(transport::tcp_loopback, 16 * 1024, use_splice);
+    const std::string bulk = random_bytes(1 << 20, 33);
+    rig.client().to_send = bulk;
+    rig.client().shut_when_sent = false;
+    rig.upstream().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return rig.upstream().received.size() == bulk.size(); }, 5000));
+    check_path(rig.relay(), use_splice, true, false);
+
+    char urgent = '!';
+    REQUIRE(::send(rig.client().fd.get(), &urgent, 1, MSG_OOB | no_sigpipe) == 1);
+    rig.client().to_send += "after the urgent byte";
+    CHECK(rig.drive([&] { return rig.upstream().received.size() == bulk.size() + 21; }, 2000));
+    CHECK(rig.upstream().received.substr(bulk.size()) == "after the urgent byte");
+    int pumps = rig.pumps();
+    rig.drive_for(200); // nothing to do: poll waits 5 ms a turn
+    CHECK(rig.pumps() - pumps < 100);
+    CHECK_FALSE(rig.relay().failed());
+}
+
 #if TINYPROXY_HAS_SPLICE
 
 TEST_CASE("splice: 8 MiB each way at once over TCP go through pipes, intact, every byte counted") {
@@ -638,7 +662,7 @@ TEST_CASE("splice: a 64-byte ping-pong never makes a pipe; a bulk burst does, un
     const int descriptors = testing::open_descriptors();
     const std::string ping = random_bytes(64, 27);
     const std::string pong = random_bytes(64, 28);
-    for (int i = 1; i <= 300; ++i) {
+    for (std::size_t i = 1; i <= 300; ++i) {
         rig.client().to_send += ping;
         REQUIRE(rig.drive([&] { return rig.upstream().received.size() == 64u * i; }, 2000));
         rig.upstream().to_send += pong;

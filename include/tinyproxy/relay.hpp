@@ -257,22 +257,26 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
         if (h.pipe_read) {
             // Splicing: at most one scratch buffer's worth into the (empty) pipe, then on.
             std::size_t n = detail::splice_some(h.from, h.pipe_write.get(), scratch_size, ec);
-            if (ec) {
-                if (!detail::would_block(ec)) {
-                    fail(ec, h.from);
+            if (!ec) {
+                progressed = true;
+                if (n == 0) {
+                    h.eof = true;
+                    break;
                 }
+                h.in_pipe = n;
+                if (!drain_pipe(h, progressed, sigpipe) || n < scratch_size) {
+                    break; // a short read emptied the socket: see below
+                }
+                continue;
+            }
+            if (!detail::would_block(ec)) {
+                fail(ec, h.from);
                 break;
             }
-            progressed = true;
-            if (n == 0) {
-                h.eof = true;
-                break;
-            }
-            h.in_pipe = n;
-            if (!drain_pipe(h, progressed, sigpipe) || n < scratch_size) {
-                break; // a short read emptied the socket: see below
-            }
-            continue;
+            // splice(2) also says "would block" when the next byte is TCP urgent data
+            // (MSG_OOB): it stops there for good, while poll(2) goes on saying readable. A
+            // recv(2) reads past it, as the copy path always has, or finds nothing either.
+            ec.clear();
         }
         std::size_t n = detail::recv_some(h.from, scratch, scratch_size, ec);
         if (ec) {

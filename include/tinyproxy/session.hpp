@@ -511,6 +511,7 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
     if (relay_) {
         result_.bytes_to_upstream = relay_->bytes_to_upstream();
         result_.bytes_to_client = relay_->bytes_to_client();
+        relay_.reset(); // its pipes, if it spliced, close with the sockets
     }
     if (!result_.error) {
         result_.error = why;
