@@ -111,7 +111,9 @@ public:
     int upstream_fd() const noexcept { return upstream_ ? upstream_.native_handle() : -1; }
     /// Changes each time a new upstream socket replaces the last (the next address is tried),
     /// so an event loop can tell it from the old one even when it got the same number.
-    std::uint32_t upstream_serial() const noexcept { return upstream_serial_; }
+    std::uint32_t upstream_serial() const noexcept {
+        return static_cast<std::uint32_t>(next_candidate_); // one socket per address tried
+    }
     short client_events() const noexcept;
     short upstream_events() const noexcept;
     /// Whether to poll a socket even when its events are 0 (to hear of a reset).
@@ -171,7 +173,6 @@ private:
     host_port target_;
     std::vector<endpoint> candidates_;
     std::size_t next_candidate_ = 0;
-    std::uint32_t upstream_serial_ = 0;
     std::error_code last_connect_error_;
     std::vector<std::uint8_t> to_client_;
     std::size_t to_client_offset_ = 0;
@@ -307,7 +308,6 @@ void basic_session<ModeSession>::try_next_candidate() {
         if (!ec) {
             // Connected at once or in progress: either way, writability reports the outcome.
             upstream_ = std::move(attempt);
-            ++upstream_serial_;
             return;
         }
         last_connect_error_ = ec;

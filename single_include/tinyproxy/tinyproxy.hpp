@@ -4093,7 +4093,9 @@ public:
     int upstream_fd() const noexcept { return upstream_ ? upstream_.native_handle() : -1; }
     /// Changes each time a new upstream socket replaces the last (the next address is tried),
     /// so an event loop can tell it from the old one even when it got the same number.
-    std::uint32_t upstream_serial() const noexcept { return upstream_serial_; }
+    std::uint32_t upstream_serial() const noexcept {
+        return static_cast<std::uint32_t>(next_candidate_); // one socket per address tried
+    }
     short client_events() const noexcept;
     short upstream_events() const noexcept;
     /// Whether to poll a socket even when its events are 0 (to hear of a reset).
@@ -4153,7 +4155,6 @@ private:
     host_port target_;
     std::vector<endpoint> candidates_;
     std::size_t next_candidate_ = 0;
-    std::uint32_t upstream_serial_ = 0;
     std::error_code last_connect_error_;
     std::vector<std::uint8_t> to_client_;
     std::size_t to_client_offset_ = 0;
@@ -4289,7 +4290,6 @@ void basic_session<ModeSession>::try_next_candidate() {
         if (!ec) {
             // Connected at once or in progress: either way, writability reports the outcome.
             upstream_ = std::move(attempt);
-            ++upstream_serial_;
             return;
         }
         last_connect_error_ = ec;
@@ -5115,7 +5115,6 @@ private:
     std::vector<std::unique_ptr<entry>> entries_; // by slot; empty when free
     std::vector<std::uint32_t> generations_;      // by slot; bumped when a session ends
     std::vector<std::uint32_t> free_slots_;
-    std::size_t live_ = 0;
     std::vector<timer> timers_; // a min-heap, with stale entries
     std::vector<ready_event> ready_;
     std::vector<std::uint32_t> touched_;
@@ -5273,7 +5272,6 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
         } catch (...) {
             continue; // no memory for this client: it is closed, the loop goes on
         }
-        ++live_;
         session_type& session = entries_[slot]->session;
         session.start(now);
         if (!session.done() && (session.client_events() & POLLIN) != 0) {
@@ -5331,7 +5329,8 @@ void event_loop<Server, Poller>::arm_timer(std::uint32_t slot, entry& e) {
     if (deadline >= e.timer_at) {
         return; // the live timer fires first and re-arms then: a moved idle deadline is free
     }
-    if (timers_.size() > 2 * live_ + 1024) {
+    std::size_t live = entries_.size() - free_slots_.size();
+    if (timers_.size() > 2 * live + 1024) {
         // Mostly timers of ended sessions: rebuild from the live ones, so the heap stays
         // proportional to the sessions, not to the connections ever made.
         timers_.clear();
@@ -5358,7 +5357,6 @@ void event_loop<Server, Poller>::end(std::uint32_t slot) noexcept {
     ++generations_[slot];
     generations_[slot] &= 0x7fffffffu; // 31 bits in a token
     free_slots_.push_back(slot);       // cannot throw: its capacity grows with entries_
-    --live_;
 }
 
 template <class Server, class Poller>

@@ -256,7 +256,6 @@ private:
     std::vector<std::unique_ptr<entry>> entries_; // by slot; empty when free
     std::vector<std::uint32_t> generations_;      // by slot; bumped when a session ends
     std::vector<std::uint32_t> free_slots_;
-    std::size_t live_ = 0;
     std::vector<timer> timers_; // a min-heap, with stale entries
     std::vector<ready_event> ready_;
     std::vector<std::uint32_t> touched_;
@@ -414,7 +413,6 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
         } catch (...) {
             continue; // no memory for this client: it is closed, the loop goes on
         }
-        ++live_;
         session_type& session = entries_[slot]->session;
         session.start(now);
         if (!session.done() && (session.client_events() & POLLIN) != 0) {
@@ -472,7 +470,8 @@ void event_loop<Server, Poller>::arm_timer(std::uint32_t slot, entry& e) {
     if (deadline >= e.timer_at) {
         return; // the live timer fires first and re-arms then: a moved idle deadline is free
     }
-    if (timers_.size() > 2 * live_ + 1024) {
+    std::size_t live = entries_.size() - free_slots_.size();
+    if (timers_.size() > 2 * live + 1024) {
         // Mostly timers of ended sessions: rebuild from the live ones, so the heap stays
         // proportional to the sessions, not to the connections ever made.
         timers_.clear();
@@ -499,7 +498,6 @@ void event_loop<Server, Poller>::end(std::uint32_t slot) noexcept {
     ++generations_[slot];
     generations_[slot] &= 0x7fffffffu; // 31 bits in a token
     free_slots_.push_back(slot);       // cannot throw: its capacity grows with entries_
-    --live_;
 }
 
 template <class Server, class Poller>
