@@ -27,18 +27,27 @@ std::vector<std::string> cli_args(const std::string& forward, std::vector<std::s
 
 /// SIGTERM and SIGINT each end the proxy with status 0 within 2 s, idle or while a tunnel is
 /// open; the client then sees its connection closed.
-/// Threads of process `pid` (entries of /proc/PID/task), -1 when unreadable.
-int process_threads(pid_t pid) {
-    DIR* dir = ::opendir(("/proc/" + std::to_string(pid) + "/task").c_str());
+/// Entries of /proc/PID/`what` for which `counts(path of the entry)` holds; -1 when unreadable.
+template <class Predicate>
+int count_proc_entries(pid_t pid, const char* what, Predicate counts) {
+    std::string dir_path = "/proc/" + std::to_string(pid) + "/" + what;
+    DIR* dir = ::opendir(dir_path.c_str());
     if (dir == nullptr) {
         return -1;
     }
     int count = 0;
     while (dirent* entry = ::readdir(dir)) {
-        count += entry->d_name[0] != '.' ? 1 : 0;
+        if (entry->d_name[0] != '.' && counts(dir_path + "/" + entry->d_name)) {
+            ++count;
+        }
     }
     ::closedir(dir);
     return count;
+}
+
+/// Threads of process `pid`.
+int process_threads(pid_t pid) {
+    return count_proc_entries(pid, "task", [](const std::string&) { return true; });
 }
 
 void check_signals_stop(const std::string& policy) {
@@ -126,22 +135,11 @@ void check_data(const std::string& policy, std::vector<std::string> more_args = 
 
 /// How many pipes process `pid` holds open, from /proc/PID/fd; -1 where that cannot be read.
 int pipes_held(pid_t pid) {
-    std::string dir_path = "/proc/" + std::to_string(pid) + "/fd";
-    DIR* dir = ::opendir(dir_path.c_str());
-    if (dir == nullptr) {
-        return -1;
-    }
-    int pipes = 0;
-    while (dirent* entry = ::readdir(dir)) {
+    return count_proc_entries(pid, "fd", [](const std::string& link) {
         char target[64] = {};
-        std::string link = dir_path + "/" + entry->d_name;
         ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
-        if (n > 0 && std::string(target, static_cast<std::size_t>(n)).rfind("pipe:", 0) == 0) {
-            ++pipes;
-        }
-    }
-    ::closedir(dir);
-    return pipes;
+        return n > 0 && std::string(target, static_cast<std::size_t>(n)).rfind("pipe:", 0) == 0;
+    });
 }
 
 } // namespace
