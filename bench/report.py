@@ -184,8 +184,39 @@ def main():
 
     # ---- SOCKS5
     if socks:
-        socks_tables(lines, socks, label, versions, pair, cell, mem_cells, mem_heads, ratio, get,
-                     hold_counts)
+        lines.append("#### SOCKS5 (bulk: bench/load bulk to a sink; direct and the forwarder for "
+                     "reference)")
+        lines.append("")
+        head = ["target", "Gbit/s 1 / 4 streams", "CPU s/GB 1 / 4", "conn/s", "CPU µs/conn",
+                "RR p50 / p99 µs", "RR pinned p50 / p99 µs", "idle KB"] + mem_heads
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for t in SOCKS_ROWS:
+            name = label(t, versions) + (" (forward)" if t == "tp-poll" else "")
+            row = [name, pair(t, "lbulk1_gbps", "lbulk4_gbps", 1),
+                   "–" if t == "direct" else pair(t, "lbulk1_cpu_s_per_gb", "lbulk4_cpu_s_per_gb", 2),
+                   cell(t, "rate_cps", 0),
+                   "–" if t == "direct" else cell(t, "rate_cpu_us_per_conn", 0),
+                   pair(t, "rr_p50_us", "rr_p99_us", 1), pair(t, "rrpin_p50_us", "rrpin_p99_us", 1)]
+            row += mem_cells(t)
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+        socks_metrics = [("Gbit/s 1", "lbulk1_gbps"), ("Gbit/s 4", "lbulk4_gbps"),
+                         ("CPU s/GB 1", "lbulk1_cpu_s_per_gb"), ("conn/s", "rate_cps"),
+                         ("RR p50", "rr_p50_us"), ("RR pinned p50", "rrpin_p50_us")]
+        socks_metrics += [(f"KB/conn @{n:,}", f"kb_per_conn_{n}") for n in hold_counts]
+        lines.append("Ratios, value ÷ microsocks / value ÷ our forwarder (poll).")
+        lines.append("")
+        head = ["target"] + [name for name, _ in socks_metrics]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for t in [t for t in socks if t.startswith("tp-")]:
+            row = [label(t, versions)]
+            for _, m in socks_metrics:
+                row.append(f"{ratio(t, m, get('microsocks', m))} / {ratio(t, m, get('tp-poll', m))}")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+
     if missing:
         lines.append("Missing: " + "; ".join(f"{k}: {v.strip()}" for k, v in sorted(missing.items())))
         lines.append("")
@@ -197,47 +228,6 @@ def main():
 
     table = "\n".join(lines)
     print(table)
-    write_json(out_path, env, costs, hold_counts, versions, missing, medians, samples, table)
-
-
-def socks_tables(lines, socks, label, versions, pair, cell, mem_cells, mem_heads, ratio, get,
-                 hold_counts):
-    """The SOCKS5 table and its ratios to microsocks and to our forwarder."""
-    lines.append("#### SOCKS5 (bulk: bench/load bulk to a sink; direct and the forwarder for "
-                 "reference)")
-    lines.append("")
-    head = ["target", "Gbit/s 1 / 4 streams", "CPU s/GB 1 / 4", "conn/s", "CPU µs/conn",
-            "RR p50 / p99 µs", "RR pinned p50 / p99 µs", "idle KB"] + mem_heads
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for t in SOCKS_ROWS:
-        name = label(t, versions) + (" (forward)" if t == "tp-poll" else "")
-        row = [name, pair(t, "lbulk1_gbps", "lbulk4_gbps", 1),
-               "–" if t == "direct" else pair(t, "lbulk1_cpu_s_per_gb", "lbulk4_cpu_s_per_gb", 2),
-               cell(t, "rate_cps", 0),
-               "–" if t == "direct" else cell(t, "rate_cpu_us_per_conn", 0),
-               pair(t, "rr_p50_us", "rr_p99_us", 1), pair(t, "rrpin_p50_us", "rrpin_p99_us", 1)]
-        row += mem_cells(t)
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    socks_metrics = [("Gbit/s 1", "lbulk1_gbps"), ("Gbit/s 4", "lbulk4_gbps"),
-                     ("CPU s/GB 1", "lbulk1_cpu_s_per_gb"), ("conn/s", "rate_cps"),
-                     ("RR p50", "rr_p50_us"), ("RR pinned p50", "rrpin_p50_us")]
-    socks_metrics += [(f"KB/conn @{n:,}", f"kb_per_conn_{n}") for n in hold_counts]
-    lines.append("Ratios, value ÷ microsocks / value ÷ our forwarder (poll).")
-    lines.append("")
-    head = ["target"] + [name for name, _ in socks_metrics]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for t in [t for t in socks if t.startswith("tp-")]:
-        row = [label(t, versions)]
-        for _, m in socks_metrics:
-            row.append(f"{ratio(t, m, get('microsocks', m))} / {ratio(t, m, get('tp-poll', m))}")
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-
-
-def write_json(out_path, env, costs, hold_counts, versions, missing, medians, samples, table):
     result = {
         "date": env("BENCH_DATE"),
         "mode": env("BENCH_MODE"),
@@ -267,6 +257,7 @@ def write_json(out_path, env, costs, hold_counts, versions, missing, medians, sa
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1, sort_keys=True)
         f.write("\n")
+
 
 
 if __name__ == "__main__":
