@@ -160,7 +160,8 @@ private:
     void handshake_ready(short revents, time_point now, std::uint8_t* scratch,
                          std::size_t scratch_size);
     bool send_to_client(); // writes to_client_; false on error
-    void relay_ready(time_point now, std::uint8_t* scratch, std::size_t scratch_size);
+    void relay_ready(short client_revents, short upstream_revents, time_point now,
+                     std::uint8_t* scratch, std::size_t scratch_size);
     void finish(std::error_code why) noexcept;
 
     socket client_;
@@ -422,9 +423,10 @@ void basic_session<ModeSession>::handshake_ready(short revents, time_point now,
 }
 
 template <class ModeSession>
-void basic_session<ModeSession>::relay_ready(time_point now, std::uint8_t* scratch,
+void basic_session<ModeSession>::relay_ready(short client_revents, short upstream_revents,
+                                             time_point now, std::uint8_t* scratch,
                                              std::size_t scratch_size) {
-    if (relay_->pump(scratch, scratch_size)) {
+    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents)) {
         deadline_ = detail::deadline_after(now, limits_.idle_timeout);
     }
     if (!relay_->finished()) {
@@ -458,13 +460,14 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
             if (state_ == state::relaying) {
                 // The reply and any pipelined bytes go now, and what the client sent while we
                 // connected is read now, not one more wait later.
-                relay_ready(now, scratch, scratch_size);
+                relay_ready(relay::unknown_events, relay::unknown_events, now, scratch,
+                            scratch_size);
             }
         }
         return;
     case state::relaying:
         if (client_revents != 0 || upstream_revents != 0) {
-            relay_ready(now, scratch, scratch_size);
+            relay_ready(client_revents, upstream_revents, now, scratch, scratch_size);
         }
         return;
     case state::failing:

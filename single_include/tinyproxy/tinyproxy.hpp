@@ -3685,10 +3685,22 @@ public:
     /// Bytes to send to the client before anything read from upstream.
     void prime_client(byte_view bytes) { (void)keep(halves_[1], bytes); }
 
+    /// What pump() assumes of a socket when the caller does not say: it may be readable, and
+    /// may hold an error.
+    static constexpr short unknown_events = POLLIN | POLLOUT | POLLERR;
+
     /// Moves every byte that can move now without blocking, using `scratch` for reads (its size
     /// bounds one read, and so the bytes buffered per direction). Returns true when anything
     /// happened (bytes moved, end of stream seen): the caller's idle clock restarts.
-    bool pump(std::uint8_t* scratch, std::size_t scratch_size) noexcept;
+    ///
+    /// `client_revents` / `upstream_revents` are what the wait reported for each socket. A
+    /// socket is read only when reported readable (POLLIN, POLLERR or POLLHUP), or when its
+    /// direction had bytes waiting (it was not watched for reading then), and asked for a
+    /// pending error only when reported POLLERR or POLLHUP: a request/response tunnel makes no
+    /// read that can only say EAGAIN. Leave them out to have both sides tried.
+    bool pump(std::uint8_t* scratch, std::size_t scratch_size,
+              short client_revents = unknown_events,
+              short upstream_revents = unknown_events) noexcept;
 
     /// What to wait for on the client socket next: POLLIN, POLLOUT, both, or 0.
     short client_events() const noexcept { return events_on(0); }
@@ -3754,7 +3766,7 @@ private:
     }
     bool has_pending(const half& h) const noexcept { return buffered(h) != 0; }
     short events_on(int side) const noexcept;
-    bool pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size,
+    bool pump_half(half& h, bool source_ready, std::uint8_t* scratch, std::size_t scratch_size,
                    sigpipe_scope& sigpipe) noexcept;
     /// Writes what is pending in the buffer; false when the destination is full or failed.
     bool flush(half& h, bool& progressed) noexcept;
@@ -3762,7 +3774,7 @@ private:
     bool drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept;
     /// A read filled the scratch buffer: from now on this direction splices, if it can.
     void start_splicing(half& h) noexcept;
-    void probe_half_closed(int side) noexcept;
+    void probe_half_closed(int side, short revents) noexcept;
     /// Copies bytes the destination has not taken yet into the direction's own buffer.
     bool keep(half& h, byte_view rest) noexcept;
     void fail(const std::error_code& ec, int fd) noexcept {
@@ -3868,14 +3880,16 @@ inline void relay::start_splicing(half& h) noexcept {
     }
 }
 
-inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch_size,
-                             sigpipe_scope& sigpipe) noexcept {
+inline bool relay::pump_half(half& h, bool source_ready, std::uint8_t* scratch,
+                             std::size_t scratch_size, sigpipe_scope& sigpipe) noexcept {
     bool progressed = false;
+    // A source with bytes waiting behind it was not watched for reading, so nobody knows.
+    const bool may_read = source_ready || has_pending(h);
     // A few rounds at most, so that in an event loop one fast tunnel cannot starve the others;
     // level-triggered readiness brings us straight back if there is more.
     for (int round = 0; round < 4; ++round) {
         // Older bytes first: what the copy path kept, then what the pipe holds.
-        if (!flush(h, progressed) || !drain_pipe(h, progressed, sigpipe) || h.eof) {
+        if (!flush(h, progressed) || !drain_pipe(h, progressed, sigpipe) || h.eof || !may_read) {
             break;
         }
         std::error_code ec;
@@ -3950,11 +3964,12 @@ inline bool relay::pump_half(half& h, std::uint8_t* scratch, std::size_t scratch
     return progressed;
 }
 
-inline void relay::probe_half_closed(int side) noexcept {
+inline void relay::probe_half_closed(int side, short revents) noexcept {
     // The side has said end of stream and has nothing to receive: no read or write will show
-    // its reset, so ask the socket for a pending error.
+    // its reset, so ask the socket for a pending error, once the wait has hinted at one.
     const half& outgoing = halves_[side];
-    if (outgoing.eof && events_on(side) == 0 && !halves_[1 - side].done) {
+    if ((revents & (POLLERR | POLLHUP)) != 0 && outgoing.eof && events_on(side) == 0 &&
+        !halves_[1 - side].done) {
         std::error_code ec = detail::connect_result(outgoing.from);
         if (ec) {
             fail(ec, outgoing.from);
@@ -3962,16 +3977,20 @@ inline void relay::probe_half_closed(int side) noexcept {
     }
 }
 
-inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size) noexcept {
+inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short client_revents,
+                        short upstream_revents) noexcept {
     bool progressed = false;
-    probe_half_closed(0);
-    probe_half_closed(1);
+    probe_half_closed(0, client_revents);
+    probe_half_closed(1, upstream_revents);
     // Blocks SIGPIPE from the first splice into a socket to the end of this pump; a pump that
     // does not splice out makes no system call for it.
     sigpipe_scope sigpipe;
-    for (half& h : halves_) {
+    const bool readable[2] = {(client_revents & (POLLIN | POLLERR | POLLHUP)) != 0,
+                              (upstream_revents & (POLLIN | POLLERR | POLLHUP)) != 0};
+    for (int side = 0; side < 2; ++side) {
+        half& h = halves_[side];
         if (!h.done && !failed()) {
-            progressed = pump_half(h, scratch, scratch_size, sigpipe) || progressed;
+            progressed = pump_half(h, readable[side], scratch, scratch_size, sigpipe) || progressed;
         }
     }
     return progressed || failed();
@@ -4142,7 +4161,8 @@ private:
     void handshake_ready(short revents, time_point now, std::uint8_t* scratch,
                          std::size_t scratch_size);
     bool send_to_client(); // writes to_client_; false on error
-    void relay_ready(time_point now, std::uint8_t* scratch, std::size_t scratch_size);
+    void relay_ready(short client_revents, short upstream_revents, time_point now,
+                     std::uint8_t* scratch, std::size_t scratch_size);
     void finish(std::error_code why) noexcept;
 
     socket client_;
@@ -4404,9 +4424,10 @@ void basic_session<ModeSession>::handshake_ready(short revents, time_point now,
 }
 
 template <class ModeSession>
-void basic_session<ModeSession>::relay_ready(time_point now, std::uint8_t* scratch,
+void basic_session<ModeSession>::relay_ready(short client_revents, short upstream_revents,
+                                             time_point now, std::uint8_t* scratch,
                                              std::size_t scratch_size) {
-    if (relay_->pump(scratch, scratch_size)) {
+    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents)) {
         deadline_ = detail::deadline_after(now, limits_.idle_timeout);
     }
     if (!relay_->finished()) {
@@ -4440,13 +4461,14 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
             if (state_ == state::relaying) {
                 // The reply and any pipelined bytes go now, and what the client sent while we
                 // connected is read now, not one more wait later.
-                relay_ready(now, scratch, scratch_size);
+                relay_ready(relay::unknown_events, relay::unknown_events, now, scratch,
+                            scratch_size);
             }
         }
         return;
     case state::relaying:
         if (client_revents != 0 || upstream_revents != 0) {
-            relay_ready(now, scratch, scratch_size);
+            relay_ready(client_revents, upstream_revents, now, scratch, scratch_size);
         }
         return;
     case state::failing:
