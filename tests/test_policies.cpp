@@ -2,6 +2,8 @@
 // policy written here the way a user would write one (a fixed pool of threads).
 #include <doctest/doctest.h>
 
+#include <ostream> // doctest prints std::error_code with operator<<
+
 #include "support/loopback.hpp"
 
 #include <condition_variable>
@@ -11,6 +13,8 @@
 #include <set>
 #include <type_traits>
 
+#include <netinet/in.h>  // IPPROTO_TCP
+#include <netinet/tcp.h> // TCP_NODELAY
 #include <sys/syscall.h> // SYS_gettid
 #include <unistd.h>      // syscall
 
@@ -314,6 +318,62 @@ TEST_CASE_TEMPLATE("thread policy: a thread that has finished its session serves
     } else {
         CHECK(threads.size() == static_cast<std::size_t>(clients));
     }
+}
+
+namespace {
+
+/// TCP_NODELAY of the one socket of this process whose local (`peer` false) or remote address
+/// is `where`; -1 when there is none.
+int nodelay_of_socket_at(const tinyproxy::endpoint& where, bool peer) {
+    int found = -1;
+    for (int fd = 0; fd < 4096 && found < 0; ++fd) {
+        tinyproxy::socket probe{tinyproxy::unique_fd(::dup(fd))};
+        if (!probe) {
+            continue;
+        }
+        std::error_code ec;
+        tinyproxy::endpoint address = peer ? probe.remote_endpoint(ec) : probe.local_endpoint(ec);
+        int value = 0;
+        socklen_t length = sizeof value;
+        if (!ec && address == where &&
+            ::getsockopt(probe.native_handle(), IPPROTO_TCP, TCP_NODELAY, &value, &length) == 0) {
+            found = value != 0 ? 1 : 0;
+        }
+    }
+    return found;
+}
+
+} // namespace
+
+TEST_CASE_TEMPLATE("both legs of a tunnel have Nagle off (TCP_NODELAY)", Policy,
+                   tinyproxy::thread_policy, tinyproxy::poll_policy,
+                   tinyproxy::portable_poll_policy) {
+    // Small writes must not wait for Nagle on either leg. On Linux the client's leg gets it
+    // from the listener (the session does not set it again); this checks it got there.
+    std::promise<tinyproxy::endpoint> proxy_side; // the proxy's upstream socket, as upstream sees it
+    upstream holder([&](tinyproxy::socket& s) {
+        std::error_code ec;
+        proxy_side.set_value(s.remote_endpoint(ec));
+        echo(s);
+    });
+    running_proxy<Policy> proxy(forward_to(holder.where()));
+    auto client = connect_to(proxy.where());
+    REQUIRE(client);
+    bytes ping = random_bytes(10, 3);
+    REQUIRE(send_all(client, ping)); // the tunnel is relaying once the echo is back
+    bytes back(ping.size());
+    REQUIRE(::recv(client.native_handle(), back.data(), back.size(), MSG_WAITALL) ==
+            static_cast<ssize_t>(back.size()));
+    auto upstream_leg = proxy_side.get_future();
+    REQUIRE(upstream_leg.wait_for(5s) == std::future_status::ready);
+    std::error_code ec;
+    tinyproxy::endpoint client_address = client.local_endpoint(ec);
+    REQUIRE_FALSE(ec);
+
+    CHECK(nodelay_of_socket_at(client_address, true) == 1); // the proxy's client leg
+    CHECK(nodelay_of_socket_at(upstream_leg.get(), false) == 1);
+    shutdown_write(client);
+    CHECK(read_to_end(client).empty());
 }
 
 TEST_CASE("fork policy: no zombie outlives its session while the proxy runs") {

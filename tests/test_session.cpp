@@ -14,6 +14,7 @@
 #include <utility>      // std::move
 #include <vector>       // replies
 
+#include <fcntl.h>      // fcntl
 #include <sys/socket.h> // shutdown
 
 #include <tinyproxy/tinyproxy.hpp>
@@ -89,6 +90,13 @@ private:
 };
 
 using go_session = tinyproxy::basic_session<go_mode_session>;
+
+/// The same Mode, saying that its reply never names the upstream socket's own address.
+class go_mode_session_no_local : public go_mode_session {
+public:
+    using go_mode_session::go_mode_session;
+    static constexpr bool uses_local_endpoint = false;
+};
 
 const endpoint loopback_any_port{tinyproxy::ip_address::loopback_v4(), 0};
 
@@ -211,6 +219,49 @@ TEST_CASE("a handshake split across several sends connects and relays both ways"
     CHECK(record->local.address.is_loopback());
     CHECK(echo.received() == "ping");
     CHECK(session.done());
+}
+
+TEST_CASE("a Mode that does not use the local endpoint is not told it") {
+    // uses_local_endpoint = false saves the getsockname(2): on_connected() gets an empty
+    // `local`, and still the address connected to.
+    echo_server echo;
+    auto record = std::make_shared<go_record>();
+    front_connection front = connect_client();
+    int client = front.client.native_handle();
+    tinyproxy::basic_session<go_mode_session_no_local> session(
+        std::move(front.accepted), go_mode_session_no_local(record), short_limits());
+    std::thread driver([&] { (void)tinyproxy::run_session(session, -1, 16384); });
+
+    CHECK(read_exactly(client, 6, in_ms(5000)).data == "HELLO\n");
+    REQUIRE(write_all(client, go_line(echo.endpoint()), in_ms(5000)));
+    CHECK(read_exactly(client, 3, in_ms(5000)).data == "OK\n");
+    ::shutdown(client, SHUT_WR);
+    CHECK(read_to_eof(client, in_ms(5000)).eof);
+    driver.join();
+    CHECK(record->connected_calls == 1);
+    CHECK(record->upstream == echo.endpoint());
+    CHECK(record->local.port == 0);
+    CHECK(record->local.address.is_unspecified());
+}
+
+TEST_CASE("start() makes the client non-blocking, unless told it already is") {
+    // proxy_server accepts every client non-blocking and says so (client_socket_setup), which
+    // saves an fcntl(2) per client; anyone else's socket is made non-blocking by start().
+    for (bool told : {false, true}) {
+        CAPTURE(told);
+        auto record = std::make_shared<go_record>();
+        front_connection front = connect_client(); // a blocking accepted socket
+        int accepted = front.accepted.native_handle();
+        tinyproxy::client_socket_setup setup;
+        setup.nonblocking = told;
+        go_session session(std::move(front.accepted), go_mode_session(record), short_limits(), {},
+                           setup);
+        session.start(tinyproxy::steady_clock::now());
+        int flags = ::fcntl(accepted, F_GETFL);
+        REQUIRE(flags >= 0);
+        // Told: the session believed it and asked nothing (a real caller tells the truth).
+        CHECK(((flags & O_NONBLOCK) != 0) == !told);
+    }
 }
 
 TEST_CASE("bytes pipelined behind the handshake reach upstream first and in order") {

@@ -42,6 +42,14 @@
 #    define TINYPROXY_HAS_EPOLL 0
 #endif
 
+// accept(2) gives a socket with its listener's TCP_NODELAY (Linux clones the listener's TCP
+// state), so a proxy sets it once on the listener instead of once per client.
+#if defined(__linux__)
+#    define TINYPROXY_ACCEPT_INHERITS_NODELAY 1
+#else
+#    define TINYPROXY_ACCEPT_INHERITS_NODELAY 0
+#endif
+
 // splice(2), to relay bulk data socket -> pipe -> socket without copying it through user space.
 #if !defined(TINYPROXY_NO_SPLICE) && defined(__linux__)
 #    define TINYPROXY_HAS_SPLICE 1

@@ -142,6 +142,8 @@ private:
     options options_;
     Mode mode_;
     listener listener_;
+    /// try_accept() takes every client non-blocking; listen() adds Nagle off where it can.
+    client_socket_setup client_setup_{true, false};
     unique_fd stop_read_;
     std::atomic<int> stop_write_{-1};
     std::atomic<bool> stopping_{false};
@@ -255,6 +257,12 @@ void proxy_server<Mode>::listen(std::error_code& ec) noexcept {
     if (!ec) {
         listener_.set_nonblocking(true, ec);
     }
+    if (!ec && TINYPROXY_ACCEPT_INHERITS_NODELAY) {
+        // Every client then comes with Nagle off. Failing here costs a setsockopt per client.
+        std::error_code failed;
+        listener_.set_nodelay(true, failed);
+        client_setup_.nodelay = !failed;
+    }
 }
 
 template <class Mode>
@@ -348,7 +356,7 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
     }
     report({session_event::kind::opened, client.peer, {}, nullptr});
     return session_type(std::move(client.connection), mode_.make_session(info), options_,
-                        client.peer);
+                        client.peer, client_setup_);
 }
 
 template <class Mode>

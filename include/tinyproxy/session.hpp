@@ -55,6 +55,13 @@ struct accepted_client {
     endpoint peer;
 };
 
+/// What the accepting side has already set on a client socket, so that the session does not
+/// set it again: a system call less per client for each.
+struct client_socket_setup {
+    bool nonblocking = false; ///< O_NONBLOCK is on (accept4 with SOCK_NONBLOCK)
+    bool nodelay = false;     ///< TCP_NODELAY is on (inherited from a listener that had it)
+};
+
 /// What waiting for the next client ended with.
 enum class accept_status {
     client,  ///< a client was accepted
@@ -93,13 +100,20 @@ struct session_result {
 ///     mode_step on_client_data(byte_view bytes);     // after need_more: the next bytes
 ///     std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint& local,
 ///                                            const endpoint& upstream); // reply to the client
+/// A Mode session whose reply never names the upstream socket's own address (`local`) may say
+///     static constexpr bool uses_local_endpoint = false;
+/// and `local` is then left empty: one getsockname(2) less per connection.
 template <class ModeSession>
 class basic_session {
 public:
+    /// `client_setup`: what is already set on `client`; the session sets the rest (it makes
+    /// the socket non-blocking in start(), and turns Nagle off once it relays).
     basic_session(socket client, ModeSession mode, const session_options& limits,
-                  const endpoint& client_address =
+                  const endpoint& client_address = {},
+                  client_socket_setup client_setup =
                       {}) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
-        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits) {
+        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits),
+          client_setup_(client_setup) {
         result_.client = client_address;
     }
 
@@ -168,6 +182,7 @@ private:
     socket upstream_;
     ModeSession mode_;
     session_options limits_;
+    client_socket_setup client_setup_;
     state state_ = state::handshaking;
     time_point deadline_ = time_point::max();
     time_point connect_deadline_ = time_point::max();
@@ -195,11 +210,13 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
 template <class ModeSession>
 void basic_session<ModeSession>::start(time_point now) {
     now_ = now;
-    std::error_code ec;
-    client_.set_nonblocking(true, ec);
-    if (ec) {
-        finish(ec);
-        return;
+    if (!client_setup_.nonblocking) {
+        std::error_code ec;
+        client_.set_nonblocking(true, ec);
+        if (ec) {
+            finish(ec);
+            return;
+        }
     }
     result_.started = now;
     deadline_ = detail::deadline_after(now, limits_.handshake_timeout);
@@ -242,6 +259,13 @@ template <class ModeSession>
 struct reports_client<ModeSession,
                       std::void_t<decltype(std::declval<const ModeSession&>().client_address())>>
     : std::true_type {};
+
+/// Whether a Mode session reads the `local` argument of on_connected() (unless it says not).
+template <class ModeSession, class = void>
+struct uses_local_endpoint : std::true_type {};
+template <class ModeSession>
+struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_local_endpoint)>>
+    : std::bool_constant<ModeSession::uses_local_endpoint> {};
 
 } // namespace detail
 
@@ -318,8 +342,11 @@ void basic_session<ModeSession>::try_next_candidate() {
 template <class ModeSession>
 void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_point now) {
     if (!ec) {
-        std::error_code ignored;
-        endpoint local = upstream_.local_endpoint(ignored);
+        endpoint local;
+        if constexpr (detail::uses_local_endpoint<ModeSession>::value) {
+            std::error_code ignored;
+            local = upstream_.local_endpoint(ignored);
+        }
         endpoint remote = candidates_[next_candidate_ - 1]; // the address just connected to
         result_.upstream = remote;
         start_relay(mode_.on_connected({}, local, remote), now);
@@ -339,7 +366,9 @@ void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_poin
 template <class ModeSession>
 void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, time_point now) {
     std::error_code ignored; // Nagle off is an optimisation; a failure changes nothing else
-    client_.set_nodelay(true, ignored);
+    if (!client_setup_.nodelay) {
+        client_.set_nodelay(true, ignored);
+    }
     upstream_.set_nodelay(true, ignored);
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;

@@ -114,6 +114,12 @@ public:
         ec.clear();
         detail::set_nonblocking(fd_.get(), on, ec);
     }
+    /// Nagle off for the listener, and so (TINYPROXY_ACCEPT_INHERITS_NODELAY) for every socket
+    /// accept() takes from it from then on.
+    void set_nodelay(bool on, std::error_code& ec) noexcept {
+        ec.clear();
+        detail::set_int_option(fd_.get(), IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);
+    }
     /// The bound address, with the real port when port 0 was asked for.
     endpoint local_endpoint() const noexcept { return local_; }
     void close() noexcept { fd_.reset(); }

@@ -52,6 +52,14 @@
 #    define TINYPROXY_HAS_EPOLL 0
 #endif
 
+// accept(2) gives a socket with its listener's TCP_NODELAY (Linux clones the listener's TCP
+// state), so a proxy sets it once on the listener instead of once per client.
+#if defined(__linux__)
+#    define TINYPROXY_ACCEPT_INHERITS_NODELAY 1
+#else
+#    define TINYPROXY_ACCEPT_INHERITS_NODELAY 0
+#endif
+
 // splice(2), to relay bulk data socket -> pipe -> socket without copying it through user space.
 #if !defined(TINYPROXY_NO_SPLICE) && defined(__linux__)
 #    define TINYPROXY_HAS_SPLICE 1
@@ -1404,6 +1412,12 @@ public:
     void set_nonblocking(bool on, std::error_code& ec) noexcept {
         ec.clear();
         detail::set_nonblocking(fd_.get(), on, ec);
+    }
+    /// Nagle off for the listener, and so (TINYPROXY_ACCEPT_INHERITS_NODELAY) for every socket
+    /// accept() takes from it from then on.
+    void set_nodelay(bool on, std::error_code& ec) noexcept {
+        ec.clear();
+        detail::set_int_option(fd_.get(), IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);
     }
     /// The bound address, with the real port when port 0 was asked for.
     endpoint local_endpoint() const noexcept { return local_; }
@@ -4056,6 +4070,13 @@ struct accepted_client {
     endpoint peer;
 };
 
+/// What the accepting side has already set on a client socket, so that the session does not
+/// set it again: a system call less per client for each.
+struct client_socket_setup {
+    bool nonblocking = false; ///< O_NONBLOCK is on (accept4 with SOCK_NONBLOCK)
+    bool nodelay = false;     ///< TCP_NODELAY is on (inherited from a listener that had it)
+};
+
 /// What waiting for the next client ended with.
 enum class accept_status {
     client,  ///< a client was accepted
@@ -4094,13 +4115,20 @@ struct session_result {
 ///     mode_step on_client_data(byte_view bytes);     // after need_more: the next bytes
 ///     std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint& local,
 ///                                            const endpoint& upstream); // reply to the client
+/// A Mode session whose reply never names the upstream socket's own address (`local`) may say
+///     static constexpr bool uses_local_endpoint = false;
+/// and `local` is then left empty: one getsockname(2) less per connection.
 template <class ModeSession>
 class basic_session {
 public:
+    /// `client_setup`: what is already set on `client`; the session sets the rest (it makes
+    /// the socket non-blocking in start(), and turns Nagle off once it relays).
     basic_session(socket client, ModeSession mode, const session_options& limits,
-                  const endpoint& client_address =
+                  const endpoint& client_address = {},
+                  client_socket_setup client_setup =
                       {}) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
-        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits) {
+        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits),
+          client_setup_(client_setup) {
         result_.client = client_address;
     }
 
@@ -4169,6 +4197,7 @@ private:
     socket upstream_;
     ModeSession mode_;
     session_options limits_;
+    client_socket_setup client_setup_;
     state state_ = state::handshaking;
     time_point deadline_ = time_point::max();
     time_point connect_deadline_ = time_point::max();
@@ -4196,11 +4225,13 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
 template <class ModeSession>
 void basic_session<ModeSession>::start(time_point now) {
     now_ = now;
-    std::error_code ec;
-    client_.set_nonblocking(true, ec);
-    if (ec) {
-        finish(ec);
-        return;
+    if (!client_setup_.nonblocking) {
+        std::error_code ec;
+        client_.set_nonblocking(true, ec);
+        if (ec) {
+            finish(ec);
+            return;
+        }
     }
     result_.started = now;
     deadline_ = detail::deadline_after(now, limits_.handshake_timeout);
@@ -4243,6 +4274,13 @@ template <class ModeSession>
 struct reports_client<ModeSession,
                       std::void_t<decltype(std::declval<const ModeSession&>().client_address())>>
     : std::true_type {};
+
+/// Whether a Mode session reads the `local` argument of on_connected() (unless it says not).
+template <class ModeSession, class = void>
+struct uses_local_endpoint : std::true_type {};
+template <class ModeSession>
+struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_local_endpoint)>>
+    : std::bool_constant<ModeSession::uses_local_endpoint> {};
 
 } // namespace detail
 
@@ -4319,8 +4357,11 @@ void basic_session<ModeSession>::try_next_candidate() {
 template <class ModeSession>
 void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_point now) {
     if (!ec) {
-        std::error_code ignored;
-        endpoint local = upstream_.local_endpoint(ignored);
+        endpoint local;
+        if constexpr (detail::uses_local_endpoint<ModeSession>::value) {
+            std::error_code ignored;
+            local = upstream_.local_endpoint(ignored);
+        }
         endpoint remote = candidates_[next_candidate_ - 1]; // the address just connected to
         result_.upstream = remote;
         start_relay(mode_.on_connected({}, local, remote), now);
@@ -4340,7 +4381,9 @@ void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_poin
 template <class ModeSession>
 void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, time_point now) {
     std::error_code ignored; // Nagle off is an optimisation; a failure changes nothing else
-    client_.set_nodelay(true, ignored);
+    if (!client_setup_.nodelay) {
+        client_.set_nodelay(true, ignored);
+    }
     upstream_.set_nodelay(true, ignored);
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
@@ -5484,6 +5527,8 @@ public:
         mode_step start() { return mode_step::connect_to(upstream_); }
         /// Never called: start() already decided.
         mode_step on_client_data(byte_view) { return mode_step::fail(errc::protocol_error); }
+        static constexpr bool uses_local_endpoint = false;
+
         /// A forwarder has nothing to tell the client: on failure it just closes.
         std::vector<std::uint8_t> on_connected(std::error_code, const endpoint&, const endpoint&) {
             return {};
@@ -5635,6 +5680,8 @@ public:
     public:
         explicit session(const config& cfg) : parser_(cfg) {}
 
+        static constexpr bool uses_local_endpoint = false; // "200 Connection established"
+
         mode_step start() { return mode_step::need_more(); }
         mode_step on_client_data(byte_view bytes) { return parser_.feed(bytes); }
         std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint&,
@@ -5705,6 +5752,9 @@ public:
                 inner_.emplace(inner.make_session(info_));
             }
         }
+
+        static constexpr bool uses_local_endpoint =
+            detail::uses_local_endpoint<typename Mode::session>::value;
 
         mode_step start() { return inner_ ? outgoing(inner_->start()) : mode_step::need_more(); }
         mode_step on_client_data(byte_view bytes) {
@@ -5958,6 +6008,8 @@ private:
     options options_;
     Mode mode_;
     listener listener_;
+    /// try_accept() takes every client non-blocking; listen() adds Nagle off where it can.
+    client_socket_setup client_setup_{true, false};
     unique_fd stop_read_;
     std::atomic<int> stop_write_{-1};
     std::atomic<bool> stopping_{false};
@@ -6071,6 +6123,12 @@ void proxy_server<Mode>::listen(std::error_code& ec) noexcept {
     if (!ec) {
         listener_.set_nonblocking(true, ec);
     }
+    if (!ec && TINYPROXY_ACCEPT_INHERITS_NODELAY) {
+        // Every client then comes with Nagle off. Failing here costs a setsockopt per client.
+        std::error_code failed;
+        listener_.set_nodelay(true, failed);
+        client_setup_.nodelay = !failed;
+    }
 }
 
 template <class Mode>
@@ -6164,7 +6222,7 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
     }
     report({session_event::kind::opened, client.peer, {}, nullptr});
     return session_type(std::move(client.connection), mode_.make_session(info), options_,
-                        client.peer);
+                        client.peer, client_setup_);
 }
 
 template <class Mode>

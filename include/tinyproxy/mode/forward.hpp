@@ -33,6 +33,8 @@ public:
         mode_step start() { return mode_step::connect_to(upstream_); }
         /// Never called: start() already decided.
         mode_step on_client_data(byte_view) { return mode_step::fail(errc::protocol_error); }
+        static constexpr bool uses_local_endpoint = false;
+
         /// A forwarder has nothing to tell the client: on failure it just closes.
         std::vector<std::uint8_t> on_connected(std::error_code, const endpoint&, const endpoint&) {
             return {};

@@ -32,6 +32,8 @@ public:
     public:
         explicit session(const config& cfg) : parser_(cfg) {}
 
+        static constexpr bool uses_local_endpoint = false; // "200 Connection established"
+
         mode_step start() { return mode_step::need_more(); }
         mode_step on_client_data(byte_view bytes) { return parser_.feed(bytes); }
         std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint&,

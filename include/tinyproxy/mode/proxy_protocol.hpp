@@ -49,6 +49,9 @@ public:
             }
         }
 
+        static constexpr bool uses_local_endpoint =
+            detail::uses_local_endpoint<typename Mode::session>::value;
+
         mode_step start() { return inner_ ? outgoing(inner_->start()) : mode_step::need_more(); }
         mode_step on_client_data(byte_view bytes) {
             if (inner_) {
