@@ -491,6 +491,26 @@ TEST_CASE("pump reads only the sides the wait reported readable") {
     CHECK_FALSE(rig.pump(0, 0)); // nothing reported, nothing done
 }
 
+TEST_CASE("primed bytes go out on a pump told nothing is ready, and nothing is read") {
+    // Right after a SOCKS or CONNECT upstream connects, the session pumps its reply out and
+    // knows neither side has anything to read yet: the pump sends and reads nothing.
+    relay_rig rig(transport::unix_stream, 1024, splice_path());
+    rig.relay().prime_client(std::string_view("reply"));
+    rig.upstream().to_send = "early";
+    rig.upstream().shut_when_sent = false;
+    rig.upstream().step();
+
+    CHECK(rig.pump(0, 0));
+    rig.client().step();
+    CHECK(rig.client().received == "reply");
+    CHECK(rig.relay().bytes_to_client() == 5);
+    CHECK((rig.relay().upstream_events() & POLLIN) != 0); // watched for reading from now on
+
+    CHECK(rig.pump(0, POLLIN));
+    rig.client().step();
+    CHECK(rig.client().received == "replyearly");
+}
+
 TEST_CASE("a reset from a client that has already half-closed still ends the relay") {
     // The client sends its request and its end of stream, then aborts (RST) while upstream is
     // still thinking. The relay no longer reads the client, but the reset must still end it

@@ -194,6 +194,7 @@ private:
     std::size_t to_client_offset_ = 0;
     std::vector<std::uint8_t> to_upstream_;
     std::optional<relay> relay_;
+    bool client_awaits_reply_ = false; // the relay began with a reply and nothing for upstream
     session_result result_;
     time_point now_{}; // the latest time a driver passed in
 };
@@ -373,6 +374,8 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
     relay_.emplace(client_.native_handle(), upstream_.native_handle(), limits_.splice);
+    bool replying = !reply.empty() || to_client_offset_ < to_client_.size();
+    client_awaits_reply_ = replying && to_upstream_.empty();
     // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
     // waits for its replies to go out) precedes the connect reply.
     relay_->prime_client(
@@ -487,10 +490,13 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
                                       : std::error_code{},
                               now);
             if (state_ == state::relaying) {
-                // The reply and any pipelined bytes go now, and what the client sent while we
-                // connected is read now, not one more wait later.
-                relay_ready(relay::unknown_events, relay::unknown_events, now, scratch,
-                            scratch_size);
+                // The reply and any pipelined bytes go now. A client told nothing (forwarding)
+                // may have sent while we connected, and its upstream may answer at once: both
+                // are read now, not one wait later. A client still waiting for our reply
+                // (SOCKS, CONNECT) has sent nothing since, and its upstream has been sent
+                // nothing: reading either would only say EAGAIN.
+                short unknown = client_awaits_reply_ ? 0 : relay::unknown_events;
+                relay_ready(unknown, unknown, now, scratch, scratch_size);
             }
         }
         return;

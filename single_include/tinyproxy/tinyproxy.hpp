@@ -3709,9 +3709,12 @@ public:
     ///
     /// `client_revents` / `upstream_revents` are what the wait reported for each socket. A
     /// socket is read only when reported readable (POLLIN, POLLERR or POLLHUP), or when its
-    /// direction had bytes waiting (it was not watched for reading then), and asked for a
-    /// pending error only when reported POLLERR or POLLHUP: a request/response tunnel makes no
-    /// read that can only say EAGAIN. Leave them out to have both sides tried.
+    /// direction had bytes waiting and their destination was reported writable (the socket
+    /// was not watched for reading meanwhile), and asked for a pending error only when reported
+    /// POLLERR or POLLHUP: a request/response tunnel makes no read that can only say EAGAIN.
+    /// A socket left unread is watched for reading afterwards (client_events() and
+    /// upstream_events() say so), so nothing waits for long. Leave both out to have both
+    /// sides tried.
     bool pump(std::uint8_t* scratch, std::size_t scratch_size,
               short client_revents = unknown_events,
               short upstream_revents = unknown_events) noexcept;
@@ -3780,8 +3783,8 @@ private:
     }
     bool has_pending(const half& h) const noexcept { return buffered(h) != 0; }
     short events_on(int side) const noexcept;
-    bool pump_half(half& h, bool source_ready, std::uint8_t* scratch, std::size_t scratch_size,
-                   sigpipe_scope& sigpipe) noexcept;
+    bool pump_half(half& h, bool source_ready, bool destination_ready, std::uint8_t* scratch,
+                   std::size_t scratch_size, sigpipe_scope& sigpipe) noexcept;
     /// Writes what is pending in the buffer; false when the destination is full or failed.
     bool flush(half& h, bool& progressed) noexcept;
     /// Splices what the pipe holds into the destination; false when it is full or failed.
@@ -3894,11 +3897,13 @@ inline void relay::start_splicing(half& h) noexcept {
     }
 }
 
-inline bool relay::pump_half(half& h, bool source_ready, std::uint8_t* scratch,
-                             std::size_t scratch_size, sigpipe_scope& sigpipe) noexcept {
+inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
+                             std::uint8_t* scratch, std::size_t scratch_size,
+                             sigpipe_scope& sigpipe) noexcept {
     bool progressed = false;
-    // A source with bytes waiting behind it was not watched for reading, so nobody knows.
-    const bool may_read = source_ready || has_pending(h);
+    // A source with bytes waiting behind it was not watched for reading, so once they can go,
+    // nobody knows whether it has more.
+    const bool may_read = source_ready || (has_pending(h) && destination_ready);
     // A few rounds at most, so that in an event loop one fast tunnel cannot starve the others;
     // level-triggered readiness brings us straight back if there is more.
     for (int round = 0; round < 4; ++round) {
@@ -4001,10 +4006,14 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short c
     sigpipe_scope sigpipe;
     const bool readable[2] = {(client_revents & (POLLIN | POLLERR | POLLHUP)) != 0,
                               (upstream_revents & (POLLIN | POLLERR | POLLHUP)) != 0};
+    const bool writable[2] = {(client_revents & (POLLOUT | POLLERR | POLLHUP)) != 0,
+                              (upstream_revents & (POLLOUT | POLLERR | POLLHUP)) != 0};
     for (int side = 0; side < 2; ++side) {
-        half& h = halves_[side];
+        half& h = halves_[side]; // reads from `side`, writes to the other
         if (!h.done && !failed()) {
-            progressed = pump_half(h, readable[side], scratch, scratch_size, sigpipe) || progressed;
+            progressed = pump_half(h, readable[side], writable[1 - side], scratch, scratch_size,
+                                   sigpipe) ||
+                         progressed;
         }
     }
     return progressed || failed();
@@ -4209,6 +4218,7 @@ private:
     std::size_t to_client_offset_ = 0;
     std::vector<std::uint8_t> to_upstream_;
     std::optional<relay> relay_;
+    bool client_awaits_reply_ = false; // the relay began with a reply and nothing for upstream
     session_result result_;
     time_point now_{}; // the latest time a driver passed in
 };
@@ -4388,6 +4398,8 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
     relay_.emplace(client_.native_handle(), upstream_.native_handle(), limits_.splice);
+    bool replying = !reply.empty() || to_client_offset_ < to_client_.size();
+    client_awaits_reply_ = replying && to_upstream_.empty();
     // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
     // waits for its replies to go out) precedes the connect reply.
     relay_->prime_client(
@@ -4502,10 +4514,13 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
                                       : std::error_code{},
                               now);
             if (state_ == state::relaying) {
-                // The reply and any pipelined bytes go now, and what the client sent while we
-                // connected is read now, not one more wait later.
-                relay_ready(relay::unknown_events, relay::unknown_events, now, scratch,
-                            scratch_size);
+                // The reply and any pipelined bytes go now. A client told nothing (forwarding)
+                // may have sent while we connected, and its upstream may answer at once: both
+                // are read now, not one wait later. A client still waiting for our reply
+                // (SOCKS, CONNECT) has sent nothing since, and its upstream has been sent
+                // nothing: reading either would only say EAGAIN.
+                short unknown = client_awaits_reply_ ? 0 : relay::unknown_events;
+                relay_ready(unknown, unknown, now, scratch, scratch_size);
             }
         }
         return;
