@@ -473,3 +473,53 @@ TEST_CASE_TEMPLATE("a connect that never completes, a client that never reads an
     CHECK(proxy.stop() < 1000ms);
     flooder.join();
 }
+
+TEST_CASE_TEMPLATE("bytes a client sends while its upstream is still connecting follow once it "
+                   "connects",
+                   Policy, tinyproxy::poll_policy, tinyproxy::portable_poll_policy,
+                   tinyproxy::thread_policy) {
+    // The event loop leaves a quiet client registered while its upstream connects; one that
+    // speaks meanwhile must neither be lost nor make the loop spin, and its bytes go up first.
+    auto slow = tinyproxy::listener::open(tinyproxy::parse_endpoint("127.0.0.1:0"), 0);
+    std::vector<tinyproxy::socket> fillers; // a full backlog: the proxy's SYN waits
+    for (int i = 0; i < 8; ++i) {
+        bool connected = false;
+        std::error_code ec;
+        fillers.push_back(tinyproxy::start_connect(slow.local_endpoint(), connected, ec));
+    }
+    upstream unused(echo);
+    running_proxy<Policy, first_byte_mode> proxy(
+        first_byte_mode(slow.local_endpoint(), unused.where()));
+    auto client = connect_to(proxy.where());
+    REQUIRE(send_all(client, bytes{'H', '1'}));
+    std::this_thread::sleep_for(200ms); // the proxy is connecting by now
+    bytes later = random_bytes(1000, 5);
+    REQUIRE(send_all(client, later));
+    std::this_thread::sleep_for(200ms);
+
+    // Let the handshakes through: accept everything queued; the proxy's SYN is retried.
+    std::vector<tinyproxy::socket> accepted;
+    bytes got;
+    auto until = tinyproxy::steady_clock::now() + 10s;
+    while (got.size() < 1 + later.size() && tinyproxy::steady_clock::now() < until) {
+        pollfd listening{slow.native_handle(), POLLIN, 0};
+        if (::poll(&listening, 1, 50) == 1) {
+            tinyproxy::endpoint peer;
+            std::error_code ec;
+            tinyproxy::socket s = slow.accept(peer, true, ec);
+            if (!ec) {
+                accepted.push_back(std::move(s));
+            }
+        }
+        for (auto& s : accepted) {
+            std::uint8_t buffer[4096];
+            ssize_t n = ::recv(s.native_handle(), buffer, sizeof buffer, MSG_DONTWAIT);
+            if (n > 0) {
+                got.insert(got.end(), buffer, buffer + n);
+            }
+        }
+    }
+    bytes expected = {'1'};
+    expected.insert(expected.end(), later.begin(), later.end());
+    CHECK(got == expected);
+}

@@ -236,7 +236,9 @@ private:
     void take_resolved(time_point now);
     void expire_timers(time_point now);
     void accept_clients(time_point now);
-    void settle(std::uint32_t slot, time_point now);
+    /// After the session acted: its new interest to the poller, or its end. `client_heard`:
+    /// this turn reported something on its client socket.
+    void settle(std::uint32_t slot, time_point now, bool client_heard = false);
     void end(std::uint32_t slot) noexcept;
     void arm_timer(std::uint32_t slot, entry& e);
     void watch_listener(bool on) noexcept;
@@ -342,7 +344,7 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
         e.upstream_revents = 0;
         e.touched = false;
         e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
-        settle(slot, now);
+        settle(slot, now, client_revents != 0);
     }
     touched_.clear();
 }
@@ -425,7 +427,7 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
 }
 
 template <class Server, class Poller>
-void event_loop<Server, Poller>::settle(std::uint32_t slot, time_point now) {
+void event_loop<Server, Poller>::settle(std::uint32_t slot, time_point now, bool client_heard) {
     entry& e = *entries_[slot];
     session_type& s = e.session;
     if (s.wants_resolve() && !e.resolving) {
@@ -445,8 +447,17 @@ void event_loop<Server, Poller>::settle(std::uint32_t slot, time_point now) {
     if (!s.done()) {
         std::error_code ec;
         int client = s.watch_client() ? s.client_fd() : -1;
+        short client_events = s.client_events();
+        bool connecting = s.result().stage == session_result::stage_type::connect;
+        if (client < 0 && connecting && !client_heard && e.client.fd == s.client_fd()) {
+            // Unwatched while its upstream connects, and watched again right after: a quiet
+            // client stays in the set as it was, which saves removing and adding it back. One
+            // that speaks or hangs up meanwhile is heard here, and removed then.
+            client = e.client.fd;
+            client_events = e.client.events;
+        }
         int upstream = s.watch_upstream() ? s.upstream_fd() : -1;
-        if (!poller_.update(e.client, client, s.client_events(), 0, token(slot, 0), ec) ||
+        if (!poller_.update(e.client, client, client_events, 0, token(slot, 0), ec) ||
             !poller_.update(e.upstream, upstream, s.upstream_events(), s.upstream_serial(),
                             token(slot, 1), ec)) {
             s.abort(ec); // the poller could not take it (no memory): end this session only
