@@ -5176,7 +5176,7 @@ private:
     void expire_timers(time_point now);
     void accept_clients(time_point now);
     /// After the session acted: its new interest to the poller, or its end. `client_heard`:
-    /// this turn reported something on its client socket.
+    /// this turn reported something on a client whose upstream was connecting.
     void settle(std::uint32_t slot, time_point now, bool client_heard = false);
     void end(std::uint32_t slot) noexcept;
     void arm_timer(std::uint32_t slot, entry& e);
@@ -5282,8 +5282,11 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
         e.client_revents = 0;
         e.upstream_revents = 0;
         e.touched = false;
+        // Heard from a client whose upstream was connecting: it may have to leave the set.
+        bool client_heard = client_revents != 0 && e.session.result().stage ==
+                                                       session_result::stage_type::connect;
         e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
-        settle(slot, now, client_revents != 0);
+        settle(slot, now, client_heard);
     }
     touched_.clear();
 }
