@@ -7,6 +7,7 @@
 #include <chrono>  // deadlines
 #include <cstdint> // tokens
 #include <memory>  // socket pairs that move
+#include <thread>  // two pollers waiting at once
 #include <vector>  // ready lists
 
 #include <poll.h>       // POLLIN, POLLOUT, POLLHUP
@@ -82,6 +83,62 @@ TEST_CASE_TEMPLATE("poller reports a readable descriptor with its token, and not
     CHECK((ready[0].revents & POLLIN) != 0);
     poller.close();
 }
+
+TEST_CASE_TEMPLATE("poller: a shared listener is reported readable when a client waits, until "
+                   "it is unwatched",
+                   Poller, TINYPROXY_TEST_POLLERS) {
+    Poller poller;
+    auto listener = tinyproxy::listener::open(tinyproxy::parse_endpoint("127.0.0.1:0"), 4);
+    tinyproxy::poller_slot slot;
+    std::error_code ec;
+    REQUIRE(poller.watch_shared(slot, listener.native_handle(), 7, ec));
+    REQUIRE(poller.watch_shared(slot, listener.native_handle(), 7, ec)); // again: no change
+    CHECK(wait_once(poller, 50ms).empty());
+    auto client = tinyproxy::connect(listener.local_endpoint(),
+                                     tinyproxy::steady_clock::now() + 5s, ec);
+    REQUIRE_FALSE(ec);
+    auto ready = wait_once(poller, 1000ms);
+    REQUIRE(ready.size() == 1);
+    CHECK(ready[0].token == 7);
+    CHECK((ready[0].revents & POLLIN) != 0);
+    REQUIRE(poller.update(slot, -1, 0, 0, 7, ec));
+    CHECK(wait_once(poller, 50ms).empty());
+    REQUIRE(poller.watch_shared(slot, listener.native_handle(), 8, ec)); // and watched again
+    ready = wait_once(poller, 1000ms);
+    REQUIRE(ready.size() == 1);
+    CHECK(ready[0].token == 8);
+    poller.close();
+}
+
+#if TINYPROXY_HAS_EPOLL
+TEST_CASE("epoll_poller: a client at a listener two pollers share wakes one of them, not both") {
+    // Several event loops accept from one listener: without EPOLLEXCLUSIVE every loop would
+    // wake for each new client, and all but one would find nothing to accept.
+    auto listener = tinyproxy::listener::open(tinyproxy::parse_endpoint("127.0.0.1:0"), 4);
+    tinyproxy::epoll_poller pollers[2];
+    tinyproxy::poller_slot slots[2];
+    std::error_code ec;
+    for (int i = 0; i < 2; ++i) {
+        REQUIRE(pollers[i].watch_shared(slots[i], listener.native_handle(), 1, ec));
+    }
+    std::vector<tinyproxy::ready_event> ready[2];
+    std::thread waiters[2];
+    for (int i = 0; i < 2; ++i) {
+        waiters[i] = std::thread([&, i] {
+            std::error_code wait_error;
+            pollers[i].wait(tinyproxy::steady_clock::now() + 1500ms, ready[i], wait_error);
+        });
+    }
+    std::this_thread::sleep_for(300ms); // both are waiting by now
+    auto client = tinyproxy::connect(listener.local_endpoint(),
+                                     tinyproxy::steady_clock::now() + 5s, ec);
+    REQUIRE_FALSE(ec);
+    for (auto& waiter : waiters) {
+        waiter.join();
+    }
+    CHECK(ready[0].size() + ready[1].size() == 1);
+}
+#endif
 
 TEST_CASE_TEMPLATE("poller: new interest replaces the old one; fd -1 stops watching even a "
                    "hang-up; events 0 still reports it",

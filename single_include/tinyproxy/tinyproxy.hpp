@@ -1696,6 +1696,10 @@ struct ready_event {
 ///         Watch `fd` for `events` (0 still reports errors and hang-ups) and report `token`;
 ///         fd -1 stops watching. `serial` changes when the owner's socket was closed and a new
 ///         one took its place, which may have the same number.
+///     bool watch_shared(poller_slot&, int fd, std::uint64_t token, std::error_code&) noexcept;
+///         Watch `fd` for reading where other pollers watch it too (a listener several event
+///         loops accept from): a new client wakes one waiting poller, not every one of them
+///         (epoll: EPOLLEXCLUSIVE). update() with fd -1 stops watching it.
 ///     void forget(poller_slot&) noexcept;   // the descriptor is already closed
 ///     void close() noexcept;                // done: release what the poller holds
 ///     void wait(time_point until, std::vector<ready_event>& out, std::error_code&) noexcept;
@@ -1707,6 +1711,11 @@ class poll_poller {
 public:
     bool update(poller_slot& slot, int fd, short events, std::uint32_t serial, std::uint64_t token,
                 std::error_code& ec) noexcept;
+    /// poll(2) has no way to wake only one of several waiters: every one of them is told.
+    bool watch_shared(poller_slot& slot, int fd, std::uint64_t token,
+                      std::error_code& ec) noexcept {
+        return update(slot, fd, POLLIN, 0, token, ec);
+    }
     void forget(poller_slot& slot) noexcept { remove(slot); }
     void close() noexcept {
         fds_.clear();
@@ -1811,6 +1820,8 @@ public:
 
     bool update(poller_slot& slot, int fd, short events, std::uint32_t serial, std::uint64_t token,
                 std::error_code& ec) noexcept;
+    bool watch_shared(poller_slot& slot, int fd, std::uint64_t token,
+                      std::error_code& ec) noexcept;
     /// Closing a descriptor took it out of the epoll set already.
     void forget(poller_slot& slot) noexcept { slot = poller_slot{}; }
     void wait(time_point until, std::vector<ready_event>& out, std::error_code& ec) noexcept;
@@ -1824,16 +1835,17 @@ private:
             ((events & EPOLLIN) != 0 ? POLLIN : 0) | ((events & EPOLLOUT) != 0 ? POLLOUT : 0) |
             ((events & EPOLLERR) != 0 ? POLLERR : 0) | ((events & EPOLLHUP) != 0 ? POLLHUP : 0));
     }
-    bool control(int op, int fd, short events, std::uint64_t token, std::error_code& ec) noexcept;
+    bool control(int op, int fd, short events, std::uint64_t token, std::error_code& ec,
+                 std::uint32_t flags = 0) noexcept;
 
     int epoll_fd_;
     epoll_event ready_[256];
 };
 
 inline bool epoll_poller::control(int op, int fd, short events, std::uint64_t token,
-                                  std::error_code& ec) noexcept {
+                                  std::error_code& ec, std::uint32_t flags) noexcept {
     epoll_event event{};
-    event.events = to_epoll(events);
+    event.events = to_epoll(events) | flags;
     event.data.u64 = token;
     if (::epoll_ctl(epoll_fd_, op, fd, &event) == 0) {
         return true;
@@ -1876,6 +1888,28 @@ inline bool epoll_poller::update(poller_slot& slot, int fd, short events, std::u
     slot.fd = fd;
     slot.events = events;
     slot.serial = serial;
+    return true;
+}
+
+inline bool epoll_poller::watch_shared(poller_slot& slot, int fd, std::uint64_t token,
+                                       std::error_code& ec) noexcept {
+    if (epoll_fd_ < 0) {
+        ec = std::make_error_code(std::errc::too_many_files_open);
+        return false;
+    }
+    if (slot.fd == fd) {
+        return true; // an exclusive watch cannot be modified, and need not be
+    }
+    std::error_code first;
+    // EPOLLEXCLUSIVE came with Linux 4.5; an older kernel says EINVAL, and wakes everyone.
+    if (!control(EPOLL_CTL_ADD, fd, POLLIN, token, first, EPOLLEXCLUSIVE) &&
+        (first != std::errc::invalid_argument || !control(EPOLL_CTL_ADD, fd, POLLIN, token, ec))) {
+        ec = ec ? ec : first;
+        return false;
+    }
+    slot.fd = fd;
+    slot.events = POLLIN;
+    slot.serial = 0;
     return true;
 }
 
@@ -5456,8 +5490,10 @@ void event_loop<Server, Poller>::end(std::uint32_t slot) noexcept {
 template <class Server, class Poller>
 void event_loop<Server, Poller>::watch_listener(bool on) noexcept {
     std::error_code ec;
-    if (!poller_.update(listener_slot_, on ? server_.listener_fd() : -1, POLLIN, 0, listener_token,
-                        ec)) {
+    // Shared: with several loops, a new client wakes one of them, not all (and the rest would
+    // only find nothing to accept).
+    if (!(on ? poller_.watch_shared(listener_slot_, server_.listener_fd(), listener_token, ec)
+             : poller_.update(listener_slot_, -1, 0, 0, listener_token, ec))) {
         listener_resting_until_ = steady_clock::now() + accept_backoff_; // try again later
     }
 }

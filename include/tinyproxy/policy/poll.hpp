@@ -517,8 +517,10 @@ void event_loop<Server, Poller>::end(std::uint32_t slot) noexcept {
 template <class Server, class Poller>
 void event_loop<Server, Poller>::watch_listener(bool on) noexcept {
     std::error_code ec;
-    if (!poller_.update(listener_slot_, on ? server_.listener_fd() : -1, POLLIN, 0, listener_token,
-                        ec)) {
+    // Shared: with several loops, a new client wakes one of them, not all (and the rest would
+    // only find nothing to accept).
+    if (!(on ? poller_.watch_shared(listener_slot_, server_.listener_fd(), listener_token, ec)
+             : poller_.update(listener_slot_, -1, 0, 0, listener_token, ec))) {
         listener_resting_until_ = steady_clock::now() + accept_backoff_; // try again later
     }
 }
