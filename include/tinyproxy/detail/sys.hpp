@@ -274,6 +274,23 @@ inline bool make_pipe(int (&fds)[2], std::error_code& ec, bool nonblocking = fal
 #endif
 }
 
+/// Asks the kernel to let the pipe hold `size` bytes (F_SETPIPE_SZ, Linux) and returns what it
+/// holds now: `size` or more when granted, its old capacity when refused (a user past the pipe
+/// quota, or past pipe-max-size), 0 when even that is unknown.
+inline std::size_t grow_pipe(int fd, std::size_t size) noexcept {
+#if defined(F_SETPIPE_SZ) && defined(F_GETPIPE_SZ)
+    int granted = ::fcntl(fd, F_SETPIPE_SZ, static_cast<int>(size));
+    if (granted < 0) {
+        granted = ::fcntl(fd, F_GETPIPE_SZ);
+    }
+    return granted < 0 ? 0 : static_cast<std::size_t>(granted);
+#else
+    (void)fd;
+    (void)size;
+    return 64 * 1024; // POSIX says nothing; Linux and the BSDs make 64 KiB pipes
+#endif
+}
+
 /// splice(2): moves up to `size` bytes from `from` to `to`, one of them a pipe, without copying
 /// them through user space (SPLICE_F_MOVE) and without waiting on the pipe (SPLICE_F_NONBLOCK;
 /// a socket must be non-blocking itself). Returns the count moved, 0 meaning end of stream when
