@@ -8,6 +8,7 @@
 #include <deque>
 #include <future>
 #include <mutex>
+#include <cstdio>
 #include <set>
 #include <type_traits>
 
@@ -413,3 +414,60 @@ TEST_CASE_TEMPLATE("a connect that never completes, a client that never reads an
     CHECK(proxy.stop() < 1000ms);
     flooder.join();
 }
+
+#ifdef __linux__
+namespace {
+
+/// True if `p` lies in the process's brk heap ("[heap]" in /proc/self/maps).
+bool in_brk_heap(const void* p) {
+    FILE* maps = std::fopen("/proc/self/maps", "r");
+    if (maps == nullptr) {
+        return false;
+    }
+    char line[512];
+    bool inside = false;
+    auto at = reinterpret_cast<std::uintptr_t>(p);
+    while (!inside && std::fgets(line, sizeof line, maps) != nullptr) {
+        unsigned long lo = 0;
+        unsigned long hi = 0;
+        if (std::strstr(line, "[heap]") != nullptr && std::sscanf(line, "%lx-%lx", &lo, &hi) == 2) {
+            inside = at >= lo && at < hi;
+        }
+    }
+    std::fclose(maps);
+    return inside;
+}
+
+/// A Mode that answers every client with where its first bytes were read into: "heap" (the
+/// brk heap) or "elsewhere", then closes.
+class scratch_probe_mode {
+public:
+    class session {
+    public:
+        tinyproxy::mode_step start() { return tinyproxy::mode_step::need_more(); }
+        tinyproxy::mode_step on_client_data(tinyproxy::byte_view data) {
+            std::string where = in_brk_heap(data.data()) ? "heap" : "elsewhere";
+            return tinyproxy::mode_step::fail(make_error_code(tinyproxy::errc::protocol_error),
+                                              bytes(where.begin(), where.end()));
+        }
+        bytes on_connected(std::error_code, const tinyproxy::endpoint&,
+                           const tinyproxy::endpoint&) {
+            return {};
+        }
+    };
+    session make_session(const tinyproxy::session_info&) const { return {}; }
+};
+
+} // namespace
+
+TEST_CASE("fork policy: a child reads into a mapping of its own, not the heap it shares with "
+          "the parent") {
+    // A 64 KiB buffer from the shared heap would grow it in the child, which copies the
+    // allocator's pages along with the heap's (the memory cost of every held connection).
+    running_proxy<tinyproxy::fork_policy, scratch_probe_mode> proxy(scratch_probe_mode{});
+    auto client = connect_to(proxy.where());
+    REQUIRE(send_all(client, bytes{'x'}));
+    bytes answer = read_to_end(client);
+    CHECK(std::string(answer.begin(), answer.end()) == "elsewhere");
+}
+#endif

@@ -4170,6 +4170,11 @@ private:
 template <class ModeSession>
 session_result run_session(basic_session<ModeSession>& session, int stop_fd,
                            std::size_t scratch_size);
+/// The same, reading into the caller's `scratch` (`scratch_size` bytes, at least 1) instead of
+/// a buffer of its own: a fork child passes one from a fresh mapping (see fork_policy).
+template <class ModeSession>
+session_result run_session(basic_session<ModeSession>& session, int stop_fd, std::uint8_t* scratch,
+                           std::size_t scratch_size);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -4513,6 +4518,12 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
     // are never touched.
     const std::size_t size = scratch_size == 0 ? 1 : scratch_size;
     std::unique_ptr<std::uint8_t[]> scratch(new std::uint8_t[size]);
+    return run_session(session, stop_fd, scratch.get(), size);
+}
+
+template <class ModeSession>
+session_result run_session(basic_session<ModeSession>& session, int stop_fd, std::uint8_t* scratch,
+                           std::size_t size) {
     session.start(steady_clock::now());
     while (!session.done()) {
         if (session.wants_resolve()) {
@@ -4538,7 +4549,7 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
             break;
         }
         time_point now = steady_clock::now();
-        session.on_ready(fds[1].revents, fds[2].revents, now, scratch.get(), size);
+        session.on_ready(fds[1].revents, fds[2].revents, now, scratch, size);
         if (!session.done() && now >= session.deadline()) {
             session.on_deadline(now);
         }
@@ -4737,11 +4748,14 @@ void thread_policy::run(Server& server) {
 
 #include <cerrno>  // EINTR
 #include <chrono>  // reaping tick, grace period
+#include <cstddef> // std::size_t
+#include <cstdint> // std::uint8_t
 #include <thread>  // sleep while waiting for children
 #include <utility> // std::move, std::swap
 #include <vector>  // child ids
 
 #include <csignal>    // kill, SIGKILL
+#include <sys/mman.h> // mmap, munmap: a child's scratch buffer
 #include <sys/wait.h> // waitpid
 #include <unistd.h>   // fork, _exit
 
@@ -4750,6 +4764,41 @@ void thread_policy::run(Server& server) {
 // #include "tinyproxy/session.hpp"
 
 namespace tinyproxy {
+
+namespace detail {
+
+/// A buffer in a private anonymous mapping of its own (empty if mmap fails). Not zero-filled
+/// by us: its pages are the kernel's zero page until written, so only what is read into it
+/// costs memory, and in a fork child none of it is a copy of the parent's.
+class mapped_buffer {
+public:
+    explicit mapped_buffer(std::size_t size) noexcept {
+        if (size == 0) {
+            return;
+        }
+        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) {
+            data_ = static_cast<std::uint8_t*>(p);
+            size_ = size;
+        }
+    }
+    ~mapped_buffer() {
+        if (data_ != nullptr) {
+            ::munmap(data_, size_);
+        }
+    }
+    mapped_buffer(const mapped_buffer&) = delete;
+    mapped_buffer& operator=(const mapped_buffer&) = delete;
+
+    std::uint8_t* data() const noexcept { return data_; }
+    std::size_t size() const noexcept { return size_; }
+
+private:
+    std::uint8_t* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+} // namespace detail
 
 /// A process per client: the strongest isolation (a crash or leak in one session cannot touch
 /// another), at the cost of a fork per connection. The child closes every descriptor it
@@ -4760,11 +4809,21 @@ namespace tinyproxy {
 /// Byte counts and other per-session figures stay in the child: the parent sees how many
 /// sessions ran, not what moved through them.
 ///
-/// Besides accept_next() and serve() (see thread_policy), it calls the Server's
+/// Besides accept_next() (see thread_policy), it calls the Server's
+///     session_result serve(accepted_client client, std::uint8_t* scratch, std::size_t size);
+///                                   // in a child: serve() reading into `scratch` (see below)
+///     const session_options& limits() const noexcept; // for the scratch buffer's size
 ///     void enter_child() noexcept;  // in a new child: drop what belongs to the parent
 ///     void session_ended(const session_result& result) noexcept; // when fork() fails
 ///     void count_ended(const session_result& result) noexcept;   // as each child is reaped
 /// and reads `server.stop_fd()` to keep it open in the child.
+///
+/// Memory: a child costs the pages it writes (each is copied from the parent's on the first
+/// write) plus the pages the parent writes while the child lives. A child therefore reads into
+/// a buffer in a mapping of its own rather than one from the heap it shares with the parent: a
+/// 64 KiB allocation there would grow that heap, and so copy the allocator's bookkeeping pages
+/// too. A program linked with `-Wl,-z,now` also spares each child the copy of the pages that
+/// lazy symbol binding would write on the first call of a function the parent never called.
 class fork_policy {
 public:
     /// How long stop waits for children to end by themselves before killing them.
@@ -4801,7 +4860,8 @@ private:
             }
             server.enter_child();
             detail::close_descriptors_except(keep, 2);
-            session_result result = server.serve(std::move(client));
+            detail::mapped_buffer scratch(server.limits().buffer_size); // empty if no mapping
+            session_result result = server.serve(std::move(client), scratch.data(), scratch.size());
             ::_exit(result.error ? 1 : 0);
         }
         if (pid > 0) {
@@ -5911,7 +5971,13 @@ public:
     /// A session for `client`, not yet started.
     session_type make_session(accepted_client client);
     /// Runs one client's session to its end on the calling thread, and counts it.
-    session_result serve(accepted_client client) noexcept;
+    session_result serve(accepted_client client) noexcept {
+        return serve(std::move(client), nullptr, 0);
+    }
+    /// The same, reading into `scratch` (`scratch_size` bytes) when it is not null, instead of
+    /// a buffer of options().buffer_size from the heap (fork_policy's children pass one).
+    session_result serve(accepted_client client, std::uint8_t* scratch,
+                         std::size_t scratch_size) noexcept;
     /// Counts a session that has ended, and reports it to the event hook.
     void session_ended(const session_result& result) noexcept;
     /// Counts a session that ended elsewhere (a fork child, which reported it itself).
@@ -6146,7 +6212,8 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
 }
 
 template <class Mode>
-session_result proxy_server<Mode>::serve(accepted_client client) noexcept {
+session_result proxy_server<Mode>::serve(accepted_client client, std::uint8_t* scratch,
+                                         std::size_t scratch_size) noexcept {
     session_result result;
     if (stopping()) { // a client that was queued when stop came: close it, connect nowhere
         result.error = make_error_code(errc::stopped);
@@ -6155,7 +6222,9 @@ session_result proxy_server<Mode>::serve(accepted_client client) noexcept {
     }
     try {
         session_type session = make_session(std::move(client));
-        result = run_session(session, stop_fd(), options_.buffer_size);
+        result = scratch != nullptr && scratch_size > 0
+                     ? run_session(session, stop_fd(), scratch, scratch_size)
+                     : run_session(session, stop_fd(), options_.buffer_size);
     } catch (...) {
         // Out of memory, or a Mode that threw: this session ends, the proxy goes on.
         result.error = std::make_error_code(std::errc::not_enough_memory);
