@@ -86,6 +86,9 @@ public:
 
     template <class Server>
     void run(Server& server) {
+        // Made here, once, rather than in every child that reports an error: the first call
+        // writes the guard of a function-local static, and with it a page the child would copy.
+        (void)error_category();
         for (;;) {
             accepted_client client;
             auto status =
