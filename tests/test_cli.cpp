@@ -6,12 +6,18 @@
 
 #include <csignal>      // SIGTERM, SIGINT
 #include <cstddef>      // std::size_t
+#include <cstring>      // memcpy: ELF headers
+#include <fstream>      // the CLI's ELF image
+#include <iterator>     // istreambuf_iterator
 #include <string>       // arguments
 #include <system_error> // std::error_code
 #include <thread>       // concurrent clients
 #include <vector>       // arguments, results
 
 #include <dirent.h> // a process's threads (/proc/PID/task) and descriptors (/proc/PID/fd)
+#if defined(__ELF__)
+#    include <elf.h> // Elf64_Ehdr, PT_DYNAMIC, DF_BIND_NOW
+#endif
 #include <unistd.h> // readlink
 
 namespace {
@@ -394,3 +400,38 @@ TEST_CASE("cli --no-splice is taken: bulk data goes through, and no pipe is made
 }
 
 TEST_SUITE_END();
+
+#if defined(__ELF__) && defined(__LP64__)
+TEST_CASE("the CLI binds every symbol at start, so fork children copy no GOT page") {
+    // With lazy binding, the first call of a function only children make (recv, splice, ...)
+    // writes its GOT entry in each child, which then owns a copy of that page.
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> image((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    REQUIRE(image.size() >= sizeof(Elf64_Ehdr));
+    Elf64_Ehdr header;
+    std::memcpy(&header, image.data(), sizeof header);
+    bool bind_now = false;
+    for (std::size_t i = 0; i < header.e_phnum; ++i) {
+        Elf64_Phdr program;
+        std::size_t at = header.e_phoff + i * header.e_phentsize;
+        REQUIRE(at + sizeof program <= image.size());
+        std::memcpy(&program, image.data() + at, sizeof program);
+        if (program.p_type != PT_DYNAMIC) {
+            continue;
+        }
+        for (std::size_t d = 0; d + sizeof(Elf64_Dyn) <= program.p_filesz; d += sizeof(Elf64_Dyn)) {
+            Elf64_Dyn entry;
+            REQUIRE(program.p_offset + d + sizeof entry <= image.size());
+            std::memcpy(&entry, image.data() + program.p_offset + d, sizeof entry);
+            bind_now = bind_now || entry.d_tag == DT_BIND_NOW ||
+                       (entry.d_tag == DT_FLAGS && (entry.d_un.d_val & DF_BIND_NOW) != 0) ||
+                       (entry.d_tag == DT_FLAGS_1 && (entry.d_un.d_val & DF_1_NOW) != 0);
+        }
+    }
+    CHECK(bind_now);
+}
+#endif
