@@ -4742,7 +4742,7 @@ public:
         : server_(server), keep_idle_(keep_idle),
           stack_size_(std::max<std::size_t>(stack_size != 0 ? stack_size
                                                             : thread_memory::default_stack_size(),
-                                            PTHREAD_STACK_MIN)),
+                                            static_cast<std::size_t>(PTHREAD_STACK_MIN))),
           scratch_size_(std::max<std::size_t>(server.limits().buffer_size, 1)) {}
     thread_crew(const thread_crew&) = delete;
     thread_crew& operator=(const thread_crew&) = delete;
