@@ -4,6 +4,7 @@
 
 #include "support/loopback.hpp"
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -535,6 +536,10 @@ TEST_CASE("thread policy: a session's first bytes land in its stack's top page, 
           "stack") {
     // The thread's top page is in memory anyway (glibc keeps the thread control block there):
     // a small read, like an idle tunnel's keepalive, then costs no page of its own.
+    if (TINYPROXY_SANITIZER_MIN_STACK != 0) {
+        MESSAGE("skipped: ThreadSanitizer keeps state of its own at the top of a thread's stack");
+        return;
+    }
     running_proxy<tinyproxy::thread_policy, read_site_mode> proxy(read_site_mode{});
     auto site = read_site(proxy.where());
     auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
@@ -550,7 +555,9 @@ TEST_CASE("thread policy: stack_size sets each session thread's stack") {
     };
     running_proxy<small_stacks, read_site_mode> proxy(read_site_mode{});
     auto site = read_site(proxy.where());
-    CHECK(site[2] >= 256 * 1024);
-    CHECK(site[2] < 256 * 1024 + 64 * 1024);
+    // ThreadSanitizer wants more of a thread's stack for itself: stacks are larger then.
+    const std::size_t expected = std::max<std::size_t>(256 * 1024, TINYPROXY_SANITIZER_MIN_STACK);
+    CHECK(site[2] >= expected);
+    CHECK(site[2] < expected + 64 * 1024);
 }
 #endif

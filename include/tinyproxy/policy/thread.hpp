@@ -51,12 +51,14 @@ public:
     /// ends. Reusing a waiting thread saves creating one per client (tens of microseconds,
     /// far more on some VMs); 0 ends each thread with its session.
     std::chrono::milliseconds keep_idle_thread{2000};
-    /// Each thread's stack, in bytes (at least PTHREAD_STACK_MIN); 0 takes the size new threads
-    /// get by default (pthread's default attributes: on Linux the stack rlimit, usually 8 MiB).
-    /// Only touched pages cost memory, but each thread reserves this much address space. A session
-    /// of the library's own Modes goes about 8 KiB deep (4 KiB of it glibc's thread control block
-    /// and TLS); resolving a host name with getaddrinfo takes tens of KiB more, and a Mode or an
-    /// event hook of yours whatever it takes: leave room for all of it.
+    /// Each thread's stack, in bytes; 0 takes the size new threads get by default (pthread's
+    /// default attributes: on Linux the stack rlimit, usually 8 MiB). At least
+    /// PTHREAD_STACK_MIN, and 4 MiB under ThreadSanitizer, which wants room of its own there.
+    /// Only touched pages cost memory, but each thread reserves this much address space, and
+    /// page tables to match. A session of the library's own Modes goes about 8 KiB deep (4 KiB
+    /// of it glibc's thread control block and TLS); resolving a host name with getaddrinfo
+    /// takes tens of KiB more, and a Mode or an event hook of yours whatever it takes: leave
+    /// room for all of it.
     std::size_t stack_size = 0;
 
     template <class Server>
@@ -157,9 +159,10 @@ class thread_crew {
 public:
     thread_crew(Server& server, std::chrono::milliseconds keep_idle, std::size_t stack_size)
         : server_(server), keep_idle_(keep_idle),
-          stack_size_(std::max<std::size_t>(stack_size != 0 ? stack_size
-                                                            : thread_memory::default_stack_size(),
-                                            static_cast<std::size_t>(PTHREAD_STACK_MIN))),
+          stack_size_(std::max<std::size_t>(
+              stack_size != 0 ? stack_size : thread_memory::default_stack_size(),
+              std::max<std::size_t>(static_cast<std::size_t>(PTHREAD_STACK_MIN),
+                                    TINYPROXY_SANITIZER_MIN_STACK))),
           scratch_size_(std::max<std::size_t>(server.limits().buffer_size, 1)) {}
     thread_crew(const thread_crew&) = delete;
     thread_crew& operator=(const thread_crew&) = delete;
