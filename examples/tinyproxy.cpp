@@ -287,6 +287,12 @@ int serve(command_line cmd, Mode mode) {
     if constexpr (std::is_same<Policy, tinyproxy::poll_policy>::value) {
         policy.loops = cmd.loops == 0 ? 1 : cmd.loops;
     }
+    if constexpr (std::is_same<Policy, tinyproxy::thread_policy>::value) {
+        // Not the 8 MiB default: each stack that size has a page table page of its own (4 KB
+        // of kernel memory per thread). Sessions here go about 8 KiB deep (--verbose or not);
+        // resolving a name takes up to 12 KiB more (glibc getaddrinfo through DNS).
+        policy.stack_size = 256 * 1024;
+    }
     proxy_type proxy(cmd.options, layered(std::move(mode), std::move(layers)), std::move(policy));
     std::error_code ec;
     proxy.listen(ec);

@@ -3,6 +3,7 @@
 
 #include <ostream> // doctest prints std::error_code with operator<<
 
+#include <array>        // IPv4 bytes
 #include <cstring>      // std::memcmp
 #include <set>          // distinct messages
 #include <string>       // inputs
@@ -17,6 +18,7 @@
 
 #include <tinyproxy/tinyproxy.hpp>
 
+#include "support/stack_probe.hpp"
 #include "support/unit_helpers.hpp"
 
 // Defined in test_bytes.cpp: the category object as another translation unit sees it.
@@ -401,4 +403,25 @@ TEST_CASE("host names ending in a number inet_aton would read are refused, other
         CHECK_FALSE(ec);
         CHECK_FALSE(parsed.host.empty());
     }
+}
+
+TEST_CASE("ip_address::to_string writes IPv4 as inet_ntop does, without its deep stack") {
+    // Every octet value in every position, against inet_ntop.
+    for (unsigned position = 0; position < 4; ++position) {
+        for (unsigned value = 0; value < 256; ++value) {
+            std::array<std::uint8_t, 4> bytes = {1, 22, 133, 4};
+            bytes[position] = static_cast<std::uint8_t>(value);
+            char expected[INET_ADDRSTRLEN] = {};
+            REQUIRE(::inet_ntop(AF_INET, bytes.data(), expected, sizeof expected) != nullptr);
+            CHECK(tinyproxy::ip_address::v4(bytes).to_string() == expected);
+        }
+    }
+    // glibc's inet_ntop formats with sprintf, over 2 KB of stack: the deepest call a SOCKS5
+    // session made, and so a page of memory for each thread_policy session.
+    auto address = tinyproxy::ip_address::v4({203, 0, 113, 255});
+    std::string text;
+    std::size_t used = testing::stack_bytes_used([&] { text = address.to_string(); });
+    CHECK(text == "203.0.113.255");
+    CAPTURE(used);
+    CHECK(used < 1024);
 }

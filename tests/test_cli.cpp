@@ -6,12 +6,21 @@
 
 #include <csignal>      // SIGTERM, SIGINT
 #include <cstddef>      // std::size_t
+#include <cstdio>       // sscanf: /proc/PID/maps
+#include <cstdlib>      // strtoul
+#include <cstring>      // memcpy: ELF headers
+#include <fstream>      // the CLI's ELF image
+#include <iterator>     // istreambuf_iterator
 #include <string>       // arguments
 #include <system_error> // std::error_code
 #include <thread>       // concurrent clients
+#include <utility>      // std::pair
 #include <vector>       // arguments, results
 
 #include <dirent.h> // a process's threads (/proc/PID/task) and descriptors (/proc/PID/fd)
+#if defined(__ELF__)
+#    include <elf.h> // Elf64_Ehdr, PT_DYNAMIC, DF_BIND_NOW
+#endif
 #include <unistd.h> // readlink
 
 namespace {
@@ -393,4 +402,104 @@ TEST_CASE("cli --no-splice is taken: bulk data goes through, and no pipe is made
     }
 }
 
+/// For each thread of process `pid` but the first that is blocked in a system call: how far
+/// its stack pointer is above the low end of its stack (the start of the mapping holding the
+/// stack pointer: a guard page below keeps that mapping from merging with another).
+std::vector<std::size_t> stack_room(pid_t pid) {
+    std::vector<std::pair<unsigned long, unsigned long>> mappings;
+    std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+    std::string line;
+    while (std::getline(maps, line)) {
+        unsigned long lo = 0;
+        unsigned long hi = 0;
+        if (std::sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2) {
+            mappings.emplace_back(lo, hi);
+        }
+    }
+    std::vector<std::size_t> room;
+    std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
+    count_proc_entries(pid, "task", [&](const std::string& task) {
+        if (task == task_dir + "/" + std::to_string(pid)) {
+            return false;
+        }
+        std::ifstream syscall(task + "/syscall"); // "NR args... SP PC" while blocked in NR
+        std::vector<std::string> fields;
+        std::string field;
+        while (syscall >> field) {
+            fields.push_back(field);
+        }
+        if (fields.size() < 3) {
+            return false; // "running", or not ours to read
+        }
+        unsigned long sp = std::strtoul(fields[fields.size() - 2].c_str(), nullptr, 16);
+        for (const auto& [lo, hi] : mappings) {
+            if (sp >= lo && sp < hi) {
+                room.push_back(static_cast<std::size_t>(sp - lo));
+            }
+        }
+        return true;
+    });
+    return room;
+}
+
+TEST_CASE("cli --policy thread: session threads have 256 KiB stacks, not the 8 MiB default") {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    echo_server echo;
+    process proxy(path, cli_args(echo.address(), {"--policy", "thread", "--quiet"}));
+    tinyproxy::endpoint where = read_listening(proxy);
+    tinyproxy::socket client = connect_to(where);
+    REQUIRE(ping(client)); // its thread waits in poll(2) now
+    auto room = stack_room(proxy.pid());
+    if (room.empty()) {
+        MESSAGE("skipped: no thread's stack pointer could be read from /proc");
+    }
+    if (TINYPROXY_SANITIZER_MIN_STACK != 0) {
+        MESSAGE("skipped: ThreadSanitizer sizes and places thread stacks its own way");
+        room.clear();
+    }
+    for (std::size_t bytes_below : room) {
+        CHECK(bytes_below < 320 * 1024); // 8 MiB with the default
+        CHECK(bytes_below > 128 * 1024);
+    }
+    expect_clean_exit(proxy, SIGTERM);
+}
+
 TEST_SUITE_END();
+
+#if defined(__ELF__) && defined(__LP64__)
+TEST_CASE("the CLI binds every symbol at start, so fork children copy no GOT page") {
+    // With lazy binding, the first call of a function only children make (recv, splice, ...)
+    // writes its GOT entry in each child, which then owns a copy of that page.
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    std::ifstream in(path, std::ios::binary);
+    std::vector<char> image((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    REQUIRE(image.size() >= sizeof(Elf64_Ehdr));
+    Elf64_Ehdr header;
+    std::memcpy(&header, image.data(), sizeof header);
+    bool bind_now = false;
+    for (std::size_t i = 0; i < header.e_phnum; ++i) {
+        Elf64_Phdr program;
+        std::size_t at = header.e_phoff + i * header.e_phentsize;
+        REQUIRE(at + sizeof program <= image.size());
+        std::memcpy(&program, image.data() + at, sizeof program);
+        if (program.p_type != PT_DYNAMIC) {
+            continue;
+        }
+        for (std::size_t d = 0; d + sizeof(Elf64_Dyn) <= program.p_filesz; d += sizeof(Elf64_Dyn)) {
+            Elf64_Dyn entry;
+            REQUIRE(program.p_offset + d + sizeof entry <= image.size());
+            std::memcpy(&entry, image.data() + program.p_offset + d, sizeof entry);
+            bind_now = bind_now || entry.d_tag == DT_BIND_NOW ||
+                       (entry.d_tag == DT_FLAGS && (entry.d_un.d_val & DF_BIND_NOW) != 0) ||
+                       (entry.d_tag == DT_FLAGS_1 && (entry.d_un.d_val & DF_1_NOW) != 0);
+        }
+    }
+    CHECK(bind_now);
+}
+#endif

@@ -6,15 +6,19 @@
 
 #include "support/loopback.hpp"
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <future>
 #include <mutex>
+#include <cstdio>
 #include <set>
+#include <sstream>
 #include <type_traits>
 
 #include <netinet/in.h>  // IPPROTO_TCP
 #include <netinet/tcp.h> // TCP_NODELAY
+#include <pthread.h>     // pthread_getattr_np
 #include <sys/syscall.h> // SYS_gettid
 #include <unistd.h>      // syscall
 
@@ -526,3 +530,147 @@ TEST_CASE_TEMPLATE("bytes a client sends while its upstream is still connecting 
     expected.insert(expected.end(), later.begin(), later.end());
     CHECK(got == expected);
 }
+
+#ifdef __linux__
+namespace {
+
+/// True if `p` lies in the process's brk heap ("[heap]" in /proc/self/maps).
+bool in_brk_heap(const void* p) {
+    FILE* maps = std::fopen("/proc/self/maps", "r");
+    if (maps == nullptr) {
+        return false;
+    }
+    char line[512];
+    bool inside = false;
+    auto at = reinterpret_cast<std::uintptr_t>(p);
+    while (!inside && std::fgets(line, sizeof line, maps) != nullptr) {
+        unsigned long lo = 0;
+        unsigned long hi = 0;
+        if (std::strstr(line, "[heap]") != nullptr && std::sscanf(line, "%lx-%lx", &lo, &hi) == 2) {
+            inside = at >= lo && at < hi;
+        }
+    }
+    std::fclose(maps);
+    return inside;
+}
+
+/// A Mode that answers every client with where its first bytes were read into: "heap" (the
+/// brk heap) or "elsewhere", then closes.
+class scratch_probe_mode {
+public:
+    class session {
+    public:
+        tinyproxy::mode_step start() { return tinyproxy::mode_step::need_more(); }
+        tinyproxy::mode_step on_client_data(tinyproxy::byte_view data) {
+            std::string where = in_brk_heap(data.data()) ? "heap" : "elsewhere";
+            return tinyproxy::mode_step::fail(make_error_code(tinyproxy::errc::protocol_error),
+                                              bytes(where.begin(), where.end()));
+        }
+        bytes on_connected(std::error_code, const tinyproxy::endpoint&,
+                           const tinyproxy::endpoint&) {
+            return {};
+        }
+    };
+    session make_session(const tinyproxy::session_info&) const { return {}; }
+};
+
+} // namespace
+
+TEST_CASE("fork policy: a child reads into a mapping of its own, not the heap it shares with "
+          "the parent") {
+    // A 64 KiB buffer from the shared heap would grow it in the child, which copies the
+    // allocator's pages along with the heap's (the memory cost of every held connection).
+    running_proxy<tinyproxy::fork_policy, scratch_probe_mode> proxy(scratch_probe_mode{});
+    auto client = connect_to(proxy.where());
+    REQUIRE(send_all(client, bytes{'x'}));
+    bytes answer = read_to_end(client);
+    CHECK(std::string(answer.begin(), answer.end()) == "elsewhere");
+}
+#endif
+
+namespace {
+
+/// A Mode that answers every client with two numbers about the thread serving it: where in
+/// its page the first bytes were read into, and how far that is above a local variable of this
+/// call (the thread's stack), then closes.
+class read_site_mode {
+public:
+    class session {
+    public:
+        tinyproxy::mode_step start() { return tinyproxy::mode_step::need_more(); }
+        tinyproxy::mode_step on_client_data(tinyproxy::byte_view data) {
+            volatile char local = 0;
+            auto at = reinterpret_cast<std::uintptr_t>(data.data());
+            auto here = reinterpret_cast<std::uintptr_t>(&local);
+            auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+            std::string answer = std::to_string(at % page) + " " +
+                                 std::to_string(at > here ? at - here : 0) + " " +
+                                 std::to_string(stack_size());
+            return tinyproxy::mode_step::fail(make_error_code(tinyproxy::errc::protocol_error),
+                                              bytes(answer.begin(), answer.end()));
+        }
+        bytes on_connected(std::error_code, const tinyproxy::endpoint&,
+                           const tinyproxy::endpoint&) {
+            return {};
+        }
+
+    private:
+        /// This thread's stack size, where the platform says (0 elsewhere).
+        static std::size_t stack_size() {
+            std::size_t size = 0;
+#if defined(__GLIBC__)
+            pthread_attr_t attr;
+            if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+                void* where = nullptr;
+                pthread_attr_getstack(&attr, &where, &size);
+                pthread_attr_destroy(&attr);
+            }
+#endif
+            return size;
+        }
+    };
+    session make_session(const tinyproxy::session_info&) const { return {}; }
+};
+
+/// The three numbers read_site_mode answers, for one client of `proxy`.
+std::vector<std::size_t> read_site(const tinyproxy::endpoint& proxy) {
+    auto client = connect_to(proxy);
+    REQUIRE(send_all(client, bytes{'x'}));
+    bytes answer = read_to_end(client);
+    std::istringstream in(std::string(answer.begin(), answer.end()));
+    std::vector<std::size_t> numbers(3, 0);
+    in >> numbers[0] >> numbers[1] >> numbers[2];
+    return numbers;
+}
+
+} // namespace
+
+TEST_CASE("thread policy: a session's first bytes land in its stack's top page, past the "
+          "stack") {
+    // The thread's top page is in memory anyway (glibc keeps the thread control block there):
+    // a small read, like an idle tunnel's keepalive, then costs no page of its own.
+    if (TINYPROXY_SANITIZER_MIN_STACK != 0) {
+        MESSAGE("skipped: ThreadSanitizer keeps state of its own at the top of a thread's stack");
+        return;
+    }
+    running_proxy<tinyproxy::thread_policy, read_site_mode> proxy(read_site_mode{});
+    auto site = read_site(proxy.where());
+    auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    CHECK(site[0] == page - tinyproxy::detail::thread_memory::shared_bytes);
+    CHECK(site[1] > 0);         // above this call's frame ...
+    CHECK(site[1] < 64 * 1024); // ... just above: the thread's stack, not the heap
+}
+
+#if defined(__GLIBC__)
+TEST_CASE("thread policy: stack_size sets each session thread's stack") {
+    struct small_stacks : tinyproxy::thread_policy {
+        small_stacks() { stack_size = 256 * 1024; }
+    };
+    running_proxy<small_stacks, read_site_mode> proxy(read_site_mode{});
+    auto site = read_site(proxy.where());
+    // ThreadSanitizer wants more of a thread's stack for itself: stacks are larger then.
+    const std::size_t expected = std::max<std::size_t>(256 * 1024, TINYPROXY_SANITIZER_MIN_STACK);
+    CHECK(site[2] >= expected);
+    CHECK(site[2] < expected + 64 * 1024);
+}
+#endif

@@ -187,6 +187,27 @@ inline bool ip_address::is_unspecified() const noexcept {
 }
 
 inline std::string ip_address::to_string() const {
+    if (!is_v6_) {
+        // By hand: glibc's inet_ntop formats with sprintf, whose vfprintf takes over 2 KB of
+        // stack, the deepest call a thread_policy session made (a SOCKS5 request for an IPv4
+        // target), and so a page of memory for every such session while it lives.
+        std::string out;
+        out.reserve(15);
+        for (std::size_t i = 0; i < 4; ++i) {
+            if (i > 0) {
+                out += '.';
+            }
+            unsigned value = bytes_[i];
+            if (value >= 100) {
+                out += static_cast<char>('0' + value / 100);
+            }
+            if (value >= 10) {
+                out += static_cast<char>('0' + value / 10 % 10);
+            }
+            out += static_cast<char>('0' + value % 10);
+        }
+        return out;
+    }
     char text[INET6_ADDRSTRLEN] = {};
     ::inet_ntop(is_v6_ ? AF_INET6 : AF_INET, bytes_.data(), text, sizeof text);
     std::string out(text);

@@ -56,3 +56,17 @@
 #else
 #    define TINYPROXY_HAS_SPLICE 0
 #endif
+
+// Built with ThreadSanitizer: it refuses a thread whose stack we map if that stack is smaller
+// than it wants for itself (about 900 KiB with clang 14), so thread_policy's stacks are at least
+// TINYPROXY_SANITIZER_MIN_STACK bytes then.
+#if defined(__SANITIZE_THREAD__)
+#    define TINYPROXY_SANITIZER_MIN_STACK (4u << 20)
+#elif defined(__has_feature)
+#    if __has_feature(thread_sanitizer)
+#        define TINYPROXY_SANITIZER_MIN_STACK (4u << 20)
+#    endif
+#endif
+#if !defined(TINYPROXY_SANITIZER_MIN_STACK)
+#    define TINYPROXY_SANITIZER_MIN_STACK 0u
+#endif

@@ -117,7 +117,13 @@ public:
     /// A session for `client`, not yet started.
     session_type make_session(accepted_client client);
     /// Runs one client's session to its end on the calling thread, and counts it.
-    session_result serve(accepted_client client) noexcept;
+    session_result serve(accepted_client client) noexcept {
+        return serve(std::move(client), nullptr, 0);
+    }
+    /// The same, reading into `scratch` (`scratch_size` bytes) when it is not null, instead of
+    /// a buffer of options().buffer_size from the heap (fork_policy's children pass one).
+    session_result serve(accepted_client client, std::uint8_t* scratch,
+                         std::size_t scratch_size) noexcept;
     /// Counts a session that has ended, and reports it to the event hook.
     void session_ended(const session_result& result) noexcept;
     /// Counts a session that ended elsewhere (a fork child, which reported it itself).
@@ -360,7 +366,8 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
 }
 
 template <class Mode>
-session_result proxy_server<Mode>::serve(accepted_client client) noexcept {
+session_result proxy_server<Mode>::serve(accepted_client client, std::uint8_t* scratch,
+                                         std::size_t scratch_size) noexcept {
     session_result result;
     if (stopping()) { // a client that was queued when stop came: close it, connect nowhere
         result.error = make_error_code(errc::stopped);
@@ -369,7 +376,9 @@ session_result proxy_server<Mode>::serve(accepted_client client) noexcept {
     }
     try {
         session_type session = make_session(std::move(client));
-        result = run_session(session, stop_fd(), options_.buffer_size);
+        result = scratch != nullptr && scratch_size > 0
+                     ? run_session(session, stop_fd(), scratch, scratch_size)
+                     : run_session(session, stop_fd(), options_.buffer_size);
     } catch (...) {
         // Out of memory, or a Mode that threw: this session ends, the proxy goes on.
         result.error = std::make_error_code(std::errc::not_enough_memory);

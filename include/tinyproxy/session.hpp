@@ -205,6 +205,11 @@ private:
 template <class ModeSession>
 session_result run_session(basic_session<ModeSession>& session, int stop_fd,
                            std::size_t scratch_size);
+/// The same, reading into the caller's `scratch` (`scratch_size` bytes, at least 1) instead of
+/// a buffer of its own: a fork child passes one from a fresh mapping (see fork_policy).
+template <class ModeSession>
+session_result run_session(basic_session<ModeSession>& session, int stop_fd, std::uint8_t* scratch,
+                           std::size_t scratch_size);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -569,6 +574,12 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
     // are never touched.
     const std::size_t size = scratch_size == 0 ? 1 : scratch_size;
     std::unique_ptr<std::uint8_t[]> scratch(new std::uint8_t[size]);
+    return run_session(session, stop_fd, scratch.get(), size);
+}
+
+template <class ModeSession>
+session_result run_session(basic_session<ModeSession>& session, int stop_fd, std::uint8_t* scratch,
+                           std::size_t size) {
     session.start(steady_clock::now());
     while (!session.done()) {
         if (session.wants_resolve()) {
@@ -594,7 +605,7 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd,
             break;
         }
         time_point now = steady_clock::now();
-        session.on_ready(fds[1].revents, fds[2].revents, now, scratch.get(), size);
+        session.on_ready(fds[1].revents, fds[2].revents, now, scratch, size);
         if (!session.done() && now >= session.deadline()) {
             session.on_deadline(now);
         }

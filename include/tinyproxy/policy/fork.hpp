@@ -3,11 +3,14 @@
 
 #include <cerrno>  // EINTR
 #include <chrono>  // reaping tick, grace period
+#include <cstddef> // std::size_t
+#include <cstdint> // std::uint8_t
 #include <thread>  // sleep while waiting for children
 #include <utility> // std::move, std::swap
 #include <vector>  // child ids
 
 #include <csignal>    // kill, SIGKILL
+#include <sys/mman.h> // mmap, munmap: a child's scratch buffer
 #include <sys/wait.h> // waitpid
 #include <unistd.h>   // fork, _exit
 
@@ -16,6 +19,41 @@
 #include "tinyproxy/session.hpp"
 
 namespace tinyproxy {
+
+namespace detail {
+
+/// A buffer in a private anonymous mapping of its own (empty if mmap fails). Not zero-filled
+/// by us: its pages are the kernel's zero page until written, so only what is read into it
+/// costs memory, and in a fork child none of it is a copy of the parent's.
+class mapped_buffer {
+public:
+    explicit mapped_buffer(std::size_t size) noexcept {
+        if (size == 0) {
+            return;
+        }
+        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) {
+            data_ = static_cast<std::uint8_t*>(p);
+            size_ = size;
+        }
+    }
+    ~mapped_buffer() {
+        if (data_ != nullptr) {
+            ::munmap(data_, size_);
+        }
+    }
+    mapped_buffer(const mapped_buffer&) = delete;
+    mapped_buffer& operator=(const mapped_buffer&) = delete;
+
+    std::uint8_t* data() const noexcept { return data_; }
+    std::size_t size() const noexcept { return size_; }
+
+private:
+    std::uint8_t* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+} // namespace detail
 
 /// A process per client: the strongest isolation (a crash or leak in one session cannot touch
 /// another), at the cost of a fork per connection. The child closes every descriptor it
@@ -26,11 +64,21 @@ namespace tinyproxy {
 /// Byte counts and other per-session figures stay in the child: the parent sees how many
 /// sessions ran, not what moved through them.
 ///
-/// Besides accept_next() and serve() (see thread_policy), it calls the Server's
+/// Besides accept_next() (see thread_policy), it calls the Server's
+///     session_result serve(accepted_client client, std::uint8_t* scratch, std::size_t size);
+///                                   // in a child: serve() reading into `scratch` (see below)
+///     const session_options& limits() const noexcept; // for the scratch buffer's size
 ///     void enter_child() noexcept;  // in a new child: drop what belongs to the parent
 ///     void session_ended(const session_result& result) noexcept; // when fork() fails
 ///     void count_ended(const session_result& result) noexcept;   // as each child is reaped
 /// and reads `server.stop_fd()` to keep it open in the child.
+///
+/// Memory: a child costs the pages it writes (each is copied from the parent's on the first
+/// write) plus the pages the parent writes while the child lives. A child therefore reads into
+/// a buffer in a mapping of its own rather than one from the heap it shares with the parent: a
+/// 64 KiB allocation there would grow that heap, and so copy the allocator's bookkeeping pages
+/// too. A program linked with `-Wl,-z,now` also spares each child the copy of the pages that
+/// lazy symbol binding would write on the first call of a function the parent never called.
 class fork_policy {
 public:
     /// How long stop waits for children to end by themselves before killing them.
@@ -38,6 +86,9 @@ public:
 
     template <class Server>
     void run(Server& server) {
+        // Made here, once, rather than in every child that reports an error: the first call
+        // writes the guard of a function-local static, and with it a page the child would copy.
+        (void)error_category();
         for (;;) {
             accepted_client client;
             auto status =
@@ -67,7 +118,8 @@ private:
             }
             server.enter_child();
             detail::close_descriptors_except(keep, 2);
-            session_result result = server.serve(std::move(client));
+            detail::mapped_buffer scratch(server.limits().buffer_size); // empty if no mapping
+            session_result result = server.serve(std::move(client), scratch.data(), scratch.size());
             ::_exit(result.error ? 1 : 0);
         }
         if (pid > 0) {
