@@ -327,24 +327,26 @@ TEST_CASE_TEMPLATE("thread policy: a thread that has finished its session serves
 namespace {
 
 /// TCP_NODELAY of the one socket of this process whose local (`peer` false) or remote address
-/// is `where`; -1 when there is none.
+/// is `where`; -1 when there is none. It asks each descriptor number in place, without dup():
+/// the proxy's threads open and close theirs meanwhile (and ThreadSanitizer would call a dup
+/// of a descriptor another thread closes a race).
 int nodelay_of_socket_at(const tinyproxy::endpoint& where, bool peer) {
-    int found = -1;
-    for (int fd = 0; fd < 4096 && found < 0; ++fd) {
-        tinyproxy::socket probe{tinyproxy::unique_fd(::dup(fd))};
-        if (!probe) {
+    for (int fd = 0; fd < 4096; ++fd) {
+        sockaddr_storage storage{};
+        socklen_t length = sizeof storage;
+        auto* address = reinterpret_cast<sockaddr*>(&storage);
+        int asked =
+            peer ? ::getpeername(fd, address, &length) : ::getsockname(fd, address, &length);
+        if (asked != 0 || tinyproxy::from_sockaddr(address, length) != where) {
             continue;
         }
-        std::error_code ec;
-        tinyproxy::endpoint address = peer ? probe.remote_endpoint(ec) : probe.local_endpoint(ec);
         int value = 0;
-        socklen_t length = sizeof value;
-        if (!ec && address == where &&
-            ::getsockopt(probe.native_handle(), IPPROTO_TCP, TCP_NODELAY, &value, &length) == 0) {
-            found = value != 0 ? 1 : 0;
+        socklen_t size = sizeof value;
+        if (::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &value, &size) == 0) {
+            return value != 0 ? 1 : 0;
         }
     }
-    return found;
+    return -1;
 }
 
 } // namespace
@@ -354,7 +356,8 @@ TEST_CASE_TEMPLATE("both legs of a tunnel have Nagle off (TCP_NODELAY)", Policy,
                    tinyproxy::portable_poll_policy) {
     // Small writes must not wait for Nagle on either leg. On Linux the client's leg gets it
     // from the listener (the session does not set it again); this checks it got there.
-    std::promise<tinyproxy::endpoint> proxy_side; // the proxy's upstream socket, as upstream sees it
+    std::promise<tinyproxy::endpoint>
+        proxy_side; // the proxy's upstream socket, as upstream sees it
     upstream holder([&](tinyproxy::socket& s) {
         std::error_code ec;
         proxy_side.set_value(s.remote_endpoint(ec));

@@ -94,8 +94,8 @@ TEST_CASE_TEMPLATE("poller: a shared listener is reported readable when a client
     REQUIRE(poller.watch_shared(slot, listener.native_handle(), 7, ec));
     REQUIRE(poller.watch_shared(slot, listener.native_handle(), 7, ec)); // again: no change
     CHECK(wait_once(poller, 50ms).empty());
-    auto client = tinyproxy::connect(listener.local_endpoint(),
-                                     tinyproxy::steady_clock::now() + 5s, ec);
+    auto client =
+        tinyproxy::connect(listener.local_endpoint(), tinyproxy::steady_clock::now() + 5s, ec);
     REQUIRE_FALSE(ec);
     auto ready = wait_once(poller, 1000ms);
     REQUIRE(ready.size() == 1);
@@ -130,8 +130,8 @@ TEST_CASE("epoll_poller: a client at a listener two pollers share wakes one of t
         });
     }
     std::this_thread::sleep_for(300ms); // both are waiting by now
-    auto client = tinyproxy::connect(listener.local_endpoint(),
-                                     tinyproxy::steady_clock::now() + 5s, ec);
+    auto client =
+        tinyproxy::connect(listener.local_endpoint(), tinyproxy::steady_clock::now() + 5s, ec);
     REQUIRE_FALSE(ec);
     for (auto& waiter : waiters) {
         waiter.join();

@@ -12,11 +12,11 @@
 #include <utility>      // std::move
 #include <vector>       // candidates, held sockets
 
-#include <fcntl.h>      // fcntl
+#include <fcntl.h>       // fcntl
 #include <netinet/in.h>  // IPPROTO_TCP
 #include <netinet/tcp.h> // TCP_NODELAY
-#include <sys/socket.h> // socket calls
-#include <unistd.h>     // pipe, close
+#include <sys/socket.h>  // socket calls
+#include <unistd.h>      // pipe, close
 
 #include <tinyproxy/tinyproxy.hpp>
 
@@ -612,8 +612,7 @@ TEST_CASE("a listener with Nagle off hands out sockets with Nagle off, where acc
     tinyproxy::socket accepted = accept_within(l, true, peer);
     int value = 0;
     socklen_t length = sizeof value;
-    REQUIRE(::getsockopt(accepted.native_handle(), IPPROTO_TCP, TCP_NODELAY, &value, &length) ==
-            0);
+    REQUIRE(::getsockopt(accepted.native_handle(), IPPROTO_TCP, TCP_NODELAY, &value, &length) == 0);
     // proxy_server relies on this to skip a setsockopt per client; elsewhere it sets it itself.
     CHECK((value != 0) == (TINYPROXY_ACCEPT_INHERITS_NODELAY != 0));
 }

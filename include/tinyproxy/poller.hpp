@@ -166,8 +166,7 @@ public:
 
     bool update(poller_slot& slot, int fd, short events, std::uint32_t serial, std::uint64_t token,
                 std::error_code& ec) noexcept;
-    bool watch_shared(poller_slot& slot, int fd, std::uint64_t token,
-                      std::error_code& ec) noexcept;
+    bool watch_shared(poller_slot& slot, int fd, std::uint64_t token, std::error_code& ec) noexcept;
     /// Closing a descriptor took it out of the epoll set already.
     void forget(poller_slot& slot) noexcept { slot = poller_slot{}; }
     void wait(time_point until, std::vector<ready_event>& out, std::error_code& ec) noexcept;

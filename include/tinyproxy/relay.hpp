@@ -392,9 +392,9 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short c
     for (int side = 0; side < 2; ++side) {
         half& h = halves_[side]; // reads from `side`, writes to the other
         if (!h.done && !failed()) {
-            progressed = pump_half(h, readable[side], writable[1 - side], scratch, scratch_size,
-                                   sigpipe) ||
-                         progressed;
+            progressed =
+                pump_half(h, readable[side], writable[1 - side], scratch, scratch_size, sigpipe) ||
+                progressed;
         }
     }
     return progressed || failed();

@@ -1872,8 +1872,7 @@ public:
 
     bool update(poller_slot& slot, int fd, short events, std::uint32_t serial, std::uint64_t token,
                 std::error_code& ec) noexcept;
-    bool watch_shared(poller_slot& slot, int fd, std::uint64_t token,
-                      std::error_code& ec) noexcept;
+    bool watch_shared(poller_slot& slot, int fd, std::uint64_t token, std::error_code& ec) noexcept;
     /// Closing a descriptor took it out of the epoll set already.
     void forget(poller_slot& slot) noexcept { slot = poller_slot{}; }
     void wait(time_point until, std::vector<ready_event>& out, std::error_code& ec) noexcept;
@@ -4117,9 +4116,9 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short c
     for (int side = 0; side < 2; ++side) {
         half& h = halves_[side]; // reads from `side`, writes to the other
         if (!h.done && !failed()) {
-            progressed = pump_half(h, readable[side], writable[1 - side], scratch, scratch_size,
-                                   sigpipe) ||
-                         progressed;
+            progressed =
+                pump_half(h, readable[side], writable[1 - side], scratch, scratch_size, sigpipe) ||
+                progressed;
         }
     }
     return progressed || failed();
@@ -5603,8 +5602,8 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
         e.upstream_revents = 0;
         e.touched = false;
         // Heard from a client whose upstream was connecting: it may have to leave the set.
-        bool client_heard = client_revents != 0 && e.session.result().stage ==
-                                                       session_result::stage_type::connect;
+        bool client_heard =
+            client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
         e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
         settle(slot, now, client_heard);
     }

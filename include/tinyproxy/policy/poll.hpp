@@ -344,8 +344,8 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
         e.upstream_revents = 0;
         e.touched = false;
         // Heard from a client whose upstream was connecting: it may have to leave the set.
-        bool client_heard = client_revents != 0 && e.session.result().stage ==
-                                                       session_result::stage_type::connect;
+        bool client_heard =
+            client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
         e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
         settle(slot, now, client_heard);
     }
