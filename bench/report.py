@@ -134,19 +134,25 @@ def main():
     # ---- forwarding
     lines.append("#### Port forwarding (bulk: iperf3)")
     lines.append("")
-    head = ["target", "Gbit/s 1 / 4 streams", "CPU s/GB 1 / 4", "conn/s", "CPU µs/conn",
-            "RR p50 / p99 µs", "RR pinned p50 / p99 µs", "idle KB"] + mem_heads
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
-    for t in forwarders:
-        row = [label(t, versions), pair(t, "bulk1_gbps", "bulk4_gbps", 1),
-               "–" if t == "direct" else pair(t, "bulk1_cpu_s_per_gb", "bulk4_cpu_s_per_gb", 2),
-               cell(t, "rate_cps", 0),
-               "–" if t == "direct" else cell(t, "rate_cpu_us_per_conn", 0),
-               pair(t, "rr_p50_us", "rr_p99_us", 1), pair(t, "rrpin_p50_us", "rrpin_p99_us", 1)]
-        row += mem_cells(t)
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
+    summary_head = ["target", "Gbit/s 1 / 4 streams", "CPU s/GB 1 / 4", "conn/s", "CPU µs/conn",
+                    "RR p50 / p99 µs", "RR pinned p50 / p99 µs", "idle KB"] + mem_heads
+
+    def summary_table(targets, bulk, name_of):
+        """The per-target table; `bulk` names the bulk metrics ("bulk": iperf3, "lbulk": load)."""
+        lines.append("| " + " | ".join(summary_head) + " |")
+        lines.append("|" + "---|" * len(summary_head))
+        for t in targets:
+            row = [name_of(t), pair(t, f"{bulk}1_gbps", f"{bulk}4_gbps", 1),
+                   "–" if t == "direct" else
+                   pair(t, f"{bulk}1_cpu_s_per_gb", f"{bulk}4_cpu_s_per_gb", 2),
+                   cell(t, "rate_cps", 0),
+                   "–" if t == "direct" else cell(t, "rate_cpu_us_per_conn", 0),
+                   pair(t, "rr_p50_us", "rr_p99_us", 1), pair(t, "rrpin_p50_us", "rrpin_p99_us", 1)]
+            row += mem_cells(t)
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+
+    summary_table(forwarders, "bulk", lambda t: label(t, versions))
 
     # ---- ratios
     higher = {"bulk1_gbps", "bulk4_gbps", "lbulk1_gbps", "lbulk4_gbps", "rate_cps"}
@@ -187,20 +193,8 @@ def main():
         lines.append("#### SOCKS5 (bulk: bench/load bulk to a sink; direct and the forwarder for "
                      "reference)")
         lines.append("")
-        head = ["target", "Gbit/s 1 / 4 streams", "CPU s/GB 1 / 4", "conn/s", "CPU µs/conn",
-                "RR p50 / p99 µs", "RR pinned p50 / p99 µs", "idle KB"] + mem_heads
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
-        for t in SOCKS_ROWS:
-            name = label(t, versions) + (" (forward)" if t == "tp-poll" else "")
-            row = [name, pair(t, "lbulk1_gbps", "lbulk4_gbps", 1),
-                   "–" if t == "direct" else pair(t, "lbulk1_cpu_s_per_gb", "lbulk4_cpu_s_per_gb", 2),
-                   cell(t, "rate_cps", 0),
-                   "–" if t == "direct" else cell(t, "rate_cpu_us_per_conn", 0),
-                   pair(t, "rr_p50_us", "rr_p99_us", 1), pair(t, "rrpin_p50_us", "rrpin_p99_us", 1)]
-            row += mem_cells(t)
-            lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
+        summary_table(SOCKS_ROWS, "lbulk",
+                      lambda t: label(t, versions) + (" (forward)" if t == "tp-poll" else ""))
         socks_metrics = [("Gbit/s 1", "lbulk1_gbps"), ("Gbit/s 4", "lbulk4_gbps"),
                          ("CPU s/GB 1", "lbulk1_cpu_s_per_gb"), ("conn/s", "rate_cps"),
                          ("RR p50", "rr_p50_us"), ("RR pinned p50", "rrpin_p50_us")]
