@@ -887,14 +887,17 @@ inline std::vector<endpoint> resolve(const host_port& target) {
 #include <cerrno>       // errno
 #include <chrono>       // deadlines
 #include <cstddef>      // std::size_t
+#include <cstdint>      // std::uint8_t
 #include <limits>       // the highest descriptor number
 #include <system_error> // std::error_code
+#include <utility>      // std::exchange
 
 #include <fcntl.h>        // fcntl, O_NONBLOCK, FD_CLOEXEC
 #include <netinet/in.h>   // IPPROTO_TCP
 #include <netinet/tcp.h>  // TCP_NODELAY
 #include <poll.h>         // poll
 #include <signal.h>       // pthread_sigmask, sigpending, sigtimedwait: SIGPIPE without a handler
+#include <sys/mman.h>     // mmap, munmap: memory of our own, not the heap's
 #include <sys/resource.h> // getrlimit
 #include <sys/socket.h>   // socket calls
 #include <time.h>         // timespec, the zero timeout of sigtimedwait
@@ -1173,6 +1176,50 @@ inline std::size_t grow_pipe(int fd, std::size_t size) noexcept {
     return 64 * 1024; // POSIX says nothing; Linux and the BSDs make 64 KiB pipes
 #endif
 }
+
+/// Memory in a private anonymous mapping of its own (empty if mmap fails), unmapped with it.
+/// Not zero-filled by us: its pages are the kernel's zero page until written, so only what is
+/// written costs memory, and in a fork child none of it is a copy of the parent's heap.
+class mapped_buffer {
+public:
+    mapped_buffer() noexcept = default;
+    explicit mapped_buffer(std::size_t size) noexcept {
+        if (size == 0) {
+            return;
+        }
+        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) {
+            data_ = static_cast<std::uint8_t*>(p);
+            size_ = size;
+        }
+    }
+    mapped_buffer(mapped_buffer&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    mapped_buffer& operator=(mapped_buffer&& other) noexcept {
+        if (this != &other) {
+            release();
+            data_ = std::exchange(other.data_, nullptr);
+            size_ = std::exchange(other.size_, 0);
+        }
+        return *this;
+    }
+    ~mapped_buffer() { release(); }
+
+    std::uint8_t* data() const noexcept { return data_; }
+    std::size_t size() const noexcept { return size_; }
+
+private:
+    void release() noexcept {
+        if (data_ != nullptr) {
+            ::munmap(data_, size_);
+        }
+        data_ = nullptr;
+        size_ = 0;
+    }
+
+    std::uint8_t* data_ = nullptr;
+    std::size_t size_ = 0;
+};
 
 /// splice(2): moves up to `size` bytes from `from` to `to`, one of them a pipe, without copying
 /// them through user space (SPLICE_F_MOVE) and without waiting on the pipe (SPLICE_F_NONBLOCK;
@@ -4761,7 +4808,7 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd, std
 
 #include <limits.h>   // PTHREAD_STACK_MIN
 #include <pthread.h>  // threads on a stack we map
-#include <sys/mman.h> // mmap, mprotect, munmap
+#include <sys/mman.h> // mprotect: the guard page
 #include <unistd.h>   // sysconf(_SC_PAGESIZE)
 
 // #include "tinyproxy/config.hpp"
@@ -4826,34 +4873,21 @@ public:
     thread_memory() noexcept = default;
     thread_memory(std::size_t stack_size, std::size_t scratch_size) noexcept {
         const std::size_t page = page_size();
-        std::size_t size = round_up(page + stack_size + scratch_size + 2 * page, page);
-        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) {
-            return;
+        mapped_buffer mapping(round_up(page + stack_size + scratch_size + 2 * page, page));
+        if (mapping.data() == nullptr || ::mprotect(mapping.data(), page, PROT_NONE) != 0) {
+            return; // no memory, or no guard page below the stack
         }
-        base_ = static_cast<std::uint8_t*>(p);
-        size_ = size;
-        if (::mprotect(base_, page, PROT_NONE) != 0) { // the guard
-            release();
-            return;
-        }
-        auto end = reinterpret_cast<std::uintptr_t>(base_) + size;
+        auto end = reinterpret_cast<std::uintptr_t>(mapping.data()) + mapping.size();
         std::uintptr_t scratch = (end - scratch_size) / page * page - shared_bytes;
         scratch_ = reinterpret_cast<std::uint8_t*>(scratch);
         scratch_size_ = scratch_size;
-        stack_ = base_ + page;
-        stack_size_ = static_cast<std::size_t>(scratch_ - stack_);
+        stack_ = mapping.data() + page;
+        mapping_ = std::move(mapping);
     }
-    thread_memory(thread_memory&& other) noexcept { swap(other); }
-    thread_memory& operator=(thread_memory&& other) noexcept {
-        thread_memory(std::move(other)).swap(*this);
-        return *this;
-    }
-    ~thread_memory() { release(); }
 
-    explicit operator bool() const noexcept { return base_ != nullptr; }
+    explicit operator bool() const noexcept { return mapping_.data() != nullptr; }
     void* stack() const noexcept { return stack_; }
-    std::size_t stack_size() const noexcept { return stack_size_; }
+    std::size_t stack_size() const noexcept { return static_cast<std::size_t>(scratch_ - stack_); }
     std::uint8_t* scratch() const noexcept { return scratch_; }
     std::size_t scratch_size() const noexcept { return scratch_size_; }
 
@@ -4876,25 +4910,9 @@ private:
     static std::size_t round_up(std::size_t n, std::size_t to) noexcept {
         return (n + to - 1) / to * to;
     }
-    void release() noexcept {
-        if (base_ != nullptr) {
-            ::munmap(base_, size_);
-        }
-        base_ = nullptr;
-    }
-    void swap(thread_memory& other) noexcept {
-        std::swap(base_, other.base_);
-        std::swap(size_, other.size_);
-        std::swap(stack_, other.stack_);
-        std::swap(stack_size_, other.stack_size_);
-        std::swap(scratch_, other.scratch_);
-        std::swap(scratch_size_, other.scratch_size_);
-    }
 
-    std::uint8_t* base_ = nullptr;
-    std::size_t size_ = 0;
+    mapped_buffer mapping_; // guard page, stack, scratch buffer
     std::uint8_t* stack_ = nullptr;
-    std::size_t stack_size_ = 0;
     std::uint8_t* scratch_ = nullptr;
     std::size_t scratch_size_ = 0;
 };
@@ -5085,13 +5103,11 @@ void thread_policy::run(Server& server) {
 #include <cerrno>  // EINTR
 #include <chrono>  // reaping tick, grace period
 #include <cstddef> // std::size_t
-#include <cstdint> // std::uint8_t
 #include <thread>  // sleep while waiting for children
 #include <utility> // std::move, std::swap
 #include <vector>  // child ids
 
 #include <csignal>    // kill, SIGKILL
-#include <sys/mman.h> // mmap, munmap: a child's scratch buffer
 #include <sys/wait.h> // waitpid
 #include <unistd.h>   // fork, _exit
 
@@ -5100,41 +5116,6 @@ void thread_policy::run(Server& server) {
 // #include "tinyproxy/session.hpp"
 
 namespace tinyproxy {
-
-namespace detail {
-
-/// A buffer in a private anonymous mapping of its own (empty if mmap fails). Not zero-filled
-/// by us: its pages are the kernel's zero page until written, so only what is read into it
-/// costs memory, and in a fork child none of it is a copy of the parent's.
-class mapped_buffer {
-public:
-    explicit mapped_buffer(std::size_t size) noexcept {
-        if (size == 0) {
-            return;
-        }
-        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p != MAP_FAILED) {
-            data_ = static_cast<std::uint8_t*>(p);
-            size_ = size;
-        }
-    }
-    ~mapped_buffer() {
-        if (data_ != nullptr) {
-            ::munmap(data_, size_);
-        }
-    }
-    mapped_buffer(const mapped_buffer&) = delete;
-    mapped_buffer& operator=(const mapped_buffer&) = delete;
-
-    std::uint8_t* data() const noexcept { return data_; }
-    std::size_t size() const noexcept { return size_; }
-
-private:
-    std::uint8_t* data_ = nullptr;
-    std::size_t size_ = 0;
-};
-
-} // namespace detail
 
 /// A process per client: the strongest isolation (a crash or leak in one session cannot touch
 /// another), at the cost of a fork per connection. The child closes every descriptor it

@@ -4,14 +4,17 @@
 #include <cerrno>       // errno
 #include <chrono>       // deadlines
 #include <cstddef>      // std::size_t
+#include <cstdint>      // std::uint8_t
 #include <limits>       // the highest descriptor number
 #include <system_error> // std::error_code
+#include <utility>      // std::exchange
 
 #include <fcntl.h>        // fcntl, O_NONBLOCK, FD_CLOEXEC
 #include <netinet/in.h>   // IPPROTO_TCP
 #include <netinet/tcp.h>  // TCP_NODELAY
 #include <poll.h>         // poll
 #include <signal.h>       // pthread_sigmask, sigpending, sigtimedwait: SIGPIPE without a handler
+#include <sys/mman.h>     // mmap, munmap: memory of our own, not the heap's
 #include <sys/resource.h> // getrlimit
 #include <sys/socket.h>   // socket calls
 #include <time.h>         // timespec, the zero timeout of sigtimedwait
@@ -290,6 +293,50 @@ inline std::size_t grow_pipe(int fd, std::size_t size) noexcept {
     return 64 * 1024; // POSIX says nothing; Linux and the BSDs make 64 KiB pipes
 #endif
 }
+
+/// Memory in a private anonymous mapping of its own (empty if mmap fails), unmapped with it.
+/// Not zero-filled by us: its pages are the kernel's zero page until written, so only what is
+/// written costs memory, and in a fork child none of it is a copy of the parent's heap.
+class mapped_buffer {
+public:
+    mapped_buffer() noexcept = default;
+    explicit mapped_buffer(std::size_t size) noexcept {
+        if (size == 0) {
+            return;
+        }
+        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) {
+            data_ = static_cast<std::uint8_t*>(p);
+            size_ = size;
+        }
+    }
+    mapped_buffer(mapped_buffer&& other) noexcept
+        : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    mapped_buffer& operator=(mapped_buffer&& other) noexcept {
+        if (this != &other) {
+            release();
+            data_ = std::exchange(other.data_, nullptr);
+            size_ = std::exchange(other.size_, 0);
+        }
+        return *this;
+    }
+    ~mapped_buffer() { release(); }
+
+    std::uint8_t* data() const noexcept { return data_; }
+    std::size_t size() const noexcept { return size_; }
+
+private:
+    void release() noexcept {
+        if (data_ != nullptr) {
+            ::munmap(data_, size_);
+        }
+        data_ = nullptr;
+        size_ = 0;
+    }
+
+    std::uint8_t* data_ = nullptr;
+    std::size_t size_ = 0;
+};
 
 /// splice(2): moves up to `size` bytes from `from` to `to`, one of them a pipe, without copying
 /// them through user space (SPLICE_F_MOVE) and without waiting on the pipe (SPLICE_F_NONBLOCK;

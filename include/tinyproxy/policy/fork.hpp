@@ -4,13 +4,11 @@
 #include <cerrno>  // EINTR
 #include <chrono>  // reaping tick, grace period
 #include <cstddef> // std::size_t
-#include <cstdint> // std::uint8_t
 #include <thread>  // sleep while waiting for children
 #include <utility> // std::move, std::swap
 #include <vector>  // child ids
 
 #include <csignal>    // kill, SIGKILL
-#include <sys/mman.h> // mmap, munmap: a child's scratch buffer
 #include <sys/wait.h> // waitpid
 #include <unistd.h>   // fork, _exit
 
@@ -19,41 +17,6 @@
 #include "tinyproxy/session.hpp"
 
 namespace tinyproxy {
-
-namespace detail {
-
-/// A buffer in a private anonymous mapping of its own (empty if mmap fails). Not zero-filled
-/// by us: its pages are the kernel's zero page until written, so only what is read into it
-/// costs memory, and in a fork child none of it is a copy of the parent's.
-class mapped_buffer {
-public:
-    explicit mapped_buffer(std::size_t size) noexcept {
-        if (size == 0) {
-            return;
-        }
-        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p != MAP_FAILED) {
-            data_ = static_cast<std::uint8_t*>(p);
-            size_ = size;
-        }
-    }
-    ~mapped_buffer() {
-        if (data_ != nullptr) {
-            ::munmap(data_, size_);
-        }
-    }
-    mapped_buffer(const mapped_buffer&) = delete;
-    mapped_buffer& operator=(const mapped_buffer&) = delete;
-
-    std::uint8_t* data() const noexcept { return data_; }
-    std::size_t size() const noexcept { return size_; }
-
-private:
-    std::uint8_t* data_ = nullptr;
-    std::size_t size_ = 0;
-};
-
-} // namespace detail
 
 /// A process per client: the strongest isolation (a crash or leak in one session cannot touch
 /// another), at the cost of a fork per connection. The child closes every descriptor it

@@ -14,7 +14,7 @@
 
 #include <limits.h>   // PTHREAD_STACK_MIN
 #include <pthread.h>  // threads on a stack we map
-#include <sys/mman.h> // mmap, mprotect, munmap
+#include <sys/mman.h> // mprotect: the guard page
 #include <unistd.h>   // sysconf(_SC_PAGESIZE)
 
 #include "tinyproxy/config.hpp"
@@ -79,34 +79,21 @@ public:
     thread_memory() noexcept = default;
     thread_memory(std::size_t stack_size, std::size_t scratch_size) noexcept {
         const std::size_t page = page_size();
-        std::size_t size = round_up(page + stack_size + scratch_size + 2 * page, page);
-        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) {
-            return;
+        mapped_buffer mapping(round_up(page + stack_size + scratch_size + 2 * page, page));
+        if (mapping.data() == nullptr || ::mprotect(mapping.data(), page, PROT_NONE) != 0) {
+            return; // no memory, or no guard page below the stack
         }
-        base_ = static_cast<std::uint8_t*>(p);
-        size_ = size;
-        if (::mprotect(base_, page, PROT_NONE) != 0) { // the guard
-            release();
-            return;
-        }
-        auto end = reinterpret_cast<std::uintptr_t>(base_) + size;
+        auto end = reinterpret_cast<std::uintptr_t>(mapping.data()) + mapping.size();
         std::uintptr_t scratch = (end - scratch_size) / page * page - shared_bytes;
         scratch_ = reinterpret_cast<std::uint8_t*>(scratch);
         scratch_size_ = scratch_size;
-        stack_ = base_ + page;
-        stack_size_ = static_cast<std::size_t>(scratch_ - stack_);
+        stack_ = mapping.data() + page;
+        mapping_ = std::move(mapping);
     }
-    thread_memory(thread_memory&& other) noexcept { swap(other); }
-    thread_memory& operator=(thread_memory&& other) noexcept {
-        thread_memory(std::move(other)).swap(*this);
-        return *this;
-    }
-    ~thread_memory() { release(); }
 
-    explicit operator bool() const noexcept { return base_ != nullptr; }
+    explicit operator bool() const noexcept { return mapping_.data() != nullptr; }
     void* stack() const noexcept { return stack_; }
-    std::size_t stack_size() const noexcept { return stack_size_; }
+    std::size_t stack_size() const noexcept { return static_cast<std::size_t>(scratch_ - stack_); }
     std::uint8_t* scratch() const noexcept { return scratch_; }
     std::size_t scratch_size() const noexcept { return scratch_size_; }
 
@@ -129,25 +116,9 @@ private:
     static std::size_t round_up(std::size_t n, std::size_t to) noexcept {
         return (n + to - 1) / to * to;
     }
-    void release() noexcept {
-        if (base_ != nullptr) {
-            ::munmap(base_, size_);
-        }
-        base_ = nullptr;
-    }
-    void swap(thread_memory& other) noexcept {
-        std::swap(base_, other.base_);
-        std::swap(size_, other.size_);
-        std::swap(stack_, other.stack_);
-        std::swap(stack_size_, other.stack_size_);
-        std::swap(scratch_, other.scratch_);
-        std::swap(scratch_size_, other.scratch_size_);
-    }
 
-    std::uint8_t* base_ = nullptr;
-    std::size_t size_ = 0;
+    mapped_buffer mapping_; // guard page, stack, scratch buffer
     std::uint8_t* stack_ = nullptr;
-    std::size_t stack_size_ = 0;
     std::uint8_t* scratch_ = nullptr;
     std::size_t scratch_size_ = 0;
 };
