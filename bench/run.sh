@@ -7,7 +7,9 @@
 # prints a markdown table of medians and writes bench/results/<date>-<quick|full>.json.
 # --levers measures what each lever bought instead: the same forwarder built for poll(2) and
 # copies only, then epoll, then splice, then two loops, next to haproxy and nginx
-# (bench/results/<date>-<mode>-levers.json).
+# (bench/results/<date>-<mode>-levers.json). --syscalls prints the system calls tinyproxy
+# (forward and SOCKS5), haproxy and nginx make per connection and per round trip (perf), and
+# nothing else; TINYPROXY=path counts another build of the CLI.
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
@@ -15,16 +17,18 @@ cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 MODE=full
 LEVERS=0
+SYSCALLS=0
 for arg in "$@"; do
     case "$arg" in
     --quick) MODE=quick ;;
     --levers) LEVERS=1 ;;
+    --syscalls) SYSCALLS=1 ;;
     -h | --help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "run.sh: unknown argument '$arg' (only --quick and --levers)" >&2
+        echo "run.sh: unknown argument '$arg' (only --quick, --levers and --syscalls)" >&2
         exit 2
         ;;
     esac
@@ -169,7 +173,7 @@ if ! { { [ -f "$BUILD/CMakeCache.txt" ] ||
     cat "$WORK/build.log" >&2
     exit 1
 fi
-TP=$BUILD/examples/tinyproxy
+TP=${TINYPROXY:-$BUILD/examples/tinyproxy}
 TP_PORTABLE=
 if ((LEVERS)); then
     # The portable paths as another platform gets them: poll(2), and copies instead of splice.
@@ -589,7 +593,61 @@ phase_memory() {
     stop_tree "$hold_pid"
 }
 
+# ---------------------------------------------------------------- system calls (--syscalls)
+# count_syscalls KEY COMMAND...: "CALLS OUTPUT", the system calls target KEY's process tree
+# made while COMMAND ran, and COMMAND's output. perf counts the raw_syscalls:sys_enter
+# tracepoint in the kernel without slowing the proxy down (strace would, and a slowed proxy
+# finds replies waiting that a real one waits for).
+count_syscalls() {
+    local key=$1 stat=$WORK/perf-$SEQ.csv counter output
+    shift
+    SEQ=$((SEQ + 1))
+    perf stat -e raw_syscalls:sys_enter -x, -o "$stat" \
+        -p "$(tree_pids "${PID_OF[$key]}" | paste -sd,)" &
+    counter=$!
+    sleep 0.5 # attached
+    output=$("$@")
+    kill -INT "$counter" 2>/dev/null
+    wait "$counter" 2>/dev/null
+    echo "$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$stat") $output"
+}
+
+phase_syscalls() {
+    command -v perf >/dev/null 2>&1 || apt-get install -y -q linux-perf >/dev/null || exit 1
+    log "system calls per connection (one at a time, 2 s) and per round trip (2,200), with perf"
+    start_upstream server
+    local server_pid=$UP_PID server_port=$UP_PORT
+    start_upstream echo
+    local echo_pid=$UP_PID echo_port=$UP_PORT name calls conns
+    echo "| target | system calls per connection | per round trip |"
+    echo "|---|---|---|"
+    for name in tp-poll haproxy nginx tp-socks-poll; do
+        if ! start_target "$name" "$name@rate" "$server_port" ||
+            ! start_target "$name" "$name@rr" "$echo_port"; then
+            echo "| $name | missing | missing |"
+            continue
+        fi
+        # shellcheck disable=SC2046 # client_args gives several words
+        set -- $(count_syscalls "$name@rate" "$LOAD" rate \
+            $(client_args "$name" "$name@rate" "$server_port") --threads 1 --time 2)
+        calls=$1 conns=$3 # CALLS conns N errors E ...
+        # shellcheck disable=SC2046
+        set -- $(count_syscalls "$name@rr" "$LOAD" rr \
+            $(client_args "$name" "$name@rr" "$echo_port") --count 2000)
+        awk -v n="$name" -v c="$calls" -v k="$conns" -v r="$1" \
+            'BEGIN { printf "| %s | %.1f (%d connections) | %.2f |\n", n, c / k, k, r / 2200 }'
+        stop_target "$name@rate"
+        stop_target "$name@rr"
+    done
+    stop_tree "$server_pid"
+    stop_tree "$echo_pid"
+}
+
 # ---------------------------------------------------------------- run
+if ((SYSCALLS)); then
+    phase_syscalls
+    exit 0
+fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 COSTS=$("$LOAD" costs 2>/dev/null)
 log "mode $MODE, $(nproc) CPUs, load average $LOAD_BEFORE, ulimit -n $FD_LIMIT, $COSTS"
