@@ -5,6 +5,7 @@
 #include <ostream> // doctest prints std::error_code with operator<<
 
 #include <cerrno>       // errno values
+#include <cstddef>      // offsetof
 #include <chrono>       // waiting for a child
 #include <csignal>      // SIGPIPE, SIGKILL
 #include <cstdint>      // scratch bytes
@@ -15,6 +16,8 @@
 #include <vector>       // scratch
 
 #include <fcntl.h>        // F_GETPIPE_SZ
+#include <netinet/in.h>   // IPPROTO_TCP
+#include <netinet/tcp.h>  // TCP_INFO
 #include <poll.h>         // poll
 #include <pthread.h>      // pthread_kill: a SIGPIPE of the test's own
 #include <sys/resource.h> // RLIMIT_NOFILE
@@ -528,6 +531,85 @@ TEST_CASE("primed bytes go out on a pump told nothing is ready, and nothing is r
     rig.client().step();
     CHECK(rig.client().received == "replyearly");
 }
+
+#if TINYPROXY_HAS_RDHUP
+namespace {
+/// Waits (up to 2 s) until poll reports everything in `wanted` on `fd`; returns what it reported.
+short wait_for_events(int fd, short wanted) {
+    time_point until = in_ms(2000);
+    pollfd entry{fd, wanted, 0};
+    while (steady_clock::now() < until) {
+        entry.revents = 0;
+        if (::poll(&entry, 1, 10) > 0 && (entry.revents & wanted) == wanted) {
+            break;
+        }
+    }
+    return entry.revents;
+}
+
+/// TCP segments a socket has received (tcpi_segs_in, Linux 4.2): glibc's struct tcp_info stops
+/// before it, and <linux/tcp.h> clashes with <netinet/tcp.h>, so the kernel's next fields are
+/// spelled out here (the layout is the kernel's stable ABI). -1 where the kernel has no count.
+long segments_received(int fd) {
+    struct {
+        tcp_info base;
+        std::uint64_t pacing_rate, max_pacing_rate, bytes_acked, bytes_received;
+        std::uint32_t segs_out, segs_in;
+    } info{};
+    socklen_t length = sizeof info;
+    if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0 ||
+        length < offsetof(decltype(info), segs_in) + sizeof info.segs_in) {
+        return -1;
+    }
+    return static_cast<long>(info.segs_in);
+}
+} // namespace
+
+TEST_CASE(
+    "a reply followed by its sender's FIN passes on in one pump, with our FIN in its segment") {
+    // An upstream that replies and closes (HTTP/1.0, the bench's short connections): the wait
+    // reports the bytes and, with POLLRDHUP, the FIN behind them. One pump reads both and passes
+    // both on, the bytes held back (MSG_MORE) for the FIN, so the client receives one segment
+    // and wakes once, instead of a segment now and the FIN after another wait and read.
+    relay_rig rig(transport::tcp_loopback, 16 * 1024, splice_path());
+    rig.client().shut_when_sent = false;
+    rig.upstream().to_send = "reply";
+    rig.upstream().step();                                   // sends, then shuts down writing
+    CHECK((rig.relay().upstream_events() & POLLRDHUP) != 0); // asked for, so reported
+    short upstream_revents = wait_for_events(rig.upstream_end(), POLLIN | POLLRDHUP);
+    REQUIRE((upstream_revents & POLLRDHUP) != 0);
+    long segments_before = segments_received(rig.client().fd.get());
+
+    CHECK(rig.pump(0, upstream_revents));
+    CHECK((rig.relay().upstream_events() & POLLIN) == 0); // that direction has ended
+    rig.client().step();
+    CHECK(rig.client().received == "reply");
+    CHECK(rig.client().eof);
+    if (segments_before >= 0) {
+        CHECK(segments_received(rig.client().fd.get()) - segments_before == 1);
+    }
+}
+
+TEST_CASE("a FIN reported behind an urgent byte loses none of the bytes after it") {
+    // recv(2) stops short at an urgent mark, so a short read does not always mean the socket is
+    // empty: the read that goes on to hear the FIN finds the rest, and they pass on too.
+    relay_rig rig(transport::tcp_loopback, 16 * 1024, splice_path());
+    rig.client().shut_when_sent = false;
+    int upstream = rig.upstream().fd.get();
+    char urgent = '!';
+    REQUIRE(::send(upstream, "before", 6, no_sigpipe) == 6);
+    REQUIRE(::send(upstream, &urgent, 1, MSG_OOB | no_sigpipe) == 1);
+    REQUIRE(::send(upstream, "after", 5, no_sigpipe) == 5);
+    REQUIRE(::shutdown(upstream, SHUT_WR) == 0);
+    short upstream_revents = wait_for_events(rig.upstream_end(), POLLIN | POLLRDHUP);
+    REQUIRE((upstream_revents & POLLRDHUP) != 0);
+
+    rig.pump(0, upstream_revents);
+    CHECK(rig.drive([&] { return rig.client().eof; }, 2000));
+    CHECK(rig.client().received == "beforeafter");
+    CHECK_FALSE(rig.relay().failed());
+}
+#endif
 
 TEST_CASE("a reset from a client that has already half-closed still ends the relay") {
     // The client sends its request and its end of stream, then aborts (RST) while upstream is

@@ -50,6 +50,14 @@
 #    define TINYPROXY_ACCEPT_INHERITS_NODELAY 0
 #endif
 
+// POLLRDHUP / EPOLLRDHUP: the wait says the peer has sent its FIN, so a relay whose read came
+// back short knows the socket is at end of stream without another read to hear it say so.
+#if !defined(TINYPROXY_NO_RDHUP) && defined(__linux__)
+#    define TINYPROXY_HAS_RDHUP 1
+#else
+#    define TINYPROXY_HAS_RDHUP 0
+#endif
+
 // splice(2), to relay bulk data socket -> pipe -> socket without copying it through user space.
 #if !defined(TINYPROXY_NO_SPLICE) && defined(__linux__)
 #    define TINYPROXY_HAS_SPLICE 1

@@ -25,7 +25,7 @@ namespace tinyproxy {
 struct poller_slot {
     static constexpr std::size_t none = static_cast<std::size_t>(-1);
     int fd = -1;              ///< the descriptor registered, -1 for none
-    short events = 0;         ///< POLLIN and/or POLLOUT it waits for
+    short events = 0;         ///< POLLIN and/or POLLOUT it waits for (and POLLRDHUP)
     std::uint32_t serial = 0; ///< which socket of that number (numbers are reused)
     std::size_t index = none; ///< poll_poller only: its place in the pollfd array
 };
@@ -173,12 +173,14 @@ public:
 
 private:
     static std::uint32_t to_epoll(short events) noexcept {
-        return ((events & POLLIN) != 0 ? EPOLLIN : 0u) | ((events & POLLOUT) != 0 ? EPOLLOUT : 0u);
+        return ((events & POLLIN) != 0 ? EPOLLIN : 0u) | ((events & POLLOUT) != 0 ? EPOLLOUT : 0u) |
+               ((events & POLLRDHUP) != 0 ? EPOLLRDHUP : 0u);
     }
     static short to_poll(std::uint32_t events) noexcept {
         return static_cast<short>(
             ((events & EPOLLIN) != 0 ? POLLIN : 0) | ((events & EPOLLOUT) != 0 ? POLLOUT : 0) |
-            ((events & EPOLLERR) != 0 ? POLLERR : 0) | ((events & EPOLLHUP) != 0 ? POLLHUP : 0));
+            ((events & EPOLLERR) != 0 ? POLLERR : 0) | ((events & EPOLLHUP) != 0 ? POLLHUP : 0) |
+            ((events & EPOLLRDHUP) != 0 ? POLLRDHUP : 0));
     }
     bool control(int op, int fd, short events, std::uint64_t token, std::error_code& ec,
                  std::uint32_t flags = 0) noexcept;

@@ -60,6 +60,14 @@
 #    define TINYPROXY_ACCEPT_INHERITS_NODELAY 0
 #endif
 
+// POLLRDHUP / EPOLLRDHUP: the wait says the peer has sent its FIN, so a relay whose read came
+// back short knows the socket is at end of stream without another read to hear it say so.
+#if !defined(TINYPROXY_NO_RDHUP) && defined(__linux__)
+#    define TINYPROXY_HAS_RDHUP 1
+#else
+#    define TINYPROXY_HAS_RDHUP 0
+#endif
+
 // splice(2), to relay bulk data socket -> pipe -> socket without copying it through user space.
 #if !defined(TINYPROXY_NO_SPLICE) && defined(__linux__)
 #    define TINYPROXY_HAS_SPLICE 1
@@ -1058,6 +1066,16 @@ inline std::size_t recv_some(int fd, void* data, std::size_t size, std::error_co
     }
 }
 
+#if TINYPROXY_HAS_RDHUP
+/// What poll(2) reports (and epoll as EPOLLRDHUP) once the peer has sent its FIN.
+constexpr short peer_closed_event = POLLRDHUP;
+/// send(2): hold these bytes back for what follows at once (here, our FIN): one segment.
+constexpr int more_follows_flag = MSG_MORE;
+#else
+constexpr short peer_closed_event = 0;
+constexpr int more_follows_flag = 0;
+#endif
+
 /// send(2) that never raises SIGPIPE; EINTR retried.
 inline std::size_t send_some(int fd, const void* data, std::size_t size, std::error_code& ec,
                              int flags = 0) noexcept {
@@ -1778,7 +1796,7 @@ namespace tinyproxy {
 struct poller_slot {
     static constexpr std::size_t none = static_cast<std::size_t>(-1);
     int fd = -1;              ///< the descriptor registered, -1 for none
-    short events = 0;         ///< POLLIN and/or POLLOUT it waits for
+    short events = 0;         ///< POLLIN and/or POLLOUT it waits for (and POLLRDHUP)
     std::uint32_t serial = 0; ///< which socket of that number (numbers are reused)
     std::size_t index = none; ///< poll_poller only: its place in the pollfd array
 };
@@ -1926,12 +1944,14 @@ public:
 
 private:
     static std::uint32_t to_epoll(short events) noexcept {
-        return ((events & POLLIN) != 0 ? EPOLLIN : 0u) | ((events & POLLOUT) != 0 ? EPOLLOUT : 0u);
+        return ((events & POLLIN) != 0 ? EPOLLIN : 0u) | ((events & POLLOUT) != 0 ? EPOLLOUT : 0u) |
+               ((events & POLLRDHUP) != 0 ? EPOLLRDHUP : 0u);
     }
     static short to_poll(std::uint32_t events) noexcept {
         return static_cast<short>(
             ((events & EPOLLIN) != 0 ? POLLIN : 0) | ((events & EPOLLOUT) != 0 ? POLLOUT : 0) |
-            ((events & EPOLLERR) != 0 ? POLLERR : 0) | ((events & EPOLLHUP) != 0 ? POLLHUP : 0));
+            ((events & EPOLLERR) != 0 ? POLLERR : 0) | ((events & EPOLLHUP) != 0 ? POLLHUP : 0) |
+            ((events & EPOLLRDHUP) != 0 ? POLLRDHUP : 0));
     }
     bool control(int op, int fd, short events, std::uint64_t token, std::error_code& ec,
                  std::uint32_t flags = 0) noexcept;
@@ -3857,11 +3877,18 @@ public:
     /// A socket left unread is watched for reading afterwards (client_events() and
     /// upstream_events() say so), so nothing waits for long. Leave both out to have both
     /// sides tried.
+    ///
+    /// Where the platform has POLLRDHUP (Linux), the relay asks for it with POLLIN. A socket
+    /// reported with it (and without POLLERR) has had its peer's FIN: after a short read, one
+    /// more read hears the end of stream at once, and the last bytes go on held back (MSG_MORE)
+    /// for the FIN that follows them, in one segment. A reply-then-close upstream then costs
+    /// one wait, not two, and its client one wake-up.
     bool pump(std::uint8_t* scratch, std::size_t scratch_size,
               short client_revents = unknown_events,
               short upstream_revents = unknown_events) noexcept;
 
-    /// What to wait for on the client socket next: POLLIN, POLLOUT, both, or 0.
+    /// What to wait for on the client socket next: POLLIN (with POLLRDHUP where the platform
+    /// has it), POLLOUT, both, or 0.
     short client_events() const noexcept { return events_on(0); }
     /// What to wait for on the upstream socket next.
     short upstream_events() const noexcept { return events_on(1); }
@@ -3926,9 +3953,18 @@ private:
         return h.pending.size() - h.pending_offset + h.in_pipe;
     }
     bool has_pending(const half& h) const noexcept { return buffered(h) != 0; }
+    static bool peer_sent_fin(short revents) noexcept {
+        return (revents & detail::peer_closed_event) != 0 && (revents & POLLERR) == 0;
+    }
     short events_on(int side) const noexcept;
-    bool pump_half(half& h, bool source_ready, bool destination_ready, std::uint8_t* scratch,
-                   std::size_t scratch_size, sigpipe_scope& sigpipe) noexcept;
+    bool pump_half(half& h, bool source_ready, bool destination_ready, bool source_closing,
+                   std::uint8_t* scratch, std::size_t scratch_size,
+                   sigpipe_scope& sigpipe) noexcept;
+    /// After a short read of `n` bytes from a socket whose FIN had come: reads on into the
+    /// rest of scratch. True when that read said end of stream; bytes it found are added to
+    /// `n`; an error other than "would block" is left in `ec`.
+    static bool read_on_to_end(int fd, std::uint8_t* scratch, std::size_t& n,
+                               std::size_t scratch_size, std::error_code& ec) noexcept;
     /// Writes what is pending in the buffer; false when the destination is full or failed.
     bool flush(half& h, bool& progressed) noexcept;
     /// Splices what the pipe holds into the destination; false when it is full or failed.
@@ -3962,7 +3998,7 @@ inline short relay::events_on(int side) const noexcept {
     const half& incoming = halves_[1 - side]; // writes to this side
     short events = 0;
     if (!outgoing.eof && !has_pending(outgoing)) {
-        events |= POLLIN;
+        events |= POLLIN | detail::peer_closed_event;
     }
     if (has_pending(incoming)) {
         events |= POLLOUT;
@@ -4050,7 +4086,7 @@ inline void relay::start_splicing(half& h) noexcept {
 }
 
 inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
-                             std::uint8_t* scratch, std::size_t scratch_size,
+                             bool source_closing, std::uint8_t* scratch, std::size_t scratch_size,
                              sigpipe_scope& sigpipe) noexcept {
     bool progressed = false;
     // A source with bytes waiting behind it was not watched for reading, so once they can go,
@@ -4103,8 +4139,15 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
         if (n == scratch_size) {
             start_splicing(h); // bulk data: the next read goes through a pipe
         }
+        // A short read took everything the socket had. If the wait said its FIN had come too,
+        // one more read hears the end of stream now rather than after another wait, and the
+        // bytes go out held back for our FIN (below), in one segment with it.
+        std::error_code read_error;
+        const bool ends = n < scratch_size && source_closing &&
+                          read_on_to_end(h.from, scratch, n, scratch_size, read_error);
         // Write straight from scratch; keep only what the destination would not take.
-        std::size_t written = detail::send_some(h.to, scratch, n, ec);
+        std::size_t written =
+            detail::send_some(h.to, scratch, n, ec, ends ? detail::more_follows_flag : 0);
         if (ec && !detail::would_block(ec)) {
             fail(ec, h.to);
             break;
@@ -4113,9 +4156,12 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
         h.bytes_written += written;
         if (written < n) {
             keep(h, byte_view{scratch + written, n - written});
-            break;
         }
-        if (n < scratch_size) {
+        h.eof = ends;
+        if (read_error) {
+            fail(read_error, h.from); // after passing on what came before it, as ever
+        }
+        if (written < n || n < scratch_size || failed()) {
             // A short read took everything the socket had: another would only say EAGAIN (two
             // wasted system calls per request/response round trip). Readiness is level
             // triggered, so bytes that arrive meanwhile bring the caller straight back.
@@ -4133,6 +4179,21 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
         progressed = true;
     }
     return progressed;
+}
+
+inline bool relay::read_on_to_end(int fd, std::uint8_t* scratch, std::size_t& n,
+                                  std::size_t scratch_size, std::error_code& ec) noexcept {
+    std::size_t more = detail::recv_some(fd, scratch + n, scratch_size - n, ec);
+    if (ec) {
+        if (detail::would_block(ec)) {
+            ec.clear();
+        }
+        return false;
+    }
+    // More bytes means the first read stopped short of the end (at an urgent mark): they
+    // join the rest, and the next round reads on.
+    n += more;
+    return more == 0;
 }
 
 inline void relay::probe_half_closed(int side, short revents) noexcept {
@@ -4160,12 +4221,14 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short c
                               (upstream_revents & (POLLIN | POLLERR | POLLHUP)) != 0};
     const bool writable[2] = {(client_revents & (POLLOUT | POLLERR | POLLHUP)) != 0,
                               (upstream_revents & (POLLOUT | POLLERR | POLLHUP)) != 0};
+    // The peer's FIN has come (and no error with it, which a reset would bring).
+    const bool closing[2] = {peer_sent_fin(client_revents), peer_sent_fin(upstream_revents)};
     for (int side = 0; side < 2; ++side) {
         half& h = halves_[side]; // reads from `side`, writes to the other
         if (!h.done && !failed()) {
-            progressed =
-                pump_half(h, readable[side], writable[1 - side], scratch, scratch_size, sigpipe) ||
-                progressed;
+            progressed = pump_half(h, readable[side], writable[1 - side], closing[side], scratch,
+                                   scratch_size, sigpipe) ||
+                         progressed;
         }
     }
     return progressed || failed();

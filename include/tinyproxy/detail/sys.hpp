@@ -175,6 +175,16 @@ inline std::size_t recv_some(int fd, void* data, std::size_t size, std::error_co
     }
 }
 
+#if TINYPROXY_HAS_RDHUP
+/// What poll(2) reports (and epoll as EPOLLRDHUP) once the peer has sent its FIN.
+constexpr short peer_closed_event = POLLRDHUP;
+/// send(2): hold these bytes back for what follows at once (here, our FIN): one segment.
+constexpr int more_follows_flag = MSG_MORE;
+#else
+constexpr short peer_closed_event = 0;
+constexpr int more_follows_flag = 0;
+#endif
+
 /// send(2) that never raises SIGPIPE; EINTR retried.
 inline std::size_t send_some(int fd, const void* data, std::size_t size, std::error_code& ec,
                              int flags = 0) noexcept {
