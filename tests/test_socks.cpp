@@ -1,6 +1,7 @@
-// Unit tests for protocol/socks4.hpp and protocol/socks5.hpp: no sockets, only bytes. Every vector
-// is fed whole, one byte at a time and split at every position; every truncation is need_more;
-// replies are checked byte for byte; bytes pipelined after a request come out intact.
+// Unit tests for protocol/socks4.hpp, protocol/socks5.hpp and socks_mode's session: no sockets,
+// only bytes. Every vector is fed whole, one byte at a time and split at every position; every
+// truncation is need_more; replies are checked byte for byte; bytes pipelined after a request
+// come out intact.
 #include <doctest/doctest.h>
 
 #include <ostream> // doctest prints std::error_code with operator<<
@@ -24,6 +25,7 @@ using tinyproxy::handshake_step;
 using tinyproxy::ip_address;
 using tinyproxy::socks4_handshake;
 using tinyproxy::socks5_handshake;
+using tinyproxy::socks_mode;
 
 namespace {
 
@@ -816,6 +818,82 @@ TEST_CASE("socks4 random garbage never crashes") {
     tiny.max_host_name = 3;
     feed_garbage([tiny] { return socks4_handshake(tiny); }, {0x04, 0x01, 0x00, 0x50, 0, 0, 0, 9},
                  14, 3000);
+}
+
+// --- socks_mode: the session a proxy holds -----------------------------------------------------
+
+TEST_CASE("socks_mode a held SOCKS session costs no more than a forwarded one") {
+    // A session lives as long as its tunnel: parsers kept in it after the handshake (a SOCKS5 one
+    // buffers a whole 513-byte message) would cost every held SOCKS tunnel ~700 bytes more than a
+    // forwarded one (per-connection memory, bench/run.sh's KB per idle connection).
+    using tinyproxy::basic_session;
+    CHECK(sizeof(basic_session<socks_mode::session>) <=
+          sizeof(basic_session<tinyproxy::forward_mode::session>) + 32);
+}
+
+TEST_CASE("socks_mode SOCKS5: the reply after connecting, then any feed is protocol_error") {
+    socks_mode mode;
+    const endpoint bound{ip_address::v4({10, 1, 2, 3}), 0xC350};
+    const bytes handshake = cat({no_auth_greeting, connect_ipv4, pipelined});
+    for (bool refused : {false, true}) {
+        INFO((refused ? "refused" : "connected"));
+        socks_mode::session session = mode.make_session({});
+        CHECK(session.start().what == action::need_more);
+        // The first byte alone picks the version; the rest goes to the parser it picked.
+        CHECK(session.on_client_data(byte_view{handshake.data(), 1}).what == action::need_more);
+        handshake_step step =
+            session.on_client_data(byte_view{handshake.data() + 1, handshake.size() - 1});
+        REQUIRE(step.what == action::connect);
+        CHECK(step.target.to_string() == "192.0.2.1:80");
+        CHECK(hex(step.to_client) == "05 00");
+        CHECK(hex(step.to_upstream) == hex(pipelined));
+        std::error_code result;
+        if (refused) {
+            result = std::error_code(ECONNREFUSED, std::system_category());
+        }
+        CHECK(hex(session.on_connected(result, refused ? endpoint{} : bound, {})) ==
+              (refused ? "05 05 00 01 00 00 00 00 00 00" : "05 00 00 01 0a 01 02 03 c3 50"));
+        handshake_step after = session.on_client_data(no_auth_greeting);
+        CHECK(after.what == action::fail);
+        CHECK(after.error == errc::protocol_error);
+        CHECK(after.to_client.empty());
+    }
+}
+
+TEST_CASE("socks_mode SOCKS4: the reply after connecting, then any feed is protocol_error") {
+    socks_mode mode;
+    const endpoint bound{ip_address::v4({10, 1, 2, 3}), 0xC350};
+    for (bool refused : {false, true}) {
+        INFO((refused ? "refused" : "connected"));
+        socks_mode::session session = mode.make_session({});
+        handshake_step step = session.on_client_data(socks4_request(1, 80, {192, 0, 2, 1}, "bob"));
+        REQUIRE(step.what == action::connect);
+        CHECK(step.target.to_string() == "192.0.2.1:80");
+        CHECK(step.to_client.empty());
+        std::error_code result;
+        if (refused) {
+            result = make_error_code(errc::connect_timeout);
+        }
+        CHECK(hex(session.on_connected(result, refused ? endpoint{} : bound, {})) ==
+              (refused ? "00 5b 00 00 00 00 00 00" : "00 5a c3 50 0a 01 02 03"));
+        handshake_step after = session.on_client_data(bytes{0x04});
+        CHECK(after.what == action::fail);
+        CHECK(after.error == errc::protocol_error);
+        CHECK(after.to_client.empty());
+    }
+}
+
+TEST_CASE("socks_mode with credentials refuses SOCKS4 with 0x5B and takes nothing more") {
+    socks_mode::config cfg;
+    cfg.required = alice();
+    socks_mode mode(cfg);
+    socks_mode::session session = mode.make_session({});
+    handshake_step step = session.on_client_data(socks4_request(1, 80, {192, 0, 2, 1}, "alice"));
+    CHECK(step.what == action::fail);
+    CHECK(step.error == errc::auth_failed);
+    CHECK(hex(step.to_client) == "00 5b 00 00 00 00 00 00");
+    CHECK(session.on_client_data(socks4_request(1, 80, {192, 0, 2, 1}, "alice")).error ==
+          errc::protocol_error);
 }
 
 TEST_SUITE_END();

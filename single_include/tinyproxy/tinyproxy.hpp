@@ -5946,8 +5946,10 @@ private:
 // socks_mode: SOCKS4, SOCKS4a and SOCKS5 on one port, told apart by the first byte.
 
 #include <cstdint>      // bytes
-#include <optional>     // configured credentials, the chosen parser
-#include <system_error> // std::error_code
+#include <memory>       // the chosen parser, on the heap
+#include <new>          // std::bad_alloc
+#include <optional>     // configured credentials
+#include <system_error> // std::error_code, std::errc
 #include <utility>      // std::move
 #include <vector>       // replies
 
@@ -5963,7 +5965,9 @@ private:
 namespace tinyproxy {
 
 /// Where a SOCKS client asks to go. Version 4 and 4a requests begin with the byte 4, version 5
-/// with 5; the first byte picks the parser and anything else is closed at once.
+/// with 5; the first byte picks the parser and anything else is closed at once. The parser lives
+/// until on_connected() has built the reply, or until the handshake fails; any feed after that
+/// answers fail(protocol_error), as the parsers do. No memory for a parser closes that client.
 ///
 /// With credentials configured, SOCKS5 clients must authenticate (RFC 1929) and SOCKS4 clients,
 /// which cannot, are refused with a 0x5B reply.
@@ -5983,13 +5987,21 @@ public:
 
         mode_step start() { return mode_step::need_more(); }
         mode_step on_client_data(byte_view bytes);
+        /// The reply to the client; called once, it ends the handshake.
         std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint& local,
                                                const endpoint& upstream);
 
     private:
+        mode_step pick_parser(byte_view bytes);
+        mode_step start_socks5(byte_view bytes);
+        mode_step start_socks4(byte_view bytes);
+        void end_handshake() noexcept;
+
         const config* config_;
-        std::optional<socks4_handshake> v4_;
-        std::optional<socks5_handshake> v5_;
+        // Heap, handshake only: a held connection keeps a pointer, not the ~600-byte parser.
+        std::unique_ptr<socks4_handshake> v4_;
+        std::unique_ptr<socks5_handshake> v5_;
+        bool handshake_ended_ = false;
     };
 
     session make_session(const session_info&) const { return session{config_}; }
@@ -5999,42 +6011,72 @@ private:
 };
 
 inline mode_step socks_mode::session::on_client_data(byte_view bytes) {
-    if (v5_) {
-        return v5_->feed(bytes);
+    if (handshake_ended_) {
+        return mode_step::fail(make_error_code(errc::protocol_error));
     }
-    if (v4_) {
-        return v4_->feed(bytes);
+    mode_step step = v5_ ? v5_->feed(bytes) : v4_ ? v4_->feed(bytes) : pick_parser(bytes);
+    if (step.what == mode_step::action::fail) {
+        end_handshake();
     }
+    return step;
+}
+
+inline mode_step socks_mode::session::pick_parser(byte_view bytes) {
     if (bytes.empty()) {
         return mode_step::need_more();
     }
     if (bytes[0] == 5) {
-        socks5_handshake::config cfg;
-        cfg.required = config_->required;
-        v5_.emplace(std::move(cfg));
-        return v5_->feed(bytes);
+        return start_socks5(bytes);
     }
     if (bytes[0] == 4) {
-        v4_.emplace();
-        if (config_->required || !config_->allow_socks4) {
-            // SOCKS4 carries no password: with credentials required it cannot be served.
-            return mode_step::fail(make_error_code(errc::auth_failed),
-                                   v4_->failed(make_error_code(errc::not_allowed)));
-        }
-        return v4_->feed(bytes);
+        return start_socks4(bytes);
     }
     return mode_step::fail(make_error_code(errc::unsupported_version));
 }
 
+inline mode_step socks_mode::session::start_socks5(byte_view bytes) {
+    try {
+        socks5_handshake::config cfg;
+        cfg.required = config_->required;
+        v5_ = std::make_unique<socks5_handshake>(std::move(cfg));
+    } catch (const std::bad_alloc&) {
+        // No memory for a parser: this client is closed, not the proxy.
+        return mode_step::fail(std::make_error_code(std::errc::not_enough_memory));
+    }
+    return v5_->feed(bytes);
+}
+
+inline mode_step socks_mode::session::start_socks4(byte_view bytes) {
+    if (config_->required || !config_->allow_socks4) {
+        // SOCKS4 carries no password: with credentials required it cannot be served.
+        return mode_step::fail(make_error_code(errc::auth_failed),
+                               socks4_handshake().failed(make_error_code(errc::not_allowed)));
+    }
+    try {
+        v4_ = std::make_unique<socks4_handshake>();
+    } catch (const std::bad_alloc&) {
+        // No memory for a parser: this client is closed, not the proxy.
+        return mode_step::fail(std::make_error_code(std::errc::not_enough_memory));
+    }
+    return v4_->feed(bytes);
+}
+
 inline std::vector<std::uint8_t>
 socks_mode::session::on_connected(std::error_code result, const endpoint& local, const endpoint&) {
+    std::vector<std::uint8_t> reply;
     if (v5_) {
-        return result ? v5_->failed(result) : v5_->connected(local);
+        reply = result ? v5_->failed(result) : v5_->connected(local);
+    } else if (v4_) {
+        reply = result ? v4_->failed(result) : v4_->connected(local);
     }
-    if (v4_) {
-        return result ? v4_->failed(result) : v4_->connected(local);
-    }
-    return {};
+    end_handshake();
+    return reply;
+}
+
+inline void socks_mode::session::end_handshake() noexcept {
+    v4_.reset();
+    v5_.reset();
+    handshake_ended_ = true;
 }
 
 } // namespace tinyproxy
