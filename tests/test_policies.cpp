@@ -11,6 +11,8 @@
 #include <deque>
 #include <future>
 #include <mutex>
+#include <new>       // std::bad_alloc
+#include <stdexcept> // std::runtime_error
 #include <cstdio>
 #include <set>
 #include <sstream>
@@ -442,6 +444,69 @@ private:
 };
 
 } // namespace
+
+namespace {
+
+/// A Mode that throws: std::bad_alloc on the first byte 'M' (a parser out of memory), a
+/// std::runtime_error from on_connected() after 'R'; any other first byte goes to `echoing`.
+class throwing_mode {
+public:
+    explicit throwing_mode(tinyproxy::endpoint echoing) : echoing_(echoing) {}
+
+    class session {
+    public:
+        explicit session(tinyproxy::endpoint echoing) : echoing_(echoing) {}
+        tinyproxy::mode_step start() { return tinyproxy::mode_step::need_more(); }
+        tinyproxy::mode_step on_client_data(tinyproxy::byte_view data) {
+            if (data[0] == 'M') {
+                throw std::bad_alloc();
+            }
+            throw_on_connected_ = data[0] == 'R';
+            bytes rest(data.begin() + 1, data.end());
+            return tinyproxy::mode_step::connect_to({echoing_.address.to_string(), echoing_.port},
+                                                    rest);
+        }
+        bytes on_connected(std::error_code, const tinyproxy::endpoint&,
+                           const tinyproxy::endpoint&) {
+            if (throw_on_connected_) {
+                throw std::runtime_error("a Mode with a bug");
+            }
+            return {};
+        }
+
+    private:
+        tinyproxy::endpoint echoing_;
+        bool throw_on_connected_ = false;
+    };
+
+    session make_session(const tinyproxy::session_info&) const { return session{echoing_}; }
+
+private:
+    tinyproxy::endpoint echoing_;
+};
+
+} // namespace
+
+TEST_CASE_TEMPLATE("a Mode that throws ends only its own client's session; the proxy goes on",
+                   Policy, tinyproxy::poll_policy, tinyproxy::portable_poll_policy,
+                   tinyproxy::thread_policy) {
+    // An event loop serves thousands of clients: one client's session running out of memory
+    // (or a user's Mode with a bug) must close that client, not stop the loop for everyone.
+    upstream echo_server(echo);
+    running_proxy<Policy, throwing_mode> proxy(throwing_mode(echo_server.where()));
+    for (std::uint8_t first : {'M', 'R'}) {
+        auto client = connect_to(proxy.where());
+        REQUIRE(send_all(client, bytes{first, 'x'}));
+        CHECK(read_to_end(client).empty()); // closed, nothing relayed
+    }
+    bytes payload = random_bytes(64 * 1024, 5);
+    bytes request = {'E'};
+    request.insert(request.end(), payload.begin(), payload.end());
+    CHECK(round_trip(proxy.where(), request) == payload);
+    auto stats = proxy.proxy().stats();
+    CHECK(stats.failed >= 2);
+    CHECK(proxy.stop() < 1000ms);
+}
 
 TEST_CASE_TEMPLATE("a connect that never completes, a client that never reads and one that "
                    "never speaks do not stall others",

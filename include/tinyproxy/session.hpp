@@ -103,6 +103,9 @@ struct session_result {
 /// A Mode session whose reply never names the upstream socket's own address (`local`) may say
 ///     static constexpr bool uses_local_endpoint = false;
 /// and `local` is then left empty: one getsockname(2) less per connection.
+///
+/// The entry points never throw: an exception from the Mode (out of memory, or a bug) ends
+/// the session with `std::errc::not_enough_memory`, so one client cannot stop an event loop.
 template <class ModeSession>
 class basic_session {
 public:
@@ -118,7 +121,7 @@ public:
     }
 
     /// Starts the handshake; `now` begins the handshake deadline.
-    void start(time_point now);
+    void start(time_point now) noexcept;
 
     int client_fd() const noexcept { return client_.native_handle(); }
     /// -1 until an upstream connection is being made.
@@ -141,13 +144,13 @@ public:
 
     bool wants_resolve() const noexcept { return state_ == state::resolving; }
     const host_port& resolve_target() const noexcept { return target_; }
-    void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now);
+    void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now) noexcept;
 
     /// Readiness (revents) for each socket; 0 for one that is not ready.
     void on_ready(short client_revents, short upstream_revents, time_point now,
-                  std::uint8_t* scratch, std::size_t scratch_size);
+                  std::uint8_t* scratch, std::size_t scratch_size) noexcept;
     /// Call when `now` has reached `deadline()`.
-    void on_deadline(time_point now);
+    void on_deadline(time_point now) noexcept;
     /// Ends the session at once (the proxy is stopping, or the driver failed).
     void abort(std::error_code why) noexcept { finish(why); }
 
@@ -177,6 +180,11 @@ private:
     void relay_ready(short client_revents, short upstream_revents, time_point now,
                      std::uint8_t* scratch, std::size_t scratch_size);
     void finish(std::error_code why) noexcept;
+    /// A Mode (or a buffer) threw in start(), on_resolved(), on_ready() or on_deadline():
+    /// this session ends, and whoever drives it (an event loop of thousands) goes on.
+    void ended_by_exception() noexcept {
+        finish(std::make_error_code(std::errc::not_enough_memory));
+    }
 
     socket client_;
     socket upstream_;
@@ -214,7 +222,7 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd, std
 // ---------------------------------------------------------------------------------------------
 
 template <class ModeSession>
-void basic_session<ModeSession>::start(time_point now) {
+void basic_session<ModeSession>::start(time_point now) noexcept try {
     now_ = now;
     if (!client_setup_.nonblocking) {
         std::error_code ec;
@@ -227,6 +235,8 @@ void basic_session<ModeSession>::start(time_point now) {
     result_.started = now;
     deadline_ = detail::deadline_after(now, limits_.handshake_timeout);
     apply(mode_.start(), now);
+} catch (...) {
+    ended_by_exception();
 }
 
 template <class ModeSession>
@@ -314,7 +324,7 @@ void basic_session<ModeSession>::begin_connect(time_point now) {
 
 template <class ModeSession>
 void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, std::error_code ec,
-                                             time_point now) {
+                                             time_point now) noexcept try {
     now_ = now;
     if (state_ != state::resolving && state_ != state::handshaking) {
         return; // ended meanwhile
@@ -327,6 +337,8 @@ void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, s
     if (!upstream_) {
         on_connect_result(last_connect_error_, now);
     }
+} catch (...) {
+    ended_by_exception();
 }
 
 template <class ModeSession>
@@ -481,7 +493,7 @@ void basic_session<ModeSession>::relay_ready(short client_revents, short upstrea
 template <class ModeSession>
 void basic_session<ModeSession>::on_ready(short client_revents, short upstream_revents,
                                           time_point now, std::uint8_t* scratch,
-                                          std::size_t scratch_size) {
+                                          std::size_t scratch_size) noexcept try {
     now_ = now;
     switch (state_) {
     case state::handshaking:
@@ -518,10 +530,12 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
     default:
         return;
     }
+} catch (...) {
+    ended_by_exception();
 }
 
 template <class ModeSession>
-void basic_session<ModeSession>::on_deadline(time_point now) {
+void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
     now_ = now;
     if (now < deadline_) {
         return;
@@ -544,6 +558,8 @@ void basic_session<ModeSession>::on_deadline(time_point now) {
         finish(result_.error ? result_.error : make_error_code(errc::handshake_timeout));
         return;
     }
+} catch (...) {
+    ended_by_exception();
 }
 
 template <class ModeSession>

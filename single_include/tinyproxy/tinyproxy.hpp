@@ -4342,6 +4342,9 @@ struct session_result {
 /// A Mode session whose reply never names the upstream socket's own address (`local`) may say
 ///     static constexpr bool uses_local_endpoint = false;
 /// and `local` is then left empty: one getsockname(2) less per connection.
+///
+/// The entry points never throw: an exception from the Mode (out of memory, or a bug) ends
+/// the session with `std::errc::not_enough_memory`, so one client cannot stop an event loop.
 template <class ModeSession>
 class basic_session {
 public:
@@ -4357,7 +4360,7 @@ public:
     }
 
     /// Starts the handshake; `now` begins the handshake deadline.
-    void start(time_point now);
+    void start(time_point now) noexcept;
 
     int client_fd() const noexcept { return client_.native_handle(); }
     /// -1 until an upstream connection is being made.
@@ -4380,13 +4383,13 @@ public:
 
     bool wants_resolve() const noexcept { return state_ == state::resolving; }
     const host_port& resolve_target() const noexcept { return target_; }
-    void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now);
+    void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now) noexcept;
 
     /// Readiness (revents) for each socket; 0 for one that is not ready.
     void on_ready(short client_revents, short upstream_revents, time_point now,
-                  std::uint8_t* scratch, std::size_t scratch_size);
+                  std::uint8_t* scratch, std::size_t scratch_size) noexcept;
     /// Call when `now` has reached `deadline()`.
-    void on_deadline(time_point now);
+    void on_deadline(time_point now) noexcept;
     /// Ends the session at once (the proxy is stopping, or the driver failed).
     void abort(std::error_code why) noexcept { finish(why); }
 
@@ -4416,6 +4419,11 @@ private:
     void relay_ready(short client_revents, short upstream_revents, time_point now,
                      std::uint8_t* scratch, std::size_t scratch_size);
     void finish(std::error_code why) noexcept;
+    /// A Mode (or a buffer) threw in start(), on_resolved(), on_ready() or on_deadline():
+    /// this session ends, and whoever drives it (an event loop of thousands) goes on.
+    void ended_by_exception() noexcept {
+        finish(std::make_error_code(std::errc::not_enough_memory));
+    }
 
     socket client_;
     socket upstream_;
@@ -4453,7 +4461,7 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd, std
 // ---------------------------------------------------------------------------------------------
 
 template <class ModeSession>
-void basic_session<ModeSession>::start(time_point now) {
+void basic_session<ModeSession>::start(time_point now) noexcept try {
     now_ = now;
     if (!client_setup_.nonblocking) {
         std::error_code ec;
@@ -4466,6 +4474,8 @@ void basic_session<ModeSession>::start(time_point now) {
     result_.started = now;
     deadline_ = detail::deadline_after(now, limits_.handshake_timeout);
     apply(mode_.start(), now);
+} catch (...) {
+    ended_by_exception();
 }
 
 template <class ModeSession>
@@ -4553,7 +4563,7 @@ void basic_session<ModeSession>::begin_connect(time_point now) {
 
 template <class ModeSession>
 void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, std::error_code ec,
-                                             time_point now) {
+                                             time_point now) noexcept try {
     now_ = now;
     if (state_ != state::resolving && state_ != state::handshaking) {
         return; // ended meanwhile
@@ -4566,6 +4576,8 @@ void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, s
     if (!upstream_) {
         on_connect_result(last_connect_error_, now);
     }
+} catch (...) {
+    ended_by_exception();
 }
 
 template <class ModeSession>
@@ -4720,7 +4732,7 @@ void basic_session<ModeSession>::relay_ready(short client_revents, short upstrea
 template <class ModeSession>
 void basic_session<ModeSession>::on_ready(short client_revents, short upstream_revents,
                                           time_point now, std::uint8_t* scratch,
-                                          std::size_t scratch_size) {
+                                          std::size_t scratch_size) noexcept try {
     now_ = now;
     switch (state_) {
     case state::handshaking:
@@ -4757,10 +4769,12 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
     default:
         return;
     }
+} catch (...) {
+    ended_by_exception();
 }
 
 template <class ModeSession>
-void basic_session<ModeSession>::on_deadline(time_point now) {
+void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
     now_ = now;
     if (now < deadline_) {
         return;
@@ -4783,6 +4797,8 @@ void basic_session<ModeSession>::on_deadline(time_point now) {
         finish(result_.error ? result_.error : make_error_code(errc::handshake_timeout));
         return;
     }
+} catch (...) {
+    ended_by_exception();
 }
 
 template <class ModeSession>
@@ -5947,9 +5963,8 @@ private:
 
 #include <cstdint>      // bytes
 #include <memory>       // the chosen parser, on the heap
-#include <new>          // std::bad_alloc
 #include <optional>     // configured credentials
-#include <system_error> // std::error_code, std::errc
+#include <system_error> // std::error_code
 #include <utility>      // std::move
 #include <vector>       // replies
 
@@ -5967,7 +5982,7 @@ namespace tinyproxy {
 /// Where a SOCKS client asks to go. Version 4 and 4a requests begin with the byte 4, version 5
 /// with 5; the first byte picks the parser and anything else is closed at once. The parser lives
 /// until on_connected() has built the reply, or until the handshake fails; any feed after that
-/// answers fail(protocol_error), as the parsers do. No memory for a parser closes that client.
+/// answers fail(protocol_error), as the parsers do.
 ///
 /// With credentials configured, SOCKS5 clients must authenticate (RFC 1929) and SOCKS4 clients,
 /// which cannot, are refused with a 0x5B reply.
@@ -6035,14 +6050,10 @@ inline mode_step socks_mode::session::pick_parser(byte_view bytes) {
 }
 
 inline mode_step socks_mode::session::start_socks5(byte_view bytes) {
-    try {
-        socks5_handshake::config cfg;
-        cfg.required = config_->required;
-        v5_ = std::make_unique<socks5_handshake>(std::move(cfg));
-    } catch (const std::bad_alloc&) {
-        // No memory for a parser: this client is closed, not the proxy.
-        return mode_step::fail(std::make_error_code(std::errc::not_enough_memory));
-    }
+    // No memory for a parser throws, and basic_session closes this client (not the proxy).
+    socks5_handshake::config cfg;
+    cfg.required = config_->required;
+    v5_ = std::make_unique<socks5_handshake>(std::move(cfg));
     return v5_->feed(bytes);
 }
 
@@ -6052,12 +6063,7 @@ inline mode_step socks_mode::session::start_socks4(byte_view bytes) {
         return mode_step::fail(make_error_code(errc::auth_failed),
                                socks4_handshake().failed(make_error_code(errc::not_allowed)));
     }
-    try {
-        v4_ = std::make_unique<socks4_handshake>();
-    } catch (const std::bad_alloc&) {
-        // No memory for a parser: this client is closed, not the proxy.
-        return mode_step::fail(std::make_error_code(std::errc::not_enough_memory));
-    }
+    v4_ = std::make_unique<socks4_handshake>();
     return v4_->feed(bytes);
 }
 

@@ -3,9 +3,8 @@
 
 #include <cstdint>      // bytes
 #include <memory>       // the chosen parser, on the heap
-#include <new>          // std::bad_alloc
 #include <optional>     // configured credentials
-#include <system_error> // std::error_code, std::errc
+#include <system_error> // std::error_code
 #include <utility>      // std::move
 #include <vector>       // replies
 
@@ -23,7 +22,7 @@ namespace tinyproxy {
 /// Where a SOCKS client asks to go. Version 4 and 4a requests begin with the byte 4, version 5
 /// with 5; the first byte picks the parser and anything else is closed at once. The parser lives
 /// until on_connected() has built the reply, or until the handshake fails; any feed after that
-/// answers fail(protocol_error), as the parsers do. No memory for a parser closes that client.
+/// answers fail(protocol_error), as the parsers do.
 ///
 /// With credentials configured, SOCKS5 clients must authenticate (RFC 1929) and SOCKS4 clients,
 /// which cannot, are refused with a 0x5B reply.
@@ -91,14 +90,10 @@ inline mode_step socks_mode::session::pick_parser(byte_view bytes) {
 }
 
 inline mode_step socks_mode::session::start_socks5(byte_view bytes) {
-    try {
-        socks5_handshake::config cfg;
-        cfg.required = config_->required;
-        v5_ = std::make_unique<socks5_handshake>(std::move(cfg));
-    } catch (const std::bad_alloc&) {
-        // No memory for a parser: this client is closed, not the proxy.
-        return mode_step::fail(std::make_error_code(std::errc::not_enough_memory));
-    }
+    // No memory for a parser throws, and basic_session closes this client (not the proxy).
+    socks5_handshake::config cfg;
+    cfg.required = config_->required;
+    v5_ = std::make_unique<socks5_handshake>(std::move(cfg));
     return v5_->feed(bytes);
 }
 
@@ -108,12 +103,7 @@ inline mode_step socks_mode::session::start_socks4(byte_view bytes) {
         return mode_step::fail(make_error_code(errc::auth_failed),
                                socks4_handshake().failed(make_error_code(errc::not_allowed)));
     }
-    try {
-        v4_ = std::make_unique<socks4_handshake>();
-    } catch (const std::bad_alloc&) {
-        // No memory for a parser: this client is closed, not the proxy.
-        return mode_step::fail(std::make_error_code(std::errc::not_enough_memory));
-    }
+    v4_ = std::make_unique<socks4_handshake>();
     return v4_->feed(bytes);
 }
 
