@@ -15,6 +15,7 @@
 #include <vector>       // replies
 
 #include <fcntl.h>      // fcntl
+#include <poll.h>       // pollfd, POLLIN, POLLOUT
 #include <sys/socket.h> // shutdown
 
 #include <tinyproxy/tinyproxy.hpp>
@@ -262,6 +263,23 @@ TEST_CASE("start() makes the client non-blocking, unless told it already is") {
         // Told: the session believed it and asked nothing (a real caller tells the truth).
         CHECK(((flags & O_NONBLOCK) != 0) == !told);
     }
+}
+
+TEST_CASE("a handshaking client is waited on for what its tunnel will wait for") {
+    // The same events before and after the tunnel starts, so an event loop that keeps the
+    // client registered while its upstream connects need not modify it afterwards (epoll_ctl).
+    auto record = std::make_shared<go_record>();
+    front_connection front = connect_client();
+    go_session session(std::move(front.accepted), go_mode_session(record), short_limits());
+    auto now = tinyproxy::steady_clock::now();
+    session.start(now);
+    std::vector<std::uint8_t> scratch(1024);
+    if ((session.client_events() & POLLOUT) != 0) { // the greeting, first
+        session.on_ready(POLLOUT, 0, now, scratch.data(), scratch.size());
+    }
+    REQUIRE_FALSE(session.done());
+    const tinyproxy::relay idle_tunnel(-1, -1);
+    CHECK(session.client_events() == idle_tunnel.client_events());
 }
 
 TEST_CASE("bytes pipelined behind the handshake reach upstream first and in order") {

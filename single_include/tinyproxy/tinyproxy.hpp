@@ -4482,7 +4482,9 @@ template <class ModeSession>
 short basic_session<ModeSession>::client_events() const noexcept {
     switch (state_) {
     case state::handshaking:
-        return to_client_offset_ < to_client_.size() ? POLLOUT : POLLIN;
+        // As the relay will ask (POLLRDHUP too, where there is one): a client kept registered
+        // while its upstream connects then needs no change when its tunnel starts.
+        return to_client_offset_ < to_client_.size() ? POLLOUT : POLLIN | detail::peer_closed_event;
     case state::failing:
         return POLLOUT;
     case state::relaying:
