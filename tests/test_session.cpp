@@ -282,6 +282,41 @@ TEST_CASE("a handshaking client is waited on for what its tunnel will wait for")
     CHECK(session.client_events() == idle_tunnel.client_events());
 }
 
+TEST_CASE("an upstream that has answered by the time connect() returns starts the tunnel at once") {
+    // On loopback the TCP handshake is over before connect() returns: the session asks at
+    // once (no wait) and relays, instead of having its driver watch for writability first. A
+    // refused address is moved past at once the same way, onto the next one.
+    echo_server echo;
+    const endpoint refused = tinyproxy::listener::open(loopback_any_port, 4).local_endpoint();
+    for (bool refused_first : {false, true}) {
+        CAPTURE(refused_first);
+        auto record = std::make_shared<go_record>();
+        front_connection front = connect_client();
+        int client = front.client.native_handle();
+        go_session session(std::move(front.accepted), go_mode_session(record), short_limits());
+        auto now = tinyproxy::steady_clock::now();
+        std::vector<std::uint8_t> scratch(1024);
+        session.start(now);
+        session.on_ready(POLLOUT, 0, now, scratch.data(), scratch.size()); // the greeting
+        REQUIRE(read_exactly(client, 6, in_ms(5000)).data == "HELLO\n");
+        if (refused_first) {
+            // What a name resolving to two addresses gives: the closed port, then the echo.
+            session.on_resolved({refused, echo.endpoint()}, {}, now);
+        } else {
+            REQUIRE(write_all(client, go_line(echo.endpoint()), in_ms(5000)));
+            pollfd arrived{session.client_fd(), POLLIN, 0};
+            REQUIRE(::poll(&arrived, 1, 5000) == 1);
+            session.on_ready(POLLIN, 0, now, scratch.data(), scratch.size()); // reads, connects
+        }
+        // That one call connected, started the tunnel and sent the reply: no wait between.
+        CHECK((session.upstream_events() & POLLOUT) == 0);
+        CHECK((session.upstream_events() & POLLIN) != 0);
+        CHECK(read_exactly(client, 3, in_ms(1000)).data == "OK\n");
+        CHECK(record->upstream == echo.endpoint());
+        CHECK_FALSE(record->connect_result);
+    }
+}
+
 TEST_CASE("bytes pipelined behind the handshake reach upstream first and in order") {
     echo_server echo;
     auto record = std::make_shared<go_record>();

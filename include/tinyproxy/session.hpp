@@ -171,7 +171,9 @@ private:
     void apply(mode_step step, time_point now);
     void begin_connect(time_point now);
     void try_next_candidate();
+    void connect_onward(time_point now);
     void on_connect_result(std::error_code ec, time_point now);
+    void connected(time_point now);
     void start_relay(std::vector<std::uint8_t> reply, time_point now);
     void fail_with_reply(std::error_code why, std::vector<std::uint8_t> reply, time_point now);
     void handshake_ready(short revents, time_point now, std::uint8_t* scratch,
@@ -335,10 +337,7 @@ void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, s
     next_candidate_ = 0;
     last_connect_error_ = ec ? ec : make_error_code(errc::name_not_resolved);
     state_ = state::connecting;
-    try_next_candidate();
-    if (!upstream_) {
-        on_connect_result(last_connect_error_, now);
-    }
+    connect_onward(now);
 } catch (...) {
     ended_by_exception();
 }
@@ -360,27 +359,61 @@ void basic_session<ModeSession>::try_next_candidate() {
 }
 
 template <class ModeSession>
+void basic_session<ModeSession>::connect_onward(time_point now) {
+    // Each address in turn until one connects, one is still connecting, or none is left. On
+    // loopback (and often nearby) the handshake is over by the time connect() returns: asking
+    // at once, without waiting, starts the tunnel now and spares an event loop the writability
+    // watch (two epoll_ctl calls) and one more wait per connection.
+    for (;;) {
+        try_next_candidate();
+        if (!upstream_) {
+            fail_with_reply(last_connect_error_,
+                            mode_.on_connected(last_connect_error_, endpoint{}, endpoint{}), now);
+            return;
+        }
+        short revents = detail::ready_now(upstream_.native_handle(), POLLOUT);
+        if (revents == 0) {
+            return; // still connecting: the driver waits for writability
+        }
+        std::error_code ec = (revents & (POLLERR | POLLHUP)) != 0
+                                 ? detail::connect_result(upstream_.native_handle())
+                                 : std::error_code{};
+        if (!ec) {
+            connected(now);
+            // The Mode's reply (and any pipelined bytes) go now. Told nothing is ready, the
+            // pump reads nothing, so it needs no scratch buffer: it only sends.
+            relay_ready(0, 0, now, nullptr, 0);
+            return;
+        }
+        last_connect_error_ = ec;
+    }
+}
+
+template <class ModeSession>
 void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_point now) {
     if (!ec) {
-        endpoint local;
-        if constexpr (detail::uses_local_endpoint<ModeSession>::value) {
-            std::error_code ignored;
-            local = upstream_.local_endpoint(ignored);
-        }
-        endpoint remote = candidates_[next_candidate_ - 1]; // the address just connected to
-        result_.upstream = remote;
-        start_relay(mode_.on_connected({}, local, remote), now);
+        connected(now);
         return;
     }
     last_connect_error_ = ec;
-    if (ec != errc::connect_timeout) {
-        try_next_candidate();
-        if (upstream_) {
-            return; // the next address is being tried
-        }
+    if (ec == errc::connect_timeout) {
+        upstream_.close();
+        fail_with_reply(ec, mode_.on_connected(ec, endpoint{}, endpoint{}), now);
+        return;
     }
-    upstream_.close();
-    fail_with_reply(ec, mode_.on_connected(ec, endpoint{}, endpoint{}), now);
+    connect_onward(now);
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::connected(time_point now) {
+    endpoint local;
+    if constexpr (detail::uses_local_endpoint<ModeSession>::value) {
+        std::error_code ignored;
+        local = upstream_.local_endpoint(ignored);
+    }
+    endpoint remote = candidates_[next_candidate_ - 1]; // the address just connected to
+    result_.upstream = remote;
+    start_relay(mode_.on_connected({}, local, remote), now);
 }
 
 template <class ModeSession>

@@ -248,6 +248,13 @@ inline int poll_timeout_ms(time_point until) noexcept {
     return ms > 60'000 ? 60'000 : static_cast<int>(ms);
 }
 
+/// What poll(2) reports for one descriptor right now, without waiting: 0 for nothing (or a
+/// failed poll, which the caller's next real wait will meet again).
+inline short ready_now(int fd, short events) noexcept {
+    pollfd entry{fd, events, 0};
+    return ::poll(&entry, 1, 0) == 1 ? entry.revents : 0;
+}
+
 /// poll(2) until `until`. Returns the count of ready descriptors, 0 on timeout, and 0 as well
 /// when a signal interrupted it: callers loop on their own deadline, so an EINTR is simply an
 /// early return, never an error.
