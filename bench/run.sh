@@ -9,7 +9,9 @@
 # copies only, then epoll, then splice, then two loops, next to haproxy and nginx
 # (bench/results/<date>-<mode>-levers.json). --syscalls prints the system calls tinyproxy
 # (forward and SOCKS5), haproxy and nginx make per connection and per round trip (perf), and
-# nothing else; TINYPROXY=path counts another build of the CLI.
+# nothing else; TINYPROXY=path counts another build of the CLI. BASELINE=path bench/run.sh --ab
+# alternates this build's CLI with another build's (BASELINE) on connection rate and CPU per
+# connection, forward and SOCKS5, AB_ROUNDS (5) rounds of 3 s, and prints the medians.
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
@@ -18,17 +20,19 @@ ROOT=$PWD
 MODE=full
 LEVERS=0
 SYSCALLS=0
+AB=0
 for arg in "$@"; do
     case "$arg" in
     --quick) MODE=quick ;;
     --levers) LEVERS=1 ;;
     --syscalls) SYSCALLS=1 ;;
+    --ab) AB=1 ;;
     -h | --help)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "run.sh: unknown argument '$arg' (only --quick, --levers and --syscalls)" >&2
+        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls and --ab)" >&2
         exit 2
         ;;
     esac
@@ -290,9 +294,10 @@ EOF
         port=$(free_port)
         microsocks -i 127.0.0.1 -p "$port" >"$dir/out" 2>"$dir/err" &
         ;;
-    tp-*)
+    tp-* | tpb-*)
         local policy=${name##*-} how=(--forward "127.0.0.1:$upstream") program=$TP more=()
-        [[ $name == tp-socks-* ]] && how=(--socks)
+        [[ $name == tp*-socks-* ]] && how=(--socks)
+        [[ $name == tpb-* ]] && program=$BASELINE
         case "$name" in # the lever runs: all poll, one lever at a time
         tp-portable) policy=poll program=$TP_PORTABLE ;;
         tp-copy) policy=poll more=(--no-splice) ;;
@@ -643,9 +648,58 @@ phase_syscalls() {
     stop_tree "$echo_pid"
 }
 
+# ---------------------------------------------------------------- one build against another (--ab)
+# Connection rate and CPU per connection of this build (tp-*) and BASELINE's (tpb-*), forward
+# and SOCKS5, alternating A B A B ... for AB_ROUNDS rounds; medians and ratios, nothing written.
+phase_ab() {
+    local rounds=${AB_ROUNDS:-5} seconds=3 name rep out before after
+    [ -x "${BASELINE:-}" ] || { echo "run.sh --ab: BASELINE=path to another tinyproxy CLI" >&2 && exit 2; }
+    log "A/B: $TP against $BASELINE, $rounds rounds of ${seconds} s, $RATE_THREADS workers"
+    start_upstream server
+    local server_pid=$UP_PID server_port=$UP_PORT
+    start_all "$server_port" "${FORWARDERS[@]}" "${SOCKS[@]}"
+    for ((rep = 1; rep <= rounds; rep++)); do
+        for name in "${FORWARDERS[@]}" "${SOCKS[@]}"; do
+            up "$name" || continue
+            before=$(cpu_of "$name")
+            # shellcheck disable=SC2046
+            out=$(timeout $((seconds + 20)) "$LOAD" rate $(client_args "$name" "$name" "$server_port") \
+                --threads "$RATE_THREADS" --time "$seconds" 2>/dev/null)
+            after=$(cpu_of "$name")
+            [[ $out == conns* ]] || continue
+            set -- $out # conns N errors E seconds S rate R
+            record "$name" rate_cps "$8"
+            (($2 > 0)) && record "$name" cpu_us "$(awk -v a="$after" -v b="$before" -v n="$2" \
+                'BEGIN{print (a-b)/n*1e6}')"
+            log "  round $rep  $name  $8 conn/s"
+        done
+    done
+    stop_all
+    stop_tree "$server_pid"
+    python3 - "$RAW" <<'PY'
+import statistics, sys
+samples = {}
+for line in open(sys.argv[1]):
+    name, metric, value = line.rstrip("\n").split("\t")
+    samples.setdefault((name, metric), []).append(float(value))
+med = lambda name, metric: statistics.median(samples.get((name, metric), [float("nan")]))
+print("| mode | conn/s this / baseline | ratio | CPU µs/conn this / baseline | ratio |")
+print("|---|---|---|---|---|")
+for mode, a, b in (("forward", "tp-poll", "tpb-poll"), ("SOCKS5", "tp-socks-poll", "tpb-socks-poll")):
+    ra, rb, ca, cb = med(a, "rate_cps"), med(b, "rate_cps"), med(a, "cpu_us"), med(b, "cpu_us")
+    print(f"| {mode} | {ra:,.0f} / {rb:,.0f} | {ra / rb:.2f} | {ca:.1f} / {cb:.1f} | {ca / cb:.2f} |")
+PY
+}
+
 # ---------------------------------------------------------------- run
 if ((SYSCALLS)); then
     phase_syscalls
+    exit 0
+fi
+if ((AB)); then
+    FORWARDERS=(tp-poll tpb-poll)
+    SOCKS=(tp-socks-poll tpb-socks-poll)
+    phase_ab
     exit 0
 fi
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)

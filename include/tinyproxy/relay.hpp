@@ -85,7 +85,8 @@ public:
     /// POLLERR or POLLHUP: a request/response tunnel makes no read that can only say EAGAIN.
     /// A socket left unread is watched for reading afterwards (client_events() and
     /// upstream_events() say so), so nothing waits for long. Leave both out to have both
-    /// sides tried.
+    /// sides tried. With both 0, nothing is read (primed or waiting bytes are only sent), and
+    /// `scratch` may be null.
     ///
     /// Where the platform has POLLRDHUP (Linux), the relay asks for it with POLLIN. A socket
     /// reported with it (and without POLLERR) has had its peer's FIN: after a short read, one
