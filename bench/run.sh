@@ -478,30 +478,39 @@ phase_bulk() {
 phase_rate() {
     log "rate: $RATE_THREADS workers, ${RATE_TIME} s per run"
     start_upstream server
-    local server_pid=$UP_PID server_port=$UP_PORT rep name out before after
+    local server_pid=$UP_PID server_port=$UP_PORT rep name out
     start_all "$server_port" "${FORWARDERS[@]}" "${SOCKS[@]}"
     for ((rep = 1; rep <= REPS; rep++)); do
         for name in "${FORWARDERS[@]}" "${SOCKS[@]}"; do
             up "$name" || continue
-            before=$(cpu_of "$name")
-            # shellcheck disable=SC2046
-            out=$(timeout $((RATE_TIME + 20)) "$LOAD" rate $(client_args "$name" "$name" "$server_port") \
-                --threads "$RATE_THREADS" --time "$RATE_TIME" 2>/dev/null)
-            after=$(cpu_of "$name")
-            if [[ $out != conns* ]]; then
+            if ! out=$(rate_sample "$name" "$server_port" "$RATE_TIME"); then
                 log "rate through $name failed"
                 continue
             fi
-            set -- $out # conns N errors E seconds S rate R
-            record "$name" rate_cps "$8"
-            record "$name" rate_errors "$4"
-            [ "$name" != direct ] && (($2 > 0)) && record "$name" rate_cpu_us_per_conn \
-                "$(awk -v a="$after" -v b="$before" -v n="$2" 'BEGIN{print (a-b)/n*1e6}')"
-            log "  rep $rep  $name  $8 conn/s ($4 errors)"
+            set -- $out # RATE ERRORS
+            log "  rep $rep  $name  $1 conn/s ($2 errors)"
         done
     done
     stop_all
     stop_tree "$server_pid"
+}
+
+# rate_sample NAME UPSTREAM SECONDS: one `load rate` run through NAME (8 workers); records its
+# conn/s, errors and CPU µs per connection, and prints "RATE ERRORS". Fails when the run did.
+rate_sample() {
+    local name=$1 upstream=$2 seconds=$3 before after out
+    before=$(cpu_of "$name")
+    # shellcheck disable=SC2046 # client_args gives several words
+    out=$(timeout $((seconds + 20)) "$LOAD" rate $(client_args "$name" "$name" "$upstream") \
+        --threads "$RATE_THREADS" --time "$seconds" 2>/dev/null)
+    after=$(cpu_of "$name")
+    [[ $out == conns* ]] || return 1
+    set -- $out # conns N errors E seconds S rate R
+    record "$name" rate_cps "$8"
+    record "$name" rate_errors "$4"
+    [ "$name" != direct ] && (($2 > 0)) && record "$name" rate_cpu_us_per_conn \
+        "$(awk -v a="$after" -v b="$before" -v n="$2" 'BEGIN{print (a-b)/n*1e6}')"
+    echo "$8 $4"
 }
 
 # ---------------------------------------------------------------- request/response latency
@@ -652,7 +661,7 @@ phase_syscalls() {
 # Connection rate and CPU per connection of this build (tp-*) and BASELINE's (tpb-*), forward
 # and SOCKS5, alternating A B A B ... for AB_ROUNDS rounds; medians and ratios, nothing written.
 phase_ab() {
-    local rounds=${AB_ROUNDS:-5} seconds=3 name rep out before after
+    local rounds=${AB_ROUNDS:-5} seconds=3 name rep out
     [ -x "${BASELINE:-}" ] || { echo "run.sh --ab: BASELINE=path to another tinyproxy CLI" >&2 && exit 2; }
     log "A/B: $TP against $BASELINE, $rounds rounds of ${seconds} s, $RATE_THREADS workers"
     start_upstream server
@@ -661,17 +670,8 @@ phase_ab() {
     for ((rep = 1; rep <= rounds; rep++)); do
         for name in "${FORWARDERS[@]}" "${SOCKS[@]}"; do
             up "$name" || continue
-            before=$(cpu_of "$name")
-            # shellcheck disable=SC2046
-            out=$(timeout $((seconds + 20)) "$LOAD" rate $(client_args "$name" "$name" "$server_port") \
-                --threads "$RATE_THREADS" --time "$seconds" 2>/dev/null)
-            after=$(cpu_of "$name")
-            [[ $out == conns* ]] || continue
-            set -- $out # conns N errors E seconds S rate R
-            record "$name" rate_cps "$8"
-            (($2 > 0)) && record "$name" cpu_us "$(awk -v a="$after" -v b="$before" -v n="$2" \
-                'BEGIN{print (a-b)/n*1e6}')"
-            log "  round $rep  $name  $8 conn/s"
+            out=$(rate_sample "$name" "$server_port" "$seconds") || continue
+            log "  round $rep  $name  ${out%% *} conn/s"
         done
     done
     stop_all
@@ -686,7 +686,8 @@ med = lambda name, metric: statistics.median(samples.get((name, metric), [float(
 print("| mode | conn/s this / baseline | ratio | CPU µs/conn this / baseline | ratio |")
 print("|---|---|---|---|---|")
 for mode, a, b in (("forward", "tp-poll", "tpb-poll"), ("SOCKS5", "tp-socks-poll", "tpb-socks-poll")):
-    ra, rb, ca, cb = med(a, "rate_cps"), med(b, "rate_cps"), med(a, "cpu_us"), med(b, "cpu_us")
+    ra, rb = med(a, "rate_cps"), med(b, "rate_cps")
+    ca, cb = med(a, "rate_cpu_us_per_conn"), med(b, "rate_cpu_us_per_conn")
     print(f"| {mode} | {ra:,.0f} / {rb:,.0f} | {ra / rb:.2f} | {ca:.1f} / {cb:.1f} | {ca / cb:.2f} |")
 PY
 }

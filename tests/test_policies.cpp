@@ -494,7 +494,7 @@ TEST_CASE_TEMPLATE("a Mode that throws ends only its own client's session; the p
     // (or a user's Mode with a bug) must close that client, not stop the loop for everyone.
     upstream echo_server(echo);
     running_proxy<Policy, throwing_mode> proxy(throwing_mode(echo_server.where()));
-    for (std::uint8_t first : {'M', 'R'}) {
+    for (std::uint8_t first : {std::uint8_t{'M'}, std::uint8_t{'R'}}) {
         auto client = connect_to(proxy.where());
         REQUIRE(send_all(client, bytes{first, 'x'}));
         CHECK(read_to_end(client).empty()); // closed, nothing relayed
