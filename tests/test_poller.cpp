@@ -84,6 +84,25 @@ TEST_CASE_TEMPLATE("poller reports a readable descriptor with its token, and not
     poller.close();
 }
 
+#if TINYPROXY_HAS_RDHUP
+TEST_CASE_TEMPLATE("poller: a peer's end of stream is reported as POLLRDHUP when asked for", Poller,
+                   TINYPROXY_TEST_POLLERS) {
+    // The relay asks for POLLRDHUP with POLLIN to hear a FIN along with the last bytes; epoll
+    // must ask for EPOLLRDHUP and report it back as POLLRDHUP, as poll(2) does.
+    Poller poller;
+    socket_pair pair;
+    tinyproxy::poller_slot slot;
+    std::error_code ec;
+    REQUIRE(poller.update(slot, pair.ends[0], POLLIN | POLLRDHUP, 0, 7, ec));
+    REQUIRE(::write(pair.ends[1], "last", 4) == 4);
+    CHECK((revents_of(wait_once(poller, 1000ms), 7) & POLLRDHUP) == 0); // bytes, no FIN yet
+    REQUIRE(::shutdown(pair.ends[1], SHUT_WR) == 0);
+    short revents = revents_of(wait_once(poller, 1000ms), 7);
+    CHECK((revents & POLLIN) != 0);
+    CHECK((revents & POLLRDHUP) != 0);
+}
+#endif
+
 TEST_CASE_TEMPLATE("poller: a shared listener is reported readable when a client waits, until "
                    "it is unwatched",
                    Poller, TINYPROXY_TEST_POLLERS) {
