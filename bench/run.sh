@@ -4,10 +4,10 @@
 # peers with apt when missing, builds tinyproxy in Release and bench/load.cpp, measures bulk
 # throughput (iperf3 and bench/load bulk), CPU per GB, connection rate, request/response latency
 # (also pinned to one CPU) and memory per held connection, alternating targets run by run, then
-# prints a markdown table of medians and writes bench/results/<date>-<quick|full>.json.
+# prints a markdown table of medians and writes bench/results/<date>-<HHMM>-<quick|full>.json.
 # --levers measures what each lever bought instead: the same forwarder built for poll(2) and
 # copies only, then epoll, then splice, then two loops, next to haproxy and nginx
-# (bench/results/<date>-<mode>-levers.json). --syscalls prints the system calls tinyproxy
+# (bench/results/<date>-<HHMM>-<mode>-levers.json). --syscalls prints the system calls tinyproxy
 # (forward and SOCKS5), haproxy and nginx make per connection and per round trip (perf), and
 # nothing else; TINYPROXY=path counts another build of the CLI. BASELINE=path bench/run.sh --ab
 # alternates this build's CLI with another build's (BASELINE) on connection rate and CPU per
@@ -713,7 +713,7 @@ phase_memory
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo unknown; }
-DATE=$(date -u +%Y-%m-%d)
+DATE=$(date -u +%Y-%m-%d-%H%M) # with the time: runs of one day do not overwrite each other
 mkdir -p bench/results
 OUT=bench/results/$DATE-$MODE$( ((LEVERS)) && echo -levers).json
 missing_list=""
