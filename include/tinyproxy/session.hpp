@@ -172,6 +172,13 @@ private:
     void begin_connect(time_point now);
     void try_next_candidate();
     void connect_onward(time_point now);
+    /// The connect's outcome once the upstream socket reported `revents`: writable without an
+    /// error or hang-up is connected, with no need to ask the socket (SO_ERROR).
+    std::error_code connect_outcome(short revents) const noexcept {
+        return (revents & (POLLERR | POLLHUP)) != 0
+                   ? detail::connect_result(upstream_.native_handle())
+                   : std::error_code{};
+    }
     void on_connect_result(std::error_code ec, time_point now);
     void connected(time_point now);
     void start_relay(std::vector<std::uint8_t> reply, time_point now);
@@ -375,9 +382,7 @@ void basic_session<ModeSession>::connect_onward(time_point now) {
         if (revents == 0) {
             return; // still connecting: the driver waits for writability
         }
-        std::error_code ec = (revents & (POLLERR | POLLHUP)) != 0
-                                 ? detail::connect_result(upstream_.native_handle())
-                                 : std::error_code{};
+        std::error_code ec = connect_outcome(revents);
         if (!ec) {
             connected(now);
             // The Mode's reply (and any pipelined bytes) go now. Told nothing is ready, the
@@ -536,11 +541,7 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
         return;
     case state::connecting:
         if (upstream_revents != 0) {
-            // Writable without an error or hang-up is connected: no need to ask the socket.
-            bool trouble = (upstream_revents & (POLLERR | POLLHUP)) != 0;
-            on_connect_result(trouble ? detail::connect_result(upstream_.native_handle())
-                                      : std::error_code{},
-                              now);
+            on_connect_result(connect_outcome(upstream_revents), now);
             if (state_ == state::relaying) {
                 // The reply and any pipelined bytes go now. A client told nothing (forwarding)
                 // may have sent while we connected, and its upstream may answer at once: both

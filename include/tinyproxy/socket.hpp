@@ -82,7 +82,7 @@ public:
     /// delay to interactive traffic.
     void set_nodelay(bool on, std::error_code& ec) noexcept {
         ec.clear();
-        detail::set_int_option(fd_.get(), IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);
+        detail::set_nodelay(fd_.get(), on, ec);
     }
     /// Closing with SO_LINGER 0 sends a reset instead of a FIN: how a proxy passes on a reset.
     void set_linger_reset(std::error_code& ec) noexcept;
@@ -118,7 +118,7 @@ public:
     /// accept() takes from it from then on.
     void set_nodelay(bool on, std::error_code& ec) noexcept {
         ec.clear();
-        detail::set_int_option(fd_.get(), IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);
+        detail::set_nodelay(fd_.get(), on, ec);
     }
     /// The bound address, with the real port when port 0 was asked for.
     endpoint local_endpoint() const noexcept { return local_; }

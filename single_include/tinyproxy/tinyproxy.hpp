@@ -1110,6 +1110,11 @@ inline bool set_int_option(int fd, int level, int name, int value, std::error_co
     return true;
 }
 
+/// TCP_NODELAY: small writes go out at once instead of being batched (Nagle off).
+inline bool set_nodelay(int fd, bool on, std::error_code& ec) noexcept {
+    return set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);
+}
+
 /// `now + wait`, saturating at the largest time point: a timeout of milliseconds::max()
 /// means "never", not an overflow.
 template <class Rep, class Period>
@@ -1505,7 +1510,7 @@ public:
     /// delay to interactive traffic.
     void set_nodelay(bool on, std::error_code& ec) noexcept {
         ec.clear();
-        detail::set_int_option(fd_.get(), IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);
+        detail::set_nodelay(fd_.get(), on, ec);
     }
     /// Closing with SO_LINGER 0 sends a reset instead of a FIN: how a proxy passes on a reset.
     void set_linger_reset(std::error_code& ec) noexcept;
@@ -1541,7 +1546,7 @@ public:
     /// accept() takes from it from then on.
     void set_nodelay(bool on, std::error_code& ec) noexcept {
         ec.clear();
-        detail::set_int_option(fd_.get(), IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);
+        detail::set_nodelay(fd_.get(), on, ec);
     }
     /// The bound address, with the real port when port 0 was asked for.
     endpoint local_endpoint() const noexcept { return local_; }
@@ -4419,6 +4424,13 @@ private:
     void begin_connect(time_point now);
     void try_next_candidate();
     void connect_onward(time_point now);
+    /// The connect's outcome once the upstream socket reported `revents`: writable without an
+    /// error or hang-up is connected, with no need to ask the socket (SO_ERROR).
+    std::error_code connect_outcome(short revents) const noexcept {
+        return (revents & (POLLERR | POLLHUP)) != 0
+                   ? detail::connect_result(upstream_.native_handle())
+                   : std::error_code{};
+    }
     void on_connect_result(std::error_code ec, time_point now);
     void connected(time_point now);
     void start_relay(std::vector<std::uint8_t> reply, time_point now);
@@ -4622,9 +4634,7 @@ void basic_session<ModeSession>::connect_onward(time_point now) {
         if (revents == 0) {
             return; // still connecting: the driver waits for writability
         }
-        std::error_code ec = (revents & (POLLERR | POLLHUP)) != 0
-                                 ? detail::connect_result(upstream_.native_handle())
-                                 : std::error_code{};
+        std::error_code ec = connect_outcome(revents);
         if (!ec) {
             connected(now);
             // The Mode's reply (and any pipelined bytes) go now. Told nothing is ready, the
@@ -4783,11 +4793,7 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
         return;
     case state::connecting:
         if (upstream_revents != 0) {
-            // Writable without an error or hang-up is connected: no need to ask the socket.
-            bool trouble = (upstream_revents & (POLLERR | POLLHUP)) != 0;
-            on_connect_result(trouble ? detail::connect_result(upstream_.native_handle())
-                                      : std::error_code{},
-                              now);
+            on_connect_result(connect_outcome(upstream_revents), now);
             if (state_ == state::relaying) {
                 // The reply and any pipelined bytes go now. A client told nothing (forwarding)
                 // may have sent while we connected, and its upstream may answer at once: both

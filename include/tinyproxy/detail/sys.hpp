@@ -219,6 +219,11 @@ inline bool set_int_option(int fd, int level, int name, int value, std::error_co
     return true;
 }
 
+/// TCP_NODELAY: small writes go out at once instead of being batched (Nagle off).
+inline bool set_nodelay(int fd, bool on, std::error_code& ec) noexcept {
+    return set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);
+}
+
 /// `now + wait`, saturating at the largest time point: a timeout of milliseconds::max()
 /// means "never", not an overflow.
 template <class Rep, class Period>
