@@ -487,6 +487,140 @@ private:
 
 } // namespace
 
+namespace {
+
+/// The event loop's order of service, seen through a Server of the test's own: its sessions
+/// only note when they are served. Each one's socket always has a byte to read, so every wait
+/// reports every session; `bulk` ones say that their last call moved all a call may.
+struct noting_session {
+    char name = '?';
+    bool bulk = false;
+    tinyproxy::unique_fd fd;
+    std::string* served = nullptr;
+    int stop_fd = -1; // written when `served` is long enough: the loop stops
+    bool ended = false;
+    tinyproxy::session_result outcome{};
+    tinyproxy::host_port nowhere{};
+
+    void start(tinyproxy::time_point) noexcept {}
+    bool done() const noexcept { return ended; }
+    short client_events() const noexcept { return POLLIN; }
+    short upstream_events() const noexcept { return 0; }
+    bool watch_client() const noexcept { return true; }
+    bool watch_upstream() const noexcept { return false; }
+    int client_fd() const noexcept { return fd.get(); }
+    int upstream_fd() const noexcept { return -1; }
+    std::uint32_t upstream_serial() const noexcept { return 0; }
+    tinyproxy::time_point deadline() const noexcept { return tinyproxy::time_point::max(); }
+    bool wants_resolve() const noexcept { return false; }
+    const tinyproxy::host_port& resolve_target() const noexcept { return nowhere; }
+    void on_resolved(std::vector<tinyproxy::endpoint>, std::error_code,
+                     tinyproxy::time_point) noexcept {}
+    void on_ready(short, short, tinyproxy::time_point, std::uint8_t*, std::size_t) noexcept {
+        served->push_back(name);
+        if (served->size() >= 60 && stop_fd >= 0) {
+            CHECK(::write(stop_fd, "x", 1) == 1);
+            stop_fd = -1;
+        }
+        ended = served->size() >= 200; // a loop whose turn never ends stops anyway
+    }
+    void on_deadline(tinyproxy::time_point) noexcept {}
+    void abort(std::error_code) noexcept { ended = true; }
+    bool saturated() const noexcept { return bulk; }
+    const tinyproxy::session_result& result() const noexcept { return outcome; }
+};
+
+struct noting_server {
+    using session_type = noting_session;
+
+    noting_server() {
+        int fds[2] = {-1, -1};
+        REQUIRE(::pipe(fds) == 0);
+        stop_read.reset(fds[0]);
+        stop_write.reset(fds[1]);
+        REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+        listener.reset(fds[0]);
+        listener_peer.reset(fds[1]);
+        REQUIRE(::write(fds[1], "x", 1) == 1); // "a client is waiting", for every wait
+    }
+    int stop_fd() const noexcept { return stop_read.get(); }
+    int listener_fd() const noexcept { return listener.get(); }
+    tinyproxy::accept_status try_accept(tinyproxy::accepted_client& out,
+                                        std::error_code&) noexcept {
+        if (accepted == names.size()) {
+            served.push_back('|'); // the listener is always readable: a turn ends here
+            return tinyproxy::accept_status::timeout;
+        }
+        int fds[2] = {-1, -1};
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) != 0 ||
+            ::write(fds[1], "x", 1) != 1) {
+            return tinyproxy::accept_status::timeout;
+        }
+        out.connection = tinyproxy::socket(tinyproxy::unique_fd(fds[0]));
+        peers.emplace_back(fds[1]);
+        return tinyproxy::accept_status::client;
+    }
+    noting_session make_session(tinyproxy::accepted_client client) {
+        char name = names[accepted++];
+        noting_session s;
+        s.name = name;
+        s.bulk = name != 'c';
+        s.fd.reset(::dup(client.connection.native_handle()));
+        s.served = &served;
+        s.stop_fd = stop_write.get();
+        return s;
+    }
+    void session_ended(const tinyproxy::session_result&) noexcept {}
+    const tinyproxy::session_options& limits() const noexcept { return options; }
+    void request_stop() noexcept {}
+
+    std::string names = "abc"; // a and b are bulk transfers, c a small exchange
+    std::size_t accepted = 0;
+    std::string served;
+    tinyproxy::session_options options;
+    tinyproxy::unique_fd stop_read, stop_write, listener, listener_peer;
+    std::vector<tinyproxy::unique_fd> peers;
+};
+
+} // namespace
+
+TEST_CASE_TEMPLATE("the event loop serves a small exchange between two bulk transfers, and each "
+                   "bulk transfer once a turn",
+                   Policy, tinyproxy::poll_policy, tinyproxy::portable_poll_policy) {
+    // A request/response tunnel that shares a loop with bulk transfers waits behind one bulk
+    // call, not behind a turn of them: the loop serves the others first, and between two bulk
+    // calls it looks (without blocking) for who else is ready.
+    noting_server server;
+    Policy policy;
+    auto running = std::async(std::launch::async, [&] { policy.run(server); });
+    bool stopped = running.wait_for(10s) == std::future_status::ready;
+    if (!stopped) {
+        CHECK(::write(server.stop_write.get(), "x", 1) == 1); // end it either way
+    }
+    running.get();
+    REQUIRE(stopped);
+    // Each session was first served as it was accepted, in the first turn; from then on,
+    // every wait reports all three, so the order within a turn is the loop's own.
+    INFO("served, turns ended by |: ", server.served);
+    std::vector<std::string> turns;
+    std::istringstream all(server.served);
+    for (std::string turn; std::getline(all, turn, '|');) {
+        turns.push_back(turn);
+    }
+    REQUIRE(turns.size() >= 5);
+    CHECK(turns[0] == "abc");
+    for (std::size_t t = 1; t + 1 < turns.size(); ++t) { // the last one may have been cut short
+        const std::string& turn = turns[t];
+        CHECK(turn.front() == 'c');                            // the small exchange first
+        CHECK(std::count(turn.begin(), turn.end(), 'a') == 1); // each bulk transfer once
+        CHECK(std::count(turn.begin(), turn.end(), 'b') == 1);
+        for (std::size_t i = 0; i + 1 < turn.size(); ++i) {
+            // and never two bulk calls in a row: the small exchange is heard between them
+            CHECK_FALSE((turn[i] != 'c' && turn[i + 1] != 'c'));
+        }
+    }
+}
+
 TEST_CASE_TEMPLATE("a Mode that throws ends only its own client's session; the proxy goes on",
                    Policy, tinyproxy::poll_policy, tinyproxy::portable_poll_policy,
                    tinyproxy::thread_policy) {

@@ -512,6 +512,42 @@ TEST_CASE("pump reads only the sides the wait reported readable") {
     CHECK_FALSE(rig.pump(0, 0)); // nothing reported, nothing done
 }
 
+TEST_CASE("a pump makes one read per direction, and says saturated when it filled its buffer") {
+    // An event loop serves a bulk tunnel one read's worth at a time, and serves the others
+    // first while saturated() says the source may hold more: a small exchange on the same loop
+    // waits for one read and its write, not for a tunnel's whole backlog.
+    bool use_splice = splice_path();
+    relay_rig rig(transport::tcp_loopback, 1024, use_splice);
+    rig.client().to_send = random_bytes(1024 + 300 * 1024, 31);
+    rig.client().shut_when_sent = false;
+    rig.upstream().shut_when_sent = false;
+    rig.client().step();
+    REQUIRE(rig.client().sent >= 4 * 1024);
+    pollfd readable{rig.client_end(), POLLIN, 0};
+    REQUIRE(::poll(&readable, 1, 2000) == 1);
+    // The first read fills the scratch buffer: one read, and the pump stops there.
+    CHECK(rig.pump(POLLIN, 0));
+    CHECK(rig.relay().bytes_to_upstream() == 1024);
+    CHECK(rig.relay().saturated());
+    // The next moves one more buffer (copying), or what the socket holds up to a pipe's worth
+    // (splicing: the first full read started it).
+    CHECK(rig.pump(POLLIN, 0));
+    std::size_t second = rig.relay().bytes_to_upstream() - 1024;
+    if (use_splice) {
+        CHECK(second > 0);
+        CHECK(second <= tinyproxy::relay::splice_pipe_size);
+    } else {
+        CHECK(second == 1024);
+        CHECK(rig.relay().saturated());
+    }
+    // A read that empties the socket is short: not saturated, and everything arrives.
+    REQUIRE(rig.drive([&] { return rig.upstream().received.size() == rig.client().to_send.size(); },
+                      10'000));
+    CHECK_FALSE(rig.relay().saturated());
+    CHECK(rig.upstream().received == rig.client().to_send);
+    check_path(rig.relay(), use_splice, true, false);
+}
+
 TEST_CASE("primed bytes go out on a pump told nothing is ready, and nothing is read") {
     // Right after a SOCKS or CONNECT upstream connects, the session pumps its reply out and
     // knows neither side has anything to read yet: the pump sends and reads nothing.

@@ -155,6 +155,9 @@ public:
     void abort(std::error_code why) noexcept { finish(why); }
 
     bool done() const noexcept { return state_ == state::done; }
+    /// The last on_ready() moved as much as one call may (relay::saturated()): a bulk transfer
+    /// that has more to move. An event loop serves the other tunnels first.
+    bool saturated() const noexcept { return state_ == state::relaying && relay_->saturated(); }
     const session_result& result() const noexcept { return result_; }
     const host_port& target() const noexcept { return target_; }
 

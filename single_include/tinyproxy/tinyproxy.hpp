@@ -3877,9 +3877,10 @@ public:
     /// may hold an error.
     static constexpr short unknown_events = POLLIN | POLLOUT | POLLERR;
 
-    /// Moves every byte that can move now without blocking, using `scratch` for reads (its size
-    /// bounds one read, and so the bytes buffered per direction). Returns true when anything
-    /// happened (bytes moved, end of stream seen): the caller's idle clock restarts.
+    /// Moves the bytes that can move now without blocking, up to `max_rounds` reads per
+    /// direction (saturated() says when that bound stopped it), using `scratch` for reads (its
+    /// size bounds one read, and so the bytes buffered per direction). Returns true when
+    /// anything happened (bytes moved, end of stream seen): the caller's idle clock restarts.
     ///
     /// `client_revents` / `upstream_revents` are what the wait reported for each socket. A
     /// socket is read only when reported readable (POLLIN, POLLERR or POLLHUP), or when its
@@ -3915,6 +3916,17 @@ public:
     bool watch_upstream() const noexcept {
         return upstream_events() != 0 || (!finished() && !halves_[0].done);
     }
+
+    /// The last pump stopped at its bound in a direction (max_rounds reads, each of a whole
+    /// scratch buffer or pipe), and that source may hold more: a bulk transfer. A driver of
+    /// many tunnels serves the others first; readiness brings this one back.
+    bool saturated() const noexcept { return saturated_; }
+    /// The most reads (or splices into a pipe) one pump makes per direction. One: a tunnel
+    /// moving bulk data holds an event loop for one read and its write (at most a pipe's
+    /// worth, 256 KiB), so a small exchange on the same loop waits for little. Measured with
+    /// four bulk streams beside a 64 B ping-pong: four rounds gave the ping-pong a p50 of 1.5
+    /// ms, one round 0.5 ms, and bulk throughput was level (bench/README.md).
+    static constexpr int max_rounds = 1;
 
     /// Both directions have ended cleanly, or one side failed.
     bool finished() const noexcept { return failed() || (halves_[0].done && halves_[1].done); }
@@ -3996,6 +4008,7 @@ private:
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
     bool use_splice_;
+    bool saturated_ = false; // the last pump stopped at max_rounds in a direction
     std::error_code error_;
     bool error_on_client_ = false;
 };
@@ -4105,9 +4118,10 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
     // A source with bytes waiting behind it was not watched for reading, so once they can go,
     // nobody knows whether it has more.
     const bool may_read = source_ready || (has_pending(h) && destination_ready);
-    // A few rounds at most, so that in an event loop one fast tunnel cannot starve the others;
-    // level-triggered readiness brings us straight back if there is more.
-    for (int round = 0; round < 4; ++round) {
+    // A bounded number of rounds, so that in an event loop one fast tunnel cannot starve the
+    // others; level-triggered readiness brings us straight back if there is more.
+    int round = 0;
+    for (; round < max_rounds; ++round) {
         // Older bytes first: what the copy path kept, then what the pipe holds.
         if (!flush(h, progressed) || !drain_pipe(h, progressed, sigpipe) || h.eof || !may_read) {
             break;
@@ -4181,6 +4195,7 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
             break;
         }
     }
+    saturated_ = saturated_ || round == max_rounds;
     // End of stream passes on once everything read before it has been written.
     if (h.eof && !h.done && !has_pending(h) && !failed()) {
         std::error_code ignored; // the peer may be gone already; its reset shows on a read
@@ -4225,6 +4240,7 @@ inline void relay::probe_half_closed(int side, short revents) noexcept {
 inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short client_revents,
                         short upstream_revents) noexcept {
     bool progressed = false;
+    saturated_ = false;
     probe_half_closed(0, client_revents);
     probe_half_closed(1, upstream_revents);
     // Blocks SIGPIPE from the first splice into a socket to the end of this pump; a pump that
@@ -4407,6 +4423,9 @@ public:
     void abort(std::error_code why) noexcept { finish(why); }
 
     bool done() const noexcept { return state_ == state::done; }
+    /// The last on_ready() moved as much as one call may (relay::saturated()): a bulk transfer
+    /// that has more to move. An event loop serves the other tunnels first.
+    bool saturated() const noexcept { return state_ == state::relaying && relay_->saturated(); }
     const session_result& result() const noexcept { return result_; }
     const host_port& target() const noexcept { return target_; }
 
@@ -5569,7 +5588,8 @@ private:
         poller_slot upstream{};
         short client_revents = 0; // gathered over one wait
         short upstream_revents = 0;
-        bool touched = false;
+        bool touched = false;                    // in touched_ or saturated_, not yet served
+        std::uint32_t served_in = ~0u;           // the last turn that served it
         time_point timer_at = time_point::max(); // the live timer's time, max for none
     };
     struct timer {
@@ -5599,7 +5619,12 @@ private:
     }
 
     bool wait_and_dispatch();
+    /// Files one reported event; false for the stop signal.
+    bool note(const ready_event& event);
+    /// Between two bulk tunnels: who else is ready now (a wait that does not block).
+    void peek_between(time_point now);
     void serve_touched(time_point now);
+    void serve(std::uint32_t slot, time_point now);
     void take_resolved(time_point now);
     void expire_timers(time_point now);
     void accept_clients(time_point now);
@@ -5627,7 +5652,9 @@ private:
     std::vector<std::uint32_t> free_slots_;
     std::vector<timer> timers_; // a min-heap, with stale entries
     std::vector<ready_event> ready_;
-    std::vector<std::uint32_t> touched_;
+    std::vector<std::uint32_t> touched_;   // sessions to serve this turn, in the order heard
+    std::vector<std::uint32_t> saturated_; // ... of those, bulk ones: served after the rest
+    std::uint32_t turn_ = 0;
     bool accept_ready_ = false;
     bool resolver_ready_ = false;
 };
@@ -5683,40 +5710,88 @@ bool event_loop<Server, Poller>::wait_and_dispatch() {
         return false; // only a programming error (or no memory for the ready list) gets here
     }
     for (const ready_event& event : ready_) {
-        if (event.token == stop_token) {
+        if (!note(event)) {
             return false;
-        }
-        if (event.token == listener_token) {
-            accept_ready_ = true;
-        } else if (event.token == resolver_token) {
-            resolver_ready_ = true;
-        } else if (entry* e = find(event.token)) {
-            ((event.token & 1) == 0 ? e->client_revents : e->upstream_revents) |= event.revents;
-            if (!e->touched) {
-                e->touched = true;
-                touched_.push_back(static_cast<std::uint32_t>(event.token >> 32));
-            }
         }
     }
     return true;
 }
 
 template <class Server, class Poller>
+bool event_loop<Server, Poller>::note(const ready_event& event) {
+    if (event.token == stop_token) {
+        return false;
+    }
+    if (event.token == listener_token) {
+        accept_ready_ = true;
+    } else if (event.token == resolver_token) {
+        resolver_ready_ = true;
+    } else if (entry* e = find(event.token)) {
+        auto slot = static_cast<std::uint32_t>(event.token >> 32);
+        bool bulk = e->session.saturated();
+        if (!e->touched && bulk && e->served_in == turn_) {
+            return true; // it had its share of this turn; readiness is level-triggered
+        }
+        ((event.token & 1) == 0 ? e->client_revents : e->upstream_revents) |= event.revents;
+        if (!e->touched) {
+            e->touched = true;
+            // Cannot throw: each holds a session at most once, and has room for all of them.
+            (bulk ? saturated_ : touched_).push_back(slot);
+        }
+    }
+    return true;
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::peek_between(time_point now) {
+    ready_.clear();
+    std::error_code ec;
+    poller_.wait(now, ready_, ec); // a time already here: it does not block
+    for (const ready_event& event : ready_) {
+        // The stop signal stays readable: the next wait reports it again, and stops the loop.
+        (void)note(event);
+    }
+}
+
+template <class Server, class Poller>
 void event_loop<Server, Poller>::serve_touched(time_point now) {
-    for (std::uint32_t slot : touched_) {
-        entry& e = *entries_[slot]; // nothing ends a session between dispatch and here
-        short client_revents = e.client_revents;
-        short upstream_revents = e.upstream_revents;
-        e.client_revents = 0;
-        e.upstream_revents = 0;
-        e.touched = false;
-        // Heard from a client whose upstream was connecting: it may have to leave the set.
-        bool client_heard =
-            client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
-        e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
-        settle(slot, now, client_heard);
+    // Request/response and handshaking sessions first, then bulk transfers (those whose last
+    // call moved all a call may). After each bulk one, a wait that does not block hears who
+    // else is ready: a small exchange waits behind one bulk pump, not behind a turn of them.
+    std::size_t next = 0;
+    std::size_t next_bulk = 0;
+    while (next < touched_.size() || next_bulk < saturated_.size()) {
+        bool bulk = next == touched_.size();
+        serve(bulk ? saturated_[next_bulk++] : touched_[next++], now);
+        if (bulk && next_bulk < saturated_.size()) {
+            // Those served leave the queues, so a session heard again joins them once more.
+            touched_.clear();
+            next = 0;
+            saturated_.erase(saturated_.begin(), saturated_.begin() + next_bulk);
+            next_bulk = 0;
+            now = steady_clock::now();
+            peek_between(now);
+        }
     }
     touched_.clear();
+    saturated_.clear();
+    ++turn_; // the sessions served in this turn are heard again in the next
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now) {
+    entry& e = *entries_[slot]; // nothing ends a session between dispatch and here
+    short client_revents = e.client_revents;
+    short upstream_revents = e.upstream_revents;
+    e.client_revents = 0;
+    e.upstream_revents = 0;
+    e.touched = false;
+    e.served_in = turn_;
+    // Heard from a client whose upstream was connecting: it may have to leave the set.
+    bool client_heard =
+        client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
+    e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
+    settle(slot, now, client_heard);
 }
 
 template <class Server, class Poller>
@@ -5775,6 +5850,7 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
                 generations_.reserve(slots);
                 free_slots_.reserve(slots);
                 touched_.reserve(slots);
+                saturated_.reserve(slots);
                 generations_.push_back(0);
                 free_slots_.push_back(static_cast<std::uint32_t>(entries_.size()));
                 entries_.emplace_back();

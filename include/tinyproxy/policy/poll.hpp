@@ -202,7 +202,8 @@ private:
         poller_slot upstream{};
         short client_revents = 0; // gathered over one wait
         short upstream_revents = 0;
-        bool touched = false;
+        bool touched = false;                    // in touched_ or saturated_, not yet served
+        std::uint32_t served_in = ~0u;           // the last turn that served it
         time_point timer_at = time_point::max(); // the live timer's time, max for none
     };
     struct timer {
@@ -232,7 +233,12 @@ private:
     }
 
     bool wait_and_dispatch();
+    /// Files one reported event; false for the stop signal.
+    bool note(const ready_event& event);
+    /// Between two bulk tunnels: who else is ready now (a wait that does not block).
+    void peek_between(time_point now);
     void serve_touched(time_point now);
+    void serve(std::uint32_t slot, time_point now);
     void take_resolved(time_point now);
     void expire_timers(time_point now);
     void accept_clients(time_point now);
@@ -260,7 +266,9 @@ private:
     std::vector<std::uint32_t> free_slots_;
     std::vector<timer> timers_; // a min-heap, with stale entries
     std::vector<ready_event> ready_;
-    std::vector<std::uint32_t> touched_;
+    std::vector<std::uint32_t> touched_;   // sessions to serve this turn, in the order heard
+    std::vector<std::uint32_t> saturated_; // ... of those, bulk ones: served after the rest
+    std::uint32_t turn_ = 0;
     bool accept_ready_ = false;
     bool resolver_ready_ = false;
 };
@@ -316,40 +324,88 @@ bool event_loop<Server, Poller>::wait_and_dispatch() {
         return false; // only a programming error (or no memory for the ready list) gets here
     }
     for (const ready_event& event : ready_) {
-        if (event.token == stop_token) {
+        if (!note(event)) {
             return false;
-        }
-        if (event.token == listener_token) {
-            accept_ready_ = true;
-        } else if (event.token == resolver_token) {
-            resolver_ready_ = true;
-        } else if (entry* e = find(event.token)) {
-            ((event.token & 1) == 0 ? e->client_revents : e->upstream_revents) |= event.revents;
-            if (!e->touched) {
-                e->touched = true;
-                touched_.push_back(static_cast<std::uint32_t>(event.token >> 32));
-            }
         }
     }
     return true;
 }
 
 template <class Server, class Poller>
+bool event_loop<Server, Poller>::note(const ready_event& event) {
+    if (event.token == stop_token) {
+        return false;
+    }
+    if (event.token == listener_token) {
+        accept_ready_ = true;
+    } else if (event.token == resolver_token) {
+        resolver_ready_ = true;
+    } else if (entry* e = find(event.token)) {
+        auto slot = static_cast<std::uint32_t>(event.token >> 32);
+        bool bulk = e->session.saturated();
+        if (!e->touched && bulk && e->served_in == turn_) {
+            return true; // it had its share of this turn; readiness is level-triggered
+        }
+        ((event.token & 1) == 0 ? e->client_revents : e->upstream_revents) |= event.revents;
+        if (!e->touched) {
+            e->touched = true;
+            // Cannot throw: each holds a session at most once, and has room for all of them.
+            (bulk ? saturated_ : touched_).push_back(slot);
+        }
+    }
+    return true;
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::peek_between(time_point now) {
+    ready_.clear();
+    std::error_code ec;
+    poller_.wait(now, ready_, ec); // a time already here: it does not block
+    for (const ready_event& event : ready_) {
+        // The stop signal stays readable: the next wait reports it again, and stops the loop.
+        (void)note(event);
+    }
+}
+
+template <class Server, class Poller>
 void event_loop<Server, Poller>::serve_touched(time_point now) {
-    for (std::uint32_t slot : touched_) {
-        entry& e = *entries_[slot]; // nothing ends a session between dispatch and here
-        short client_revents = e.client_revents;
-        short upstream_revents = e.upstream_revents;
-        e.client_revents = 0;
-        e.upstream_revents = 0;
-        e.touched = false;
-        // Heard from a client whose upstream was connecting: it may have to leave the set.
-        bool client_heard =
-            client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
-        e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
-        settle(slot, now, client_heard);
+    // Request/response and handshaking sessions first, then bulk transfers (those whose last
+    // call moved all a call may). After each bulk one, a wait that does not block hears who
+    // else is ready: a small exchange waits behind one bulk pump, not behind a turn of them.
+    std::size_t next = 0;
+    std::size_t next_bulk = 0;
+    while (next < touched_.size() || next_bulk < saturated_.size()) {
+        bool bulk = next == touched_.size();
+        serve(bulk ? saturated_[next_bulk++] : touched_[next++], now);
+        if (bulk && next_bulk < saturated_.size()) {
+            // Those served leave the queues, so a session heard again joins them once more.
+            touched_.clear();
+            next = 0;
+            saturated_.erase(saturated_.begin(), saturated_.begin() + next_bulk);
+            next_bulk = 0;
+            now = steady_clock::now();
+            peek_between(now);
+        }
     }
     touched_.clear();
+    saturated_.clear();
+    ++turn_; // the sessions served in this turn are heard again in the next
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now) {
+    entry& e = *entries_[slot]; // nothing ends a session between dispatch and here
+    short client_revents = e.client_revents;
+    short upstream_revents = e.upstream_revents;
+    e.client_revents = 0;
+    e.upstream_revents = 0;
+    e.touched = false;
+    e.served_in = turn_;
+    // Heard from a client whose upstream was connecting: it may have to leave the set.
+    bool client_heard =
+        client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
+    e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
+    settle(slot, now, client_heard);
 }
 
 template <class Server, class Poller>
@@ -408,6 +464,7 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
                 generations_.reserve(slots);
                 free_slots_.reserve(slots);
                 touched_.reserve(slots);
+                saturated_.reserve(slots);
                 generations_.push_back(0);
                 free_slots_.push_back(static_cast<std::uint32_t>(entries_.size()));
                 entries_.emplace_back();
