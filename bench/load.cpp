@@ -3,13 +3,15 @@
 //
 //   load ports N                      N free TCP ports on 127.0.0.1, one a line
 //   load waitport PORT [SECONDS]      exit 0 once 127.0.0.1:PORT (or *:PORT) is listening
-//   load server|echo|hold|sink PORT [--time S]
+//   load server|echo|hold|sink|mixed PORT [--time S]
 //                                     upstreams on 127.0.0.1:PORT (0: any; prints "port N";
 //                                     "hold" without --port is this, with --port the client):
 //                                     server: read 64 B, reply 64 B, close (closes first)
 //                                     echo:   send back what arrives
 //                                     hold:   send 1 byte on accept, then keep the connection
 //                                     sink:   read and discard until EOF, then close
+//                                     mixed:  a sink for connections whose first byte is
+//                                             'b' (load bulk's), an echo for the rest
 //   load rate --port P [--socks5 SP] [--threads 8] [--time 2]
 //                                     connect, 64 B request, 64 B reply, read to EOF, close
 //   load rr   --port P [--socks5 SP] [--count 20000] [--time 60]
@@ -328,11 +330,48 @@ int cmd_waitport(const args& a) {
 
 // ---- upstream servers (one epoll thread) ----
 
-enum class server_kind { server, echo, hold, sink };
+enum class server_kind { server, echo, hold, sink, mixed };
+
+/// Sends back `size` bytes just read from `fd`; false when the connection is lost. Small
+/// messages: a short send is rare, and is finished blocking (bounded by a timeout).
+bool echo_back(int fd, const char* data, std::size_t size) {
+    ssize_t w = ::send(fd, data, size, MSG_NOSIGNAL);
+    if (w >= 0 && static_cast<std::size_t>(w) == size) {
+        return true;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    set_timeouts(fd, 5);
+    std::size_t done = w > 0 ? static_cast<std::size_t>(w) : 0;
+    bool ok = write_all(fd, data + done, size - done);
+    fcntl(fd, F_SETFL, flags);
+    return ok;
+}
+
+/// mixed: the echo connections, on a thread of their own, so that a ping never waits behind a
+/// sink's reads: the latency measured beside bulk streams is the proxy's, not this server's.
+void echo_loop(int ep, const std::atomic<bool>& done) {
+    std::vector<char> buffer(64 * 1024);
+    std::vector<epoll_event> events(64);
+    while (!done && !stop_requested) {
+        int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), 200);
+        for (int i = 0; i < n; ++i) {
+            int fd = events[static_cast<std::size_t>(i)].data.fd;
+            ssize_t r = ::recv(fd, buffer.data(), buffer.size(), 0);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
+                continue;
+            }
+            if (r <= 0 || !echo_back(fd, buffer.data(), static_cast<std::size_t>(r))) {
+                epoll_ctl(ep, EPOLL_CTL_DEL, fd, nullptr);
+                ::close(fd);
+            }
+        }
+    }
+}
 
 int cmd_serve(server_kind kind, const args& a) {
     if (a.positional.empty()) {
-        die("server|echo|hold|sink PORT [--time S]");
+        die("server|echo|hold|sink|mixed PORT [--time S]");
     }
     int port = static_cast<int>(std::strtol(a.positional[0].c_str(), nullptr, 10));
     double lifetime = a.real("--time", 3600);
@@ -354,8 +393,15 @@ int cmd_serve(server_kind kind, const args& a) {
     ev.events = EPOLLIN;
     ev.data.fd = lfd;
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
-    std::vector<int> got(1024, 0); // server: request bytes seen, by fd
-    std::vector<char> buffer(kind == server_kind::sink ? 256 * 1024 : 64 * 1024);
+    std::vector<int> got(1024, 0); // server: request bytes seen; mixed: 2 once a sink; by fd
+    std::atomic<bool> echo_done{false};
+    int echo_ep = kind == server_kind::mixed ? epoll_create1(EPOLL_CLOEXEC) : -1;
+    std::thread echo_thread;
+    if (echo_ep >= 0) {
+        echo_thread = std::thread([&] { echo_loop(echo_ep, echo_done); });
+    }
+    bool sinks = kind == server_kind::sink || kind == server_kind::mixed;
+    std::vector<char> buffer(sinks ? 256 * 1024 : 64 * 1024);
     const char reply[64] = {'r'};
     std::vector<epoll_event> events(256);
     auto start = clock_type::now();
@@ -399,7 +445,25 @@ int cmd_serve(server_kind kind, const args& a) {
                 drop(fd);
                 continue;
             }
-            switch (kind) {
+            server_kind act = kind;
+            if (kind == server_kind::mixed) {
+                int& role = got[static_cast<std::size_t>(fd)];
+                role = role != 0 ? role : buffer[0] == 'b' ? 2 : 1;
+                act = role == 2 ? server_kind::sink : server_kind::echo;
+                if (act == server_kind::echo) { // to the echo thread, from now on
+                    epoll_ctl(ep, EPOLL_CTL_DEL, fd, nullptr);
+                    if (!echo_back(fd, buffer.data(), static_cast<std::size_t>(r))) {
+                        ::close(fd);
+                        continue;
+                    }
+                    epoll_event eev{};
+                    eev.events = EPOLLIN;
+                    eev.data.fd = fd;
+                    epoll_ctl(echo_ep, EPOLL_CTL_ADD, fd, &eev);
+                    continue;
+                }
+            }
+            switch (act) {
             case server_kind::server:
                 got[static_cast<std::size_t>(fd)] += static_cast<int>(r);
                 if (got[static_cast<std::size_t>(fd)] >= 64) {
@@ -407,28 +471,21 @@ int cmd_serve(server_kind kind, const args& a) {
                     drop(fd); // the upstream closes first
                 }
                 break;
-            case server_kind::echo: {
-                // Small messages: a short send is rare; finish it blocking (bounded by a timeout).
-                ssize_t w = ::send(fd, buffer.data(), static_cast<std::size_t>(r), MSG_NOSIGNAL);
-                if (w < r) {
-                    int flags = fcntl(fd, F_GETFL);
-                    fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-                    set_timeouts(fd, 5);
-                    std::size_t done = w > 0 ? static_cast<std::size_t>(w) : 0;
-                    bool ok =
-                        write_all(fd, buffer.data() + done, static_cast<std::size_t>(r) - done);
-                    fcntl(fd, F_SETFL, flags);
-                    if (!ok) {
-                        drop(fd);
-                    }
+            case server_kind::echo:
+                if (!echo_back(fd, buffer.data(), static_cast<std::size_t>(r))) {
+                    drop(fd);
                 }
                 break;
-            }
             case server_kind::hold:
             case server_kind::sink:
+            case server_kind::mixed:
                 break;
             }
         }
+    }
+    if (echo_thread.joinable()) {
+        echo_done = true;
+        echo_thread.join();
     }
     return 0;
 }
@@ -781,10 +838,11 @@ int main(int argc, char** argv) {
     if (mode == "bulk") {
         return cmd_bulk(a);
     }
-    if (mode == "server" || mode == "echo" || mode == "sink") {
+    if (mode == "server" || mode == "echo" || mode == "sink" || mode == "mixed") {
         return cmd_serve(mode == "server" ? server_kind::server
                          : mode == "echo" ? server_kind::echo
-                                          : server_kind::sink,
+                         : mode == "mixed" ? server_kind::mixed
+                                           : server_kind::sink,
                          a);
     }
     if (mode == "hold") {

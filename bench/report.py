@@ -135,7 +135,8 @@ def main():
     lines.append("#### Port forwarding (bulk: iperf3)")
     lines.append("")
     summary_head = ["target", "Gbit/s 1 / 4 streams", "CPU s/GB 1 / 4", "conn/s", "CPU µs/conn",
-                    "RR p50 / p99 µs", "RR pinned p50 / p99 µs", "idle KB"] + mem_heads
+                    "RR p50 / p99 µs", "RR pinned p50 / p99 µs", "RR beside 4 bulk p50 / p99 µs",
+                    "idle KB"] + mem_heads
 
     def summary_table(targets, bulk, name_of):
         """The per-target table; `bulk` names the bulk metrics ("bulk": iperf3, "lbulk": load)."""
@@ -147,7 +148,8 @@ def main():
                    pair(t, f"{bulk}1_cpu_s_per_gb", f"{bulk}4_cpu_s_per_gb", 2),
                    cell(t, "rate_cps", 0),
                    "–" if t == "direct" else cell(t, "rate_cpu_us_per_conn", 0),
-                   pair(t, "rr_p50_us", "rr_p99_us", 1), pair(t, "rrpin_p50_us", "rrpin_p99_us", 1)]
+                   pair(t, "rr_p50_us", "rr_p99_us", 1), pair(t, "rrpin_p50_us", "rrpin_p99_us", 1),
+                   pair(t, "mixrr_p50_us", "mixrr_p99_us", 0)]
             row += mem_cells(t)
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
@@ -158,7 +160,8 @@ def main():
     higher = {"bulk1_gbps", "bulk4_gbps", "lbulk1_gbps", "lbulk4_gbps", "rate_cps"}
     ratio_metrics = [("Gbit/s 1", "bulk1_gbps"), ("Gbit/s 4", "bulk4_gbps"),
                      ("CPU s/GB 1", "bulk1_cpu_s_per_gb"), ("conn/s", "rate_cps"),
-                     ("RR p50", "rr_p50_us"), ("RR pinned p50", "rrpin_p50_us")]
+                     ("RR p50", "rr_p50_us"), ("RR pinned p50", "rrpin_p50_us"),
+                     ("RR p99 beside bulk", "mixrr_p99_us")]
     ratio_metrics += [(f"KB/conn @{n:,}", f"kb_per_conn_{n}") for n in hold_counts]
 
     def best(peers, metric):
@@ -197,7 +200,8 @@ def main():
                       lambda t: label(t, versions) + (" (forward)" if t == "tp-poll" else ""))
         socks_metrics = [("Gbit/s 1", "lbulk1_gbps"), ("Gbit/s 4", "lbulk4_gbps"),
                          ("CPU s/GB 1", "lbulk1_cpu_s_per_gb"), ("conn/s", "rate_cps"),
-                         ("RR p50", "rr_p50_us"), ("RR pinned p50", "rrpin_p50_us")]
+                         ("RR p50", "rr_p50_us"), ("RR pinned p50", "rrpin_p50_us"),
+                         ("RR p99 beside bulk", "mixrr_p99_us")]
         socks_metrics += [(f"KB/conn @{n:,}", f"kb_per_conn_{n}") for n in hold_counts]
         lines.append("Ratios, value ÷ microsocks / value ÷ our forwarder (poll).")
         lines.append("")
@@ -240,6 +244,7 @@ def main():
             "rate_seconds": float(env("BENCH_RATE_TIME", "0")),
             "rate_workers": 8,
             "rr_round_trips": int(env("BENCH_RR_COUNT", "0")),
+            "rr_beside_bulk_round_trips": int(env("BENCH_RR_MIXED_COUNT", "0")),
             "hold_counts": hold_counts,
         },
         "versions": versions,

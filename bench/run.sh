@@ -3,7 +3,8 @@
 # nginx stream, rinetd, socat, microsocks), side by side in one run on loopback. Installs the
 # peers with apt when missing, builds tinyproxy in Release and bench/load.cpp, measures bulk
 # throughput (iperf3 and bench/load bulk), CPU per GB, connection rate, request/response latency
-# (also pinned to one CPU) and memory per held connection, alternating targets run by run, then
+# (also pinned to one CPU; and, in a full run, beside 4 bulk streams through the same proxy) and
+# memory per held connection, alternating targets run by run, then
 # prints a markdown table of medians and writes bench/results/<date>-<HHMM>-<quick|full>.json.
 # --levers measures what each lever bought instead: the same forwarder built for poll(2) and
 # copies only, then epoll, then splice, then two loops, next to haproxy and nginx
@@ -11,7 +12,8 @@
 # (forward and SOCKS5), haproxy and nginx make per connection and per round trip (perf), and
 # nothing else; TINYPROXY=path counts another build of the CLI. BASELINE=path bench/run.sh --ab
 # alternates this build's CLI with another build's (BASELINE) on connection rate and CPU per
-# connection, forward and SOCKS5, AB_ROUNDS (5) rounds of 3 s, and prints the medians.
+# connection, forward and SOCKS5, AB_ROUNDS (5) rounds of 3 s, and prints the medians. --mixed
+# [--quick] runs only the RR-beside-bulk phase, every target, and prints its medians.
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
@@ -21,18 +23,20 @@ MODE=full
 LEVERS=0
 SYSCALLS=0
 AB=0
+MIXED=0
 for arg in "$@"; do
     case "$arg" in
     --quick) MODE=quick ;;
     --levers) LEVERS=1 ;;
     --syscalls) SYSCALLS=1 ;;
     --ab) AB=1 ;;
+    --mixed) MIXED=1 ;;
     -h | --help)
         sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls and --ab)" >&2
+        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls, --ab and --mixed)" >&2
         exit 2
         ;;
     esac
@@ -41,9 +45,9 @@ COMMAND="bench/run.sh${*:+ $*}"
 T0=$(date +%s)
 
 if [ "$MODE" = quick ]; then
-    REPS=1 BULK_TIME=2 RATE_TIME=2 RR_COUNT=5000 HOLD_COUNTS=(1000) OPEN_TIME=30
+    REPS=1 BULK_TIME=2 RATE_TIME=2 RR_COUNT=5000 RR_MIXED_COUNT=2000 HOLD_COUNTS=(1000) OPEN_TIME=30
 else
-    REPS=3 BULK_TIME=5 RATE_TIME=5 RR_COUNT=20000 HOLD_COUNTS=(1000 9000) OPEN_TIME=60
+    REPS=3 BULK_TIME=5 RATE_TIME=5 RR_COUNT=20000 RR_MIXED_COUNT=5000 HOLD_COUNTS=(1000 9000) OPEN_TIME=60
 fi
 RATE_THREADS=8
 
@@ -556,6 +560,43 @@ phase_rr() {
     stop_tree "$echo_pid"
 }
 
+# ---------------------------------------------------------------- RR beside bulk streams
+# The rr client's round trips while 4 `load bulk` streams go through the same proxy, to one
+# `load mixed` upstream (a sink for the bulk streams, an echo on a thread of its own for the
+# pings): what a small exchange pays for sharing a proxy with bulk transfers.
+phase_mixed() {
+    log "mixed: $RR_MIXED_COUNT round trips beside 4 bulk streams through the same proxy"
+    start_upstream mixed
+    local mixed_pid=$UP_PID mixed_port=$UP_PORT rep name out bulk_pid args
+    start_all "$mixed_port" "${FORWARDERS[@]}" "${SOCKS[@]}"
+    for ((rep = 1; rep <= REPS; rep++)); do
+        for name in "${FORWARDERS[@]}" "${SOCKS[@]}"; do
+            up "$name" || continue
+            args=$(client_args "$name" "$name" "$mixed_port")
+            # shellcheck disable=SC2086
+            timeout 60 "$LOAD" bulk $args --streams 4 --time $((BULK_TIME + 2)) \
+                >"$WORK/mixed-bulk.out" 2>/dev/null &
+            bulk_pid=$!
+            sleep 1 # the streams are up to speed
+            # shellcheck disable=SC2086
+            out=$(timeout 60 "$LOAD" rr $args --count "$RR_MIXED_COUNT" --time "$BULK_TIME" \
+                2>/dev/null)
+            wait "$bulk_pid"
+            if [[ $out != count* ]]; then
+                log "rr beside bulk through $name failed"
+                record "$name" mixrr_failed 1
+                continue
+            fi
+            set -- $out # count N p50_us A p99_us B max_us C
+            record "$name" mixrr_p50_us "$4"
+            record "$name" mixrr_p99_us "$6"
+            log "  rep $rep  $name  p50 $4 us  p99 $6 us ($2 round trips) beside $(awk '{print $6}' "$WORK/mixed-bulk.out") Gbit/s"
+        done
+    done
+    stop_all
+    stop_tree "$mixed_pid"
+}
+
 # ---------------------------------------------------------------- memory
 phase_memory() {
     log "memory: idle, then ${HOLD_COUNTS[*]} idle connections held through each proxy"
@@ -697,6 +738,23 @@ if ((SYSCALLS)); then
     phase_syscalls
     exit 0
 fi
+if ((MIXED)); then # only the RR-beside-bulk phase, with its medians; nothing written
+    phase_mixed
+    python3 - "$RAW" <<'PY'
+import statistics, sys
+samples = {}
+for line in open(sys.argv[1]):
+    name, metric, value = line.rstrip("\n").split("\t")
+    samples.setdefault(name, {}).setdefault(metric, []).append(float(value))
+print("| target | RR beside 4 bulk p50 / p99 µs |")
+print("|---|---|")
+for name, m in samples.items():
+    if "mixrr_p50_us" in m:
+        print(f"| {name} | {statistics.median(m['mixrr_p50_us']):,.0f} / "
+              f"{statistics.median(m['mixrr_p99_us']):,.0f} |")
+PY
+    exit 0
+fi
 if ((AB)); then
     FORWARDERS=(tp-poll tpb-poll)
     SOCKS=(tp-socks-poll tpb-socks-poll)
@@ -709,6 +767,7 @@ log "mode $MODE, $(nproc) CPUs, load average $LOAD_BEFORE, ulimit -n $FD_LIMIT, 
 phase_bulk
 phase_rate
 phase_rr
+[ "$MODE" = full ] && phase_mixed # (about 70 s: --quick stays under 3 minutes without it)
 phase_memory
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -726,7 +785,7 @@ BENCH_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) BENCH_MODE=$MODE BENCH_COMMAND=$COMMAN
     BENCH_COSTS=$COSTS BENCH_LOAD_BEFORE=$LOAD_BEFORE BENCH_LOAD_AFTER=$LOAD_AFTER BENCH_FD_LIMIT=$FD_LIMIT \
     BENCH_SECONDS=$(($(date +%s) - T0)) BENCH_MISSING=$missing_list \
     BENCH_REPS=$REPS BENCH_BULK_TIME=$BULK_TIME BENCH_RATE_TIME=$RATE_TIME \
-    BENCH_RR_COUNT=$RR_COUNT BENCH_HOLD_COUNTS="${HOLD_COUNTS[*]}" \
+    BENCH_RR_COUNT=$RR_COUNT BENCH_RR_MIXED_COUNT=$RR_MIXED_COUNT BENCH_HOLD_COUNTS="${HOLD_COUNTS[*]}" \
     BENCH_FORWARDERS="${FORWARDERS[*]}" BENCH_SOCKS="${SOCKS[*]}" \
     BENCH_VERSIONS="haproxy=$(version haproxy) nginx=$(version nginx) libnginx-mod-stream=$(version libnginx-mod-stream) rinetd=$(version rinetd) socat=$(version socat) microsocks=$(version microsocks) iperf3=$(version iperf3) tinyproxy=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- include 2>/dev/null || echo +dirty)" \
     python3 bench/report.py "$RAW" "$OUT" || exit 1
