@@ -94,6 +94,8 @@ struct session_result {
 /// `client_fd()`, `upstream_events()` on `upstream_fd()` and for `deadline()`, then calls
 /// `on_ready()` or `on_deadline()`; when `wants_resolve()` it resolves `resolve_target()` in a
 /// way that suits it and calls `on_resolved()`. It never blocks and never reads the clock.
+/// A call moves at most one read's worth per direction; `saturated()` says it stopped there,
+/// and a driver of many sessions serves the others before calling it again.
 ///
 /// `ModeSession` is a Mode's per-client handshake object:
 ///     mode_step start();                             // before any byte is read

@@ -4362,6 +4362,8 @@ struct session_result {
 /// `client_fd()`, `upstream_events()` on `upstream_fd()` and for `deadline()`, then calls
 /// `on_ready()` or `on_deadline()`; when `wants_resolve()` it resolves `resolve_target()` in a
 /// way that suits it and calls `on_resolved()`. It never blocks and never reads the clock.
+/// A call moves at most one read's worth per direction; `saturated()` says it stopped there,
+/// and a driver of many sessions serves the others before calling it again.
 ///
 /// `ModeSession` is a Mode's per-client handshake object:
 ///     mode_step start();                             // before any byte is read
@@ -5515,7 +5517,10 @@ private:
 /// One thread serves every client with an event loop over non-blocking sockets: the cheapest
 /// per connection (no thread, no process, no buffer while a tunnel is idle), and nothing one
 /// client does (sending nothing, reading nothing, an upstream that never answers) holds up the
-/// others. Pick it for many concurrent clients, or whenever in doubt; it is the default.
+/// others. A bulk transfer is served one read's worth at a time, after the other tunnels, and
+/// between two bulk ones the loop looks (without blocking) for who else is ready: a small
+/// exchange waits for one read and its write, not for a turn of bulk transfers. Pick it for
+/// many concurrent clients, or whenever in doubt; it is the default.
 ///
 /// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
 /// poller.hpp. `poll_policy` picks the best one the platform has.

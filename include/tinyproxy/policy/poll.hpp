@@ -129,7 +129,10 @@ private:
 /// One thread serves every client with an event loop over non-blocking sockets: the cheapest
 /// per connection (no thread, no process, no buffer while a tunnel is idle), and nothing one
 /// client does (sending nothing, reading nothing, an upstream that never answers) holds up the
-/// others. Pick it for many concurrent clients, or whenever in doubt; it is the default.
+/// others. A bulk transfer is served one read's worth at a time, after the other tunnels, and
+/// between two bulk ones the loop looks (without blocking) for who else is ready: a small
+/// exchange waits for one read and its write, not for a turn of bulk transfers. Pick it for
+/// many concurrent clients, or whenever in doubt; it is the default.
 ///
 /// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
 /// poller.hpp. `poll_policy` picks the best one the platform has.
