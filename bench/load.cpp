@@ -486,6 +486,7 @@ int cmd_serve(server_kind kind, const args& a) {
     if (echo_thread.joinable()) {
         echo_done = true;
         echo_thread.join();
+        ::close(echo_ep);
     }
     return 0;
 }

@@ -5392,6 +5392,7 @@ private:
 #include <algorithm>          // std::min, the timer heap
 #include <chrono>             // back-off
 #include <condition_variable> // the resolver's queue
+#include <cstddef>            // std::ptrdiff_t
 #include <cstdint>            // session ids
 #include <deque>              // resolver requests
 #include <memory>             // sessions, resolver
@@ -5772,7 +5773,8 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
             // Those served leave the queues, so a session heard again joins them once more.
             touched_.clear();
             next = 0;
-            saturated_.erase(saturated_.begin(), saturated_.begin() + next_bulk);
+            saturated_.erase(saturated_.begin(),
+                             saturated_.begin() + static_cast<std::ptrdiff_t>(next_bulk));
             next_bulk = 0;
             now = steady_clock::now();
             peek_between(now);
