@@ -12,7 +12,8 @@
 # (forward and SOCKS5), haproxy and nginx make per connection and per round trip (perf), and
 # nothing else; TINYPROXY=path counts another build of the CLI. BASELINE=path bench/run.sh --ab
 # alternates this build's CLI with another build's (BASELINE) on connection rate and CPU per
-# connection, forward and SOCKS5, AB_ROUNDS (5) rounds of 3 s, and prints the medians. --mixed
+# connection (forward and SOCKS5) and on iperf3 bulk (1 and 4 streams), AB_ROUNDS (5) rounds of
+# 3 s each, and prints the medians. --mixed
 # [--quick] runs only the RR-beside-bulk phase, every target, and prints its medians.
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
@@ -427,26 +428,11 @@ phase_bulk() {
         for streams in 1 4; do
             for name in "${FORWARDERS[@]}"; do
                 [ -n "${iperf_pid:-}" ] && up "$name" || continue
-                before=$(cpu_of "$name")
-                # The receiver's sum from iperf3's JSON (awk: python would start slower).
-                out=$(timeout $((BULK_TIME + 20)) iperf3 -c 127.0.0.1 -p "${PORT_OF[$name]}" \
-                    -t "$BULK_TIME" -P "$streams" -J --connect-timeout 3000 2>/dev/null |
-                    awk '/"sum_received"/ { f = 1 }
-                        f && /"bytes"/ { b = $2; gsub(/[^0-9.eE+]/, "", b) }
-                        f && /"bits_per_second"/ { v = $2; gsub(/[^0-9.eE+]/, "", v)
-                            printf "%.3f %s\n", v / 1e9, b; exit }')
-                sleep 0.1
-                after=$(cpu_of "$name")
-                if [ -z "$out" ]; then
+                if ! out=$(iperf_sample "$name" "$name" "$streams"); then
                     log "iperf3 through $name (-P $streams) failed"
-                    record "$name" "bulk${streams}_failed" 1
                     continue
                 fi
-                bytes=${out#* }
-                record "$name" "bulk${streams}_gbps" "${out%% *}"
-                [ "$name" != direct ] && record "$name" "bulk${streams}_cpu_s_per_gb" \
-                    "$(awk -v a="$after" -v b="$before" -v n="$bytes" 'BEGIN{print (a-b)/(n/1e9)}')"
-                log "  rep $rep  -P $streams  $name  ${out%% *} Gbit/s"
+                log "  rep $rep  -P $streams  $name  $out Gbit/s"
             done
             for name in "${socks_refs[@]}" "${SOCKS[@]}"; do
                 local key=$name args
@@ -476,6 +462,31 @@ phase_bulk() {
     unset 'PORT_OF[direct@sink]'
     [ -n "${iperf_pid:-}" ] && stop_tree "$iperf_pid"
     stop_tree "$sink_pid"
+}
+
+# iperf_sample NAME KEY STREAMS: one iperf3 run (BULK_TIME seconds) through KEY's port, recorded
+# as NAME's: Gbit/s received, and the proxy's CPU seconds per GB. Prints the Gbit/s; fails when
+# the run did.
+iperf_sample() {
+    local name=$1 key=$2 streams=$3 before after out
+    before=$(cpu_of "$key")
+    # The receiver's sum from iperf3's JSON (awk: python would start slower).
+    out=$(timeout $((BULK_TIME + 20)) iperf3 -c 127.0.0.1 -p "${PORT_OF[$key]}" \
+        -t "$BULK_TIME" -P "$streams" -J --connect-timeout 3000 2>/dev/null |
+        awk '/"sum_received"/ { f = 1 }
+            f && /"bytes"/ { b = $2; gsub(/[^0-9.eE+]/, "", b) }
+            f && /"bits_per_second"/ { v = $2; gsub(/[^0-9.eE+]/, "", v)
+                printf "%.3f %s\n", v / 1e9, b; exit }')
+    sleep 0.1
+    after=$(cpu_of "$key")
+    if [ -z "$out" ]; then
+        record "$name" "bulk${streams}_failed" 1
+        return 1
+    fi
+    record "$name" "bulk${streams}_gbps" "${out%% *}"
+    [ "$name" != direct ] && record "$name" "bulk${streams}_cpu_s_per_gb" \
+        "$(awk -v a="$after" -v b="$before" -v n="${out#* }" 'BEGIN{print (a-b)/(n/1e9)}')"
+    echo "${out%% *}"
 }
 
 # ---------------------------------------------------------------- connection rate
@@ -717,6 +728,28 @@ phase_ab() {
     done
     stop_all
     stop_tree "$server_pid"
+    # Bulk, forwarding only: iperf3 through each build, 1 and 4 streams, alternating.
+    local iperf_port iperf_pid streams
+    if command -v iperf3 >/dev/null 2>&1; then
+        iperf_port=$(free_port)
+        iperf3 -s -B 127.0.0.1 -p "$iperf_port" >"$WORK/iperf3-server.log" 2>&1 &
+        iperf_pid=$!
+        "$LOAD" waitport "$iperf_port" 5 || log "iperf3 server did not start"
+        for name in "${FORWARDERS[@]}"; do
+            start_target "$name" "$name" "$iperf_port" || log "$name: ${MISSING[$name]}"
+        done
+        for ((rep = 1; rep <= rounds; rep++)); do
+            for streams in 1 4; do
+                for name in "${FORWARDERS[@]}"; do
+                    up "$name" || continue
+                    out=$(BULK_TIME=$seconds iperf_sample "$name" "$name" "$streams") || continue
+                    log "  round $rep  -P $streams  $name  $out Gbit/s"
+                done
+            done
+        done
+        stop_all
+        stop_tree "$iperf_pid"
+    fi
     python3 - "$RAW" <<'PY'
 import statistics, sys
 samples = {}
@@ -730,6 +763,15 @@ for mode, a, b in (("forward", "tp-poll", "tpb-poll"), ("SOCKS5", "tp-socks-poll
     ra, rb = med(a, "rate_cps"), med(b, "rate_cps")
     ca, cb = med(a, "rate_cpu_us_per_conn"), med(b, "rate_cpu_us_per_conn")
     print(f"| {mode} | {ra:,.0f} / {rb:,.0f} | {ra / rb:.2f} | {ca:.1f} / {cb:.1f} | {ca / cb:.2f} |")
+print()
+print("| iperf3 (forward) | Gbit/s this / baseline | ratio | CPU s/GB this / baseline | ratio |")
+print("|---|---|---|---|---|")
+for streams in (1, 4):
+    ga, gb = med("tp-poll", f"bulk{streams}_gbps"), med("tpb-poll", f"bulk{streams}_gbps")
+    ca, cb = (med("tp-poll", f"bulk{streams}_cpu_s_per_gb"),
+              med("tpb-poll", f"bulk{streams}_cpu_s_per_gb"))
+    print(f"| {streams} stream{'s' if streams > 1 else ''} | {ga:.2f} / {gb:.2f} | {ga / gb:.2f} "
+          f"| {ca:.3f} / {cb:.3f} | {ca / cb:.3f} |")
 PY
 }
 
