@@ -497,7 +497,8 @@ struct noting_session {
     bool bulk = false;
     tinyproxy::unique_fd fd;
     std::string* served = nullptr;
-    int stop_fd = -1; // written when `served` is long enough: the loop stops
+    std::string* rounds = nullptr; // the reads per call the loop allowed, one digit a call
+    int stop_fd = -1;              // written when `served` is long enough: the loop stops
     bool ended = false;
     tinyproxy::session_result outcome{};
     tinyproxy::host_port nowhere{};
@@ -516,8 +517,10 @@ struct noting_session {
     const tinyproxy::host_port& resolve_target() const noexcept { return nowhere; }
     void on_resolved(std::vector<tinyproxy::endpoint>, std::error_code,
                      tinyproxy::time_point) noexcept {}
-    void on_ready(short, short, tinyproxy::time_point, std::uint8_t*, std::size_t) noexcept {
+    void on_ready(short, short, tinyproxy::time_point, std::uint8_t*, std::size_t,
+                  int allowed) noexcept {
         served->push_back(name);
+        rounds->push_back(static_cast<char>('0' + allowed));
         if (served->size() >= 60 && stop_fd >= 0) {
             CHECK(::write(stop_fd, "x", 1) == 1);
             stop_fd = -1;
@@ -567,6 +570,7 @@ struct noting_server {
         s.bulk = name != 'c';
         s.fd.reset(::dup(client.connection.native_handle()));
         s.served = &served;
+        s.rounds = &rounds;
         s.stop_fd = stop_write.get();
         return s;
     }
@@ -577,6 +581,7 @@ struct noting_server {
     std::string names = "abc"; // a and b are bulk transfers, c a small exchange
     std::size_t accepted = 0;
     std::string served;
+    std::string rounds;
     tinyproxy::session_options options;
     tinyproxy::unique_fd stop_read, stop_write, listener, listener_peer;
     std::vector<tinyproxy::unique_fd> peers;
@@ -619,6 +624,33 @@ TEST_CASE_TEMPLATE("the event loop serves a small exchange between two bulk tran
             CHECK_FALSE((turn[i] != 'c' && turn[i + 1] != 'c'));
         }
     }
+    // Sharing the loop, every call (the first ones, as each was accepted, too) was allowed
+    // one read per direction.
+    INFO("reads allowed per call: ", server.rounds);
+    CHECK(server.rounds.find_first_not_of('0' + tinyproxy::relay::shared_rounds) ==
+          std::string::npos);
+}
+
+TEST_CASE_TEMPLATE("a bulk transfer that has the event loop to itself reads as on a thread of "
+                   "its own",
+                   Policy, tinyproxy::poll_policy, tinyproxy::portable_poll_policy) {
+    // One read per call is for sharing: alone, a bulk tunnel makes relay::max_rounds reads a
+    // call, as thread_policy does, rather than paying a wait for every pipe's worth.
+    noting_server server;
+    server.names = "a";
+    Policy policy;
+    auto running = std::async(std::launch::async, [&] { policy.run(server); });
+    bool stopped = running.wait_for(10s) == std::future_status::ready;
+    if (!stopped) {
+        CHECK(::write(server.stop_write.get(), "x", 1) == 1); // end it either way
+    }
+    running.get();
+    REQUIRE(stopped);
+    INFO("served: ", server.served, "; reads allowed per call: ", server.rounds);
+    REQUIRE(server.rounds.size() >= 10);
+    CHECK(server.rounds[0] == '0' + tinyproxy::relay::shared_rounds); // as it was accepted
+    CHECK(server.rounds.find_first_not_of('0' + tinyproxy::relay::max_rounds, 1) ==
+          std::string::npos);
 }
 
 TEST_CASE_TEMPLATE("a Mode that throws ends only its own client's session; the proxy goes on",

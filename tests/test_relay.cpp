@@ -153,9 +153,11 @@ public:
         return relay_.pump(scratch_.data(), scratch_.size());
     }
     /// Pumps with what a wait reported for each side, as every policy does.
-    bool pump(short client_revents, short upstream_revents) {
+    bool pump(short client_revents, short upstream_revents,
+              int rounds = tinyproxy::relay::max_rounds) {
         ++pumps_;
-        return relay_.pump(scratch_.data(), scratch_.size(), client_revents, upstream_revents);
+        return relay_.pump(scratch_.data(), scratch_.size(), client_revents, upstream_revents,
+                           rounds);
     }
     /// Small socket buffers on all four sockets, so that a destination that does not read
     /// fills everything up to the relay within a few hundred KiB.
@@ -512,32 +514,40 @@ TEST_CASE("pump reads only the sides the wait reported readable") {
     CHECK_FALSE(rig.pump(0, 0)); // nothing reported, nothing done
 }
 
-TEST_CASE("a pump makes one read per direction, and says saturated when it filled its buffer") {
-    // An event loop serves a bulk tunnel one read's worth at a time, and serves the others
-    // first while saturated() says the source may hold more: a small exchange on the same loop
-    // waits for one read and its write, not for a tunnel's whole backlog.
+TEST_CASE("a pump makes at most `rounds` reads per direction, and says saturated when the last "
+          "filled its buffer") {
+    // An event loop shared by many tunnels serves a bulk one one read's worth at a time, and
+    // serves the others first while saturated() says the source may hold more: a small
+    // exchange on the same loop waits for one read and its write, not for a backlog.
+    constexpr int one = tinyproxy::relay::shared_rounds;
+    static_assert(one == 1, "the checks below count single reads");
     bool use_splice = splice_path();
     relay_rig rig(transport::tcp_loopback, 1024, use_splice);
     rig.client().to_send = random_bytes(1024 + 300 * 1024, 31);
     rig.client().shut_when_sent = false;
     rig.upstream().shut_when_sent = false;
     rig.client().step();
-    REQUIRE(rig.client().sent >= 4 * 1024);
+    REQUIRE(rig.client().sent >= 8 * 1024);
     pollfd readable{rig.client_end(), POLLIN, 0};
     REQUIRE(::poll(&readable, 1, 2000) == 1);
     // The first read fills the scratch buffer: one read, and the pump stops there.
-    CHECK(rig.pump(POLLIN, 0));
+    CHECK(rig.pump(POLLIN, 0, one));
     CHECK(rig.relay().bytes_to_upstream() == 1024);
     CHECK(rig.relay().saturated());
     // The next moves one more buffer (copying), or what the socket holds up to a pipe's worth
     // (splicing: the first full read started it).
-    CHECK(rig.pump(POLLIN, 0));
+    CHECK(rig.pump(POLLIN, 0, one));
     std::size_t second = rig.relay().bytes_to_upstream() - 1024;
     if (use_splice) {
         CHECK(second > 0);
         CHECK(second <= tinyproxy::relay::splice_pipe_size);
     } else {
         CHECK(second == 1024);
+        CHECK(rig.relay().saturated());
+        // Left to its default (a tunnel with its thread to itself), a pump reads on.
+        CHECK(rig.pump(POLLIN, 0));
+        CHECK(rig.relay().bytes_to_upstream() - 2048 ==
+              std::size_t{1024} * tinyproxy::relay::max_rounds);
         CHECK(rig.relay().saturated());
     }
     // A read that empties the socket is short: not saturated, and everything arrives.

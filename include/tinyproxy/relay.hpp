@@ -74,10 +74,10 @@ public:
     /// may hold an error.
     static constexpr short unknown_events = POLLIN | POLLOUT | POLLERR;
 
-    /// Moves the bytes that can move now without blocking, up to `max_rounds` reads per
-    /// direction (saturated() says when that bound stopped it), using `scratch` for reads (its
-    /// size bounds one read, and so the bytes buffered per direction). Returns true when
-    /// anything happened (bytes moved, end of stream seen): the caller's idle clock restarts.
+    /// Moves the bytes that can move now without blocking, up to `rounds` reads per direction
+    /// (saturated() says when that bound stopped it), using `scratch` for reads (its size
+    /// bounds one read, and so the bytes buffered per direction). Returns true when anything
+    /// happened (bytes moved, end of stream seen): the caller's idle clock restarts.
     ///
     /// `client_revents` / `upstream_revents` are what the wait reported for each socket. A
     /// socket is read only when reported readable (POLLIN, POLLERR or POLLHUP), or when its
@@ -95,8 +95,8 @@ public:
     /// for the FIN that follows them, in one segment. A reply-then-close upstream then costs
     /// one wait, not two, and its client one wake-up.
     bool pump(std::uint8_t* scratch, std::size_t scratch_size,
-              short client_revents = unknown_events,
-              short upstream_revents = unknown_events) noexcept;
+              short client_revents = unknown_events, short upstream_revents = unknown_events,
+              int rounds = max_rounds) noexcept;
 
     /// What to wait for on the client socket next: POLLIN (with POLLRDHUP where the platform
     /// has it), POLLOUT, both, or 0.
@@ -114,16 +114,19 @@ public:
         return upstream_events() != 0 || (!finished() && !halves_[0].done);
     }
 
-    /// The last pump stopped at its bound in a direction (max_rounds reads, each of a whole
+    /// The last pump stopped at its bound in a direction (`rounds` reads, each of a whole
     /// scratch buffer or pipe), and that source may hold more: a bulk transfer. A driver of
     /// many tunnels serves the others first; readiness brings this one back.
     bool saturated() const noexcept { return saturated_; }
-    /// The most reads (or splices into a pipe) one pump makes per direction. One: a tunnel
-    /// moving bulk data holds an event loop for one read and its write (at most a pipe's
-    /// worth, 256 KiB), so a small exchange on the same loop waits for little. Measured with
-    /// four bulk streams beside a 64 B ping-pong: four rounds gave the ping-pong a p50 of 1.5
-    /// ms, one round 0.5 ms, and bulk throughput was level (bench/README.md).
-    static constexpr int max_rounds = 1;
+    /// The most reads (or splices into a pipe) one pump makes per direction unless told
+    /// otherwise: a tunnel that has its thread, or its event loop, to itself. An event loop
+    /// serving other tunnels too asks for one (`shared_rounds`): a bulk tunnel then holds it
+    /// for one read and its write (at most a pipe's worth, 256 KiB), and a small exchange on
+    /// the same loop waits for little. Measured with four bulk streams beside a 64 B
+    /// ping-pong: four rounds gave the ping-pong a p50 of 1.5 ms, one round 0.5 ms; alone, one
+    /// stream cost 15 % more CPU per GB with one round than with four (bench/README.md).
+    static constexpr int max_rounds = 4;
+    static constexpr int shared_rounds = 1;
 
     /// Both directions have ended cleanly, or one side failed.
     bool finished() const noexcept { return failed() || (halves_[0].done && halves_[1].done); }
@@ -180,7 +183,7 @@ private:
     }
     short events_on(int side) const noexcept;
     bool pump_half(half& h, bool source_ready, bool destination_ready, bool source_closing,
-                   std::uint8_t* scratch, std::size_t scratch_size,
+                   std::uint8_t* scratch, std::size_t scratch_size, int rounds,
                    sigpipe_scope& sigpipe) noexcept;
     /// After a short read of `n` bytes from a socket whose FIN had come: reads on into the
     /// rest of scratch. True when that read said end of stream; bytes it found are added to
@@ -205,7 +208,7 @@ private:
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
     bool use_splice_;
-    bool saturated_ = false; // the last pump stopped at max_rounds in a direction
+    bool saturated_ = false; // the last pump stopped at its rounds in a direction
     std::error_code error_;
     bool error_on_client_ = false;
 };
@@ -310,15 +313,16 @@ inline void relay::start_splicing(half& h) noexcept {
 
 inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
                              bool source_closing, std::uint8_t* scratch, std::size_t scratch_size,
-                             sigpipe_scope& sigpipe) noexcept {
+                             int rounds, sigpipe_scope& sigpipe) noexcept {
     bool progressed = false;
     // A source with bytes waiting behind it was not watched for reading, so once they can go,
     // nobody knows whether it has more.
     const bool may_read = source_ready || (has_pending(h) && destination_ready);
     // A bounded number of rounds, so that in an event loop one fast tunnel cannot starve the
     // others; level-triggered readiness brings us straight back if there is more.
+    rounds = rounds < 1 ? 1 : rounds;
     int round = 0;
-    for (; round < max_rounds; ++round) {
+    for (; round < rounds; ++round) {
         // Older bytes first: what the copy path kept, then what the pipe holds.
         if (!flush(h, progressed) || !drain_pipe(h, progressed, sigpipe) || h.eof || !may_read) {
             break;
@@ -392,7 +396,7 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
             break;
         }
     }
-    saturated_ = saturated_ || round == max_rounds;
+    saturated_ = saturated_ || round == rounds;
     // End of stream passes on once everything read before it has been written.
     if (h.eof && !h.done && !has_pending(h) && !failed()) {
         std::error_code ignored; // the peer may be gone already; its reset shows on a read
@@ -435,7 +439,7 @@ inline void relay::probe_half_closed(int side, short revents) noexcept {
 }
 
 inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short client_revents,
-                        short upstream_revents) noexcept {
+                        short upstream_revents, int rounds) noexcept {
     bool progressed = false;
     saturated_ = false;
     probe_half_closed(0, client_revents);
@@ -453,7 +457,7 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short c
         half& h = halves_[side]; // reads from `side`, writes to the other
         if (!h.done && !failed()) {
             progressed = pump_half(h, readable[side], writable[1 - side], closing[side], scratch,
-                                   scratch_size, sigpipe) ||
+                                   scratch_size, rounds, sigpipe) ||
                          progressed;
         }
     }

@@ -94,8 +94,8 @@ struct session_result {
 /// `client_fd()`, `upstream_events()` on `upstream_fd()` and for `deadline()`, then calls
 /// `on_ready()` or `on_deadline()`; when `wants_resolve()` it resolves `resolve_target()` in a
 /// way that suits it and calls `on_resolved()`. It never blocks and never reads the clock.
-/// A call moves at most one read's worth per direction; `saturated()` says it stopped there,
-/// and a driver of many sessions serves the others before calling it again.
+/// A call makes at most `rounds` reads per direction; `saturated()` says it stopped there, and
+/// a driver of many sessions serves the others before calling it again.
 ///
 /// `ModeSession` is a Mode's per-client handshake object:
 ///     mode_step start();                             // before any byte is read
@@ -148,9 +148,11 @@ public:
     const host_port& resolve_target() const noexcept { return target_; }
     void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now) noexcept;
 
-    /// Readiness (revents) for each socket; 0 for one that is not ready.
+    /// Readiness (revents) for each socket; 0 for one that is not ready. `rounds`: the most
+    /// reads per direction a relaying session makes in this call (relay::pump).
     void on_ready(short client_revents, short upstream_revents, time_point now,
-                  std::uint8_t* scratch, std::size_t scratch_size) noexcept;
+                  std::uint8_t* scratch, std::size_t scratch_size,
+                  int rounds = relay::max_rounds) noexcept;
     /// Call when `now` has reached `deadline()`.
     void on_deadline(time_point now) noexcept;
     /// Ends the session at once (the proxy is stopping, or the driver failed).
@@ -192,7 +194,8 @@ private:
                          std::size_t scratch_size);
     bool send_to_client(); // writes to_client_; false on error
     void relay_ready(short client_revents, short upstream_revents, time_point now,
-                     std::uint8_t* scratch, std::size_t scratch_size);
+                     std::uint8_t* scratch, std::size_t scratch_size,
+                     int rounds = relay::max_rounds);
     void finish(std::error_code why) noexcept;
     /// A Mode (or a buffer) threw in start(), on_resolved(), on_ready() or on_deadline():
     /// this session ends, and whoever drives it (an event loop of thousands) goes on.
@@ -519,8 +522,8 @@ void basic_session<ModeSession>::handshake_ready(short revents, time_point now,
 template <class ModeSession>
 void basic_session<ModeSession>::relay_ready(short client_revents, short upstream_revents,
                                              time_point now, std::uint8_t* scratch,
-                                             std::size_t scratch_size) {
-    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents)) {
+                                             std::size_t scratch_size, int rounds) {
+    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents, rounds)) {
         deadline_ = detail::deadline_after(now, limits_.idle_timeout);
     }
     if (!relay_->finished()) {
@@ -538,7 +541,7 @@ void basic_session<ModeSession>::relay_ready(short client_revents, short upstrea
 template <class ModeSession>
 void basic_session<ModeSession>::on_ready(short client_revents, short upstream_revents,
                                           time_point now, std::uint8_t* scratch,
-                                          std::size_t scratch_size) noexcept try {
+                                          std::size_t scratch_size, int rounds) noexcept try {
     now_ = now;
     switch (state_) {
     case state::handshaking:
@@ -554,13 +557,13 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
                 // (SOCKS, CONNECT) has sent nothing since, and its upstream has been sent
                 // nothing: reading either would only say EAGAIN.
                 short unknown = client_awaits_reply_ ? 0 : relay::unknown_events;
-                relay_ready(unknown, unknown, now, scratch, scratch_size);
+                relay_ready(unknown, unknown, now, scratch, scratch_size, rounds);
             }
         }
         return;
     case state::relaying:
         if (client_revents != 0 || upstream_revents != 0) {
-            relay_ready(client_revents, upstream_revents, now, scratch, scratch_size);
+            relay_ready(client_revents, upstream_revents, now, scratch, scratch_size, rounds);
         }
         return;
     case state::failing:

@@ -3877,10 +3877,10 @@ public:
     /// may hold an error.
     static constexpr short unknown_events = POLLIN | POLLOUT | POLLERR;
 
-    /// Moves the bytes that can move now without blocking, up to `max_rounds` reads per
-    /// direction (saturated() says when that bound stopped it), using `scratch` for reads (its
-    /// size bounds one read, and so the bytes buffered per direction). Returns true when
-    /// anything happened (bytes moved, end of stream seen): the caller's idle clock restarts.
+    /// Moves the bytes that can move now without blocking, up to `rounds` reads per direction
+    /// (saturated() says when that bound stopped it), using `scratch` for reads (its size
+    /// bounds one read, and so the bytes buffered per direction). Returns true when anything
+    /// happened (bytes moved, end of stream seen): the caller's idle clock restarts.
     ///
     /// `client_revents` / `upstream_revents` are what the wait reported for each socket. A
     /// socket is read only when reported readable (POLLIN, POLLERR or POLLHUP), or when its
@@ -3898,8 +3898,8 @@ public:
     /// for the FIN that follows them, in one segment. A reply-then-close upstream then costs
     /// one wait, not two, and its client one wake-up.
     bool pump(std::uint8_t* scratch, std::size_t scratch_size,
-              short client_revents = unknown_events,
-              short upstream_revents = unknown_events) noexcept;
+              short client_revents = unknown_events, short upstream_revents = unknown_events,
+              int rounds = max_rounds) noexcept;
 
     /// What to wait for on the client socket next: POLLIN (with POLLRDHUP where the platform
     /// has it), POLLOUT, both, or 0.
@@ -3917,16 +3917,19 @@ public:
         return upstream_events() != 0 || (!finished() && !halves_[0].done);
     }
 
-    /// The last pump stopped at its bound in a direction (max_rounds reads, each of a whole
+    /// The last pump stopped at its bound in a direction (`rounds` reads, each of a whole
     /// scratch buffer or pipe), and that source may hold more: a bulk transfer. A driver of
     /// many tunnels serves the others first; readiness brings this one back.
     bool saturated() const noexcept { return saturated_; }
-    /// The most reads (or splices into a pipe) one pump makes per direction. One: a tunnel
-    /// moving bulk data holds an event loop for one read and its write (at most a pipe's
-    /// worth, 256 KiB), so a small exchange on the same loop waits for little. Measured with
-    /// four bulk streams beside a 64 B ping-pong: four rounds gave the ping-pong a p50 of 1.5
-    /// ms, one round 0.5 ms, and bulk throughput was level (bench/README.md).
-    static constexpr int max_rounds = 1;
+    /// The most reads (or splices into a pipe) one pump makes per direction unless told
+    /// otherwise: a tunnel that has its thread, or its event loop, to itself. An event loop
+    /// serving other tunnels too asks for one (`shared_rounds`): a bulk tunnel then holds it
+    /// for one read and its write (at most a pipe's worth, 256 KiB), and a small exchange on
+    /// the same loop waits for little. Measured with four bulk streams beside a 64 B
+    /// ping-pong: four rounds gave the ping-pong a p50 of 1.5 ms, one round 0.5 ms; alone, one
+    /// stream cost 15 % more CPU per GB with one round than with four (bench/README.md).
+    static constexpr int max_rounds = 4;
+    static constexpr int shared_rounds = 1;
 
     /// Both directions have ended cleanly, or one side failed.
     bool finished() const noexcept { return failed() || (halves_[0].done && halves_[1].done); }
@@ -3983,7 +3986,7 @@ private:
     }
     short events_on(int side) const noexcept;
     bool pump_half(half& h, bool source_ready, bool destination_ready, bool source_closing,
-                   std::uint8_t* scratch, std::size_t scratch_size,
+                   std::uint8_t* scratch, std::size_t scratch_size, int rounds,
                    sigpipe_scope& sigpipe) noexcept;
     /// After a short read of `n` bytes from a socket whose FIN had come: reads on into the
     /// rest of scratch. True when that read said end of stream; bytes it found are added to
@@ -4008,7 +4011,7 @@ private:
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
     bool use_splice_;
-    bool saturated_ = false; // the last pump stopped at max_rounds in a direction
+    bool saturated_ = false; // the last pump stopped at its rounds in a direction
     std::error_code error_;
     bool error_on_client_ = false;
 };
@@ -4113,15 +4116,16 @@ inline void relay::start_splicing(half& h) noexcept {
 
 inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
                              bool source_closing, std::uint8_t* scratch, std::size_t scratch_size,
-                             sigpipe_scope& sigpipe) noexcept {
+                             int rounds, sigpipe_scope& sigpipe) noexcept {
     bool progressed = false;
     // A source with bytes waiting behind it was not watched for reading, so once they can go,
     // nobody knows whether it has more.
     const bool may_read = source_ready || (has_pending(h) && destination_ready);
     // A bounded number of rounds, so that in an event loop one fast tunnel cannot starve the
     // others; level-triggered readiness brings us straight back if there is more.
+    rounds = rounds < 1 ? 1 : rounds;
     int round = 0;
-    for (; round < max_rounds; ++round) {
+    for (; round < rounds; ++round) {
         // Older bytes first: what the copy path kept, then what the pipe holds.
         if (!flush(h, progressed) || !drain_pipe(h, progressed, sigpipe) || h.eof || !may_read) {
             break;
@@ -4195,7 +4199,7 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
             break;
         }
     }
-    saturated_ = saturated_ || round == max_rounds;
+    saturated_ = saturated_ || round == rounds;
     // End of stream passes on once everything read before it has been written.
     if (h.eof && !h.done && !has_pending(h) && !failed()) {
         std::error_code ignored; // the peer may be gone already; its reset shows on a read
@@ -4238,7 +4242,7 @@ inline void relay::probe_half_closed(int side, short revents) noexcept {
 }
 
 inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short client_revents,
-                        short upstream_revents) noexcept {
+                        short upstream_revents, int rounds) noexcept {
     bool progressed = false;
     saturated_ = false;
     probe_half_closed(0, client_revents);
@@ -4256,7 +4260,7 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short c
         half& h = halves_[side]; // reads from `side`, writes to the other
         if (!h.done && !failed()) {
             progressed = pump_half(h, readable[side], writable[1 - side], closing[side], scratch,
-                                   scratch_size, sigpipe) ||
+                                   scratch_size, rounds, sigpipe) ||
                          progressed;
         }
     }
@@ -4362,8 +4366,8 @@ struct session_result {
 /// `client_fd()`, `upstream_events()` on `upstream_fd()` and for `deadline()`, then calls
 /// `on_ready()` or `on_deadline()`; when `wants_resolve()` it resolves `resolve_target()` in a
 /// way that suits it and calls `on_resolved()`. It never blocks and never reads the clock.
-/// A call moves at most one read's worth per direction; `saturated()` says it stopped there,
-/// and a driver of many sessions serves the others before calling it again.
+/// A call makes at most `rounds` reads per direction; `saturated()` says it stopped there, and
+/// a driver of many sessions serves the others before calling it again.
 ///
 /// `ModeSession` is a Mode's per-client handshake object:
 ///     mode_step start();                             // before any byte is read
@@ -4416,9 +4420,11 @@ public:
     const host_port& resolve_target() const noexcept { return target_; }
     void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now) noexcept;
 
-    /// Readiness (revents) for each socket; 0 for one that is not ready.
+    /// Readiness (revents) for each socket; 0 for one that is not ready. `rounds`: the most
+    /// reads per direction a relaying session makes in this call (relay::pump).
     void on_ready(short client_revents, short upstream_revents, time_point now,
-                  std::uint8_t* scratch, std::size_t scratch_size) noexcept;
+                  std::uint8_t* scratch, std::size_t scratch_size,
+                  int rounds = relay::max_rounds) noexcept;
     /// Call when `now` has reached `deadline()`.
     void on_deadline(time_point now) noexcept;
     /// Ends the session at once (the proxy is stopping, or the driver failed).
@@ -4460,7 +4466,8 @@ private:
                          std::size_t scratch_size);
     bool send_to_client(); // writes to_client_; false on error
     void relay_ready(short client_revents, short upstream_revents, time_point now,
-                     std::uint8_t* scratch, std::size_t scratch_size);
+                     std::uint8_t* scratch, std::size_t scratch_size,
+                     int rounds = relay::max_rounds);
     void finish(std::error_code why) noexcept;
     /// A Mode (or a buffer) threw in start(), on_resolved(), on_ready() or on_deadline():
     /// this session ends, and whoever drives it (an event loop of thousands) goes on.
@@ -4787,8 +4794,8 @@ void basic_session<ModeSession>::handshake_ready(short revents, time_point now,
 template <class ModeSession>
 void basic_session<ModeSession>::relay_ready(short client_revents, short upstream_revents,
                                              time_point now, std::uint8_t* scratch,
-                                             std::size_t scratch_size) {
-    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents)) {
+                                             std::size_t scratch_size, int rounds) {
+    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents, rounds)) {
         deadline_ = detail::deadline_after(now, limits_.idle_timeout);
     }
     if (!relay_->finished()) {
@@ -4806,7 +4813,7 @@ void basic_session<ModeSession>::relay_ready(short client_revents, short upstrea
 template <class ModeSession>
 void basic_session<ModeSession>::on_ready(short client_revents, short upstream_revents,
                                           time_point now, std::uint8_t* scratch,
-                                          std::size_t scratch_size) noexcept try {
+                                          std::size_t scratch_size, int rounds) noexcept try {
     now_ = now;
     switch (state_) {
     case state::handshaking:
@@ -4822,13 +4829,13 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
                 // (SOCKS, CONNECT) has sent nothing since, and its upstream has been sent
                 // nothing: reading either would only say EAGAIN.
                 short unknown = client_awaits_reply_ ? 0 : relay::unknown_events;
-                relay_ready(unknown, unknown, now, scratch, scratch_size);
+                relay_ready(unknown, unknown, now, scratch, scratch_size, rounds);
             }
         }
         return;
     case state::relaying:
         if (client_revents != 0 || upstream_revents != 0) {
-            relay_ready(client_revents, upstream_revents, now, scratch, scratch_size);
+            relay_ready(client_revents, upstream_revents, now, scratch, scratch_size, rounds);
         }
         return;
     case state::failing:
@@ -5518,9 +5525,10 @@ private:
 /// One thread serves every client with an event loop over non-blocking sockets: the cheapest
 /// per connection (no thread, no process, no buffer while a tunnel is idle), and nothing one
 /// client does (sending nothing, reading nothing, an upstream that never answers) holds up the
-/// others. A bulk transfer is served one read's worth at a time, after the other tunnels, and
-/// between two bulk ones the loop looks (without blocking) for who else is ready: a small
-/// exchange waits for one read and its write, not for a turn of bulk transfers. Pick it for
+/// others. A bulk transfer that shares the loop is served one read's worth at a time, after the
+/// other tunnels, and between two bulk ones the loop looks (without blocking) for who else is
+/// ready: a small exchange waits for one read and its write, not for a turn of bulk transfers.
+/// A tunnel that has the loop to itself reads as much per call as on a thread of its own. Pick it for
 /// many concurrent clients, or whenever in doubt; it is the default.
 ///
 /// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
@@ -5630,7 +5638,7 @@ private:
     /// Between two bulk tunnels: who else is ready now (a wait that does not block).
     void peek_between(time_point now);
     void serve_touched(time_point now);
-    void serve(std::uint32_t slot, time_point now);
+    void serve(std::uint32_t slot, time_point now, int rounds);
     void take_resolved(time_point now);
     void expire_timers(time_point now);
     void accept_clients(time_point now);
@@ -5661,6 +5669,8 @@ private:
     std::vector<std::uint32_t> touched_;   // sessions to serve this turn, in the order heard
     std::vector<std::uint32_t> saturated_; // ... of those, bulk ones: served after the rest
     std::uint32_t turn_ = 0;
+    std::size_t served_this_turn_ = 0;
+    std::size_t served_last_turn_ = 0;
     bool accept_ready_ = false;
     bool resolver_ready_ = false;
 };
@@ -5768,7 +5778,13 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
     std::size_t next_bulk = 0;
     while (next < touched_.size() || next_bulk < saturated_.size()) {
         bool bulk = next == touched_.size();
-        serve(bulk ? saturated_[next_bulk++] : touched_[next++], now);
+        std::uint32_t slot = bulk ? saturated_[next_bulk++] : touched_[next++];
+        // A tunnel that has the loop to itself (nothing else served this turn or the last,
+        // nobody else waiting) reads as much as it would on a thread of its own; one that
+        // shares it, one read's worth per call.
+        bool alone = served_this_turn_ == 0 && served_last_turn_ <= 1 && next == touched_.size() &&
+                     next_bulk == saturated_.size();
+        serve(slot, now, alone ? relay::max_rounds : relay::shared_rounds);
         if (bulk && next_bulk < saturated_.size()) {
             // Those served leave the queues, so a session heard again joins them once more.
             touched_.clear();
@@ -5783,10 +5799,12 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
     touched_.clear();
     saturated_.clear();
     ++turn_; // the sessions served in this turn are heard again in the next
+    served_last_turn_ = served_this_turn_;
+    served_this_turn_ = 0;
 }
 
 template <class Server, class Poller>
-void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now) {
+void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now, int rounds) {
     entry& e = *entries_[slot]; // nothing ends a session between dispatch and here
     short client_revents = e.client_revents;
     short upstream_revents = e.upstream_revents;
@@ -5794,10 +5812,12 @@ void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now) {
     e.upstream_revents = 0;
     e.touched = false;
     e.served_in = turn_;
+    ++served_this_turn_;
     // Heard from a client whose upstream was connecting: it may have to leave the set.
     bool client_heard =
         client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
-    e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
+    e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size(),
+                       rounds);
     settle(slot, now, client_heard);
 }
 
@@ -5873,7 +5893,8 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
         if (!session.done() && (session.client_events() & POLLIN) != 0) {
             // A client that speaks first (SOCKS, HTTP CONNECT, a PROXY header) has usually
             // sent by the time it is accepted: read now rather than after one more wait.
-            session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size());
+            session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size(),
+                             relay::shared_rounds);
         }
         settle(slot, now);
     }

@@ -130,9 +130,10 @@ private:
 /// One thread serves every client with an event loop over non-blocking sockets: the cheapest
 /// per connection (no thread, no process, no buffer while a tunnel is idle), and nothing one
 /// client does (sending nothing, reading nothing, an upstream that never answers) holds up the
-/// others. A bulk transfer is served one read's worth at a time, after the other tunnels, and
-/// between two bulk ones the loop looks (without blocking) for who else is ready: a small
-/// exchange waits for one read and its write, not for a turn of bulk transfers. Pick it for
+/// others. A bulk transfer that shares the loop is served one read's worth at a time, after the
+/// other tunnels, and between two bulk ones the loop looks (without blocking) for who else is
+/// ready: a small exchange waits for one read and its write, not for a turn of bulk transfers.
+/// A tunnel that has the loop to itself reads as much per call as on a thread of its own. Pick it for
 /// many concurrent clients, or whenever in doubt; it is the default.
 ///
 /// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
@@ -242,7 +243,7 @@ private:
     /// Between two bulk tunnels: who else is ready now (a wait that does not block).
     void peek_between(time_point now);
     void serve_touched(time_point now);
-    void serve(std::uint32_t slot, time_point now);
+    void serve(std::uint32_t slot, time_point now, int rounds);
     void take_resolved(time_point now);
     void expire_timers(time_point now);
     void accept_clients(time_point now);
@@ -273,6 +274,8 @@ private:
     std::vector<std::uint32_t> touched_;   // sessions to serve this turn, in the order heard
     std::vector<std::uint32_t> saturated_; // ... of those, bulk ones: served after the rest
     std::uint32_t turn_ = 0;
+    std::size_t served_this_turn_ = 0;
+    std::size_t served_last_turn_ = 0;
     bool accept_ready_ = false;
     bool resolver_ready_ = false;
 };
@@ -380,7 +383,13 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
     std::size_t next_bulk = 0;
     while (next < touched_.size() || next_bulk < saturated_.size()) {
         bool bulk = next == touched_.size();
-        serve(bulk ? saturated_[next_bulk++] : touched_[next++], now);
+        std::uint32_t slot = bulk ? saturated_[next_bulk++] : touched_[next++];
+        // A tunnel that has the loop to itself (nothing else served this turn or the last,
+        // nobody else waiting) reads as much as it would on a thread of its own; one that
+        // shares it, one read's worth per call.
+        bool alone = served_this_turn_ == 0 && served_last_turn_ <= 1 && next == touched_.size() &&
+                     next_bulk == saturated_.size();
+        serve(slot, now, alone ? relay::max_rounds : relay::shared_rounds);
         if (bulk && next_bulk < saturated_.size()) {
             // Those served leave the queues, so a session heard again joins them once more.
             touched_.clear();
@@ -395,10 +404,12 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
     touched_.clear();
     saturated_.clear();
     ++turn_; // the sessions served in this turn are heard again in the next
+    served_last_turn_ = served_this_turn_;
+    served_this_turn_ = 0;
 }
 
 template <class Server, class Poller>
-void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now) {
+void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now, int rounds) {
     entry& e = *entries_[slot]; // nothing ends a session between dispatch and here
     short client_revents = e.client_revents;
     short upstream_revents = e.upstream_revents;
@@ -406,10 +417,12 @@ void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now) {
     e.upstream_revents = 0;
     e.touched = false;
     e.served_in = turn_;
+    ++served_this_turn_;
     // Heard from a client whose upstream was connecting: it may have to leave the set.
     bool client_heard =
         client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
-    e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size());
+    e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size(),
+                       rounds);
     settle(slot, now, client_heard);
 }
 
@@ -485,7 +498,8 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
         if (!session.done() && (session.client_events() & POLLIN) != 0) {
             // A client that speaks first (SOCKS, HTTP CONNECT, a PROXY header) has usually
             // sent by the time it is accepted: read now rather than after one more wait.
-            session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size());
+            session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size(),
+                             relay::shared_rounds);
         }
         settle(slot, now);
     }
