@@ -5528,8 +5528,8 @@ private:
 /// others. A bulk transfer that shares the loop is served one read's worth at a time, after the
 /// other tunnels, and between two bulk ones the loop looks (without blocking) for who else is
 /// ready: a small exchange waits for one read and its write, not for a turn of bulk transfers.
-/// A tunnel that has the loop to itself reads as much per call as on a thread of its own. Pick it for
-/// many concurrent clients, or whenever in doubt; it is the default.
+/// A tunnel that has the loop to itself reads as much per call as on a thread of its own.
+/// Pick it for many concurrent clients, or whenever in doubt; it is the default.
 ///
 /// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
 /// poller.hpp. `poll_policy` picks the best one the platform has.
