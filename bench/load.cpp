@@ -840,8 +840,8 @@ int main(int argc, char** argv) {
         return cmd_bulk(a);
     }
     if (mode == "server" || mode == "echo" || mode == "sink" || mode == "mixed") {
-        return cmd_serve(mode == "server" ? server_kind::server
-                         : mode == "echo" ? server_kind::echo
+        return cmd_serve(mode == "server"  ? server_kind::server
+                         : mode == "echo"  ? server_kind::echo
                          : mode == "mixed" ? server_kind::mixed
                                            : server_kind::sink,
                          a);
