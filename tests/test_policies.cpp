@@ -587,6 +587,20 @@ struct noting_server {
     std::vector<tinyproxy::unique_fd> peers;
 };
 
+/// Runs a Policy over `server` until its sessions have been served enough to stop it; false
+/// when that took over 10 s (the loop is then stopped anyway, so the test fails, not hangs).
+template <class Policy>
+bool run_until_stopped(noting_server& server) {
+    Policy policy;
+    auto running = std::async(std::launch::async, [&] { policy.run(server); });
+    bool stopped = running.wait_for(10s) == std::future_status::ready;
+    if (!stopped) {
+        CHECK(::write(server.stop_write.get(), "x", 1) == 1); // end it either way
+    }
+    running.get();
+    return stopped;
+}
+
 } // namespace
 
 TEST_CASE_TEMPLATE("the event loop serves a small exchange between two bulk transfers, and each "
@@ -596,14 +610,7 @@ TEST_CASE_TEMPLATE("the event loop serves a small exchange between two bulk tran
     // call, not behind a turn of them: the loop serves the others first, and between two bulk
     // calls it looks (without blocking) for who else is ready.
     noting_server server;
-    Policy policy;
-    auto running = std::async(std::launch::async, [&] { policy.run(server); });
-    bool stopped = running.wait_for(10s) == std::future_status::ready;
-    if (!stopped) {
-        CHECK(::write(server.stop_write.get(), "x", 1) == 1); // end it either way
-    }
-    running.get();
-    REQUIRE(stopped);
+    REQUIRE(run_until_stopped<Policy>(server));
     // Each session was first served as it was accepted, in the first turn; from then on,
     // every wait reports all three, so the order within a turn is the loop's own.
     INFO("served, turns ended by |: ", server.served);
@@ -638,14 +645,7 @@ TEST_CASE_TEMPLATE("a bulk transfer that has the event loop to itself reads as o
     // call, as thread_policy does, rather than paying a wait for every pipe's worth.
     noting_server server;
     server.names = "a";
-    Policy policy;
-    auto running = std::async(std::launch::async, [&] { policy.run(server); });
-    bool stopped = running.wait_for(10s) == std::future_status::ready;
-    if (!stopped) {
-        CHECK(::write(server.stop_write.get(), "x", 1) == 1); // end it either way
-    }
-    running.get();
-    REQUIRE(stopped);
+    REQUIRE(run_until_stopped<Policy>(server));
     INFO("served: ", server.served, "; reads allowed per call: ", server.rounds);
     REQUIRE(server.rounds.size() >= 10);
     CHECK(server.rounds[0] == '0' + tinyproxy::relay::shared_rounds); // as it was accepted
