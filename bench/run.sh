@@ -12,9 +12,12 @@
 # (forward and SOCKS5), haproxy and nginx make per connection and per round trip (perf), and
 # nothing else; TINYPROXY=path counts another build of the CLI. BASELINE=path bench/run.sh --ab
 # alternates this build's CLI with another build's (BASELINE) on connection rate and CPU per
-# connection (forward and SOCKS5) and on iperf3 bulk (1 and 4 streams), AB_ROUNDS (5) rounds of
-# 3 s each, and prints the medians. --mixed
-# [--quick] runs only the RR-beside-bulk phase, every target, and prints its medians.
+# connection (forward and SOCKS5) and on iperf3 bulk (1 and 4 streams), AB_ROUNDS (6) rounds of
+# 3 s each, A B then B A, and prints the medians. --mixed
+# [--quick] runs only the RR-beside-bulk phase, every target, and prints its medians. --floor
+# [--quick] measures connection rate and latency (also pinned) through bench/floor.cpp, the
+# fewest system calls a forwarder can make, next to tinyproxy, haproxy and nginx, and prints
+# the medians: how far any proxy on the socket API could go on this machine.
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
@@ -25,6 +28,7 @@ LEVERS=0
 SYSCALLS=0
 AB=0
 MIXED=0
+FLOOR=0
 for arg in "$@"; do
     case "$arg" in
     --quick) MODE=quick ;;
@@ -32,12 +36,13 @@ for arg in "$@"; do
     --syscalls) SYSCALLS=1 ;;
     --ab) AB=1 ;;
     --mixed) MIXED=1 ;;
+    --floor) FLOOR=1 ;;
     -h | --help)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls, --ab and --mixed)" >&2
+        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls, --ab, --mixed and --floor)" >&2
         exit 2
         ;;
     esac
@@ -201,6 +206,10 @@ LOAD=$BUILD/load
 if [ ! -x "$LOAD" ] || [ bench/load.cpp -nt "$LOAD" ]; then
     g++ -O2 -std=c++17 -pthread -Wall -Wextra -o "$LOAD" bench/load.cpp || exit 1
 fi
+FLOOR_BIN=$BUILD/floor
+if ((FLOOR)) && { [ ! -x "$FLOOR_BIN" ] || [ bench/floor.cpp -nt "$FLOOR_BIN" ]; }; then
+    g++ -O2 -std=c++17 -pthread -Wall -Wextra -o "$FLOOR_BIN" bench/floor.cpp || exit 1
+fi
 
 # Many held connections need descriptors: the soft limit goes up to the hard one.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
@@ -223,6 +232,10 @@ SOCKS=(microsocks tp-socks-poll tp-socks-thread)
 if ((LEVERS)); then
     FORWARDERS=(direct haproxy nginx tp-portable tp-copy tp-poll tp-loops2)
     SOCKS=()
+fi
+if ((FLOOR)); then
+    FORWARDERS=(direct haproxy nginx tp-poll floor floor-threads floor-splice)
+    SOCKS=(microsocks tp-socks-poll floor-socks)
 fi
 
 free_port() { "$LOAD" ports 1; }
@@ -299,7 +312,7 @@ EOF
         port=$(free_port)
         microsocks -i 127.0.0.1 -p "$port" >"$dir/out" 2>"$dir/err" &
         ;;
-    tp-* | tpb-*)
+    tp-* | tpb-* | floor*)
         local policy=${name##*-} how=(--forward "127.0.0.1:$upstream") program=$TP more=()
         [[ $name == tp*-socks-* ]] && how=(--socks)
         [[ $name == tpb-* ]] && program=$BASELINE
@@ -307,6 +320,10 @@ EOF
         tp-portable) policy=poll program=$TP_PORTABLE ;;
         tp-copy) policy=poll more=(--no-splice) ;;
         tp-loops2) policy=poll more=(--loops 2) ;;
+        floor) policy=poll program=$FLOOR_BIN ;;
+        floor-threads) policy=poll program=$FLOOR_BIN more=(--threads) ;;
+        floor-socks) policy=poll program=$FLOOR_BIN how=(--socks) ;;
+        floor-splice) policy=poll program=$FLOOR_BIN more=(--splice 1048576) ;;
         esac
         "$program" --listen 127.0.0.1:0 "${how[@]}" --policy "$policy" "${more[@]}" --quiet \
             >"$dir/out" 2>"$dir/err" &
@@ -711,16 +728,20 @@ phase_syscalls() {
 
 # ---------------------------------------------------------------- one build against another (--ab)
 # Connection rate and CPU per connection of this build (tp-*) and BASELINE's (tpb-*), forward
-# and SOCKS5, alternating A B A B ... for AB_ROUNDS rounds; medians and ratios, nothing written.
+# and SOCKS5, for AB_ROUNDS rounds, in the order A B B A A B ...: on this machine the first of
+# a pair did up to 10 % better whichever build it was. Then iperf3 the same way, unless
+# AB_BULK=0. Medians and ratios, nothing written.
 phase_ab() {
-    local rounds=${AB_ROUNDS:-5} seconds=3 name rep out
+    local rounds=${AB_ROUNDS:-6} seconds=3 name rep out order
     [ -x "${BASELINE:-}" ] || { echo "run.sh --ab: BASELINE=path to another tinyproxy CLI" >&2 && exit 2; }
     log "A/B: $TP against $BASELINE, $rounds rounds of ${seconds} s, $RATE_THREADS workers"
     start_upstream server
     local server_pid=$UP_PID server_port=$UP_PORT
     start_all "$server_port" "${FORWARDERS[@]}" "${SOCKS[@]}"
     for ((rep = 1; rep <= rounds; rep++)); do
-        for name in "${FORWARDERS[@]}" "${SOCKS[@]}"; do
+        order=("${FORWARDERS[@]}" "${SOCKS[@]}")
+        ((rep % 2 == 0)) && order=("${FORWARDERS[1]}" "${FORWARDERS[0]}" "${SOCKS[1]}" "${SOCKS[0]}")
+        for name in "${order[@]}"; do
             up "$name" || continue
             out=$(rate_sample "$name" "$server_port" "$seconds") || continue
             log "  round $rep  $name  ${out%% *} conn/s"
@@ -730,7 +751,7 @@ phase_ab() {
     stop_tree "$server_pid"
     # Bulk, forwarding only: iperf3 through each build, 1 and 4 streams, alternating.
     local iperf_port iperf_pid streams
-    if command -v iperf3 >/dev/null 2>&1; then
+    if [ "${AB_BULK:-1}" != 0 ] && command -v iperf3 >/dev/null 2>&1; then
         iperf_port=$(free_port)
         iperf3 -s -B 127.0.0.1 -p "$iperf_port" >"$WORK/iperf3-server.log" 2>&1 &
         iperf_pid=$!
@@ -740,7 +761,9 @@ phase_ab() {
         done
         for ((rep = 1; rep <= rounds; rep++)); do
             for streams in 1 4; do
-                for name in "${FORWARDERS[@]}"; do
+                order=("${FORWARDERS[@]}")
+                ((rep % 2 == 0)) && order=("${FORWARDERS[1]}" "${FORWARDERS[0]}")
+                for name in "${order[@]}"; do
                     up "$name" || continue
                     out=$(BULK_TIME=$seconds iperf_sample "$name" "$name" "$streams") || continue
                     log "  round $rep  -P $streams  $name  $out Gbit/s"
@@ -794,6 +817,45 @@ for name, m in samples.items():
     if "mixrr_p50_us" in m:
         print(f"| {name} | {statistics.median(m['mixrr_p50_us']):,.0f} / "
               f"{statistics.median(m['mixrr_p99_us']):,.0f} |")
+PY
+    exit 0
+fi
+if ((FLOOR)); then # next to the floor; medians, nothing written
+    # Bulk through the floors that take partial writes (a blocking thread, or splice), not
+    # through the copying one, which drops a connection whose send falls short.
+    all_forwarders=("${FORWARDERS[@]}") all_socks=("${SOCKS[@]}")
+    FORWARDERS=(direct haproxy nginx tp-poll floor-threads floor-splice) SOCKS=()
+    phase_bulk
+    FORWARDERS=("${all_forwarders[@]}") SOCKS=("${all_socks[@]}")
+    phase_rate
+    phase_rr
+    python3 - "$RAW" "${FORWARDERS[*]}" "${SOCKS[*]}" <<'PY'
+import statistics, sys
+samples = {}
+for line in open(sys.argv[1]):
+    name, metric, value = line.rstrip("\n").split("\t")
+    samples.setdefault(name, {}).setdefault(metric, []).append(float(value))
+med = lambda name, metric: statistics.median(samples.get(name, {}).get(metric, [float("nan")]))
+small = (("rate_cps", "conn/s", max), ("rate_cpu_us_per_conn", "CPU µs/conn", min),
+         ("rr_p50_us", "RR p50 µs", min), ("rrpin_p50_us", "RR pinned p50 µs", min))
+bulk = (("bulk1_gbps", "Gbit/s 1", max), ("bulk4_gbps", "Gbit/s 4", max),
+        ("bulk1_cpu_s_per_gb", "CPU s/GB 1", min), ("bulk4_cpu_s_per_gb", "CPU s/GB 4", min))
+best = {m: pick(med(p, m) for p in ("haproxy", "nginx")) for m, _, pick in small + bulk}
+def table(names, against, refs, cols=small):
+    print(f"| target | " + " | ".join(f"{title} (÷ {against})" for _, title, _ in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for name in names:
+        if name in samples and any(m in samples[name] for m, _, _ in cols):
+            cells = [f"{med(name, m):,.1f} ({med(name, m) / refs(name, m):.2f})" for m, _, _ in cols]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+forwarders, socks = sys.argv[2].split(), sys.argv[3].split()
+table(forwarders, "best of haproxy and nginx", lambda name, m: best[m])
+table(forwarders, "best of haproxy and nginx", lambda name, m: best[m], bulk)
+table(forwarders, "direct", lambda name, m: med("direct", m), bulk[:2])
+table(socks, "microsocks", lambda name, m: med("microsocks", m))
+forward_of = {"tp-socks-poll": "tp-poll", "floor-socks": "floor"}
+table(forward_of, "the same proxy forwarding", lambda name, m: med(forward_of[name], m))
 PY
     exit 0
 fi
