@@ -127,6 +127,11 @@ public:
     int upstream_end() const { return upstream_end_.get(); }
     std::size_t scratch_size() const { return scratch_.size(); }
     int pumps() const { return pumps_; }
+    /// Closes the relay's two sockets, as a session does once the relay has finished.
+    void close_relay_ends() {
+        client_end_.reset();
+        upstream_end_.reset();
+    }
 
     /// Runs the test's ends and the relay (pumped only when poll reports what it asked for)
     /// until `done()` or `ms` pass. Returns done().
@@ -322,6 +327,43 @@ TEST_CASE("half-close: the client's end of stream reaches upstream, whose reply 
     CHECK(rig.relay().bytes_buffered() == 0);
     check_path(rig.relay(), use_splice, false, true);
     CHECK(rig.relay().bytes_spliced_to_upstream() == 0); // 27 bytes never need a pipe
+}
+
+TEST_CASE("a caller that closes at finish gets the last end of stream sent by its close(), "
+          "behind every byte; otherwise shutdown() sends it before finished()") {
+    bool use_splice = splice_path();
+    transport kind = transport::unix_stream;
+    bool promised = true;
+    SUBCASE("unix socket pairs, closes_at_finish") { kind = transport::unix_stream; }
+    SUBCASE("TCP over loopback, closes_at_finish") { kind = transport::tcp_loopback; }
+    SUBCASE("TCP over loopback, no promise") {
+        kind = transport::tcp_loopback;
+        promised = false;
+    }
+    relay_rig rig(kind, 8 * 1024, use_splice);
+    if (promised) {
+        rig.relay().closes_at_finish();
+    }
+    rig.client().to_send = "request";
+    rig.upstream().shut_when_sent = false; // until it has its reply
+    // The first direction to end passes its end of stream on with shutdown(), as ever.
+    REQUIRE(rig.drive([&] { return rig.upstream().eof; }, 5000));
+    CHECK(rig.upstream().received == "request");
+
+    const std::string reply = random_bytes(200 * 1024, 11);
+    rig.upstream().to_send = reply;
+    rig.upstream().shut_when_sent = true;
+    REQUIRE(rig.drive([&] { return rig.relay().finished(); }, 5000));
+    REQUIRE(rig.drive([&] { return rig.client().received.size() == reply.size(); }, 5000));
+    rig.drive_for(50);
+    CHECK_FALSE(rig.relay().failed());
+    CHECK(rig.client().eof == !promised); // promised: the FIN waits for the caller's close()
+
+    rig.close_relay_ends();
+    REQUIRE(rig.drive([&] { return rig.client().eof; }, 5000));
+    CHECK(rig.client().error == 0); // a FIN, not a reset
+    CHECK(rig.client().received.size() == reply.size());
+    CHECK(first_difference(rig.client().received, reply) == std::string::npos);
 }
 
 TEST_CASE("prime_upstream bytes go out before anything the client sent, in order") {

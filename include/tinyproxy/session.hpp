@@ -439,6 +439,7 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
     relay_.emplace(client_.native_handle(), upstream_.native_handle(), limits_.splice);
+    relay_->closes_at_finish(); // finish() closes both sockets at once
     bool replying = !reply.empty() || to_client_offset_ < to_client_.size();
     client_awaits_reply_ = replying && to_upstream_.empty();
     // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
