@@ -15,9 +15,11 @@
 # connection (forward and SOCKS5) and on iperf3 bulk (1 and 4 streams), AB_ROUNDS (6) rounds of
 # 3 s each, A B then B A, and prints the medians. --mixed
 # [--quick] runs only the RR-beside-bulk phase, every target, and prints its medians. --floor
-# [--quick] measures connection rate and latency (also pinned) through bench/floor.cpp, the
-# fewest system calls a forwarder can make, next to tinyproxy, haproxy and nginx, and prints
-# the medians: how far any proxy on the socket API could go on this machine.
+# [--quick] measures bulk, connection rate and latency (also pinned) through bench/floor.cpp,
+# the fewest system calls a forwarder (or SOCKS5 proxy) can make, next to tinyproxy, haproxy,
+# nginx and microsocks, and prints
+# the medians (every sample to bench/results/<date>-<HHMM>-floor.tsv): how far any proxy on
+# the socket API could go on this machine.
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
@@ -38,7 +40,7 @@ for arg in "$@"; do
     --mixed) MIXED=1 ;;
     --floor) FLOOR=1 ;;
     -h | --help)
-        sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -857,6 +859,8 @@ table(socks, "microsocks", lambda name, m: med("microsocks", m))
 forward_of = {"tp-socks-poll": "tp-poll", "floor-socks": "floor"}
 table(forward_of, "the same proxy forwarding", lambda name, m: med(forward_of[name], m))
 PY
+    mkdir -p bench/results
+    cp "$RAW" "bench/results/$(date -u +%Y-%m-%d-%H%M)-floor.tsv" # every sample, as measured
     exit 0
 fi
 if ((AB)); then
