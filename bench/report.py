@@ -38,11 +38,9 @@ def label(target, versions):
     return " ".join(names.get(target, target).split())
 
 
-def main():
-    raw_path, out_path = sys.argv[1], sys.argv[2]
-    env = os.environ.get
-    forwarders = env("BENCH_FORWARDERS", " ".join(FORWARDERS)).split()
-    socks = env("BENCH_SOCKS", "microsocks tp-socks-poll tp-socks-thread").split()
+def load_samples(raw_path):
+    """RAW.tsv as {target: {metric: [values]}}; a line that is not target, metric, number is
+    skipped. run.sh's --ab, --mixed and --floor summaries read their samples with it too."""
     samples = {}
     with open(raw_path) as f:
         for line in f:
@@ -53,6 +51,20 @@ def main():
                 samples.setdefault(parts[0], {}).setdefault(parts[1], []).append(float(parts[2]))
             except ValueError:
                 pass
+    return samples
+
+
+def median_of(samples, target, metric):
+    """The median of one target's metric, or NaN when it has no sample."""
+    return statistics.median(samples.get(target, {}).get(metric, [float("nan")]))
+
+
+def main():
+    raw_path, out_path = sys.argv[1], sys.argv[2]
+    env = os.environ.get
+    forwarders = env("BENCH_FORWARDERS", " ".join(FORWARDERS)).split()
+    socks = env("BENCH_SOCKS", "microsocks tp-socks-poll tp-socks-thread").split()
+    samples = load_samples(raw_path)
     medians = {t: {m: statistics.median(v) for m, v in ms.items()} for t, ms in samples.items()}
     hold_counts = [int(n) for n in env("BENCH_HOLD_COUNTS", "1000").split()]
     versions = dict(kv.split("=", 1) for kv in env("BENCH_VERSIONS", "").split() if "=" in kv)

@@ -776,12 +776,11 @@ phase_ab() {
         stop_tree "$iperf_pid"
     fi
     python3 - "$RAW" <<'PY'
-import statistics, sys
-samples = {}
-for line in open(sys.argv[1]):
-    name, metric, value = line.rstrip("\n").split("\t")
-    samples.setdefault((name, metric), []).append(float(value))
-med = lambda name, metric: statistics.median(samples.get((name, metric), [float("nan")]))
+import sys
+sys.path.insert(0, "bench")
+from report import load_samples, median_of
+samples = load_samples(sys.argv[1])
+med = lambda name, metric: median_of(samples, name, metric)
 print("| mode | conn/s this / baseline | ratio | CPU µs/conn this / baseline | ratio |")
 print("|---|---|---|---|---|")
 for mode, a, b in (("forward", "tp-poll", "tpb-poll"), ("SOCKS5", "tp-socks-poll", "tpb-socks-poll")):
@@ -808,21 +807,20 @@ fi
 if ((MIXED)); then # only the RR-beside-bulk phase, with its medians; nothing written
     phase_mixed
     python3 - "$RAW" <<'PY'
-import statistics, sys
-samples = {}
-for line in open(sys.argv[1]):
-    name, metric, value = line.rstrip("\n").split("\t")
-    samples.setdefault(name, {}).setdefault(metric, []).append(float(value))
+import sys
+sys.path.insert(0, "bench")
+from report import load_samples, median_of
+samples = load_samples(sys.argv[1])
 print("| target | RR beside 4 bulk p50 / p99 µs |")
 print("|---|---|")
 for name, m in samples.items():
     if "mixrr_p50_us" in m:
-        print(f"| {name} | {statistics.median(m['mixrr_p50_us']):,.0f} / "
-              f"{statistics.median(m['mixrr_p99_us']):,.0f} |")
+        print(f"| {name} | {median_of(samples, name, 'mixrr_p50_us'):,.0f} / "
+              f"{median_of(samples, name, 'mixrr_p99_us'):,.0f} |")
 PY
     exit 0
 fi
-if ((FLOOR)); then # next to the floor; medians, nothing written
+if ((FLOOR)); then # next to the floor: medians, and every sample to bench/results/
     # Bulk through the floors that take partial writes (a blocking thread, or splice), not
     # through the copying one, which drops a connection whose send falls short.
     all_forwarders=("${FORWARDERS[@]}") all_socks=("${SOCKS[@]}")
@@ -832,12 +830,11 @@ if ((FLOOR)); then # next to the floor; medians, nothing written
     phase_rate
     phase_rr
     python3 - "$RAW" "${FORWARDERS[*]}" "${SOCKS[*]}" <<'PY'
-import statistics, sys
-samples = {}
-for line in open(sys.argv[1]):
-    name, metric, value = line.rstrip("\n").split("\t")
-    samples.setdefault(name, {}).setdefault(metric, []).append(float(value))
-med = lambda name, metric: statistics.median(samples.get(name, {}).get(metric, [float("nan")]))
+import sys
+sys.path.insert(0, "bench")
+from report import load_samples, median_of
+samples = load_samples(sys.argv[1])
+med = lambda name, metric: median_of(samples, name, metric)
 small = (("rate_cps", "conn/s", max), ("rate_cpu_us_per_conn", "CPU µs/conn", min),
          ("rr_p50_us", "RR p50 µs", min), ("rrpin_p50_us", "RR pinned p50 µs", min))
 bulk = (("bulk1_gbps", "Gbit/s 1", max), ("bulk4_gbps", "Gbit/s 4", max),
