@@ -69,7 +69,8 @@ int upstream_socket(int flags, int up_port) {
     return fd;
 }
 
-// --threads: one direction of one connection; the last one out closes both.
+// --threads: one direction of one connection; the connection's thread closes both sockets
+// once both directions are done.
 void copy_until_eof(int from, int to) {
     char buf[65536];
     for (;;) {
@@ -143,13 +144,13 @@ bool handshake(connection& c, int ep, uint64_t slot, char* buf, size_t size) {
             send(c.s[1].fd, buf + 10, static_cast<size_t>(got - 10), MSG_NOSIGNAL) == got - 10);
 }
 
-void close_both(connection& c) {
-    for (side& one : c.s) {
+// Closes a connection's sockets and pipes, and leaves it as new (relaying, stage 2).
+void close_all(connection& c) {
+    for (side& one : c.s)
         for (int fd : {one.fd, one.pipe[0], one.pipe[1]})
             if (fd >= 0)
                 close(fd);
-        one = side{};
-    }
+    c = connection{};
 }
 
 // --splice: moves from's bytes through its pipe to `to` until the source or the destination
@@ -200,6 +201,10 @@ void serve_epoll(int listener, int up_port, bool socks) {
         free_slots.push_back(i);
     static char buf[65536];
     epoll_event events[256];
+    auto end = [&](size_t slot) {
+        close_all(conns[slot]);
+        free_slots.push_back(slot);
+    };
     for (;;) {
         int n = epoll_wait(ep, events, 256, -1);
         for (int e = 0; e < n; ++e) {
@@ -225,13 +230,10 @@ void serve_epoll(int listener, int up_port, bool socks) {
                                 send(c.s[1].fd, buf, static_cast<size_t>(got), MSG_NOSIGNAL) == got;
                         watch(ep, c.s[1].fd, slot, 1);
                     }
-                    if (ok) {
+                    if (ok)
                         watch(ep, client, slot, 0);
-                    } else {
-                        close_both(c);
-                        c.stage = 2;
-                        free_slots.push_back(slot);
-                    }
+                    else
+                        end(slot);
                 }
                 continue;
             }
@@ -239,21 +241,16 @@ void serve_epoll(int listener, int up_port, bool socks) {
             int k = static_cast<int>(events[e].data.u64 & 1);
             connection& c = conns[slot];
             if (c.stage < 2) {
-                if (!handshake(c, ep, slot, buf, sizeof buf)) {
-                    close_both(c);
-                    c.stage = 2;
-                    free_slots.push_back(slot);
-                }
+                if (!handshake(c, ep, slot, buf, sizeof buf))
+                    end(slot);
                 continue;
             }
             if (pipe_size) {
                 if (c.s[0].fd < 0)
                     continue;
                 bool ok = pump(c.s[0], c.s[1]) && pump(c.s[1], c.s[0]);
-                if (!ok || (c.s[0].shut && c.s[1].shut)) {
-                    close_both(c);
-                    free_slots.push_back(slot);
-                }
+                if (!ok || (c.s[0].shut && c.s[1].shut))
+                    end(slot);
                 continue;
             }
             side& from = c.s[k];
@@ -281,10 +278,8 @@ void serve_epoll(int listener, int up_port, bool socks) {
                 from.eof = to.eof = true;
             if (from.eof && !to.eof)
                 shutdown(to.fd, SHUT_WR);
-            if (from.eof && to.eof) {
-                close_both(c);
-                free_slots.push_back(slot);
-            }
+            if (from.eof && to.eof)
+                end(slot);
         }
     }
 }
