@@ -3,7 +3,8 @@
 # curl (SOCKS4/4a/5 and HTTP CONNECT client), haproxy (PROXY protocol v1/v2 peer) and nginx
 # (a second PROXY protocol peer: its http module's `listen ... proxy_protocol`, so no stream
 # module is needed). Each program is checked first, so a machine that has them all runs no apt at
-# all; services the packages would start are kept from starting. Used by .ci/run.
+# all; services the packages would start are kept from starting. Used by tools/test.sh, the
+# README's test command (and so by .ci/run).
 set -euo pipefail
 
 missing=()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: installs what the build needs when it is missing (Debian/Ubuntu),
-# then configures, builds and runs every test with `cmake --workflow --preset dev`.
+# The project's test command: installs what the build and the tests need when it is missing
+# (Debian/Ubuntu: the build tools, doctest, and every peer program the tests talk to), then
+# configures, builds and runs every test with `cmake --workflow --preset dev`. A test whose peer
+# is missing fails; TINYPROXY_ALLOW_SKIP=1 turns that into Skipped (for a machine without apt).
 # Usage: tools/test.sh [preset]   (default: dev; any workflow preset in CMakePresets.json)
 set -euo pipefail
 
@@ -8,6 +10,9 @@ cd "$(dirname "$0")/.."
 preset="${1:-dev}"
 
 tools/install-deps.sh --tests
+if [ "${TINYPROXY_ALLOW_SKIP:-0}" != 1 ]; then
+    tools/install-peers.sh
+fi
 
 # Workflow presets need CMake 3.25.
 cmake_version="$(cmake --version | sed -n 's/^cmake version \([0-9.]*\).*/\1/p')"
