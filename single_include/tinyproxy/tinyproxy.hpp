@@ -1889,7 +1889,10 @@ inline bool poll_poller::update(poller_slot& slot, int fd, short events, std::ui
 }
 
 inline void poll_poller::remove(poller_slot& slot) noexcept {
-    if (slot.index != poller_slot::none) {
+    // A registered slot's index is always inside the set; saying so (rather than only
+    // `!= none`) also shows g++'s optimiser that the set is not empty here, where it would
+    // otherwise warn (-Warray-bounds) about popping an empty vector.
+    if (slot.index < fds_.size()) {
         std::size_t last = fds_.size() - 1;
         if (slot.index != last) { // the last one moves into the hole
             fds_[slot.index] = fds_[last];
