@@ -546,7 +546,7 @@ TEST_CASE("a target given by name is resolved and connected") {
     REQUIRE(runner.ends_within(3000));
     tinyproxy::session_result result = runner.result();
     CHECK_FALSE(result.error);
-    CHECK(session.target().host == "localhost");
+    CHECK(session.resolve_target().host == "localhost");
     CHECK(record->upstream == echo.endpoint());
 }
 
