@@ -12,7 +12,6 @@
 #include <poll.h> // POLLOUT
 
 #include "tinyproxy/config.hpp"
-#include "tinyproxy/bytes.hpp"
 #include "tinyproxy/error.hpp"
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
@@ -101,6 +100,7 @@ private:
     };
 
     void apply(mode_step step, time_point now);
+    /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
     void fail_with_reply(std::error_code why, std::vector<std::uint8_t> reply, time_point now);
@@ -254,7 +254,7 @@ template <class ModeSession>
 void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, std::error_code ec,
                                              time_point now) noexcept try {
     now_ = now;
-    // Still handshaking, it takes the addresses as its target's (a test may skip the Mode so).
+    // Before the Mode decided, too: a driver (a test, say) may hand it addresses of its own.
     if (state_ != state::resolving && state_ != state::handshaking) {
         return; // ended meanwhile
     }
