@@ -1,5 +1,5 @@
 // custom_policy: a concurrency policy written outside the library, a fixed pool of threads,
-// running a port forwarder. The policy interface is documented at thread_policy.
+// running a port forwarder. The policy interface is stated in tinyproxy/server.hpp.
 //
 //   custom_policy LISTEN_PORT HOST PORT [WORKERS]
 //
@@ -26,8 +26,8 @@
 /// A fixed pool of `workers` threads, each serving one client at a time, fed by the accept loop
 /// through a queue of at most `queue_limit` clients; while the queue is full, new clients wait
 /// in the listener's backlog. On stop, queued clients are closed unserved (and counted as
-/// failed), and run() returns once every worker is joined. Of the Server it calls accept_next()
-/// and serve() (see thread_policy), stopping() and session_ended() (see proxy_server).
+/// failed), and run() returns once every worker is joined. Of the Server it calls accept_next(),
+/// serve(), stopping() and session_ended() (see tinyproxy/server.hpp).
 class pool_policy {
 public:
     explicit pool_policy(std::size_t workers = 4, std::size_t queue_limit = 64)

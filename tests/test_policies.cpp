@@ -529,6 +529,7 @@ struct noting_session {
     }
     void on_deadline(tinyproxy::time_point) noexcept {}
     void abort(std::error_code) noexcept { ended = true; }
+    bool connecting() const noexcept { return false; }
     bool saturated() const noexcept { return bulk; }
     const tinyproxy::session_result& result() const noexcept { return outcome; }
 };

@@ -546,7 +546,7 @@ TEST_CASE("a target given by name is resolved and connected") {
     REQUIRE(runner.ends_within(3000));
     tinyproxy::session_result result = runner.result();
     CHECK_FALSE(result.error);
-    CHECK(session.target().host == "localhost");
+    CHECK(session.resolve_target().host == "localhost");
     CHECK(record->upstream == echo.endpoint());
 }
 
@@ -684,6 +684,7 @@ TEST_CASE("an upstream that never answers gets the client FAIL at the connect ti
     CHECK(result.error == tinyproxy::errc::connect_timeout);
     CHECK_FALSE(result.connected);
     CHECK(record->connect_result == tinyproxy::errc::connect_timeout);
+    CHECK(record->connected_calls == 1);
 }
 
 TEST_CASE("to_client of a connect step reaches the client whether the connect works or not") {
@@ -754,6 +755,72 @@ TEST_CASE("a client that half-closes and then resets has upstream reset promptly
     errno = 0;
     CHECK(::send(upstream.native_handle(), "late", 4, no_sigpipe | MSG_DONTWAIT) == -1);
     CHECK((errno == ECONNRESET || errno == EPIPE));
+}
+
+TEST_CASE("a failed connect reaches the Mode's on_connected once, with why it failed") {
+    // The connector's one failure path: whatever failed, the Mode is told once, its reply goes
+    // to the client, and the session ends with the same error. Driven by hand, without a thread.
+    auto record = std::make_shared<go_record>();
+    front_connection front = connect_client();
+    int client = front.client.native_handle();
+    go_session session(std::move(front.accepted), go_mode_session(record), short_limits());
+    auto now = tinyproxy::steady_clock::now();
+    std::vector<std::uint8_t> scratch(1024);
+    session.start(now);
+    session.on_ready(POLLOUT, 0, now, scratch.data(), scratch.size()); // the greeting
+    REQUIRE(read_exactly(client, 6, in_ms(5000)).data == "HELLO\n");
+    REQUIRE(write_all(client, "GO unresolved.invalid:80\n", in_ms(5000)));
+    pollfd arrived{session.client_fd(), POLLIN, 0};
+    REQUIRE(::poll(&arrived, 1, 5000) == 1);
+    session.on_ready(POLLIN, 0, now, scratch.data(), scratch.size());
+    REQUIRE(session.wants_resolve());
+    CHECK(session.connecting());
+    CHECK(session.resolve_target().host == "unresolved.invalid");
+    CHECK(record->connected_calls == 0);
+
+    std::error_condition expected; // a refusal comes as system:111, equal to generic:111
+    SUBCASE("every address refused") {
+        tinyproxy::listener first = tinyproxy::listener::open(loopback_any_port, 1);
+        tinyproxy::listener second = tinyproxy::listener::open(loopback_any_port, 1);
+        std::vector<endpoint> closed{first.local_endpoint(), second.local_endpoint()};
+        first.close();
+        second.close();
+        expected = std::errc::connection_refused;
+        session.on_resolved(closed, {}, now);
+        // Loopback refuses at once, but a slower stack reports it when the socket is ready.
+        for (int wait = 0; wait < 50 && session.connecting(); ++wait) {
+            pollfd ready{session.upstream_fd(), session.upstream_events(), 0};
+            REQUIRE(::poll(&ready, 1, 100) >= 0);
+            session.on_ready(0, ready.revents, now, scratch.data(), scratch.size());
+        }
+    }
+    SUBCASE("the name does not resolve") {
+        auto why = std::make_error_code(std::errc::resource_unavailable_try_again);
+        expected = why.default_error_condition();
+        session.on_resolved({}, why, now);
+    }
+    SUBCASE("the name resolves to no address") {
+        expected = make_error_code(tinyproxy::errc::name_not_resolved).default_error_condition();
+        session.on_resolved({}, {}, now);
+    }
+    SUBCASE("the connect deadline passes while resolving") {
+        expected = make_error_code(tinyproxy::errc::connect_timeout).default_error_condition();
+        auto later = now + short_limits().connect_timeout;
+        CHECK(session.deadline() <= later);
+        session.on_deadline(later);
+        session.on_resolved({}, {}, later); // a late answer changes nothing
+    }
+    CHECK_FALSE(session.connecting());
+    CHECK(record->connected_calls == 1);
+    CHECK(record->connect_result == expected);
+    // The reply is a few bytes: the client's socket takes it at once, and the session ends.
+    CHECK(session.done());
+    read_result got = read_to_eof(client, in_ms(5000));
+    CHECK(got.data == "FAIL\n");
+    CHECK(got.eof);
+    CHECK(session.result().error == expected);
+    CHECK(session.result().stage == tinyproxy::session_result::stage_type::connect);
+    CHECK_FALSE(session.result().connected);
 }
 
 TEST_SUITE_END();

@@ -19,7 +19,9 @@
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
 #include "tinyproxy/socket.hpp"
+#include "tinyproxy/server.hpp"
 #include "tinyproxy/session.hpp"
+#include "tinyproxy/session/blocking.hpp"
 #include "tinyproxy/policy/thread.hpp"
 #include "tinyproxy/policy/fork.hpp"
 #include "tinyproxy/policy/poll.hpp"
@@ -76,8 +78,7 @@ struct stats {
 };
 
 /// What a policy sees of a proxy: a listener, a stop signal, and sessions to run. Policies are
-/// templates over it; the calls are documented at thread_policy (blocking policies), fork_policy
-/// and poll_policy (event loops).
+/// templates over it; which calls each kind of policy makes is stated in server.hpp.
 template <class Mode>
 class proxy_server {
 public:

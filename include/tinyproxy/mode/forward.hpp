@@ -10,18 +10,14 @@
 #include "tinyproxy/bytes.hpp"
 #include "tinyproxy/error.hpp"
 #include "tinyproxy/address.hpp"
-#include "tinyproxy/session.hpp"
+#include "tinyproxy/mode/mode.hpp"
 
 namespace tinyproxy {
 
 /// The simplest Mode: no handshake, every client is connected to `upstream` at once, and the
 /// client's bytes (even those it sent before the upstream answered) go there untouched. A name
-/// is resolved for every client, and each of its addresses is tried in turn.
-///
-/// A Mode is any class with
-///     session make_session(const session_info& client) const;  // called once per client
-/// where `session` is the per-client handshake object described at basic_session.
-/// make_session may be called from several threads at once, so it only reads the Mode.
+/// is resolved for every client, and each of its addresses is tried in turn. (What makes a
+/// Mode: mode/mode.hpp.)
 class forward_mode {
 public:
     explicit forward_mode(host_port upstream) : upstream_(std::move(upstream)) {}

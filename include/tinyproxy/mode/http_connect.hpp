@@ -13,7 +13,7 @@
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/protocol/step.hpp"
 #include "tinyproxy/protocol/http_connect.hpp"
-#include "tinyproxy/session.hpp"
+#include "tinyproxy/mode/mode.hpp"
 
 namespace tinyproxy {
 

@@ -13,7 +13,7 @@
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/protocol/step.hpp"
 #include "tinyproxy/protocol/proxy_protocol.hpp"
-#include "tinyproxy/session.hpp"
+#include "tinyproxy/mode/mode.hpp"
 
 namespace tinyproxy {
 

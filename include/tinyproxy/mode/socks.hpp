@@ -15,7 +15,7 @@
 #include "tinyproxy/protocol/step.hpp"
 #include "tinyproxy/protocol/socks4.hpp"
 #include "tinyproxy/protocol/socks5.hpp"
-#include "tinyproxy/session.hpp"
+#include "tinyproxy/mode/mode.hpp"
 
 namespace tinyproxy {
 

@@ -14,7 +14,7 @@
 
 #include "tinyproxy/config.hpp"
 #include "tinyproxy/detail/sys.hpp"
-#include "tinyproxy/session.hpp"
+#include "tinyproxy/server.hpp"
 
 namespace tinyproxy {
 
@@ -27,14 +27,10 @@ namespace tinyproxy {
 /// Byte counts and other per-session figures stay in the child: the parent sees how many
 /// sessions ran, not what moved through them.
 ///
-/// Besides accept_next() (see thread_policy), it calls the Server's
-///     session_result serve(accepted_client client, std::uint8_t* scratch, std::size_t size);
-///                                   // in a child: serve() reading into `scratch` (see below)
-///     const session_options& limits() const noexcept; // for the scratch buffer's size
-///     void enter_child() noexcept;  // in a new child: drop what belongs to the parent
-///     void session_ended(const session_result& result) noexcept; // when fork() fails
-///     void count_ended(const session_result& result) noexcept;   // as each child is reaped
-/// and reads `server.stop_fd()` to keep it open in the child.
+/// Of the Server (the policy interface: server.hpp) it calls accept_next(); in a child
+/// enter_child(), then serve(client, scratch, size) reading into `scratch` (see below), sized
+/// by limits(), keeping stop_fd() open; session_ended() when fork() fails, and count_ended() as
+/// each child is reaped.
 ///
 /// Memory: a child costs the pages it writes (each is copied from the parent's on the first
 /// write) plus the pages the parent writes while the child lives. A child therefore reads into

@@ -139,13 +139,8 @@ private:
 /// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
 /// poller.hpp. `poll_policy` picks the best one the platform has.
 ///
-/// Besides stop_fd() it calls the Server's
-///     int listener_fd() const noexcept;
-///     accept_status try_accept(accepted_client& out, std::error_code& ec) noexcept;
-///     session_type make_session(accepted_client client);  // not yet started
-///     void session_ended(const session_result& result) noexcept;
-///     const session_options& limits() const noexcept;
-///     void request_stop() noexcept;  // when one of several loops fails, to end the others
+/// Of the Server it makes the event loop's calls (the policy interface: server.hpp), and
+/// request_stop() when one of several loops fails, to end the others.
 /// run() throws std::system_error when the loop cannot start (no descriptor for epoll).
 template <class Poller>
 class basic_poll_policy {
@@ -419,8 +414,7 @@ void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now, int r
     e.served_in = turn_;
     ++served_this_turn_;
     // Heard from a client whose upstream was connecting: it may have to leave the set.
-    bool client_heard =
-        client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
+    bool client_heard = client_revents != 0 && e.session.connecting();
     e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size(),
                        rounds);
     settle(slot, now, client_heard);
@@ -527,7 +521,7 @@ void event_loop<Server, Poller>::settle(std::uint32_t slot, time_point now, bool
         std::error_code ec;
         int client = s.watch_client() ? s.client_fd() : -1;
         short client_events = s.client_events();
-        bool connecting = s.result().stage == session_result::stage_type::connect;
+        bool connecting = s.connecting();
         if (client < 0 && connecting && !client_heard && e.client.fd == s.client_fd()) {
             // Unwatched while its upstream connects, and watched again right after: a quiet
             // client stays in the set as it was, which saves removing and adding it back. One

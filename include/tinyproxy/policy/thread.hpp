@@ -19,7 +19,7 @@
 
 #include "tinyproxy/config.hpp"
 #include "tinyproxy/detail/sys.hpp"
-#include "tinyproxy/session.hpp"
+#include "tinyproxy/server.hpp"
 
 namespace tinyproxy {
 
@@ -35,16 +35,9 @@ namespace tinyproxy {
 /// an idle tunnel's keepalives are, costs no page of its own; nor does the buffer take 64 KiB
 /// from a malloc arena per thread.
 ///
-/// The policy interface (see basic_proxy in proxy.hpp): a policy is a class with
-///     template <class Server> void run(Server& server);
-/// that runs until `server` says it is stopping, and before returning joins, reaps and closes
-/// everything it started. A blocking policy needs only these calls of the Server:
-///     accept_status accept_next(accepted_client& out, time_point until);
-///     session_result serve(accepted_client client);  // one session, to its end, here
-///     void session_ended(const session_result&) noexcept; // for a client it could not serve
-///     bool stopping() const noexcept;  // e.g. for a worker waiting on a full queue
-/// thread_policy itself serves with `serve(client, scratch, size)` (see fork_policy), each
-/// thread reading into a buffer of `server.limits().buffer_size` bytes that it maps itself.
+/// Of the Server (the policy interface: server.hpp) it calls accept_next(), serve(client,
+/// scratch, size), each thread reading into a buffer of `limits().buffer_size` bytes that it
+/// maps itself, and session_ended() for a client it could not serve.
 class thread_policy {
 public:
     /// How long a thread that has finished a session waits for the next client before it

@@ -1,0 +1,116 @@
+// The third part of a session: the tunnel, which owns the upstream socket once connected and
+// the relay between it and the client, keeps the idle deadline, and passes a reset on.
+#pragma once
+
+#include <chrono>       // the idle timeout
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <optional>     // the relay, once started
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // the Mode's reply
+
+#include "tinyproxy/config.hpp"
+#include "tinyproxy/bytes.hpp"
+#include "tinyproxy/error.hpp"
+#include "tinyproxy/detail/sys.hpp"
+#include "tinyproxy/socket.hpp"
+#include "tinyproxy/relay.hpp"
+#include "tinyproxy/server.hpp"
+
+namespace tinyproxy {
+namespace detail {
+
+/// A relay between the client (whose socket the caller keeps, and passes in) and the upstream
+/// socket this holds. Idle while not started.
+class tunnel {
+public:
+    /// Starts relaying: the client first gets `unsent` (what the handshake still owed it), then
+    /// `reply`; upstream first gets `to_upstream`. `client_nodelay`: Nagle is already off there.
+    void start(socket& client, bool client_nodelay, socket upstream, byte_view unsent,
+               const std::vector<std::uint8_t>& reply, byte_view to_upstream,
+               const session_options& limits, time_point now);
+
+    /// Moves what can move now (relay::pump) and restarts the idle clock if anything did. True
+    /// once the relay has finished (error() says how), after a reset on one side has been
+    /// passed to the other.
+    bool pump(socket& client, short client_revents, short upstream_revents, time_point now,
+              std::uint8_t* scratch, std::size_t scratch_size, int rounds = relay::max_rounds);
+    /// The readiness to pump with first, right after a connect the driver waited for: the reply
+    /// and any pipelined bytes go now. A client told nothing (forwarding) may have sent while we
+    /// connected, and its upstream may answer at once: both are read now, not one wait later. A
+    /// client still waiting for our reply (SOCKS, CONNECT) has sent nothing since, and its
+    /// upstream has been sent nothing: reading either would only say EAGAIN.
+    short first_events() const noexcept { return client_awaits_reply_ ? 0 : relay::unknown_events; }
+
+    short client_events() const noexcept { return relay_->client_events(); }
+    short upstream_events() const noexcept { return relay_->upstream_events(); }
+    bool watch_client() const noexcept { return relay_->watch_client(); }
+    bool watch_upstream() const noexcept { return relay_->watch_upstream(); }
+    bool saturated() const noexcept { return relay_->saturated(); }
+    int upstream_fd() const noexcept { return upstream_.native_handle(); }
+    time_point deadline() const noexcept { return deadline_; }
+    std::error_code error() const noexcept { return relay_->error(); }
+
+    /// Ends the tunnel (if it started): its byte counts go to `result`, the upstream closes.
+    void close(session_result& result) noexcept;
+
+private:
+    socket upstream_;
+    std::optional<relay> relay_;
+    std::chrono::milliseconds idle_timeout_{0};
+    time_point deadline_ = time_point::max();
+    bool client_awaits_reply_ = false; // the relay began with a reply and nothing for upstream
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, byte_view unsent,
+                          const std::vector<std::uint8_t>& reply, byte_view to_upstream,
+                          const session_options& limits, time_point now) {
+    upstream_ = std::move(upstream);
+    std::error_code ignored; // Nagle off is an optimisation; a failure changes nothing else
+    if (!client_nodelay) {
+        client.set_nodelay(true, ignored);
+    }
+    upstream_.set_nodelay(true, ignored);
+    relay_.emplace(client.native_handle(), upstream_.native_handle(), limits.splice);
+    relay_->closes_at_finish(); // the session closes both sockets once it has finished
+    client_awaits_reply_ = (!reply.empty() || !unsent.empty()) && to_upstream.empty();
+    // Anything the Mode had not yet sent (nothing, for every mode that waits for its replies to
+    // go out) precedes the connect reply.
+    relay_->prime_client(unsent);
+    relay_->prime_client(reply);
+    relay_->prime_upstream(to_upstream);
+    idle_timeout_ = limits.idle_timeout;
+    deadline_ = deadline_after(now, idle_timeout_);
+}
+
+inline bool tunnel::pump(socket& client, short client_revents, short upstream_revents,
+                         time_point now, std::uint8_t* scratch, std::size_t scratch_size,
+                         int rounds) {
+    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents, rounds)) {
+        deadline_ = deadline_after(now, idle_timeout_);
+    }
+    if (!relay_->finished()) {
+        return false;
+    }
+    if (relay_->error()) {
+        // Pass the reset on: the side that did not fail is closed with RST, not FIN.
+        std::error_code ignored;
+        (relay_->error_on_client() ? upstream_ : client).set_linger_reset(ignored);
+    }
+    return true;
+}
+
+inline void tunnel::close(session_result& result) noexcept {
+    if (relay_) {
+        result.bytes_to_upstream = relay_->bytes_to_upstream();
+        result.bytes_to_client = relay_->bytes_to_client();
+        relay_.reset(); // its pipes, if it spliced, close with the sockets
+    }
+    upstream_.close();
+}
+
+} // namespace detail
+} // namespace tinyproxy
