@@ -3803,6 +3803,75 @@ inline bool socks5_handshake::same_secret(std::string_view given,
 
 } // namespace tinyproxy
 // ---- end tinyproxy/protocol/socks5.hpp ----
+// #include "tinyproxy/mode/mode.hpp"
+// ---- begin tinyproxy/mode/mode.hpp ----
+// The Mode concept: what a Mode is told of a client (session_info), what its per-client session
+// answers (mode_step), and the members a session drives it through.
+
+#include <type_traits> // detecting optional Mode session members
+#include <utility>     // std::declval
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+
+namespace tinyproxy {
+
+/// What a Mode knows about a new client.
+struct session_info {
+    endpoint client; ///< the client's address
+    endpoint local;  ///< the address the client connected to
+};
+
+/// What a Mode's session answers at each step of its handshake (see handshake_step).
+using mode_step = handshake_step;
+
+/// A Mode says where each client goes. It is any class with
+///     class session;                                           // see below
+///     session make_session(const session_info& client) const;  // called once per client
+/// make_session may be called from several threads at once, so it only reads the Mode.
+///
+/// Its `session` is the per-client handshake object a basic_session drives; it does no I/O:
+///     mode_step start();                             // before any byte is read
+///     mode_step on_client_data(byte_view bytes);     // after need_more: the next bytes
+///     std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint& local,
+///                                            const endpoint& upstream); // reply to the client
+/// on_connected is called once the connect step is decided (unless the session ends first, as
+/// when the proxy stops): with an empty `result` and both addresses once connected, or with why
+/// the connect failed (refused, unresolvable, timed out) and empty addresses. Its reply goes to
+/// the client before the tunnel's bytes, or before the close. Two members are optional:
+///     static constexpr bool uses_local_endpoint = false;
+/// for a session whose reply never names the upstream socket's own address (`local` is then
+/// left empty: one getsockname(2) less per connection), and
+///     const endpoint* client_address() const;
+/// for a session that learns who the client really is (a PROXY protocol header names it):
+/// results and logs then name that address (nullptr: the client as accepted).
+///
+/// A session may throw (out of memory, or a bug): that client's session ends, nothing else.
+
+namespace detail {
+
+/// Whether a Mode session says who the client really is (`client_address()`, see above).
+template <class ModeSession, class = void>
+struct reports_client : std::false_type {};
+template <class ModeSession>
+struct reports_client<ModeSession,
+                      std::void_t<decltype(std::declval<const ModeSession&>().client_address())>>
+    : std::true_type {};
+
+/// Whether a Mode session reads the `local` argument of on_connected() (unless it says not).
+template <class ModeSession, class = void>
+struct uses_local_endpoint : std::true_type {};
+template <class ModeSession>
+struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_local_endpoint)>>
+    : std::bool_constant<ModeSession::uses_local_endpoint> {};
+
+} // namespace detail
+
+} // namespace tinyproxy
+// ---- end tinyproxy/mode/mode.hpp ----
 // #include "tinyproxy/relay.hpp"
 // ---- begin tinyproxy/relay.hpp ----
 // The one relay engine: moves bytes both ways between two non-blocking sockets, with bounded
@@ -4288,33 +4357,79 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short c
 
 } // namespace tinyproxy
 // ---- end tinyproxy/relay.hpp ----
-// #include "tinyproxy/session.hpp"
-// ---- begin tinyproxy/session.hpp ----
-// One proxied connection as a state machine: handshake (the Mode decides where to go), resolve,
-// connect with a deadline, relay; plus the loop that drives one session on a thread or process.
+// #include "tinyproxy/server.hpp"
+// ---- begin tinyproxy/server.hpp ----
+// The contract between a concurrency policy and the proxy it runs: the Server and Session calls
+// a policy makes, stated once here, and the types they pass (clients, limits, results).
 
 #include <chrono>       // timeouts
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
-#include <memory>       // the scratch buffer
-#include <optional>     // the relay, once connected
-#include <type_traits>  // detecting optional Mode session members
 #include <system_error> // std::error_code
-#include <utility>      // std::move
-#include <vector>       // byte buffers, address lists
-
-#include <poll.h> // pollfd
 
 // #include "tinyproxy/config.hpp"
-// #include "tinyproxy/bytes.hpp"
 // #include "tinyproxy/error.hpp"
 // #include "tinyproxy/address.hpp"
 // #include "tinyproxy/detail/sys.hpp"
 // #include "tinyproxy/socket.hpp"
-// #include "tinyproxy/protocol/step.hpp"
-// #include "tinyproxy/relay.hpp"
 
 namespace tinyproxy {
+
+/// A policy says how sessions are scheduled (thread_policy, fork_policy, poll_policy, or one of
+/// yours, as examples/custom_policy.cpp). It is a class with
+///     template <class Server> void run(Server& server);
+/// that serves clients until `server` says it is stopping (stopping(), or stop_fd() readable),
+/// and before returning joins, reaps and closes everything it started. It may throw
+/// std::system_error when it cannot start (basic_proxy::run passes it on).
+///
+/// The Server (proxy_server in proxy.hpp) offers, for every kind of policy:
+///     bool stopping() const noexcept;
+///     int stop_fd() const noexcept;   // turns readable once stop is requested, in this process
+///                                     // and in forked children alike: include it in every wait
+///     const session_options& limits() const noexcept;  // e.g. limits().buffer_size
+///     void request_stop() noexcept;   // ends every policy loop (when one of several fails)
+///     void session_ended(const session_result& result) noexcept; // counts and reports a
+///                                     // session that ended (or a client it could not serve)
+/// for a blocking policy, which runs each session to its end on a thread or process of its own:
+///     accept_status accept_next(accepted_client& out, time_point until) noexcept;
+///                                     // waits for a client, the stop signal or `until`
+///     session_result serve(accepted_client client) noexcept;  // one session, to its end, here
+///     session_result serve(accepted_client client, std::uint8_t* scratch,
+///                          std::size_t size) noexcept;        // reading into `scratch`
+///     void enter_child() noexcept;    // in a new fork child: drop what belongs to the parent
+///     void count_ended(const session_result& result) noexcept; // counts a session that ended
+///                                     // elsewhere (a fork child, which reported it itself)
+/// and for an event loop, which drives many sessions itself:
+///     using session_type = ...;       // basic_session<Mode::session>
+///     int listener_fd() const noexcept;  // non-blocking: wait for it readable, then
+///     accept_status try_accept(accepted_client& out, std::error_code& ec) noexcept;
+///     session_type make_session(accepted_client client);  // not yet started; may throw
+///
+/// A Session (basic_session in session.hpp) is driven by readiness, and never blocks nor reads
+/// the clock: the driver passes `now` to each call.
+///     void start(time_point now) noexcept;
+///     int client_fd() const noexcept;     short client_events() const noexcept;
+///     int upstream_fd() const noexcept;   short upstream_events() const noexcept;  // -1, 0
+///                                         // while there is no upstream socket
+///     std::uint32_t upstream_serial() const noexcept;  // changes with each upstream socket
+///     bool watch_client() const noexcept;  // poll even with events 0 (to hear of a reset)
+///     bool watch_upstream() const noexcept;
+///     time_point deadline() const noexcept;   // call on_deadline() once it has passed
+///     bool wants_resolve() const noexcept;    // resolve resolve_target() as suits the driver
+///     const host_port& resolve_target() const noexcept;
+///     void on_resolved(std::vector<endpoint> candidates, std::error_code ec,
+///                      time_point now) noexcept;
+///     void on_ready(short client_revents, short upstream_revents, time_point now,
+///                   std::uint8_t* scratch, std::size_t scratch_size,
+///                   int rounds = relay::max_rounds) noexcept;  // revents 0: not ready
+///     void on_deadline(time_point now) noexcept;
+///     void abort(std::error_code why) noexcept;  // ends it at once (stop, driver failure)
+///     bool connecting() const noexcept;   // resolving or connecting upstream
+///     bool saturated() const noexcept;    // the last on_ready() moved all one call may: serve
+///                                         // the other sessions before calling it again
+///     bool done() const noexcept;
+///     const session_result& result() const noexcept;
+/// run_session (session/blocking.hpp) is the driver for one session on the calling thread.
 
 /// Limits every session keeps, whatever the policy.
 struct session_options {
@@ -4330,15 +4445,6 @@ struct session_options {
     /// unavailable.
     bool splice = true;
 };
-
-/// What a Mode knows about a new client.
-struct session_info {
-    endpoint client; ///< the client's address
-    endpoint local;  ///< the address the client connected to
-};
-
-/// What a Mode's session answers at each step of its handshake (see handshake_step).
-using mode_step = handshake_step;
 
 /// A client just accepted, before its session starts.
 struct accepted_client {
@@ -4381,21 +4487,473 @@ struct session_result {
     time_point ended;   ///< when it ended
 };
 
-/// One client's session, driven by readiness: the driver waits for `client_events()` on
-/// `client_fd()`, `upstream_events()` on `upstream_fd()` and for `deadline()`, then calls
-/// `on_ready()` or `on_deadline()`; when `wants_resolve()` it resolves `resolve_target()` in a
-/// way that suits it and calls `on_resolved()`. It never blocks and never reads the clock.
-/// A call makes at most `rounds` reads per direction; `saturated()` says it stopped there, and
-/// a driver of many sessions serves the others before calling it again.
-///
-/// `ModeSession` is a Mode's per-client handshake object:
-///     mode_step start();                             // before any byte is read
-///     mode_step on_client_data(byte_view bytes);     // after need_more: the next bytes
-///     std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint& local,
-///                                            const endpoint& upstream); // reply to the client
-/// A Mode session whose reply never names the upstream socket's own address (`local`) may say
-///     static constexpr bool uses_local_endpoint = false;
-/// and `local` is then left empty: one getsockname(2) less per connection.
+} // namespace tinyproxy
+// ---- end tinyproxy/server.hpp ----
+// #include "tinyproxy/session/handshake.hpp"
+// ---- begin tinyproxy/session/handshake.hpp ----
+// The first part of a session: the handshake driver, which feeds the Mode's session what the
+// client sends, sends the client what the Mode answers, and keeps the handshake deadline.
+
+#include <chrono>       // the handshake timeout
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <optional>     // a step, when the Mode took bytes
+#include <system_error> // std::error_code
+#include <type_traits>  // std::is_nothrow_move_constructible
+#include <utility>      // std::move
+#include <vector>       // byte buffers
+
+#include <poll.h> // POLLIN, POLLOUT
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/socket.hpp"
+// #include "tinyproxy/mode/mode.hpp"
+
+namespace tinyproxy {
+namespace detail {
+
+/// Holds a Mode's session and the bytes it owes the client until a tunnel starts (or the client
+/// is closed). It reads and sends on the socket it is given; what a step means (wait, connect,
+/// fail) is for the caller to act on.
+template <class ModeSession>
+class handshake_driver {
+public:
+    explicit handshake_driver(ModeSession mode) noexcept(
+        std::is_nothrow_move_constructible<ModeSession>::value)
+        : mode_(std::move(mode)) {}
+
+    ModeSession& mode() noexcept { return mode_; }
+    const ModeSession& mode() const noexcept { return mode_; }
+
+    /// The Mode's first step; the handshake deadline begins at `now`.
+    mode_step start(time_point now, std::chrono::milliseconds timeout) {
+        deadline_ = deadline_after(now, timeout);
+        return mode_.start();
+    }
+    /// The handshake deadline, or, once closing, the end of the client's time to take the reply.
+    time_point deadline() const noexcept { return deadline_; }
+
+    /// Takes a step's bytes: `to_client` is owed to the client, `to_upstream` kept for the
+    /// tunnel. A step comes only once the bytes of the last one are out.
+    void take(mode_step& step) {
+        to_client_ = std::move(step.to_client);
+        to_client_offset_ = 0;
+        to_upstream_ = std::move(step.to_upstream);
+    }
+
+    /// What to wait for on the client: its next bytes, or room for the ones owed to it. The
+    /// same as a relay asks (POLLRDHUP too, where there is one), so a client kept registered
+    /// while its upstream connects needs no change when its tunnel starts.
+    short client_events() const noexcept {
+        return owes_client() ? POLLOUT : POLLIN | peer_closed_event;
+    }
+    bool owes_client() const noexcept { return to_client_offset_ < to_client_.size(); }
+
+    /// Sends what is owed, as far as the socket takes it; an error other than would-block.
+    std::error_code send(socket& client);
+
+    /// The client's readiness: sends what is owed, or reads and feeds the Mode. A step when the
+    /// Mode took bytes; `ec` when the client failed or closed before the Mode decided.
+    std::optional<mode_step> on_ready(socket& client, short revents, std::uint8_t* scratch,
+                                      std::size_t scratch_size, std::error_code& ec);
+
+    /// The client is to be closed once it has `reply`, after the bytes still owed; it gets a
+    /// second from `now` to take them. Afterwards owes_client() says whether any are left.
+    void close_with(std::vector<std::uint8_t> reply, time_point now);
+
+    /// The bytes owed to the client and those kept for upstream, for the tunnel to send first.
+    byte_view unsent_to_client() const noexcept {
+        return byte_view{to_client_.data() + to_client_offset_,
+                         to_client_.size() - to_client_offset_};
+    }
+    const std::vector<std::uint8_t>& to_upstream() const noexcept { return to_upstream_; }
+    /// Frees both once the tunnel has them.
+    void release() noexcept {
+        std::vector<std::uint8_t>().swap(to_client_);
+        std::vector<std::uint8_t>().swap(to_upstream_);
+        to_client_offset_ = 0;
+    }
+
+private:
+    ModeSession mode_;
+    time_point deadline_ = time_point::max();
+    std::vector<std::uint8_t> to_client_;
+    std::size_t to_client_offset_ = 0;
+    std::vector<std::uint8_t> to_upstream_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+template <class ModeSession>
+std::error_code handshake_driver<ModeSession>::send(socket& client) {
+    std::error_code ec;
+    while (!ec && owes_client()) {
+        std::size_t n = client.send(to_client_.data() + to_client_offset_,
+                                    to_client_.size() - to_client_offset_, ec);
+        if (!ec) {
+            to_client_offset_ += n;
+        }
+    }
+    return ec && !would_block(ec) ? ec : std::error_code{};
+}
+
+template <class ModeSession>
+std::optional<mode_step>
+handshake_driver<ModeSession>::on_ready(socket& client, short revents, std::uint8_t* scratch,
+                                        std::size_t scratch_size, std::error_code& ec) {
+    ec.clear();
+    if (owes_client()) {
+        if ((revents & (POLLOUT | POLLERR | POLLHUP)) != 0) {
+            ec = send(client);
+        }
+        return std::nullopt;
+    }
+    if ((revents & (POLLIN | POLLERR | POLLHUP)) == 0) {
+        return std::nullopt;
+    }
+    std::size_t n = client.receive(scratch, scratch_size, ec);
+    if (ec) {
+        if (would_block(ec)) {
+            ec.clear();
+        }
+        return std::nullopt;
+    }
+    if (n == 0) {
+        ec = make_error_code(errc::handshake_incomplete);
+        return std::nullopt;
+    }
+    return mode_.on_client_data(byte_view{scratch, n});
+}
+
+template <class ModeSession>
+void handshake_driver<ModeSession>::close_with(std::vector<std::uint8_t> reply, time_point now) {
+    // Bytes the Mode asked for earlier and not yet sent go out first, then the reply.
+    to_client_.erase(to_client_.begin(),
+                     to_client_.begin() + static_cast<std::ptrdiff_t>(to_client_offset_));
+    to_client_offset_ = 0;
+    to_client_.insert(to_client_.end(), reply.begin(), reply.end());
+    // A client that will not take a few reply bytes in a second is not worth waiting for.
+    deadline_ = now + std::chrono::seconds(1);
+}
+
+} // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/session/handshake.hpp ----
+// #include "tinyproxy/session/connector.hpp"
+// ---- begin tinyproxy/session/connector.hpp ----
+// The second part of a session: the connector, which turns the Mode's target into a connected
+// upstream socket: the numeric shortcut or a resolve, each address in turn, one deadline.
+
+#include <chrono>       // the connect timeout
+#include <cstddef>      // std::size_t
+#include <cstdint>      // the socket serial
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // the addresses to try
+
+#include <poll.h> // POLLOUT, POLLERR, POLLHUP
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/socket.hpp"
+
+namespace tinyproxy {
+namespace detail {
+
+/// Where a connector stands after each call.
+enum class connect_status {
+    resolving,         ///< the driver is to resolve target() and call on_resolved()
+    connecting,        ///< wait for the upstream socket's writability, or the deadline
+    connected,         ///< the socket the driver's readiness reported on is connected
+    connected_at_once, ///< an address connected without waiting (on loopback, often the first)
+    failed,            ///< no address connected: error() says why
+};
+
+/// Connects to one target with one deadline shared by all its addresses; never waits. The
+/// caller passes the upstream socket's readiness and the time, and takes the socket once
+/// connected.
+class connector {
+public:
+    /// Starts with `target`: its deadline is `timeout` from `now`. A numeric address needs no
+    /// resolving, and is tried at once.
+    connect_status begin(host_port target, time_point now, std::chrono::milliseconds timeout);
+    /// The addresses `target()` resolved to; `ec` when it did not resolve.
+    connect_status on_resolved(std::vector<endpoint> candidates, std::error_code ec);
+    /// The upstream socket's readiness (revents, not 0) while connecting.
+    connect_status on_ready(short revents);
+    /// The deadline passed: the connect has failed with errc::connect_timeout.
+    connect_status on_deadline() noexcept;
+
+    const host_port& target() const noexcept { return target_; }
+    time_point deadline() const noexcept { return deadline_; }
+    /// -1 unless an attempt is in progress (or connected and not yet taken).
+    int upstream_fd() const noexcept { return upstream_ ? upstream_.native_handle() : -1; }
+    /// Changes each time a new socket replaces the last (the next address is tried), so an
+    /// event loop can tell it from the old one even when it got the same number.
+    std::uint32_t upstream_serial() const noexcept {
+        return static_cast<std::uint32_t>(next_candidate_); // one socket per address tried
+    }
+    /// Why the connect failed, once it did.
+    std::error_code error() const noexcept { return last_error_; }
+
+    /// Once connected: the socket, and the address it is connected to.
+    socket take_upstream() noexcept { return std::move(upstream_); }
+    const endpoint& connected_to() const noexcept { return candidates_[next_candidate_ - 1]; }
+    void close() noexcept { upstream_.close(); }
+
+private:
+    void try_next_candidate();
+    connect_status connect_onward();
+    connect_status fail(std::error_code why) noexcept {
+        upstream_.close();
+        last_error_ = why;
+        return connect_status::failed;
+    }
+    /// The connect's outcome once the upstream socket reported `revents`: writable without an
+    /// error or hang-up is connected, with no need to ask the socket (SO_ERROR).
+    std::error_code connect_outcome(short revents) const noexcept {
+        return (revents & (POLLERR | POLLHUP)) != 0 ? connect_result(upstream_.native_handle())
+                                                    : std::error_code{};
+    }
+
+    host_port target_;
+    time_point deadline_ = time_point::max();
+    std::vector<endpoint> candidates_;
+    std::size_t next_candidate_ = 0;
+    std::error_code last_error_;
+    socket upstream_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline connect_status connector::begin(host_port target, time_point now,
+                                       std::chrono::milliseconds timeout) {
+    target_ = std::move(target);
+    deadline_ = deadline_after(now, timeout);
+    if (auto numeric = target_.numeric_address()) {
+        return on_resolved({endpoint{*numeric, target_.port}}, {});
+    }
+    return connect_status::resolving;
+}
+
+inline connect_status connector::on_resolved(std::vector<endpoint> candidates, std::error_code ec) {
+    candidates_ = std::move(candidates);
+    next_candidate_ = 0;
+    last_error_ = ec ? ec : make_error_code(errc::name_not_resolved);
+    return connect_onward();
+}
+
+inline void connector::try_next_candidate() {
+    upstream_.close();
+    while (next_candidate_ < candidates_.size()) {
+        std::error_code ec;
+        bool connected = false;
+        socket attempt = start_connect(candidates_[next_candidate_++], connected, ec);
+        if (!ec) {
+            // Connected at once or in progress: either way, writability reports the outcome.
+            upstream_ = std::move(attempt);
+            return;
+        }
+        last_error_ = ec;
+    }
+}
+
+inline connect_status connector::connect_onward() {
+    // Each address in turn until one connects, one is still connecting, or none is left. On
+    // loopback (and often nearby) the handshake is over by the time connect() returns: asking
+    // at once, without waiting, starts the tunnel now and spares an event loop the writability
+    // watch (two epoll_ctl calls) and one more wait per connection.
+    for (;;) {
+        try_next_candidate();
+        if (!upstream_) {
+            return fail(last_error_);
+        }
+        short revents = ready_now(upstream_.native_handle(), POLLOUT);
+        if (revents == 0) {
+            return connect_status::connecting; // the driver waits for writability
+        }
+        std::error_code ec = connect_outcome(revents);
+        if (!ec) {
+            return connect_status::connected_at_once;
+        }
+        last_error_ = ec;
+    }
+}
+
+inline connect_status connector::on_ready(short revents) {
+    std::error_code ec = connect_outcome(revents);
+    if (!ec) {
+        return connect_status::connected;
+    }
+    if (ec == errc::connect_timeout) {
+        return fail(ec); // a timed-out attempt ends the connect, as the deadline does
+    }
+    last_error_ = ec;
+    return connect_onward();
+}
+
+inline connect_status connector::on_deadline() noexcept {
+    return fail(make_error_code(errc::connect_timeout));
+}
+
+} // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/session/connector.hpp ----
+// #include "tinyproxy/session/tunnel.hpp"
+// ---- begin tinyproxy/session/tunnel.hpp ----
+// The third part of a session: the tunnel, which owns the upstream socket once connected and
+// the relay between it and the client, keeps the idle deadline, and passes a reset on.
+
+#include <chrono>       // the idle timeout
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <optional>     // the relay, once started
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // the Mode's reply
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/socket.hpp"
+// #include "tinyproxy/relay.hpp"
+// #include "tinyproxy/server.hpp"
+
+namespace tinyproxy {
+namespace detail {
+
+/// A relay between the client (whose socket the caller keeps, and passes in) and the upstream
+/// socket this holds. Idle while not started.
+class tunnel {
+public:
+    /// Starts relaying: the client first gets `unsent` (what the handshake still owed it), then
+    /// `reply`; upstream first gets `to_upstream`. `client_nodelay`: Nagle is already off there.
+    void start(socket& client, bool client_nodelay, socket upstream, byte_view unsent,
+               const std::vector<std::uint8_t>& reply, byte_view to_upstream,
+               const session_options& limits, time_point now);
+
+    /// Moves what can move now (relay::pump) and restarts the idle clock if anything did. True
+    /// once the relay has finished (error() says how), after a reset on one side has been
+    /// passed to the other.
+    bool pump(socket& client, short client_revents, short upstream_revents, time_point now,
+              std::uint8_t* scratch, std::size_t scratch_size, int rounds = relay::max_rounds);
+    /// The readiness to pump with first, right after a connect the driver waited for: the reply
+    /// and any pipelined bytes go now. A client told nothing (forwarding) may have sent while we
+    /// connected, and its upstream may answer at once: both are read now, not one wait later. A
+    /// client still waiting for our reply (SOCKS, CONNECT) has sent nothing since, and its
+    /// upstream has been sent nothing: reading either would only say EAGAIN.
+    short first_events() const noexcept { return client_awaits_reply_ ? 0 : relay::unknown_events; }
+
+    short client_events() const noexcept { return relay_->client_events(); }
+    short upstream_events() const noexcept { return relay_->upstream_events(); }
+    bool watch_client() const noexcept { return relay_->watch_client(); }
+    bool watch_upstream() const noexcept { return relay_->watch_upstream(); }
+    bool saturated() const noexcept { return relay_->saturated(); }
+    int upstream_fd() const noexcept { return upstream_.native_handle(); }
+    time_point deadline() const noexcept { return deadline_; }
+    std::error_code error() const noexcept { return relay_->error(); }
+
+    /// Ends the tunnel (if it started): its byte counts go to `result`, the upstream closes.
+    void close(session_result& result) noexcept;
+
+private:
+    socket upstream_;
+    std::optional<relay> relay_;
+    std::chrono::milliseconds idle_timeout_{0};
+    time_point deadline_ = time_point::max();
+    bool client_awaits_reply_ = false; // the relay began with a reply and nothing for upstream
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, byte_view unsent,
+                          const std::vector<std::uint8_t>& reply, byte_view to_upstream,
+                          const session_options& limits, time_point now) {
+    upstream_ = std::move(upstream);
+    std::error_code ignored; // Nagle off is an optimisation; a failure changes nothing else
+    if (!client_nodelay) {
+        client.set_nodelay(true, ignored);
+    }
+    upstream_.set_nodelay(true, ignored);
+    relay_.emplace(client.native_handle(), upstream_.native_handle(), limits.splice);
+    relay_->closes_at_finish(); // the session closes both sockets once it has finished
+    client_awaits_reply_ = (!reply.empty() || !unsent.empty()) && to_upstream.empty();
+    // Anything the Mode had not yet sent (nothing, for every mode that waits for its replies to
+    // go out) precedes the connect reply.
+    relay_->prime_client(unsent);
+    relay_->prime_client(reply);
+    relay_->prime_upstream(to_upstream);
+    idle_timeout_ = limits.idle_timeout;
+    deadline_ = deadline_after(now, idle_timeout_);
+}
+
+inline bool tunnel::pump(socket& client, short client_revents, short upstream_revents,
+                         time_point now, std::uint8_t* scratch, std::size_t scratch_size,
+                         int rounds) {
+    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents, rounds)) {
+        deadline_ = deadline_after(now, idle_timeout_);
+    }
+    if (!relay_->finished()) {
+        return false;
+    }
+    if (relay_->error()) {
+        // Pass the reset on: the side that did not fail is closed with RST, not FIN.
+        std::error_code ignored;
+        (relay_->error_on_client() ? upstream_ : client).set_linger_reset(ignored);
+    }
+    return true;
+}
+
+inline void tunnel::close(session_result& result) noexcept {
+    if (relay_) {
+        result.bytes_to_upstream = relay_->bytes_to_upstream();
+        result.bytes_to_client = relay_->bytes_to_client();
+        relay_.reset(); // its pipes, if it spliced, close with the sockets
+    }
+    upstream_.close();
+}
+
+} // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/session/tunnel.hpp ----
+// #include "tinyproxy/session.hpp"
+// ---- begin tinyproxy/session.hpp ----
+// basic_session<ModeSession>: one proxied connection, composed of its three parts in turn: the
+// handshake driver (the Mode decides where to go), the connector, and the tunnel.
+
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <system_error> // std::error_code
+#include <type_traits>  // std::is_nothrow_move_constructible
+#include <utility>      // std::move
+#include <vector>       // address lists, replies
+
+#include <poll.h> // POLLOUT
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/socket.hpp"
+// #include "tinyproxy/mode/mode.hpp"
+// #include "tinyproxy/relay.hpp"
+// #include "tinyproxy/server.hpp"
+// #include "tinyproxy/session/handshake.hpp"
+// #include "tinyproxy/session/connector.hpp"
+// #include "tinyproxy/session/tunnel.hpp"
+
+namespace tinyproxy {
+
+/// One client's session, driven by readiness: the Session calls a policy makes (server.hpp),
+/// for any Mode session (mode/mode.hpp). It keeps the client socket and the result, and hands
+/// the client to each part in turn: the handshake driver until the Mode decides, the connector
+/// until an upstream connects (or the Mode's failure reply is sent), then the tunnel.
 ///
 /// The entry points never throw: an exception from the Mode (out of memory, or a bug) ends
 /// the session with `std::errc::not_enough_memory`, so one client cannot stop an event loop.
@@ -4408,7 +4966,7 @@ public:
                   const endpoint& client_address = {},
                   client_socket_setup client_setup =
                       {}) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
-        : client_(std::move(client)), mode_(std::move(mode)), limits_(limits),
+        : client_(std::move(client)), handshake_(std::move(mode)), limits_(limits),
           client_setup_(client_setup) {
         result_.client = client_address;
     }
@@ -4418,25 +4976,22 @@ public:
 
     int client_fd() const noexcept { return client_.native_handle(); }
     /// -1 until an upstream connection is being made.
-    int upstream_fd() const noexcept { return upstream_ ? upstream_.native_handle() : -1; }
-    /// Changes each time a new upstream socket replaces the last (the next address is tried),
-    /// so an event loop can tell it from the old one even when it got the same number.
-    std::uint32_t upstream_serial() const noexcept {
-        return static_cast<std::uint32_t>(next_candidate_); // one socket per address tried
-    }
+    int upstream_fd() const noexcept;
+    std::uint32_t upstream_serial() const noexcept { return connector_.upstream_serial(); }
     short client_events() const noexcept;
     short upstream_events() const noexcept;
     /// Whether to poll a socket even when its events are 0 (to hear of a reset).
     bool watch_client() const noexcept {
-        return state_ == state::relaying ? relay_->watch_client() : client_events() != 0;
+        return state_ == state::relaying ? tunnel_.watch_client() : client_events() != 0;
     }
     bool watch_upstream() const noexcept {
-        return state_ == state::relaying ? relay_->watch_upstream() : upstream_events() != 0;
+        return state_ == state::relaying ? tunnel_.watch_upstream() : upstream_events() != 0;
     }
-    time_point deadline() const noexcept { return deadline_; }
+    time_point deadline() const noexcept;
 
     bool wants_resolve() const noexcept { return state_ == state::resolving; }
-    const host_port& resolve_target() const noexcept { return target_; }
+    /// Where the Mode sent the client (empty before it decided).
+    const host_port& resolve_target() const noexcept { return connector_.target(); }
     void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now) noexcept;
 
     /// Readiness (revents) for each socket; 0 for one that is not ready. `rounds`: the most
@@ -4449,41 +5004,31 @@ public:
     /// Ends the session at once (the proxy is stopping, or the driver failed).
     void abort(std::error_code why) noexcept { finish(why); }
 
+    /// Resolving or connecting upstream: the client is not read meanwhile.
+    bool connecting() const noexcept {
+        return state_ == state::resolving || state_ == state::connecting;
+    }
     bool done() const noexcept { return state_ == state::done; }
     /// The last on_ready() moved as much as one call may (relay::saturated()): a bulk transfer
     /// that has more to move. An event loop serves the other tunnels first.
-    bool saturated() const noexcept { return state_ == state::relaying && relay_->saturated(); }
+    bool saturated() const noexcept { return state_ == state::relaying && tunnel_.saturated(); }
     const session_result& result() const noexcept { return result_; }
-    const host_port& target() const noexcept { return target_; }
 
 private:
     enum class state {
         handshaking, // reading the client until the Mode decides
-        resolving,   // waiting for the driver to resolve target_
-        connecting,  // a non-blocking connect to candidates_[next_candidate_ - 1] in progress
+        resolving,   // waiting for the driver to resolve the target
+        connecting,  // a non-blocking connect in progress
         relaying,    // tunnel up
         failing,     // sending the Mode's failure reply, then closing
         done,
     };
 
     void apply(mode_step step, time_point now);
-    void begin_connect(time_point now);
-    void try_next_candidate();
-    void connect_onward(time_point now);
-    /// The connect's outcome once the upstream socket reported `revents`: writable without an
-    /// error or hang-up is connected, with no need to ask the socket (SO_ERROR).
-    std::error_code connect_outcome(short revents) const noexcept {
-        return (revents & (POLLERR | POLLHUP)) != 0
-                   ? detail::connect_result(upstream_.native_handle())
-                   : std::error_code{};
-    }
-    void on_connect_result(std::error_code ec, time_point now);
-    void connected(time_point now);
-    void start_relay(std::vector<std::uint8_t> reply, time_point now);
+    /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
+    void follow(detail::connect_status status, time_point now);
+    void start_tunnel(time_point now);
     void fail_with_reply(std::error_code why, std::vector<std::uint8_t> reply, time_point now);
-    void handshake_ready(short revents, time_point now, std::uint8_t* scratch,
-                         std::size_t scratch_size);
-    bool send_to_client(); // writes to_client_; false on error
     void relay_ready(short client_revents, short upstream_revents, time_point now,
                      std::uint8_t* scratch, std::size_t scratch_size,
                      int rounds = relay::max_rounds);
@@ -4495,37 +5040,15 @@ private:
     }
 
     socket client_;
-    socket upstream_;
-    ModeSession mode_;
+    detail::handshake_driver<ModeSession> handshake_;
+    detail::connector connector_;
+    detail::tunnel tunnel_;
     session_options limits_;
     client_socket_setup client_setup_;
     state state_ = state::handshaking;
-    time_point deadline_ = time_point::max();
-    time_point connect_deadline_ = time_point::max();
-    host_port target_;
-    std::vector<endpoint> candidates_;
-    std::size_t next_candidate_ = 0;
-    std::error_code last_connect_error_;
-    std::vector<std::uint8_t> to_client_;
-    std::size_t to_client_offset_ = 0;
-    std::vector<std::uint8_t> to_upstream_;
-    std::optional<relay> relay_;
-    bool client_awaits_reply_ = false; // the relay began with a reply and nothing for upstream
     session_result result_;
     time_point now_{}; // the latest time a driver passed in
 };
-
-/// Runs one session to its end on the calling thread, waiting with poll(2). It ends early when
-/// `stop_fd` becomes readable (the proxy's stop signal; -1 for none). Names are resolved here,
-/// blocking this thread only.
-template <class ModeSession>
-session_result run_session(basic_session<ModeSession>& session, int stop_fd,
-                           std::size_t scratch_size);
-/// The same, reading into the caller's `scratch` (`scratch_size` bytes, at least 1) instead of
-/// a buffer of its own: a fork child passes one from a fresh mapping (see fork_policy).
-template <class ModeSession>
-session_result run_session(basic_session<ModeSession>& session, int stop_fd, std::uint8_t* scratch,
-                           std::size_t scratch_size);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -4541,23 +5064,32 @@ void basic_session<ModeSession>::start(time_point now) noexcept try {
         }
     }
     result_.started = now;
-    deadline_ = detail::deadline_after(now, limits_.handshake_timeout);
-    apply(mode_.start(), now);
+    apply(handshake_.start(now, limits_.handshake_timeout), now);
 } catch (...) {
     ended_by_exception();
+}
+
+template <class ModeSession>
+int basic_session<ModeSession>::upstream_fd() const noexcept {
+    switch (state_) {
+    case state::connecting:
+        return connector_.upstream_fd();
+    case state::relaying:
+        return tunnel_.upstream_fd();
+    default:
+        return -1;
+    }
 }
 
 template <class ModeSession>
 short basic_session<ModeSession>::client_events() const noexcept {
     switch (state_) {
     case state::handshaking:
-        // As the relay will ask (POLLRDHUP too, where there is one): a client kept registered
-        // while its upstream connects then needs no change when its tunnel starts.
-        return to_client_offset_ < to_client_.size() ? POLLOUT : POLLIN | detail::peer_closed_event;
+        return handshake_.client_events();
     case state::failing:
         return POLLOUT;
     case state::relaying:
-        return relay_->client_events();
+        return tunnel_.client_events();
     default:
         return 0;
     }
@@ -4569,51 +5101,46 @@ short basic_session<ModeSession>::upstream_events() const noexcept {
     case state::connecting:
         return POLLOUT;
     case state::relaying:
-        return relay_->upstream_events();
+        return tunnel_.upstream_events();
     default:
         return 0;
     }
 }
 
-namespace detail {
-
-/// A Mode session may say who the client really is (a PROXY protocol header names it) with
-/// `const endpoint* client_address() const`; results and logs then name that address.
-template <class ModeSession, class = void>
-struct reports_client : std::false_type {};
 template <class ModeSession>
-struct reports_client<ModeSession,
-                      std::void_t<decltype(std::declval<const ModeSession&>().client_address())>>
-    : std::true_type {};
-
-/// Whether a Mode session reads the `local` argument of on_connected() (unless it says not).
-template <class ModeSession, class = void>
-struct uses_local_endpoint : std::true_type {};
-template <class ModeSession>
-struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_local_endpoint)>>
-    : std::bool_constant<ModeSession::uses_local_endpoint> {};
-
-} // namespace detail
+time_point basic_session<ModeSession>::deadline() const noexcept {
+    switch (state_) {
+    case state::handshaking:
+    case state::failing:
+        return handshake_.deadline();
+    case state::resolving:
+    case state::connecting:
+        return connector_.deadline();
+    case state::relaying:
+        return tunnel_.deadline();
+    default:
+        return time_point::max();
+    }
+}
 
 template <class ModeSession>
 void basic_session<ModeSession>::apply(mode_step step, time_point now) {
     if constexpr (detail::reports_client<ModeSession>::value) {
-        if (const endpoint* client = mode_.client_address()) {
+        if (const endpoint* client = handshake_.mode().client_address()) {
             result_.client = *client;
         }
     }
-    to_client_ = std::move(step.to_client);
-    to_client_offset_ = 0;
+    handshake_.take(step);
     switch (step.what) {
     case mode_step::action::need_more:
-        send_to_client();
+        if (std::error_code ec = handshake_.send(client_)) {
+            finish(ec);
+        }
         return;
     case mode_step::action::connect:
         result_.stage = session_result::stage_type::connect;
-        target_ = std::move(step.target);
-        result_.target = target_;
-        to_upstream_ = std::move(step.to_upstream);
-        begin_connect(now);
+        result_.target = step.target;
+        follow(connector_.begin(std::move(step.target), now, limits_.connect_timeout), now);
         return;
     case mode_step::action::fail:
         fail_with_reply(step.error ? step.error : make_error_code(errc::protocol_error), {}, now);
@@ -4622,212 +5149,88 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
 }
 
 template <class ModeSession>
-void basic_session<ModeSession>::begin_connect(time_point now) {
-    connect_deadline_ = detail::deadline_after(now, limits_.connect_timeout);
-    deadline_ = connect_deadline_;
-    if (auto numeric = target_.numeric_address()) {
-        on_resolved({endpoint{*numeric, target_.port}}, {}, now);
+void basic_session<ModeSession>::follow(detail::connect_status status, time_point now) {
+    switch (status) {
+    case detail::connect_status::resolving:
+        state_ = state::resolving;
+        return;
+    case detail::connect_status::connecting:
+        state_ = state::connecting;
+        return;
+    case detail::connect_status::connected:
+        start_tunnel(now);
+        return;
+    case detail::connect_status::connected_at_once:
+        start_tunnel(now);
+        // The Mode's reply (and any pipelined bytes) go now. Told nothing is ready, the pump
+        // reads nothing, so it needs no scratch buffer: it only sends.
+        relay_ready(0, 0, now, nullptr, 0);
+        return;
+    case detail::connect_status::failed: {
+        // The one place a connect that failed (refused, unresolvable, timed out) is answered.
+        std::error_code why = connector_.error();
+        fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
         return;
     }
-    state_ = state::resolving;
+    }
 }
 
 template <class ModeSession>
 void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, std::error_code ec,
                                              time_point now) noexcept try {
     now_ = now;
+    // Before the Mode decided, too: a driver (a test, say) may hand it addresses of its own.
     if (state_ != state::resolving && state_ != state::handshaking) {
         return; // ended meanwhile
     }
-    candidates_ = std::move(candidates);
-    next_candidate_ = 0;
-    last_connect_error_ = ec ? ec : make_error_code(errc::name_not_resolved);
-    state_ = state::connecting;
-    connect_onward(now);
+    follow(connector_.on_resolved(std::move(candidates), ec), now);
 } catch (...) {
     ended_by_exception();
 }
 
 template <class ModeSession>
-void basic_session<ModeSession>::try_next_candidate() {
-    upstream_.close();
-    while (next_candidate_ < candidates_.size()) {
-        std::error_code ec;
-        bool connected = false;
-        socket attempt = start_connect(candidates_[next_candidate_++], connected, ec);
-        if (!ec) {
-            // Connected at once or in progress: either way, writability reports the outcome.
-            upstream_ = std::move(attempt);
-            return;
-        }
-        last_connect_error_ = ec;
-    }
-}
-
-template <class ModeSession>
-void basic_session<ModeSession>::connect_onward(time_point now) {
-    // Each address in turn until one connects, one is still connecting, or none is left. On
-    // loopback (and often nearby) the handshake is over by the time connect() returns: asking
-    // at once, without waiting, starts the tunnel now and spares an event loop the writability
-    // watch (two epoll_ctl calls) and one more wait per connection.
-    for (;;) {
-        try_next_candidate();
-        if (!upstream_) {
-            fail_with_reply(last_connect_error_,
-                            mode_.on_connected(last_connect_error_, endpoint{}, endpoint{}), now);
-            return;
-        }
-        short revents = detail::ready_now(upstream_.native_handle(), POLLOUT);
-        if (revents == 0) {
-            return; // still connecting: the driver waits for writability
-        }
-        std::error_code ec = connect_outcome(revents);
-        if (!ec) {
-            connected(now);
-            // The Mode's reply (and any pipelined bytes) go now. Told nothing is ready, the
-            // pump reads nothing, so it needs no scratch buffer: it only sends.
-            relay_ready(0, 0, now, nullptr, 0);
-            return;
-        }
-        last_connect_error_ = ec;
-    }
-}
-
-template <class ModeSession>
-void basic_session<ModeSession>::on_connect_result(std::error_code ec, time_point now) {
-    if (!ec) {
-        connected(now);
-        return;
-    }
-    last_connect_error_ = ec;
-    if (ec == errc::connect_timeout) {
-        upstream_.close();
-        fail_with_reply(ec, mode_.on_connected(ec, endpoint{}, endpoint{}), now);
-        return;
-    }
-    connect_onward(now);
-}
-
-template <class ModeSession>
-void basic_session<ModeSession>::connected(time_point now) {
+void basic_session<ModeSession>::start_tunnel(time_point now) {
     endpoint local;
+    socket upstream = connector_.take_upstream();
     if constexpr (detail::uses_local_endpoint<ModeSession>::value) {
         std::error_code ignored;
-        local = upstream_.local_endpoint(ignored);
+        local = upstream.local_endpoint(ignored);
     }
-    endpoint remote = candidates_[next_candidate_ - 1]; // the address just connected to
+    const endpoint& remote = connector_.connected_to();
     result_.upstream = remote;
-    start_relay(mode_.on_connected({}, local, remote), now);
-}
-
-template <class ModeSession>
-void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, time_point now) {
-    std::error_code ignored; // Nagle off is an optimisation; a failure changes nothing else
-    if (!client_setup_.nodelay) {
-        client_.set_nodelay(true, ignored);
-    }
-    upstream_.set_nodelay(true, ignored);
+    std::vector<std::uint8_t> reply = handshake_.mode().on_connected({}, local, remote);
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
-    relay_.emplace(client_.native_handle(), upstream_.native_handle(), limits_.splice);
-    relay_->closes_at_finish(); // finish() closes both sockets at once
-    bool replying = !reply.empty() || to_client_offset_ < to_client_.size();
-    client_awaits_reply_ = replying && to_upstream_.empty();
-    // Anything the Mode had not yet sent (to_client_ is empty by now for every mode that
-    // waits for its replies to go out) precedes the connect reply.
-    relay_->prime_client(
-        byte_view{to_client_.data() + to_client_offset_, to_client_.size() - to_client_offset_});
-    relay_->prime_client(reply);
-    relay_->prime_upstream(to_upstream_);
-    std::vector<std::uint8_t>().swap(to_client_);
-    std::vector<std::uint8_t>().swap(to_upstream_);
-    to_client_offset_ = 0;
+    tunnel_.start(client_, client_setup_.nodelay, std::move(upstream),
+                  handshake_.unsent_to_client(), reply, handshake_.to_upstream(), limits_, now);
+    handshake_.release();
     state_ = state::relaying;
-    deadline_ = detail::deadline_after(now, limits_.idle_timeout);
 }
 
 template <class ModeSession>
 void basic_session<ModeSession>::fail_with_reply(std::error_code why,
                                                  std::vector<std::uint8_t> reply, time_point now) {
     result_.error = why;
-    // Bytes the Mode asked for earlier and not yet sent go out first, then the reply.
-    to_client_.erase(to_client_.begin(),
-                     to_client_.begin() + static_cast<std::ptrdiff_t>(to_client_offset_));
-    to_client_offset_ = 0;
-    to_client_.insert(to_client_.end(), reply.begin(), reply.end());
-    if (to_client_.empty()) {
+    handshake_.close_with(std::move(reply), now);
+    if (!handshake_.owes_client()) {
         finish(why);
         return;
     }
     state_ = state::failing;
-    // A client that will not take a few reply bytes in a second is not worth waiting for.
-    deadline_ = now + std::chrono::seconds(1);
-    if (send_to_client() && to_client_offset_ == to_client_.size()) {
+    std::error_code ec = handshake_.send(client_);
+    if (ec || !handshake_.owes_client()) {
         finish(why);
     }
-}
-
-template <class ModeSession>
-bool basic_session<ModeSession>::send_to_client() {
-    std::error_code ec;
-    while (!ec && to_client_offset_ < to_client_.size()) {
-        std::size_t n = client_.send(to_client_.data() + to_client_offset_,
-                                     to_client_.size() - to_client_offset_, ec);
-        if (!ec) {
-            to_client_offset_ += n;
-        }
-    }
-    if (ec && !detail::would_block(ec)) {
-        finish(ec);
-        return false;
-    }
-    return true;
-}
-
-template <class ModeSession>
-void basic_session<ModeSession>::handshake_ready(short revents, time_point now,
-                                                 std::uint8_t* scratch, std::size_t scratch_size) {
-    if (to_client_offset_ < to_client_.size()) {
-        if ((revents & (POLLOUT | POLLERR | POLLHUP)) != 0) {
-            send_to_client();
-        }
-        return;
-    }
-    if ((revents & (POLLIN | POLLERR | POLLHUP)) == 0) {
-        return;
-    }
-    std::error_code ec;
-    std::size_t n = client_.receive(scratch, scratch_size, ec);
-    if (ec) {
-        if (!detail::would_block(ec)) {
-            finish(ec);
-        }
-        return;
-    }
-    if (n == 0) {
-        finish(make_error_code(errc::handshake_incomplete));
-        return;
-    }
-    apply(mode_.on_client_data(byte_view{scratch, n}), now);
 }
 
 template <class ModeSession>
 void basic_session<ModeSession>::relay_ready(short client_revents, short upstream_revents,
                                              time_point now, std::uint8_t* scratch,
                                              std::size_t scratch_size, int rounds) {
-    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents, rounds)) {
-        deadline_ = detail::deadline_after(now, limits_.idle_timeout);
+    if (tunnel_.pump(client_, client_revents, upstream_revents, now, scratch, scratch_size,
+                     rounds)) {
+        finish(tunnel_.error());
     }
-    if (!relay_->finished()) {
-        return;
-    }
-    std::error_code error = relay_->error();
-    if (error) {
-        // Pass the reset on: the side that did not fail is closed with RST, not FIN.
-        std::error_code ignored;
-        (relay_->error_on_client() ? upstream_ : client_).set_linger_reset(ignored);
-    }
-    finish(error);
 }
 
 template <class ModeSession>
@@ -4836,20 +5239,22 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
                                           std::size_t scratch_size, int rounds) noexcept try {
     now_ = now;
     switch (state_) {
-    case state::handshaking:
-        handshake_ready(client_revents, now, scratch, scratch_size);
+    case state::handshaking: {
+        std::error_code ec;
+        auto step = handshake_.on_ready(client_, client_revents, scratch, scratch_size, ec);
+        if (ec) {
+            finish(ec);
+        } else if (step) {
+            apply(std::move(*step), now);
+        }
         return;
+    }
     case state::connecting:
         if (upstream_revents != 0) {
-            on_connect_result(connect_outcome(upstream_revents), now);
+            follow(connector_.on_ready(upstream_revents), now);
             if (state_ == state::relaying) {
-                // The reply and any pipelined bytes go now. A client told nothing (forwarding)
-                // may have sent while we connected, and its upstream may answer at once: both
-                // are read now, not one wait later. A client still waiting for our reply
-                // (SOCKS, CONNECT) has sent nothing since, and its upstream has been sent
-                // nothing: reading either would only say EAGAIN.
-                short unknown = client_awaits_reply_ ? 0 : relay::unknown_events;
-                relay_ready(unknown, unknown, now, scratch, scratch_size, rounds);
+                short first = tunnel_.first_events();
+                relay_ready(first, first, now, scratch, scratch_size, rounds);
             }
         }
         return;
@@ -4859,8 +5264,11 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
         }
         return;
     case state::failing:
-        if (client_revents != 0 && send_to_client() && to_client_offset_ == to_client_.size()) {
-            finish(result_.error);
+        if (client_revents != 0) {
+            std::error_code ec = handshake_.send(client_);
+            if (ec || !handshake_.owes_client()) {
+                finish(result_.error);
+            }
         }
         return;
     default:
@@ -4873,7 +5281,7 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
 template <class ModeSession>
 void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
     now_ = now;
-    if (now < deadline_) {
+    if (now < deadline()) {
         return;
     }
     switch (state_) {
@@ -4881,12 +5289,9 @@ void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
         finish(make_error_code(errc::handshake_timeout));
         return;
     case state::resolving:
-    case state::connecting: {
-        auto ec = make_error_code(errc::connect_timeout);
-        upstream_.close();
-        fail_with_reply(ec, mode_.on_connected(ec, endpoint{}, endpoint{}), now);
+    case state::connecting:
+        follow(connector_.on_deadline(), now);
         return;
-    }
     case state::relaying:
         finish(make_error_code(errc::idle_timeout));
         return;
@@ -4903,20 +5308,53 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
     if (state_ == state::done) {
         return;
     }
-    if (relay_) {
-        result_.bytes_to_upstream = relay_->bytes_to_upstream();
-        result_.bytes_to_client = relay_->bytes_to_client();
-        relay_.reset(); // its pipes, if it spliced, close with the sockets
-    }
+    tunnel_.close(result_); // its relay's pipes, if it spliced, close with the sockets
+    connector_.close();
     if (!result_.error) {
         result_.error = why;
     }
     state_ = state::done;
-    deadline_ = time_point::max();
     result_.ended = now_;
-    upstream_.close();
     client_.close();
 }
+
+} // namespace tinyproxy
+// ---- end tinyproxy/session.hpp ----
+// #include "tinyproxy/session/blocking.hpp"
+// ---- begin tinyproxy/session/blocking.hpp ----
+// run_session: the blocking driver of one session on the calling thread (thread and fork
+// policies, and basic_proxy's serve()), waiting with poll(2) and resolving names itself.
+
+#include <cstddef>      // std::size_t
+#include <cstdint>      // the scratch buffer
+#include <memory>       // the scratch buffer
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+
+#include <poll.h> // pollfd
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/server.hpp"
+// #include "tinyproxy/session.hpp"
+
+namespace tinyproxy {
+
+/// Runs one session to its end on the calling thread, waiting with poll(2). It ends early when
+/// `stop_fd` becomes readable (the proxy's stop signal; -1 for none). Names are resolved here,
+/// blocking this thread only.
+template <class ModeSession>
+session_result run_session(basic_session<ModeSession>& session, int stop_fd,
+                           std::size_t scratch_size);
+/// The same, reading into the caller's `scratch` (`scratch_size` bytes, at least 1) instead of
+/// a buffer of its own: a fork child passes one from a fresh mapping (see fork_policy).
+template <class ModeSession>
+session_result run_session(basic_session<ModeSession>& session, int stop_fd, std::uint8_t* scratch,
+                           std::size_t scratch_size);
+
+// ---------------------------------------------------------------------------------------------
 
 template <class ModeSession>
 session_result run_session(basic_session<ModeSession>& session, int stop_fd,
@@ -4966,7 +5404,7 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd, std
 }
 
 } // namespace tinyproxy
-// ---- end tinyproxy/session.hpp ----
+// ---- end tinyproxy/session/blocking.hpp ----
 // #include "tinyproxy/policy/thread.hpp"
 // ---- begin tinyproxy/policy/thread.hpp ----
 // thread_policy: one thread per client.
@@ -4989,7 +5427,7 @@ session_result run_session(basic_session<ModeSession>& session, int stop_fd, std
 
 // #include "tinyproxy/config.hpp"
 // #include "tinyproxy/detail/sys.hpp"
-// #include "tinyproxy/session.hpp"
+// #include "tinyproxy/server.hpp"
 
 namespace tinyproxy {
 
@@ -5005,16 +5443,9 @@ namespace tinyproxy {
 /// an idle tunnel's keepalives are, costs no page of its own; nor does the buffer take 64 KiB
 /// from a malloc arena per thread.
 ///
-/// The policy interface (see basic_proxy in proxy.hpp): a policy is a class with
-///     template <class Server> void run(Server& server);
-/// that runs until `server` says it is stopping, and before returning joins, reaps and closes
-/// everything it started. A blocking policy needs only these calls of the Server:
-///     accept_status accept_next(accepted_client& out, time_point until);
-///     session_result serve(accepted_client client);  // one session, to its end, here
-///     void session_ended(const session_result&) noexcept; // for a client it could not serve
-///     bool stopping() const noexcept;  // e.g. for a worker waiting on a full queue
-/// thread_policy itself serves with `serve(client, scratch, size)` (see fork_policy), each
-/// thread reading into a buffer of `server.limits().buffer_size` bytes that it maps itself.
+/// Of the Server (the policy interface: server.hpp) it calls accept_next(), serve(client,
+/// scratch, size), each thread reading into a buffer of `limits().buffer_size` bytes that it
+/// maps itself, and session_ended() for a client it could not serve.
 class thread_policy {
 public:
     /// How long a thread that has finished a session waits for the next client before it
@@ -5289,7 +5720,7 @@ void thread_policy::run(Server& server) {
 
 // #include "tinyproxy/config.hpp"
 // #include "tinyproxy/detail/sys.hpp"
-// #include "tinyproxy/session.hpp"
+// #include "tinyproxy/server.hpp"
 
 namespace tinyproxy {
 
@@ -5302,14 +5733,10 @@ namespace tinyproxy {
 /// Byte counts and other per-session figures stay in the child: the parent sees how many
 /// sessions ran, not what moved through them.
 ///
-/// Besides accept_next() (see thread_policy), it calls the Server's
-///     session_result serve(accepted_client client, std::uint8_t* scratch, std::size_t size);
-///                                   // in a child: serve() reading into `scratch` (see below)
-///     const session_options& limits() const noexcept; // for the scratch buffer's size
-///     void enter_child() noexcept;  // in a new child: drop what belongs to the parent
-///     void session_ended(const session_result& result) noexcept; // when fork() fails
-///     void count_ended(const session_result& result) noexcept;   // as each child is reaped
-/// and reads `server.stop_fd()` to keep it open in the child.
+/// Of the Server (the policy interface: server.hpp) it calls accept_next(); in a child
+/// enter_child(), then serve(client, scratch, size) reading into `scratch` (see below), sized
+/// by limits(), keeping stop_fd() open; session_ended() when fork() fails, and count_ended() as
+/// each child is reaped.
 ///
 /// Memory: a child costs the pages it writes (each is copied from the parent's on the first
 /// write) plus the pages the parent writes while the child lives. A child therefore reads into
@@ -5554,13 +5981,8 @@ private:
 /// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
 /// poller.hpp. `poll_policy` picks the best one the platform has.
 ///
-/// Besides stop_fd() it calls the Server's
-///     int listener_fd() const noexcept;
-///     accept_status try_accept(accepted_client& out, std::error_code& ec) noexcept;
-///     session_type make_session(accepted_client client);  // not yet started
-///     void session_ended(const session_result& result) noexcept;
-///     const session_options& limits() const noexcept;
-///     void request_stop() noexcept;  // when one of several loops fails, to end the others
+/// Of the Server it makes the event loop's calls (the policy interface: server.hpp), and
+/// request_stop() when one of several loops fails, to end the others.
 /// run() throws std::system_error when the loop cannot start (no descriptor for epoll).
 template <class Poller>
 class basic_poll_policy {
@@ -5834,8 +6256,7 @@ void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now, int r
     e.served_in = turn_;
     ++served_this_turn_;
     // Heard from a client whose upstream was connecting: it may have to leave the set.
-    bool client_heard =
-        client_revents != 0 && e.session.result().stage == session_result::stage_type::connect;
+    bool client_heard = client_revents != 0 && e.session.connecting();
     e.session.on_ready(client_revents, upstream_revents, now, scratch_.data(), scratch_.size(),
                        rounds);
     settle(slot, now, client_heard);
@@ -5942,7 +6363,7 @@ void event_loop<Server, Poller>::settle(std::uint32_t slot, time_point now, bool
         std::error_code ec;
         int client = s.watch_client() ? s.client_fd() : -1;
         short client_events = s.client_events();
-        bool connecting = s.result().stage == session_result::stage_type::connect;
+        bool connecting = s.connecting();
         if (client < 0 && connecting && !client_heard && e.client.fd == s.client_fd()) {
             // Unwatched while its upstream connects, and watched again right after: a quiet
             // client stays in the set as it was, which saves removing and adding it back. One
@@ -6087,18 +6508,14 @@ void basic_poll_policy<Poller>::run(Server& server) {
 // #include "tinyproxy/bytes.hpp"
 // #include "tinyproxy/error.hpp"
 // #include "tinyproxy/address.hpp"
-// #include "tinyproxy/session.hpp"
+// #include "tinyproxy/mode/mode.hpp"
 
 namespace tinyproxy {
 
 /// The simplest Mode: no handshake, every client is connected to `upstream` at once, and the
 /// client's bytes (even those it sent before the upstream answered) go there untouched. A name
-/// is resolved for every client, and each of its addresses is tried in turn.
-///
-/// A Mode is any class with
-///     session make_session(const session_info& client) const;  // called once per client
-/// where `session` is the per-client handshake object described at basic_session.
-/// make_session may be called from several threads at once, so it only reads the Mode.
+/// is resolved for every client, and each of its addresses is tried in turn. (What makes a
+/// Mode: mode/mode.hpp.)
 class forward_mode {
 public:
     explicit forward_mode(host_port upstream) : upstream_(std::move(upstream)) {}
@@ -6148,7 +6565,7 @@ private:
 // #include "tinyproxy/protocol/step.hpp"
 // #include "tinyproxy/protocol/socks4.hpp"
 // #include "tinyproxy/protocol/socks5.hpp"
-// #include "tinyproxy/session.hpp"
+// #include "tinyproxy/mode/mode.hpp"
 
 namespace tinyproxy {
 
@@ -6276,7 +6693,7 @@ inline void socks_mode::session::end_handshake() noexcept {
 // #include "tinyproxy/address.hpp"
 // #include "tinyproxy/protocol/step.hpp"
 // #include "tinyproxy/protocol/http_connect.hpp"
-// #include "tinyproxy/session.hpp"
+// #include "tinyproxy/mode/mode.hpp"
 
 namespace tinyproxy {
 
@@ -6332,7 +6749,7 @@ private:
 // #include "tinyproxy/address.hpp"
 // #include "tinyproxy/protocol/step.hpp"
 // #include "tinyproxy/protocol/proxy_protocol.hpp"
-// #include "tinyproxy/session.hpp"
+// #include "tinyproxy/mode/mode.hpp"
 
 namespace tinyproxy {
 
@@ -6500,7 +6917,9 @@ private:
 // #include "tinyproxy/address.hpp"
 // #include "tinyproxy/detail/sys.hpp"
 // #include "tinyproxy/socket.hpp"
+// #include "tinyproxy/server.hpp"
 // #include "tinyproxy/session.hpp"
+// #include "tinyproxy/session/blocking.hpp"
 // #include "tinyproxy/policy/thread.hpp"
 // #include "tinyproxy/policy/fork.hpp"
 // #include "tinyproxy/policy/poll.hpp"
@@ -6557,8 +6976,7 @@ struct stats {
 };
 
 /// What a policy sees of a proxy: a listener, a stop signal, and sessions to run. Policies are
-/// templates over it; the calls are documented at thread_policy (blocking policies), fork_policy
-/// and poll_policy (event loops).
+/// templates over it; which calls each kind of policy makes is stated in server.hpp.
 template <class Mode>
 class proxy_server {
 public:
