@@ -142,7 +142,7 @@ TEST_CASE("timer_heap: the earliest timer first, and none before it is due") {
     CHECK(timers.next() == time_point::max());
 }
 
-TEST_CASE("timer_heap: a replaced timer's stale entry is skipped; a later deadline is free") {
+TEST_CASE("timer_heap: a replaced timer's stale entry is skipped, and a later deadline is free") {
     time_point t0 = tinyproxy::steady_clock::now();
     timer_heap timers;
     timers.arm(0, 0, t0 + 10ms);
