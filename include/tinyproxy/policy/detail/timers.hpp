@@ -28,8 +28,8 @@ public:
     /// The earliest timer's time (stale or not: waking for one costs a turn, not a miss); max
     /// when none.
     time_point next() const noexcept { return heap_.empty() ? time_point::max() : heap_[0].when; }
-    /// Arms the slot's timer for `deadline`, unless its live timer fires no later. Throws only
-    /// for want of memory, and then changes nothing.
+    /// Arms the slot's timer for `deadline` (max: none), unless its live timer fires no later.
+    /// Throws only for want of memory, and then every timer stands as it did.
     void arm(std::uint32_t slot, std::uint32_t generation, time_point deadline);
     /// The slot's live timer, if any, is stale from now on (its session ended).
     void disarm(std::uint32_t slot) noexcept;
