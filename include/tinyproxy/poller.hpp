@@ -1,5 +1,5 @@
 // Readiness for many descriptors at once: poll(2) everywhere, epoll(7) on Linux. The event loop
-// (policy/poll.hpp) is their only user; each is one of its template arguments.
+// (policy/detail/event_loop.hpp) is their only user; each is one of its template arguments.
 #pragma once
 
 #include <cstddef>      // std::size_t

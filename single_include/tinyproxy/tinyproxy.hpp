@@ -1783,7 +1783,7 @@ inline socket connect(const host_port& target, time_point until, std::error_code
 // #include "tinyproxy/poller.hpp"
 // ---- begin tinyproxy/poller.hpp ----
 // Readiness for many descriptors at once: poll(2) everywhere, epoll(7) on Linux. The event loop
-// (policy/poll.hpp) is their only user; each is one of its template arguments.
+// (policy/detail/event_loop.hpp) is their only user; each is one of its template arguments.
 
 #include <cstddef>      // std::size_t
 #include <cstdint>      // tokens
@@ -5843,28 +5843,52 @@ private:
 // ---- begin tinyproxy/policy/poll.hpp ----
 // poll_policy: one thread, one event loop over non-blocking sockets (epoll or poll(2)).
 
-#include <algorithm>          // std::min, the timer heap
-#include <chrono>             // back-off
-#include <condition_variable> // the resolver's queue
-#include <cstddef>            // std::ptrdiff_t
-#include <cstdint>            // session ids
-#include <deque>              // resolver requests
-#include <memory>             // sessions, resolver
-#include <mutex>              // the resolver's queue
-#include <system_error>       // std::error_code
-#include <thread>             // the resolver's thread
-#include <utility>            // std::move
-#include <vector>             // sessions, timers
-
-#include <cerrno> // EMFILE
-#include <poll.h> // poll
+#include <chrono> // the accept back-off
+#include <memory> // the main loop
+#include <thread> // more loops
+#include <vector> // more loops, their pollers
 
 // #include "tinyproxy/config.hpp"
-// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/poller.hpp"
+// #include "tinyproxy/policy/detail/event_loop.hpp"
+// ---- begin tinyproxy/policy/detail/event_loop.hpp ----
+// One run of poll_policy's event loop: who is served, in what order, and with how many reads.
+
+#include <algorithm>    // std::max, std::min
+#include <chrono>       // the accept back-off
+#include <cstddef>      // std::size_t, std::ptrdiff_t
+#include <cstdint>      // tokens, turns
+#include <memory>       // std::unique_ptr
+#include <system_error> // std::error_code, std::system_error
+#include <utility>      // std::move
+#include <vector>       // the ready list, the queues, the scratch buffer
+
+#include <poll.h> // POLLIN
+
+// #include "tinyproxy/error.hpp"
 // #include "tinyproxy/detail/sys.hpp"
 // #include "tinyproxy/socket.hpp"
 // #include "tinyproxy/poller.hpp"
+// #include "tinyproxy/relay.hpp"
 // #include "tinyproxy/session.hpp"
+// #include "tinyproxy/policy/detail/resolver.hpp"
+// ---- begin tinyproxy/policy/detail/resolver.hpp ----
+// The event loop's name lookups, on a helper thread so that DNS never stalls the loop.
+
+#include <condition_variable> // the request queue
+#include <cstdint>            // request ids
+#include <deque>              // requests
+#include <mutex>              // the request queue
+#include <system_error>       // std::error_code
+#include <thread>             // the helper thread
+#include <utility>            // std::move
+#include <vector>             // answers, candidates
+
+#include <unistd.h> // read, write
+
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/socket.hpp"
 
 namespace tinyproxy {
 namespace detail {
@@ -5884,53 +5908,14 @@ public:
     background_resolver() = default;
     background_resolver(const background_resolver&) = delete;
     background_resolver& operator=(const background_resolver&) = delete;
-    ~background_resolver() {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            stopping_ = true;
-        }
-        wake_.notify_all();
-        if (worker_.joinable()) {
-            worker_.join();
-        }
-    }
+    ~background_resolver();
 
     /// Queues a lookup; false when the helper thread or its pipe cannot be made.
-    bool submit(std::uint64_t id, host_port target) {
-        if (!worker_.joinable()) {
-            std::error_code ec;
-            int fds[2] = {-1, -1};
-            if (!make_pipe(fds, ec)) {
-                return false;
-            }
-            notify_read_.reset(fds[0]);
-            notify_write_.reset(fds[1]);
-            set_nonblocking(fds[0], true, ec);
-            set_nonblocking(fds[1], true, ec);
-            try {
-                worker_ = std::thread([this] { work(); });
-            } catch (...) {
-                return false;
-            }
-        }
-        std::lock_guard<std::mutex> lock(mutex_);
-        requests_.push_back({id, std::move(target)});
-        wake_.notify_one();
-        return true;
-    }
-
+    bool submit(std::uint64_t id, host_port target);
     /// -1 until the first request.
     int notify_fd() const noexcept { return notify_read_.get(); }
-
-    std::vector<answer> take() {
-        char drain[64];
-        while (::read(notify_read_.get(), drain, sizeof drain) > 0) {
-        }
-        std::lock_guard<std::mutex> lock(mutex_);
-        std::vector<answer> out;
-        out.swap(answers_);
-        return out;
-    }
+    /// The answers so far, each once.
+    std::vector<answer> take();
 
 private:
     struct request {
@@ -5938,24 +5923,8 @@ private:
         host_port target;
     };
 
-    void work() {
-        std::unique_lock<std::mutex> lock(mutex_);
-        for (;;) {
-            wake_.wait(lock, [this] { return stopping_ || !requests_.empty(); });
-            if (stopping_) {
-                return;
-            }
-            request next = std::move(requests_.front());
-            requests_.pop_front();
-            lock.unlock();
-            answer result{next.id, {}, {}};
-            result.candidates = resolve(next.target, result.error);
-            lock.lock();
-            answers_.push_back(std::move(result));
-            char one = 1;
-            (void)!::write(notify_write_.get(), &one, 1); // a full pipe already says "ready"
-        }
-    }
+    bool start_worker();
+    void work();
 
     std::mutex mutex_;
     std::condition_variable wake_;
@@ -5967,57 +5936,316 @@ private:
     std::thread worker_;
 };
 
+inline background_resolver::~background_resolver() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    if (worker_.joinable()) {
+        worker_.join();
+    }
+}
+
+inline bool background_resolver::submit(std::uint64_t id, host_port target) {
+    if (!worker_.joinable() && !start_worker()) {
+        return false;
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    requests_.push_back({id, std::move(target)});
+    wake_.notify_one();
+    return true;
+}
+
+inline std::vector<background_resolver::answer> background_resolver::take() {
+    char drain[64];
+    while (::read(notify_read_.get(), drain, sizeof drain) > 0) {
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<answer> out;
+    out.swap(answers_);
+    return out;
+}
+
+inline bool background_resolver::start_worker() {
+    std::error_code ec;
+    int fds[2] = {-1, -1};
+    if (!make_pipe(fds, ec)) {
+        return false;
+    }
+    notify_read_.reset(fds[0]);
+    notify_write_.reset(fds[1]);
+    set_nonblocking(fds[0], true, ec);
+    set_nonblocking(fds[1], true, ec);
+    try {
+        worker_ = std::thread([this] { work(); });
+    } catch (...) {
+        return false;
+    }
+    return true;
+}
+
+inline void background_resolver::work() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        wake_.wait(lock, [this] { return stopping_ || !requests_.empty(); });
+        if (stopping_) {
+            return;
+        }
+        request next = std::move(requests_.front());
+        requests_.pop_front();
+        lock.unlock();
+        answer result{next.id, {}, {}};
+        result.candidates = resolve(next.target, result.error);
+        lock.lock();
+        answers_.push_back(std::move(result));
+        char one = 1;
+        (void)!::write(notify_write_.get(), &one, 1); // a full pipe already says "ready"
+    }
+}
+
 } // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/policy/detail/resolver.hpp ----
+// #include "tinyproxy/policy/detail/slots.hpp"
+// ---- begin tinyproxy/policy/detail/slots.hpp ----
+// The event loop's sessions in numbered slots, and the tokens that name a slot's sockets.
 
-/// One thread serves every client with an event loop over non-blocking sockets: the cheapest
-/// per connection (no thread, no process, no buffer while a tunnel is idle), and nothing one
-/// client does (sending nothing, reading nothing, an upstream that never answers) holds up the
-/// others. A bulk transfer that shares the loop is served one read's worth at a time, after the
-/// other tunnels, and between two bulk ones the loop looks (without blocking) for who else is
-/// ready: a small exchange waits for one read and its write, not for a turn of bulk transfers.
-/// A tunnel that has the loop to itself reads as much per call as on a thread of its own.
-/// Pick it for many concurrent clients, or whenever in doubt; it is the default.
-///
-/// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
-/// poller.hpp. `poll_policy` picks the best one the platform has.
-///
-/// Of the Server it makes the event loop's calls (the policy interface: server.hpp), and
-/// request_stop() when one of several loops fails, to end the others.
-/// run() throws std::system_error when the loop cannot start (no descriptor for epoll).
-template <class Poller>
-class basic_poll_policy {
-public:
-    /// How long the listener rests after accept fails for lack of descriptors or memory.
-    std::chrono::milliseconds accept_backoff{100};
-    /// The most clients accepted in one turn of the loop, so a connection storm cannot starve
-    /// established tunnels.
-    int accepts_per_turn = 64;
-    /// Event loops, each on its own thread, all accepting from the one listener: a session
-    /// stays on the loop that accepted it. 1 (the default) is the single-threaded loop the
-    /// rest of this comment describes; more use more cores, for many streams at once.
-    unsigned loops = 1;
+#include <cstddef> // std::size_t
+#include <cstdint> // slots, generations, tokens
+#include <memory>  // std::unique_ptr
+#include <utility> // std::move
+#include <vector>  // entries, generations, free slots
 
-    template <class Server>
-    void run(Server& server);
-
-private:
-    // Made with the policy, so a proxy's descriptors are all open before it runs.
-    Poller poller_;
-};
-
-#if TINYPROXY_HAS_EPOLL
-using poll_policy = basic_poll_policy<epoll_poller>;
-#else
-using poll_policy = basic_poll_policy<poll_poller>;
-#endif
-/// The event loop on poll(2), on every platform: the portable path, kept built and tested.
-using portable_poll_policy = basic_poll_policy<poll_poller>;
-
+namespace tinyproxy {
 namespace detail {
 
-/// The state of one run of the event loop. Sessions live in numbered slots; a descriptor's
-/// token names its slot, the slot's generation (so an event for a session that has ended is
-/// recognised and dropped) and which of its two sockets it is.
+/// Which of a session's two sockets a token names.
+constexpr int client_side = 0;
+constexpr int upstream_side = 1;
+
+/// Entries in numbered slots, a freed slot reused by the next entry. A token (what the poller
+/// hands back with an event) names a slot, the slot's generation and a side; the generation
+/// moves on when the slot's entry is removed, so a token of an entry that has gone is not
+/// found, even once its slot holds another. Entries stay where they are while others come and
+/// go. Slot 0xffffffff is never used: tokens above every slot's are free for other descriptors.
+template <class Entry>
+class slot_table {
+public:
+    /// Generations take 31 bits of a token: after 0x7fffffff comes 0.
+    static constexpr std::uint32_t next_generation(std::uint32_t generation) noexcept {
+        return (generation + 1) & 0x7fffffffu;
+    }
+    static constexpr std::uint64_t make_token(std::uint32_t slot, std::uint32_t generation,
+                                              int side) noexcept {
+        return (std::uint64_t{slot} << 32) | (std::uint64_t{generation} << 1) |
+               static_cast<std::uint64_t>(side);
+    }
+    static constexpr std::uint32_t slot_of(std::uint64_t token) noexcept {
+        return static_cast<std::uint32_t>(token >> 32);
+    }
+    static constexpr std::uint32_t generation_of(std::uint64_t token) noexcept {
+        return static_cast<std::uint32_t>(token & 0xffffffffu) >> 1;
+    }
+    static constexpr int side_of(std::uint64_t token) noexcept {
+        return static_cast<int>(token & 1);
+    }
+
+    /// Slots ever made, in use or free: every slot number is below it.
+    std::size_t size() const noexcept { return entries_.size(); }
+    /// Slots in use.
+    std::size_t live() const noexcept { return entries_.size() - free_slots_.size(); }
+    /// size() once one more entry is added: what a list with room for every slot must hold.
+    std::size_t size_after_add() const noexcept {
+        return entries_.size() + (free_slots_.empty() ? 1 : 0);
+    }
+
+    /// Puts `entry` (not null) in a free slot, or in a new one, and returns the slot. Throws
+    /// only for want of memory, and then changes nothing; remove() never throws.
+    std::uint32_t add(std::unique_ptr<Entry> entry);
+    /// Destroys the entry in `slot` (in use) and frees the slot; its tokens are found no more.
+    void remove(std::uint32_t slot) noexcept;
+
+    /// The entry a token names; null when that entry has gone (or never was).
+    Entry* find(std::uint64_t token) noexcept { return find(slot_of(token), generation_of(token)); }
+    Entry* find(std::uint32_t slot, std::uint32_t generation) noexcept;
+    /// The entry in `slot`, whatever its generation; null when the slot is free.
+    Entry* at(std::uint32_t slot) noexcept { return entries_[slot].get(); }
+
+    std::uint32_t generation(std::uint32_t slot) const noexcept { return generations_[slot]; }
+    /// The token for one side of the entry now in `slot`.
+    std::uint64_t token(std::uint32_t slot, int side) const noexcept {
+        return make_token(slot, generations_[slot], side);
+    }
+
+private:
+    std::vector<std::unique_ptr<Entry>> entries_; // by slot; empty when free
+    std::vector<std::uint32_t> generations_;      // by slot; moved on when its entry goes
+    std::vector<std::uint32_t> free_slots_;       // its capacity grows with entries_
+};
+
+template <class Entry>
+std::uint32_t slot_table<Entry>::add(std::unique_ptr<Entry> entry) {
+    if (free_slots_.empty()) {
+        // Room first, so that nothing below (nor remove()) can throw.
+        std::size_t slots = entries_.size() + 1;
+        entries_.reserve(slots);
+        generations_.reserve(slots);
+        free_slots_.reserve(slots);
+        generations_.push_back(0);
+        free_slots_.push_back(static_cast<std::uint32_t>(entries_.size()));
+        entries_.emplace_back();
+    }
+    std::uint32_t slot = free_slots_.back();
+    free_slots_.pop_back();
+    entries_[slot] = std::move(entry);
+    return slot;
+}
+
+template <class Entry>
+void slot_table<Entry>::remove(std::uint32_t slot) noexcept {
+    entries_[slot].reset();
+    generations_[slot] = next_generation(generations_[slot]);
+    free_slots_.push_back(slot); // cannot throw: its capacity grows with entries_
+}
+
+template <class Entry>
+Entry* slot_table<Entry>::find(std::uint32_t slot, std::uint32_t generation) noexcept {
+    if (slot >= entries_.size() || !entries_[slot] || generations_[slot] != generation) {
+        return nullptr;
+    }
+    return entries_[slot].get();
+}
+
+} // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/policy/detail/slots.hpp ----
+// #include "tinyproxy/policy/detail/timers.hpp"
+// ---- begin tinyproxy/policy/detail/timers.hpp ----
+// The event loop's deadlines: one timer per session slot, in a min-heap, earliest first.
+
+#include <algorithm> // heap operations, std::remove_if
+#include <cstddef>   // std::size_t
+#include <cstdint>   // slots, generations
+#include <vector>    // the heap, the armed timers
+
+// #include "tinyproxy/detail/sys.hpp"
+
+namespace tinyproxy {
+namespace detail {
+
+/// At most one live timer per slot (a slot and its generation, as in slot_table), earliest
+/// first. Arming a slot for a later time than its live timer does nothing: that timer fires
+/// first, and its owner arms again for the time it has then, so a deadline that only moves on
+/// (an idle timeout) costs nothing per call. Arming for an earlier time pushes a new timer and
+/// leaves the old one in the heap, stale: pop_due() skips it. When the heap is mostly stale it is
+/// rebuilt from the live timers, so it stays proportional to them, not to the timers ever armed.
+class timer_heap {
+public:
+    struct timer {
+        time_point when;
+        std::uint32_t slot;
+        std::uint32_t generation;
+    };
+
+    /// The earliest timer's time (stale or not: waking for one costs a turn, not a miss); max
+    /// when none.
+    time_point next() const noexcept { return heap_.empty() ? time_point::max() : heap_[0].when; }
+    /// Arms the slot's timer for `deadline` (max: none), unless its live timer fires no later.
+    /// Throws only for want of memory, and then every timer stands as it did.
+    void arm(std::uint32_t slot, std::uint32_t generation, time_point deadline);
+    /// The slot's live timer, if any, is stale from now on (its session ended).
+    void disarm(std::uint32_t slot) noexcept;
+    /// Takes the earliest live timer due by `now` into `due`; false when none is due.
+    bool pop_due(time_point now, timer& due) noexcept;
+
+    /// Timers in the heap, stale ones included.
+    std::size_t size() const noexcept { return heap_.size(); }
+    /// Live timers.
+    std::size_t live() const noexcept { return live_; }
+
+private:
+    struct armed_timer {
+        time_point when = time_point::max(); // max for none
+        std::uint32_t generation = 0;
+    };
+    // The heap's order: std::push_heap keeps the greatest first, so greater is earlier.
+    static bool later(const timer& a, const timer& b) noexcept { return a.when > b.when; }
+
+    bool is_live(const timer& t) const noexcept {
+        const armed_timer& armed = armed_[t.slot];
+        return armed.when == t.when && armed.generation == t.generation;
+    }
+    bool mostly_stale() const noexcept { return heap_.size() > 2 * live_ + 1024; }
+    void drop_stale() noexcept;
+
+    std::vector<timer> heap_;        // a min-heap by `when`, with stale entries
+    std::vector<armed_timer> armed_; // by slot: its live timer
+    std::size_t live_ = 0;
+};
+
+inline void timer_heap::arm(std::uint32_t slot, std::uint32_t generation, time_point deadline) {
+    if (slot >= armed_.size()) {
+        armed_.resize(slot + std::size_t{1});
+    }
+    armed_timer& armed = armed_[slot];
+    if (armed.when != time_point::max() && armed.generation == generation &&
+        deadline >= armed.when) {
+        return; // the live timer fires first, and its owner arms again then
+    }
+    if (deadline == time_point::max()) {
+        return; // no deadline, no timer
+    }
+    if (mostly_stale()) {
+        drop_stale();
+    }
+    heap_.push_back({deadline, slot, generation});
+    std::push_heap(heap_.begin(), heap_.end(), later);
+    if (armed.when == time_point::max()) {
+        ++live_;
+    }
+    armed = {deadline, generation};
+}
+
+inline void timer_heap::disarm(std::uint32_t slot) noexcept {
+    if (slot < armed_.size() && armed_[slot].when != time_point::max()) {
+        armed_[slot].when = time_point::max();
+        --live_;
+    }
+}
+
+inline bool timer_heap::pop_due(time_point now, timer& due) noexcept {
+    while (!heap_.empty() && heap_[0].when <= now) {
+        std::pop_heap(heap_.begin(), heap_.end(), later);
+        due = heap_.back();
+        heap_.pop_back();
+        if (is_live(due)) {
+            armed_[due.slot].when = time_point::max();
+            --live_;
+            return true;
+        }
+    }
+    return false;
+}
+
+inline void timer_heap::drop_stale() noexcept {
+    heap_.erase(
+        std::remove_if(heap_.begin(), heap_.end(), [this](const timer& t) { return !is_live(t); }),
+        heap_.end());
+    std::make_heap(heap_.begin(), heap_.end(), later);
+}
+
+} // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/policy/detail/timers.hpp ----
+
+namespace tinyproxy {
+namespace detail {
+
+/// The state of one run of the event loop, and its scheduling. Each turn waits for readiness,
+/// files every session heard in a queue, serves the queues, then takes name lookups, deadlines
+/// and new clients. Sessions live in a slot_table; the poller's tokens are its tokens, so an
+/// event for a session that has ended is recognised and dropped.
 template <class Server, class Poller>
 class event_loop {
 public:
@@ -6044,35 +6272,14 @@ private:
         poller_slot upstream{};
         short client_revents = 0; // gathered over one wait
         short upstream_revents = 0;
-        bool touched = false;                    // in touched_ or saturated_, not yet served
-        std::uint32_t served_in = ~0u;           // the last turn that served it
-        time_point timer_at = time_point::max(); // the live timer's time, max for none
-    };
-    struct timer {
-        time_point when;
-        std::uint32_t slot;
-        std::uint32_t generation;
-        bool operator<(const timer& other) const noexcept { return when > other.when; }
+        bool touched = false;          // in touched_ or saturated_, not yet served
+        std::uint32_t served_in = ~0u; // the last turn that served it
     };
 
+    // Above every session's token (slot_table never uses the last slot).
     static constexpr std::uint64_t stop_token = ~std::uint64_t{0};
     static constexpr std::uint64_t listener_token = stop_token - 1;
     static constexpr std::uint64_t resolver_token = stop_token - 2;
-    std::uint64_t token(std::uint32_t slot, int side) const noexcept {
-        return (std::uint64_t{slot} << 32) | (std::uint64_t{generations_[slot]} << 1) |
-               static_cast<std::uint64_t>(side);
-    }
-    entry* find(std::uint64_t token) noexcept {
-        auto slot = static_cast<std::uint32_t>(token >> 32);
-        auto generation = static_cast<std::uint32_t>(token & 0xffffffffu) >> 1;
-        return find(slot, generation);
-    }
-    entry* find(std::uint32_t slot, std::uint32_t generation) noexcept {
-        if (slot >= entries_.size() || !entries_[slot] || generations_[slot] != generation) {
-            return nullptr;
-        }
-        return entries_[slot].get();
-    }
 
     bool wait_and_dispatch();
     /// Files one reported event; false for the stop signal.
@@ -6084,11 +6291,15 @@ private:
     void take_resolved(time_point now);
     void expire_timers(time_point now);
     void accept_clients(time_point now);
+    /// A client just accepted: its session, in a slot, started.
+    void admit(accepted_client client, time_point now);
     /// After the session acted: its new interest to the poller, or its end. `client_heard`:
     /// this turn reported something on a client whose upstream was connecting.
     void settle(std::uint32_t slot, time_point now, bool client_heard = false);
+    void request_resolve(std::uint32_t slot, entry& e, time_point now);
+    void update_interest(std::uint32_t slot, entry& e, bool client_heard);
     void end(std::uint32_t slot) noexcept;
-    void arm_timer(std::uint32_t slot, entry& e);
+    void end_all();
     void watch_listener(bool on) noexcept;
     time_point next_wake() const noexcept;
 
@@ -6103,10 +6314,8 @@ private:
     poller_slot resolver_slot_{};
     time_point listener_resting_until_ = time_point::min();
 
-    std::vector<std::unique_ptr<entry>> entries_; // by slot; empty when free
-    std::vector<std::uint32_t> generations_;      // by slot; bumped when a session ends
-    std::vector<std::uint32_t> free_slots_;
-    std::vector<timer> timers_; // a min-heap, with stale entries
+    slot_table<entry> slots_;
+    timer_heap timers_; // one per session slot, at the session's deadline
     std::vector<ready_event> ready_;
     std::vector<std::uint32_t> touched_;   // sessions to serve this turn, in the order heard
     std::vector<std::uint32_t> saturated_; // ... of those, bulk ones: served after the rest
@@ -6144,9 +6353,14 @@ void event_loop<Server, Poller>::run() {
             accept_clients(now);
         }
     }
-    for (std::uint32_t slot = 0; slot < entries_.size(); ++slot) {
-        if (entries_[slot]) {
-            entries_[slot]->session.abort(make_error_code(errc::stopped));
+    end_all();
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::end_all() {
+    for (std::uint32_t slot = 0; slot < slots_.size(); ++slot) {
+        if (entry* e = slots_.at(slot)) {
+            e->session.abort(make_error_code(errc::stopped));
             end(slot);
         }
     }
@@ -6184,13 +6398,14 @@ bool event_loop<Server, Poller>::note(const ready_event& event) {
         accept_ready_ = true;
     } else if (event.token == resolver_token) {
         resolver_ready_ = true;
-    } else if (entry* e = find(event.token)) {
-        auto slot = static_cast<std::uint32_t>(event.token >> 32);
+    } else if (entry* e = slots_.find(event.token)) {
+        std::uint32_t slot = slots_.slot_of(event.token);
         bool bulk = e->session.saturated();
         if (!e->touched && bulk && e->served_in == turn_) {
             return true; // it had its share of this turn; readiness is level-triggered
         }
-        ((event.token & 1) == 0 ? e->client_revents : e->upstream_revents) |= event.revents;
+        bool client = slots_.side_of(event.token) == client_side;
+        (client ? e->client_revents : e->upstream_revents) |= event.revents;
         if (!e->touched) {
             e->touched = true;
             // Cannot throw: each holds a session at most once, and has room for all of them.
@@ -6247,7 +6462,7 @@ void event_loop<Server, Poller>::serve_touched(time_point now) {
 
 template <class Server, class Poller>
 void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now, int rounds) {
-    entry& e = *entries_[slot]; // nothing ends a session between dispatch and here
+    entry& e = *slots_.at(slot); // nothing ends a session between dispatch and here
     short client_revents = e.client_revents;
     short upstream_revents = e.upstream_revents;
     e.client_revents = 0;
@@ -6265,26 +6480,23 @@ void event_loop<Server, Poller>::serve(std::uint32_t slot, time_point now, int r
 template <class Server, class Poller>
 void event_loop<Server, Poller>::take_resolved(time_point now) {
     for (auto& answer : resolver_.take()) {
-        entry* e = find(answer.id);
+        entry* e = slots_.find(answer.id);
         if (e != nullptr && e->resolving) {
             e->resolving = false;
             e->session.on_resolved(std::move(answer.candidates), answer.error, now);
-            settle(static_cast<std::uint32_t>(answer.id >> 32), now);
+            settle(slots_.slot_of(answer.id), now);
         }
     }
 }
 
 template <class Server, class Poller>
 void event_loop<Server, Poller>::expire_timers(time_point now) {
-    while (!timers_.empty() && timers_.front().when <= now) {
-        std::pop_heap(timers_.begin(), timers_.end());
-        timer due = timers_.back();
-        timers_.pop_back();
-        entry* e = find(due.slot, due.generation);
-        if (e == nullptr || e->timer_at != due.when) {
-            continue; // the session ended, or this timer was replaced by an earlier one
+    timer_heap::timer due{};
+    while (timers_.pop_due(now, due)) {
+        entry* e = slots_.find(due.slot, due.generation);
+        if (e == nullptr) {
+            continue; // cannot happen (a session's end disarms its timer), but costs nothing
         }
-        e->timer_at = time_point::max();
         if (now >= e->session.deadline()) {
             e->session.on_deadline(now);
         }
@@ -6308,82 +6520,48 @@ void event_loop<Server, Poller>::accept_clients(time_point now) {
             }
             return;
         }
-        std::uint32_t slot = 0;
-        try {
-            auto e = std::make_unique<entry>(entry{server_.make_session(std::move(client))});
-            if (free_slots_.empty()) {
-                // Room first, so that nothing below (nor end(), nor a dispatch) can throw.
-                std::size_t slots = entries_.size() + 1;
-                entries_.reserve(slots);
-                generations_.reserve(slots);
-                free_slots_.reserve(slots);
-                touched_.reserve(slots);
-                saturated_.reserve(slots);
-                generations_.push_back(0);
-                free_slots_.push_back(static_cast<std::uint32_t>(entries_.size()));
-                entries_.emplace_back();
-            }
-            slot = free_slots_.back();
-            free_slots_.pop_back();
-            entries_[slot] = std::move(e);
-        } catch (...) {
-            continue; // no memory for this client: it is closed, the loop goes on
-        }
-        session_type& session = entries_[slot]->session;
-        session.start(now);
-        if (!session.done() && (session.client_events() & POLLIN) != 0) {
-            // A client that speaks first (SOCKS, HTTP CONNECT, a PROXY header) has usually
-            // sent by the time it is accepted: read now rather than after one more wait.
-            session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size(),
-                             relay::shared_rounds);
-        }
-        settle(slot, now);
+        admit(std::move(client), now);
     }
 }
 
 template <class Server, class Poller>
+void event_loop<Server, Poller>::admit(accepted_client client, time_point now) {
+    std::uint32_t slot = 0;
+    try {
+        auto e = std::make_unique<entry>(entry{server_.make_session(std::move(client))});
+        // Room first, so that nothing below (nor end(), nor a dispatch) can throw.
+        touched_.reserve(slots_.size_after_add());
+        saturated_.reserve(slots_.size_after_add());
+        slot = slots_.add(std::move(e));
+    } catch (...) {
+        return; // no memory for this client: it is closed, the loop goes on
+    }
+    session_type& session = slots_.at(slot)->session;
+    session.start(now);
+    if (!session.done() && (session.client_events() & POLLIN) != 0) {
+        // A client that speaks first (SOCKS, HTTP CONNECT, a PROXY header) has usually
+        // sent by the time it is accepted: read now rather than after one more wait.
+        session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size(), relay::shared_rounds);
+    }
+    settle(slot, now);
+}
+
+template <class Server, class Poller>
 void event_loop<Server, Poller>::settle(std::uint32_t slot, time_point now, bool client_heard) {
-    entry& e = *entries_[slot];
+    entry& e = *slots_.at(slot);
     session_type& s = e.session;
     if (s.wants_resolve() && !e.resolving) {
-        e.resolving = true;
-        bool queued = false;
-        try {
-            queued = resolver_.submit(token(slot, 0), s.resolve_target());
-        } catch (...) {
-        }
-        if (!queued) {
-            s.on_resolved({}, std::make_error_code(std::errc::resource_unavailable_try_again), now);
-        } else if (resolver_slot_.fd < 0) {
-            std::error_code ec;
-            poller_.update(resolver_slot_, resolver_.notify_fd(), POLLIN, 0, resolver_token, ec);
-        }
+        request_resolve(slot, e, now);
     }
     if (!s.done()) {
-        std::error_code ec;
-        int client = s.watch_client() ? s.client_fd() : -1;
-        short client_events = s.client_events();
-        bool connecting = s.connecting();
-        if (client < 0 && connecting && !client_heard && e.client.fd == s.client_fd()) {
-            // Unwatched while its upstream connects, and watched again right after: a quiet
-            // client stays in the set as it was, which saves removing and adding it back. One
-            // that speaks or hangs up meanwhile is heard here, and removed then.
-            client = e.client.fd;
-            client_events = e.client.events;
-        }
-        int upstream = s.watch_upstream() ? s.upstream_fd() : -1;
-        if (!poller_.update(e.client, client, client_events, 0, token(slot, 0), ec) ||
-            !poller_.update(e.upstream, upstream, s.upstream_events(), s.upstream_serial(),
-                            token(slot, 1), ec)) {
-            s.abort(ec); // the poller could not take it (no memory): end this session only
-        }
+        update_interest(slot, e, client_heard);
     }
     if (s.done()) {
         end(slot);
         return;
     }
     try {
-        arm_timer(slot, e);
+        timers_.arm(slot, slots_.generation(slot), s.deadline());
     } catch (...) { // no memory for a timer: a session without a deadline is not allowed
         s.abort(std::make_error_code(std::errc::not_enough_memory));
         end(slot);
@@ -6391,39 +6569,53 @@ void event_loop<Server, Poller>::settle(std::uint32_t slot, time_point now, bool
 }
 
 template <class Server, class Poller>
-void event_loop<Server, Poller>::arm_timer(std::uint32_t slot, entry& e) {
-    time_point deadline = e.session.deadline();
-    if (deadline >= e.timer_at) {
-        return; // the live timer fires first and re-arms then: a moved idle deadline is free
+void event_loop<Server, Poller>::request_resolve(std::uint32_t slot, entry& e, time_point now) {
+    session_type& s = e.session;
+    e.resolving = true;
+    bool queued = false;
+    try {
+        queued = resolver_.submit(slots_.token(slot, client_side), s.resolve_target());
+    } catch (...) {
     }
-    std::size_t live = entries_.size() - free_slots_.size();
-    if (timers_.size() > 2 * live + 1024) {
-        // Mostly timers of ended sessions: rebuild from the live ones, so the heap stays
-        // proportional to the sessions, not to the connections ever made.
-        timers_.clear();
-        for (std::uint32_t i = 0; i < entries_.size(); ++i) {
-            if (entries_[i] && entries_[i]->timer_at != time_point::max()) {
-                timers_.push_back({entries_[i]->timer_at, i, generations_[i]});
-            }
-        }
-        std::make_heap(timers_.begin(), timers_.end());
+    if (!queued) {
+        s.on_resolved({}, std::make_error_code(std::errc::resource_unavailable_try_again), now);
+    } else if (resolver_slot_.fd < 0) {
+        std::error_code ec;
+        poller_.update(resolver_slot_, resolver_.notify_fd(), POLLIN, 0, resolver_token, ec);
     }
-    timers_.push_back({deadline, slot, generations_[slot]});
-    std::push_heap(timers_.begin(), timers_.end());
-    e.timer_at = deadline;
+}
+
+template <class Server, class Poller>
+void event_loop<Server, Poller>::update_interest(std::uint32_t slot, entry& e, bool client_heard) {
+    session_type& s = e.session;
+    std::error_code ec;
+    int client = s.watch_client() ? s.client_fd() : -1;
+    short client_events = s.client_events();
+    bool connecting = s.connecting();
+    if (client < 0 && connecting && !client_heard && e.client.fd == s.client_fd()) {
+        // Unwatched while its upstream connects, and watched again right after: a quiet
+        // client stays in the set as it was, which saves removing and adding it back. One
+        // that speaks or hangs up meanwhile is heard here, and removed then.
+        client = e.client.fd;
+        client_events = e.client.events;
+    }
+    int upstream = s.watch_upstream() ? s.upstream_fd() : -1;
+    if (!poller_.update(e.client, client, client_events, 0, slots_.token(slot, client_side), ec) ||
+        !poller_.update(e.upstream, upstream, s.upstream_events(), s.upstream_serial(),
+                        slots_.token(slot, upstream_side), ec)) {
+        s.abort(ec); // the poller could not take it (no memory): end this session only
+    }
 }
 
 template <class Server, class Poller>
 void event_loop<Server, Poller>::end(std::uint32_t slot) noexcept {
-    entry& e = *entries_[slot];
+    entry& e = *slots_.at(slot);
     // A session ends with its sockets closed; the poller only forgets them.
     poller_.forget(e.client);
     poller_.forget(e.upstream);
     server_.session_ended(e.session.result());
-    entries_[slot].reset();
-    ++generations_[slot];
-    generations_[slot] &= 0x7fffffffu; // 31 bits in a token
-    free_slots_.push_back(slot);       // cannot throw: its capacity grows with entries_
+    timers_.disarm(slot);
+    slots_.remove(slot);
 }
 
 template <class Server, class Poller>
@@ -6439,7 +6631,7 @@ void event_loop<Server, Poller>::watch_listener(bool on) noexcept {
 
 template <class Server, class Poller>
 time_point event_loop<Server, Poller>::next_wake() const noexcept {
-    time_point wake = timers_.empty() ? time_point::max() : timers_.front().when;
+    time_point wake = timers_.next();
     if (listener_slot_.fd < 0) {
         wake = std::min(wake, listener_resting_until_);
     }
@@ -6447,6 +6639,54 @@ time_point event_loop<Server, Poller>::next_wake() const noexcept {
 }
 
 } // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/policy/detail/event_loop.hpp ----
+
+namespace tinyproxy {
+
+/// One thread serves every client with an event loop over non-blocking sockets: the cheapest
+/// per connection (no thread, no process, no buffer while a tunnel is idle), and nothing one
+/// client does (sending nothing, reading nothing, an upstream that never answers) holds up the
+/// others. A bulk transfer that shares the loop is served one read's worth at a time, after the
+/// other tunnels, and between two bulk ones the loop looks (without blocking) for who else is
+/// ready: a small exchange waits for one read and its write, not for a turn of bulk transfers.
+/// A tunnel that has the loop to itself reads as much per call as on a thread of its own.
+/// Pick it for many concurrent clients, or whenever in doubt; it is the default.
+///
+/// `Poller` waits for readiness: `epoll_poller` (Linux) or `poll_poller` (everywhere); see
+/// poller.hpp. `poll_policy` picks the best one the platform has.
+///
+/// Of the Server it makes the event loop's calls (the policy interface: server.hpp), and
+/// request_stop() when one of several loops fails, to end the others.
+/// run() throws std::system_error when the loop cannot start (no descriptor for epoll).
+template <class Poller>
+class basic_poll_policy {
+public:
+    /// How long the listener rests after accept fails for lack of descriptors or memory.
+    std::chrono::milliseconds accept_backoff{100};
+    /// The most clients accepted in one turn of the loop, so a connection storm cannot starve
+    /// established tunnels.
+    int accepts_per_turn = 64;
+    /// Event loops, each on its own thread, all accepting from the one listener: a session
+    /// stays on the loop that accepted it. 1 (the default) is the single-threaded loop the
+    /// rest of this comment describes; more use more cores, for many streams at once.
+    unsigned loops = 1;
+
+    template <class Server>
+    void run(Server& server);
+
+private:
+    // Made with the policy, so a proxy's descriptors are all open before it runs.
+    Poller poller_;
+};
+
+#if TINYPROXY_HAS_EPOLL
+using poll_policy = basic_poll_policy<epoll_poller>;
+#else
+using poll_policy = basic_poll_policy<poll_poller>;
+#endif
+/// The event loop on poll(2), on every platform: the portable path, kept built and tested.
+using portable_poll_policy = basic_poll_policy<poll_poller>;
 
 template <class Poller>
 template <class Server>
