@@ -35,6 +35,7 @@ LAYERS = [
     "socket.hpp",
     "poller.hpp",
     "protocol/*.hpp",
+    "stage.hpp",
     "relay.hpp",
     "session.hpp",
     "policy/*.hpp",

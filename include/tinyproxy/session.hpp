@@ -219,6 +219,7 @@ private:
     std::size_t to_client_offset_ = 0;
     std::vector<std::uint8_t> to_upstream_;
     std::optional<relay> relay_;
+    time_point idle_deadline_ = time_point::max(); // relaying: no byte moved since then
     bool client_awaits_reply_ = false; // the relay began with a reply and nothing for upstream
     session_result result_;
     time_point now_{}; // the latest time a driver passed in
@@ -452,7 +453,8 @@ void basic_session<ModeSession>::start_relay(std::vector<std::uint8_t> reply, ti
     std::vector<std::uint8_t>().swap(to_upstream_);
     to_client_offset_ = 0;
     state_ = state::relaying;
-    deadline_ = detail::deadline_after(now, limits_.idle_timeout);
+    idle_deadline_ = detail::deadline_after(now, limits_.idle_timeout);
+    deadline_ = idle_deadline_;
 }
 
 template <class ModeSession>
@@ -524,9 +526,12 @@ template <class ModeSession>
 void basic_session<ModeSession>::relay_ready(short client_revents, short upstream_revents,
                                              time_point now, std::uint8_t* scratch,
                                              std::size_t scratch_size, int rounds) {
-    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents, rounds)) {
-        deadline_ = detail::deadline_after(now, limits_.idle_timeout);
+    if (relay_->pump(now, scratch, scratch_size, client_revents, upstream_revents, rounds)) {
+        idle_deadline_ = detail::deadline_after(now, limits_.idle_timeout);
     }
+    // The relay's stages may need a pump before the idle timeout: whichever comes first.
+    const time_point wake = relay_->next_wake();
+    deadline_ = wake < idle_deadline_ ? wake : idle_deadline_;
     if (!relay_->finished()) {
         return;
     }
@@ -597,6 +602,10 @@ void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
         return;
     }
     case state::relaying:
+        if (relay_->next_wake() <= now) {
+            relay_ready(0, 0, now, nullptr, 0); // a stage's time has come: no socket is ready
+            return;
+        }
         finish(make_error_code(errc::idle_timeout));
         return;
     default:

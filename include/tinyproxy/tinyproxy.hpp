@@ -13,6 +13,7 @@
 #include "tinyproxy/protocol/proxy_protocol.hpp"
 #include "tinyproxy/protocol/socks4.hpp"
 #include "tinyproxy/protocol/socks5.hpp"
+#include "tinyproxy/stage.hpp"
 #include "tinyproxy/relay.hpp"
 #include "tinyproxy/session.hpp"
 #include "tinyproxy/policy/thread.hpp"
