@@ -1158,6 +1158,22 @@ struct resetting_stage final : tinyproxy::relay_stage {
     void on_data(stage_context& out, byte_view) override { out.reset(); }
 };
 
+/// Passes the first `limit` bytes on, then ends the direction (a data limit).
+struct limiting_stage final : tinyproxy::relay_stage {
+    explicit limiting_stage(std::size_t most) : limit(most) {}
+    std::size_t limit;
+    std::size_t passed = 0;
+
+    void on_data(stage_context& out, byte_view bytes) override {
+        std::size_t take = bytes.size() < limit - passed ? bytes.size() : limit - passed;
+        out.pass(byte_view{bytes.data(), take});
+        passed += take;
+        if (passed == limit) {
+            out.end();
+        }
+    }
+};
+
 const time_point fake_start = time_point{} + std::chrono::hours(1);
 
 } // namespace
@@ -1272,6 +1288,26 @@ TEST_CASE("stages: a stage that never releases stops the reading at a scratch bu
     CHECK(rig.relay().bytes_to_upstream() == 0);
     CHECK(rig.client().sent < rig.client().to_send.size());
     CHECK_FALSE(rig.relay().finished());
+}
+
+TEST_CASE("stages: a stage that ends its direction early sends the FIN after what it passed; "
+          "the other direction carries on") {
+    relay_rig rig(transport::unix_stream, 16 * 1024, splice_path());
+    add_stage<limiting_stage>(rig.relay(), direction::to_upstream, 1000);
+    const std::string request = random_bytes(10'000, 44);
+    rig.client().to_send = request;
+    rig.client().shut_when_sent = false;
+    rig.upstream().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return rig.upstream().eof; }, 5000));
+    CHECK(rig.upstream().received == request.substr(0, 1000));
+    CHECK(rig.relay().bytes_to_upstream() == 1000);
+    CHECK((rig.relay().client_events() & POLLIN) == 0); // the source is not read again
+    CHECK_FALSE(rig.relay().finished());
+    rig.upstream().to_send = "still here";
+    rig.upstream().shut_when_sent = true;
+    REQUIRE(rig.drive([&] { return rig.client().eof && rig.relay().finished(); }, 5000));
+    CHECK(rig.client().received == "still here");
+    CHECK_FALSE(rig.relay().failed());
 }
 
 TEST_CASE("stages: a stage's reset ends the tunnel, and both peers see a reset") {
