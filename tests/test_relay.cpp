@@ -10,9 +10,12 @@
 #include <csignal>      // SIGPIPE, SIGKILL
 #include <cstdint>      // scratch bytes
 #include <functional>   // drive() predicates, child bodies
+#include <memory>       // test stages, owned by the relay
 #include <string>       // payloads
+#include <string_view>  // test stages pass strings on
 #include <system_error> // error codes
 #include <thread>       // sleeping while a child runs
+#include <utility>      // std::forward
 #include <vector>       // scratch
 
 #include <fcntl.h>        // F_GETPIPE_SZ
@@ -155,14 +158,24 @@ public:
     /// Pumps as a caller that does not say what is ready: both sides are tried.
     bool pump() {
         ++pumps_;
-        return relay_.pump(scratch_.data(), scratch_.size());
+        return relay_.pump(now_, scratch_.data(), scratch_.size());
     }
     /// Pumps with what a wait reported for each side, as every policy does.
     bool pump(short client_revents, short upstream_revents,
               int rounds = tinyproxy::relay::max_rounds) {
         ++pumps_;
-        return relay_.pump(scratch_.data(), scratch_.size(), client_revents, upstream_revents,
+        return relay_.pump(now_, scratch_.data(), scratch_.size(), client_revents, upstream_revents,
                            rounds);
+    }
+    /// The time every pump passes the relay: a fake clock the test moves (no stage test reads
+    /// the real one).
+    void set_now(time_point now) { now_ = now; }
+    time_point now() const { return now_; }
+    /// Pumps as a driver does at next_wake(): no socket reported ready, no scratch buffer.
+    bool pump_at(time_point now) {
+        now_ = now;
+        ++pumps_;
+        return relay_.pump(now_, nullptr, 0, 0, 0);
     }
     /// Small socket buffers on all four sockets, so that a destination that does not read
     /// fills everything up to the relay within a few hundred KiB.
@@ -199,6 +212,7 @@ private:
     app_side client_app_;
     app_side upstream_app_;
     int pumps_ = 0;
+    time_point now_{};
 };
 
 #if TINYPROXY_HAS_SPLICE
@@ -1031,5 +1045,292 @@ TEST_CASE(
 }
 
 #endif // TINYPROXY_HAS_SPLICE
+
+// --- stages: the seam between a direction's read and its write ------------------------------
+
+namespace {
+
+using tinyproxy::byte_view;
+using tinyproxy::direction;
+using tinyproxy::stage_context;
+
+/// Gives direction `way` one more stage, after those it has; returns the stage (the relay owns
+/// it).
+template <class Stage, class... Args>
+Stage& add_stage(tinyproxy::relay& relay, direction way, Args&&... args) {
+    auto stage = std::make_unique<Stage>(std::forward<Args>(args)...);
+    Stage& kept = *stage;
+    if (tinyproxy::stage_chain* chain = relay.stages(way)) {
+        chain->push_back(std::move(stage));
+    } else {
+        tinyproxy::stage_chain fresh;
+        fresh.push_back(std::move(stage));
+        relay.set_stages(way, std::move(fresh));
+    }
+    return kept;
+}
+
+/// Passes everything on as it comes, counting it.
+struct pass_through_stage final : tinyproxy::relay_stage {
+    std::size_t bytes_seen = 0;
+    bool end_seen = false;
+
+    void on_data(stage_context& out, byte_view bytes) override {
+        bytes_seen += bytes.size();
+        out.pass(bytes);
+    }
+    void on_end(stage_context& out) override {
+        end_seen = true;
+        out.end();
+    }
+};
+
+/// Upper-cases ASCII letters and writes every byte twice: the bytes change, and grow.
+std::string upper_doubled(const std::string& in) {
+    std::string out;
+    for (char c : in) {
+        char upper = c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c;
+        out += upper;
+        out += upper;
+    }
+    return out;
+}
+
+struct rewriting_stage final : tinyproxy::relay_stage {
+    void on_data(stage_context& out, byte_view bytes) override {
+        std::string in(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+        const std::string rewritten = upper_doubled(in);
+        out.pass(std::string_view(rewritten));
+    }
+};
+
+/// Holds each chunk for `delay` from when it came (a latency fault), the end of stream
+/// behind the last chunk.
+struct holding_stage final : tinyproxy::relay_stage {
+    explicit holding_stage(std::chrono::milliseconds hold) : delay(hold) {}
+
+    struct chunk {
+        time_point due;
+        std::string bytes;
+    };
+    std::chrono::milliseconds delay;
+    std::vector<chunk> queue;
+    std::size_t holding = 0;
+    bool end_held = false;
+
+    void on_data(stage_context& out, byte_view bytes) override {
+        queue.push_back({out.now() + delay, std::string(bytes.begin(), bytes.end())});
+        holding += bytes.size();
+        out.wake_at(queue.front().due);
+    }
+    void on_end(stage_context& out) override {
+        end_held = true;
+        if (queue.empty()) {
+            out.end();
+        }
+    }
+    void on_wake(stage_context& out) override {
+        std::size_t released = 0;
+        for (; released < queue.size() && queue[released].due <= out.now(); ++released) {
+            holding -= queue[released].bytes.size();
+            out.pass(std::string_view(queue[released].bytes));
+        }
+        queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(released));
+        if (!queue.empty()) {
+            out.wake_at(queue.front().due);
+        } else if (end_held) {
+            out.end();
+        }
+    }
+    std::size_t held() const noexcept override { return holding; }
+};
+
+/// Keeps everything, passes nothing.
+struct swallowing_stage final : tinyproxy::relay_stage {
+    std::size_t holding = 0;
+    void on_data(stage_context&, byte_view bytes) override { holding += bytes.size(); }
+    void on_end(stage_context&) override {}
+    std::size_t held() const noexcept override { return holding; }
+};
+
+/// Resets the tunnel at the first byte.
+struct resetting_stage final : tinyproxy::relay_stage {
+    void on_data(stage_context& out, byte_view) override { out.reset(); }
+};
+
+/// Passes the first `limit` bytes on, then ends the direction (a data limit).
+struct limiting_stage final : tinyproxy::relay_stage {
+    explicit limiting_stage(std::size_t most) : limit(most) {}
+    std::size_t limit;
+    std::size_t passed = 0;
+
+    void on_data(stage_context& out, byte_view bytes) override {
+        std::size_t take = bytes.size() < limit - passed ? bytes.size() : limit - passed;
+        out.pass(byte_view{bytes.data(), take});
+        passed += take;
+        if (passed == limit) {
+            out.end();
+        }
+    }
+};
+
+const time_point fake_start = time_point{} + std::chrono::hours(1);
+
+} // namespace
+
+TEST_CASE("stages: a pass-through stage keeps every byte and the half-close, and the other "
+          "direction still splices") {
+    relay_rig rig(transport::tcp_loopback, 16 * 1024, true);
+    pass_through_stage& stage = add_stage<pass_through_stage>(rig.relay(), direction::to_upstream);
+    const std::string request = random_bytes(300 * 1024, 41);
+    const std::string reply = random_bytes(2 << 20, 42);
+    rig.client().to_send = request;
+    rig.upstream().shut_when_sent = false;
+    // The client's end of stream reaches upstream through the stage ...
+    REQUIRE(rig.drive([&] { return rig.upstream().eof; }, 10'000));
+    CHECK(rig.upstream().received.size() == request.size());
+    CHECK(first_difference(rig.upstream().received, request) == std::string::npos);
+    CHECK(stage.bytes_seen == request.size());
+    CHECK(stage.end_seen);
+    CHECK_FALSE(rig.relay().finished());
+    // ... and upstream's reply, sent after it, still arrives whole.
+    rig.upstream().to_send = reply;
+    rig.upstream().shut_when_sent = true;
+    REQUIRE(rig.drive([&] { return rig.client().eof && rig.relay().finished(); }, 10'000));
+    CHECK(rig.client().received.size() == reply.size());
+    CHECK(first_difference(rig.client().received, reply) == std::string::npos);
+    CHECK_FALSE(rig.relay().failed());
+    CHECK(rig.relay().bytes_to_upstream() == request.size());
+    CHECK(rig.relay().bytes_to_client() == reply.size());
+    CHECK(rig.relay().bytes_spliced_to_upstream() == 0); // the stage saw every byte
+    check_path(rig.relay(), true, false, true);          // the other way spliced
+}
+
+TEST_CASE("stages: a rewriting stage changes the bytes, longer, in order") {
+    relay_rig rig(transport::unix_stream, 16 * 1024, splice_path());
+    add_stage<rewriting_stage>(rig.relay(), direction::to_client);
+    std::string reply;
+    for (std::size_t i = 0; i < 200 * 1024; ++i) {
+        reply += static_cast<char>('a' + i % 26);
+        reply += i % 7 == 0 ? "-" : "";
+    }
+    const std::string expected = upper_doubled(reply);
+    rig.upstream().to_send = reply;
+    rig.client().to_send = "get";
+    REQUIRE(rig.drive([&] { return rig.client().eof && rig.relay().finished(); }, 10'000));
+    CHECK(rig.client().received.size() == expected.size());
+    CHECK(first_difference(rig.client().received, expected) == std::string::npos);
+    CHECK(rig.upstream().received == "get");
+    CHECK(rig.relay().bytes_to_client() == expected.size());
+    CHECK(rig.relay().bytes_spliced_to_client() == 0);
+}
+
+TEST_CASE("stages: a holding stage delays bytes until its time on the driver's clock") {
+    relay_rig rig(transport::unix_stream, 16 * 1024, false);
+    holding_stage& stage = add_stage<holding_stage>(rig.relay(), direction::to_upstream,
+                                                    std::chrono::milliseconds(100));
+    rig.set_now(fake_start);
+    CHECK(rig.relay().next_wake() == time_point::max());
+    rig.client().to_send = "hello";
+    rig.client().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return rig.relay().bytes_in_stages() == 5; }, 5000));
+    const time_point due = fake_start + std::chrono::milliseconds(100);
+    CHECK(rig.relay().next_wake() == due);
+    CHECK(rig.relay().bytes_to_upstream() == 0);
+    CHECK(rig.relay().upstream_events() == 0); // nothing to write: the time is what it waits for
+
+    CHECK_FALSE(rig.pump_at(due - std::chrono::milliseconds(1)));
+    CHECK(rig.relay().bytes_to_upstream() == 0);
+    CHECK(rig.relay().next_wake() == due);
+
+    CHECK(rig.pump_at(due));
+    CHECK(rig.relay().bytes_to_upstream() == 5);
+    CHECK(stage.held() == 0);
+    CHECK(rig.relay().next_wake() == time_point::max());
+    REQUIRE(rig.drive([&] { return rig.upstream().received == "hello"; }, 5000));
+    CHECK_FALSE(rig.relay().finished());
+}
+
+TEST_CASE("stages: the end of stream through a holding stage arrives after the held bytes") {
+    relay_rig rig(transport::unix_stream, 16 * 1024, false);
+    holding_stage& stage = add_stage<holding_stage>(rig.relay(), direction::to_upstream,
+                                                    std::chrono::milliseconds(100));
+    rig.set_now(fake_start);
+    rig.client().to_send = "abc";
+    rig.upstream().to_send = "reply";
+    rig.upstream().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return stage.end_held && rig.client().received == "reply"; }, 5000));
+    rig.upstream().step();
+    CHECK(rig.upstream().received.empty());
+    CHECK_FALSE(rig.upstream().eof);
+    CHECK(rig.relay().next_wake() == fake_start + std::chrono::milliseconds(100));
+
+    CHECK(rig.pump_at(fake_start + std::chrono::milliseconds(150)));
+    REQUIRE(rig.drive([&] { return rig.upstream().eof; }, 5000));
+    CHECK(rig.upstream().received == "abc");
+    rig.upstream().shut_when_sent = true;
+    REQUIRE(rig.drive([&] { return rig.client().eof && rig.relay().finished(); }, 5000));
+    CHECK_FALSE(rig.relay().failed());
+    CHECK(rig.relay().next_wake() == time_point::max());
+}
+
+TEST_CASE("stages: a stage that never releases stops the reading at a scratch buffer's worth") {
+    const std::size_t scratch = 16 * 1024;
+    relay_rig rig(transport::unix_stream, scratch, splice_path());
+    swallowing_stage& stage = add_stage<swallowing_stage>(rig.relay(), direction::to_upstream);
+    rig.client().to_send = random_bytes(1 << 20, 43);
+    rig.client().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return stage.held() == scratch; }, 5000));
+    CHECK((rig.relay().client_events() & POLLIN) == 0);
+    rig.drive_for(50); // whatever readiness comes, the source is not read
+    CHECK(stage.held() == scratch);
+    CHECK(rig.relay().bytes_in_stages() == scratch);
+    CHECK(rig.relay().bytes_to_upstream() == 0);
+    CHECK(rig.client().sent < rig.client().to_send.size());
+    CHECK_FALSE(rig.relay().finished());
+}
+
+TEST_CASE("stages: a stage that ends its direction early sends the FIN after what it passed; "
+          "the other direction carries on") {
+    relay_rig rig(transport::unix_stream, 16 * 1024, splice_path());
+    add_stage<limiting_stage>(rig.relay(), direction::to_upstream, 1000);
+    const std::string request = random_bytes(10'000, 44);
+    rig.client().to_send = request;
+    rig.client().shut_when_sent = false;
+    rig.upstream().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return rig.upstream().eof; }, 5000));
+    CHECK(rig.upstream().received == request.substr(0, 1000));
+    CHECK(rig.relay().bytes_to_upstream() == 1000);
+    CHECK((rig.relay().client_events() & POLLIN) == 0); // the source is not read again
+    CHECK_FALSE(rig.relay().finished());
+    rig.upstream().to_send = "still here";
+    rig.upstream().shut_when_sent = true;
+    REQUIRE(rig.drive([&] { return rig.client().eof && rig.relay().finished(); }, 5000));
+    CHECK(rig.client().received == "still here");
+    CHECK_FALSE(rig.relay().failed());
+}
+
+TEST_CASE("stages: a stage's reset ends the tunnel, and both peers see a reset") {
+    relay_rig rig(transport::tcp_loopback, 16 * 1024, splice_path());
+    add_stage<resetting_stage>(rig.relay(), direction::to_upstream);
+    rig.client().to_send = "boom";
+    rig.client().shut_when_sent = false;
+    rig.upstream().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return rig.relay().finished(); }, 5000));
+    CHECK(rig.relay().failed());
+    CHECK(rig.relay().error() == tinyproxy::errc::reset_by_stage);
+    CHECK(rig.relay().error_on_client()); // the source of the direction whose stage reset
+    CHECK(rig.relay().bytes_to_upstream() == 0);
+    // As a session does: the side not blamed closes with a reset, then both close.
+    arm_reset(rig.relay().error_on_client() ? rig.upstream_end() : rig.client_end());
+    rig.close_relay_ends();
+    time_point until = in_ms(5000);
+    while ((rig.client().error == 0 || rig.upstream().error == 0) && steady_clock::now() < until) {
+        rig.client().step();
+        rig.upstream().step();
+    }
+    CHECK(rig.client().error == ECONNRESET);
+    CHECK(rig.upstream().error == ECONNRESET);
+}
 
 TEST_SUITE_END();

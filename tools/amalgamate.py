@@ -36,6 +36,7 @@ LAYERS = [
     "poller.hpp",
     "protocol/*.hpp",
     "mode/mode.hpp",  # the Mode concept, before the session that drives it (mode/* come later)
+    "stage.hpp",
     "relay.hpp",
     "server.hpp",
     "session/handshake.hpp",

@@ -29,6 +29,8 @@ enum class errc {
     method_not_allowed,       ///< an HTTP method other than CONNECT
     not_allowed,              ///< the destination is not allowed by the proxy's rules
     client_not_allowed,       ///< the client is outside every allowed range
+    reset_by_stage,           ///< a relay stage ended the tunnel with a reset
+    stage_failed,             ///< a relay stage threw (out of memory): the tunnel ends
 };
 
 namespace detail {
@@ -74,6 +76,10 @@ public:
             return "destination not allowed";
         case errc::client_not_allowed:
             return "client not allowed";
+        case errc::reset_by_stage:
+            return "reset by a relay stage";
+        case errc::stage_failed:
+            return "a relay stage failed";
         }
         return "unknown tinyproxy error";
     }

@@ -368,6 +368,10 @@ void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
         follow(connector_.on_deadline(), now);
         return;
     case state::relaying:
+        if (tunnel_.relay_due(now)) {
+            relay_ready(0, 0, now, nullptr, 0); // a stage's time has come: no socket is ready
+            return;
+        }
         finish(make_error_code(errc::idle_timeout));
         return;
     default:

@@ -292,6 +292,8 @@ enum class errc {
     method_not_allowed,       ///< an HTTP method other than CONNECT
     not_allowed,              ///< the destination is not allowed by the proxy's rules
     client_not_allowed,       ///< the client is outside every allowed range
+    reset_by_stage,           ///< a relay stage ended the tunnel with a reset
+    stage_failed,             ///< a relay stage threw (out of memory): the tunnel ends
 };
 
 namespace detail {
@@ -337,6 +339,10 @@ public:
             return "destination not allowed";
         case errc::client_not_allowed:
             return "client not allowed";
+        case errc::reset_by_stage:
+            return "reset by a relay stage";
+        case errc::stage_failed:
+            return "a relay stage failed";
         }
         return "unknown tinyproxy error";
     }
@@ -1104,6 +1110,16 @@ inline bool shutdown_socket(int fd, int how, std::error_code& ec) noexcept {
 
 inline bool set_int_option(int fd, int level, int name, int value, std::error_code& ec) noexcept {
     if (::setsockopt(fd, level, name, &value, sizeof value) < 0) {
+        ec = last_error();
+        return false;
+    }
+    return true;
+}
+
+/// SO_LINGER 0: close() then sends a reset instead of a FIN.
+inline bool set_linger_reset(int fd, std::error_code& ec) noexcept {
+    ::linger option{1, 0};
+    if (::setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, sizeof option) < 0) {
         ec = last_error();
         return false;
     }
@@ -3872,16 +3888,217 @@ struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_l
 
 } // namespace tinyproxy
 // ---- end tinyproxy/mode/mode.hpp ----
+// #include "tinyproxy/stage.hpp"
+// ---- begin tinyproxy/stage.hpp ----
+// The relay's stage seam: a stage sees, changes, holds, paces, splits or cuts the bytes of one
+// direction of a tunnel, and a stage_chain runs an ordered list of them for the relay.
+
+#include <cstddef>      // std::size_t
+#include <memory>       // std::unique_ptr: a chain owns its stages
+#include <system_error> // the reason for a reset
+#include <utility>      // std::move
+#include <vector>       // the stages in order
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+
+namespace tinyproxy {
+
+/// The two directions of a tunnel, each with its own chain of stages.
+enum class direction {
+    to_upstream = 0, ///< bytes the client sends
+    to_client = 1,   ///< bytes upstream sends
+};
+
+/// Where the last stage of a chain delivers: the relay's side of the destination socket. The
+/// relay implements it; a stage never sees it.
+class stage_sink {
+public:
+    /// Bytes for the destination, in order.
+    virtual void deliver(byte_view bytes) noexcept = 0;
+    /// The end of stream: nothing more will be delivered.
+    virtual void deliver_end() noexcept = 0;
+    /// End the whole tunnel as a peer's reset would: both sides get a reset.
+    virtual void reset(std::error_code why) noexcept = 0;
+
+protected:
+    ~stage_sink() = default;
+};
+
+class stage_chain;
+
+/// What one stage may do, handed to it for the length of one call (never kept past it): pass
+/// bytes or the end of stream on to the next stage (the destination after the last), ask to
+/// be woken at a time, or reset the tunnel.
+class stage_context {
+public:
+    /// The time the driver passed to relay::pump(); a stage never reads a clock of its own.
+    time_point now() const noexcept { return now_; }
+    /// Passes bytes on, now, after everything this stage passed before. Ignored after end().
+    void pass(byte_view bytes);
+    /// Passes the end of stream on. A stage calls it once, after passing every byte it held;
+    /// called before the source has ended, it ends the direction (the destination gets its FIN
+    /// once the bytes passed so far have gone; the source is not read again).
+    void end();
+    /// Asks for on_wake() at `when` or soon after: the relay reports it in next_wake(), and the
+    /// driver pumps then. Replaces this stage's earlier request; time_point::max() cancels it.
+    void wake_at(time_point when) noexcept;
+    /// Ends the tunnel with a reset on both sides (relay::failed() says `why`).
+    void reset(std::error_code why = make_error_code(errc::reset_by_stage)) noexcept;
+
+private:
+    friend class stage_chain;
+    stage_context(stage_chain& chain, std::size_t index, time_point now, stage_sink& sink) noexcept
+        : chain_(chain), index_(index), now_(now), sink_(sink) {}
+
+    stage_chain& chain_;
+    std::size_t index_; // of the stage this context was made for
+    time_point now_;
+    stage_sink& sink_;
+};
+
+/// One stage of a direction: the concept a user's stage (a hex-dump logger, a rewriter) or a
+/// fault (latency, bandwidth, slicer, reset) implements. Each member has a default that
+/// passes everything on at once, so a stage overrides only what it changes.
+///
+/// The rules a stage keeps:
+/// - everything it is given, it passes on (changed or not), holds, or drops on purpose; in
+///   order, and the end of stream after every byte it passes;
+/// - what it holds, held() says: the relay stops reading the direction's source while the
+///   chain holds a scratch buffer's worth (back-pressure), so a stage holds at most that much
+///   of what it was given (plus what it makes of it: a rewrite to a longer string);
+/// - it does not block and reads no clock: the time comes in stage_context::now(), and a stage
+///   that holds bytes until a time asks for a wake-up (wake_at);
+/// - it may throw (out of memory): the relay then ends the tunnel (errc::stage_failed).
+class relay_stage {
+public:
+    virtual ~relay_stage() = default;
+
+    /// Bytes read from the direction's source (or passed on by the stage before).
+    virtual void on_data(stage_context& out, byte_view bytes) { out.pass(bytes); }
+    /// The end of stream from the source (or the stage before); no on_data() follows.
+    virtual void on_end(stage_context& out) { out.end(); }
+    /// The time this stage asked for with wake_at() has come.
+    virtual void on_wake(stage_context& out) { (void)out; }
+    /// Bytes this stage holds now, not yet passed on.
+    virtual std::size_t held() const noexcept { return 0; }
+};
+
+/// The ordered stages of one direction, owned (each stage belongs to its chain, and the chain
+/// to the relay it is given to: relay::set_stages()). The relay drives it; a stage reaches the
+/// next one only through its stage_context.
+class stage_chain {
+public:
+    stage_chain() = default;
+    stage_chain(stage_chain&&) noexcept = default;
+    stage_chain& operator=(stage_chain&&) noexcept = default;
+
+    /// Appends a stage after the others: it sees what they pass on.
+    void push_back(std::unique_ptr<relay_stage> stage) { slots_.push_back(slot{std::move(stage)}); }
+    bool empty() const noexcept { return slots_.empty(); }
+    std::size_t size() const noexcept { return slots_.size(); }
+    relay_stage& operator[](std::size_t index) noexcept { return *slots_[index].stage; }
+
+    /// What the stages hold together.
+    std::size_t held() const noexcept;
+    /// The earliest wake-up a stage asked for; time_point::max() when none did.
+    time_point next_wake() const noexcept;
+
+    /// Gives bytes read from the source to the first stage.
+    void feed(byte_view bytes, time_point now, stage_sink& sink) { deliver(0, bytes, now, sink); }
+    /// Gives the source's end of stream to the first stage.
+    void feed_end(time_point now, stage_sink& sink) { deliver_end(0, now, sink); }
+    /// Wakes, first to last, each stage whose time has come by `now` (a stage woken by what
+    /// the one before passed on in this sweep included).
+    void wake(time_point now, stage_sink& sink);
+
+private:
+    friend class stage_context;
+    struct slot {
+        std::unique_ptr<relay_stage> stage;
+        time_point wake = time_point::max(); // asked for with wake_at()
+        bool ended = false;                  // the end of stream has reached this stage
+    };
+
+    /// To the stage at `index`, or past the last one to the sink.
+    void deliver(std::size_t index, byte_view bytes, time_point now, stage_sink& sink);
+    void deliver_end(std::size_t index, time_point now, stage_sink& sink);
+
+    std::vector<slot> slots_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline void stage_context::pass(byte_view bytes) { chain_.deliver(index_ + 1, bytes, now_, sink_); }
+
+inline void stage_context::end() { chain_.deliver_end(index_ + 1, now_, sink_); }
+
+inline void stage_context::wake_at(time_point when) noexcept { chain_.slots_[index_].wake = when; }
+
+inline void stage_context::reset(std::error_code why) noexcept { sink_.reset(why); }
+
+inline std::size_t stage_chain::held() const noexcept {
+    std::size_t total = 0;
+    for (const slot& s : slots_) {
+        total += s.stage->held();
+    }
+    return total;
+}
+
+inline time_point stage_chain::next_wake() const noexcept {
+    time_point earliest = time_point::max();
+    for (const slot& s : slots_) {
+        earliest = s.wake < earliest ? s.wake : earliest;
+    }
+    return earliest;
+}
+
+inline void stage_chain::wake(time_point now, stage_sink& sink) {
+    for (std::size_t i = 0; i < slots_.size(); ++i) {
+        if (slots_[i].wake <= now) {
+            slots_[i].wake = time_point::max(); // the stage asks again if it needs to
+            stage_context context(*this, i, now, sink);
+            slots_[i].stage->on_wake(context);
+        }
+    }
+}
+
+inline void stage_chain::deliver(std::size_t index, byte_view bytes, time_point now,
+                                 stage_sink& sink) {
+    if (index == slots_.size()) {
+        sink.deliver(bytes);
+    } else if (!slots_[index].ended) { // bytes behind an end of stream have nowhere to go
+        stage_context context(*this, index, now, sink);
+        slots_[index].stage->on_data(context, bytes);
+    }
+}
+
+inline void stage_chain::deliver_end(std::size_t index, time_point now, stage_sink& sink) {
+    if (index == slots_.size()) {
+        sink.deliver_end();
+    } else if (!slots_[index].ended) {
+        slots_[index].ended = true;
+        stage_context context(*this, index, now, sink);
+        slots_[index].stage->on_end(context);
+    }
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/stage.hpp ----
 // #include "tinyproxy/relay.hpp"
 // ---- begin tinyproxy/relay.hpp ----
 // The one relay engine: moves bytes both ways between two non-blocking sockets, with bounded
-// buffers, half-close and reset propagation, and byte counts; on Linux, bulk data moves with
-// splice(2).
+// buffers, half-close and reset propagation, byte counts and a chain of stages per direction;
+// on Linux, bulk data moves with splice(2).
 
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
+#include <memory>       // a direction's stage chain, only when it has one
 #include <optional>     // a SIGPIPE guard, only while splicing
 #include <system_error> // std::error_code
+#include <utility>      // std::move
 #include <vector>       // pending bytes
 
 #include <poll.h>       // POLLIN, POLLOUT
@@ -3892,13 +4109,16 @@ struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_l
 // #include "tinyproxy/error.hpp"
 // #include "tinyproxy/detail/sys.hpp"
 // #include "tinyproxy/socket.hpp"
+// #include "tinyproxy/stage.hpp"
 
 namespace tinyproxy {
 
-/// A relay between a client and an upstream socket, as a state machine with no waiting of its
-/// own: `pump()` moves whatever can move now, `client_events()` / `upstream_events()` say what
-/// to wait for next (POLLIN / POLLOUT), and the caller waits however it likes: a poll(2) over two
-/// descriptors on a thread, or an event loop over thousands. Every policy drives this one class.
+/// A relay between a client and an upstream socket, as a state machine with no waiting and no
+/// clock of its own: `pump(now, ...)` moves whatever can move now, `client_events()` /
+/// `upstream_events()` say what to wait for next (POLLIN / POLLOUT), `next_wake()` by when to
+/// pump again even if nothing is ready, and the caller waits however it likes: a poll(2) over
+/// two descriptors on a thread, or an event loop over thousands. Every policy drives this one
+/// class.
 ///
 /// Rules it keeps:
 /// - bytes read from one side are written to the other in order, and none is dropped: at most
@@ -3914,19 +4134,32 @@ namespace tinyproxy {
 /// only what the destination would not take is copied into a per-direction buffer, which is
 /// freed again once drained. An idle tunnel holds no buffer at all.
 ///
+/// Stages (stage.hpp): a direction may be given a chain of stages (`set_stages()`) that see
+/// its bytes between the read and the write. A direction without one takes the path described
+/// here, splice included; a direction with one copies (its stages must see every byte) while
+/// the other direction keeps splicing. Its bytes go source -> scratch -> first stage -> ... ->
+/// last stage -> destination (written straight on, the rest kept as above). Its source is read
+/// only while the stages hold less than a scratch buffer's worth, and a read takes no more than
+/// fits below that; what the destination would not take waits as above, and the stages are
+/// not woken meanwhile. The end of stream goes through the chain too, and the destination is
+/// shut down for writing once the last stage has passed it on and every byte before it has
+/// gone. A stage's reset (stage_context::reset) ends the relay as a peer's reset does: the
+/// relay closes the source of that direction with a reset when the caller closes it, and
+/// `error_on_client()` names that source, so the caller resets the other side as ever.
+///
 /// Zero copy (Linux, TINYPROXY_HAS_SPLICE): once a read in one direction fills the whole
 /// scratch buffer, that direction is carrying bulk data, and from then on it moves socket ->
 /// pipe -> socket with splice(2), never through user space. The pipe (two descriptors) is made
 /// once per direction, only then, so idle and request/response tunnels never hold one; it is
 /// closed when its direction ends or the relay is destroyed. If it cannot be made (EMFILE, ...)
 /// the direction stays on the copy path. The pipe is grown to `splice_pipe_size` (256 KiB)
-/// where the kernel allows, and each splice moves up to a pipe's worth: a quarter of the system
-/// calls per byte of a default 64 KiB pipe, and measured, a quarter to a third less CPU per GB.
-/// A pipe the kernel keeps below 64 KiB (the user's pipe quota is spent, and new pipes get two
-/// pages) is given back, and the direction copies instead. Bytes in the pipe are pending bytes
-/// like any other: the pipe is filled only when empty, with at most its capacity. They are
-/// kernel pages taken off the source socket's receive queue, not the process's memory; the
-/// scratch buffer bounds what the copy path holds. splice(2) cannot
+/// where the kernel allows, and each splice moves up to a pipe's worth: fewer system calls per
+/// byte than a default 64 KiB pipe, and less CPU per byte (bench/README.md, "Why the relay does
+/// what it does"). A pipe the kernel keeps below 64 KiB (the user's pipe quota is spent, and
+/// new pipes get two pages) is given back, and the direction copies instead. Bytes in the pipe
+/// are pending bytes like any other: the pipe is filled only when empty, with at most its
+/// capacity. They are kernel pages taken off the source socket's receive queue, not the
+/// process's memory; the scratch buffer bounds what the copy path holds. splice(2) cannot
 /// say MSG_NOSIGNAL, so each pump that splices into a socket blocks SIGPIPE in the calling
 /// thread meanwhile (detail::sigpipe_guard) and takes back a SIGPIPE its failed write raised:
 /// the relay never kills the process, whoever drives it, and installs no handler.
@@ -3941,17 +4174,24 @@ public:
     /// policy's session does. The direction that ends last then leaves its end of stream to
     /// that close(), which sends the same FIN behind the same bytes (both sockets have been
     /// read to their end by then, so close() has nothing unread to answer with a reset), and
-    /// its shutdown(SHUT_WR) is saved: one system call of a short connection's 21. One A/B of
-    /// 10 alternating rounds put it at 3 % less CPU per connection forwarding, 9 % for SOCKS5
-    /// (bench/README.md). Without the promise, finished() means both ends have had their FIN,
-    /// whether or not the caller closes.
+    /// its shutdown(SHUT_WR) is saved: a short connection's costliest part is its system
+    /// calls (bench/README.md). Without the promise, finished() means both ends have had their
+    /// FIN, whether or not the caller closes.
     void closes_at_finish() noexcept { closes_at_finish_ = true; }
 
     /// Bytes to send upstream before anything read from the client: what a client pipelined
-    /// behind its handshake, or a PROXY protocol header.
+    /// behind its handshake, or a PROXY protocol header. They do not pass through the stages.
     void prime_upstream(byte_view bytes) { (void)keep(halves_[0], bytes); }
     /// Bytes to send to the client before anything read from upstream.
     void prime_client(byte_view bytes) { (void)keep(halves_[1], bytes); }
+
+    /// Gives direction `which` its chain of stages, which the relay owns from then on; an empty
+    /// chain gives the direction back today's path. Set it before the first pump; stages may
+    /// be added to a live chain through stages() (a stage taken out of a live chain takes with
+    /// it what it holds: drain it first).
+    void set_stages(direction which, stage_chain chain);
+    /// The chain of direction `which`; null when it has none.
+    stage_chain* stages(direction which) noexcept { return halves_[index(which)].stages.get(); }
 
     /// The capacity a splicing direction asks for its pipe (F_SETPIPE_SZ): the most one splice
     /// moves, and the most the pipe holds.
@@ -3964,7 +4204,9 @@ public:
     /// Moves the bytes that can move now without blocking, up to `rounds` reads per direction
     /// (saturated() says when that bound stopped it), using `scratch` for reads (its size
     /// bounds one read, and so the bytes buffered per direction). Returns true when anything
-    /// happened (bytes moved, end of stream seen): the caller's idle clock restarts.
+    /// happened (bytes moved, end of stream seen): the caller's idle clock restarts. `now` is
+    /// the driver's clock, handed to the stages: stages whose wake-up time (next_wake()) has
+    /// come by `now` run first.
     ///
     /// `client_revents` / `upstream_revents` are what the wait reported for each socket. A
     /// socket is read only when reported readable (POLLIN, POLLERR or POLLHUP), or when its
@@ -3973,17 +4215,22 @@ public:
     /// POLLERR or POLLHUP: a request/response tunnel makes no read that can only say EAGAIN.
     /// A socket left unread is watched for reading afterwards (client_events() and
     /// upstream_events() say so), so nothing waits for long. Leave both out to have both
-    /// sides tried. With both 0, nothing is read (primed or waiting bytes are only sent), and
-    /// `scratch` may be null.
+    /// sides tried. With both 0, nothing is read (primed, waiting or held bytes whose time has
+    /// come are only sent), and `scratch` may be null: how a driver pumps at next_wake().
     ///
     /// Where the platform has POLLRDHUP (Linux), the relay asks for it with POLLIN. A socket
     /// reported with it (and without POLLERR) has had its peer's FIN: after a short read, one
     /// more read hears the end of stream at once, and the last bytes go on held back (MSG_MORE)
     /// for the FIN that follows them, in one segment. A reply-then-close upstream then costs
     /// one wait, not two, and its client one wake-up.
-    bool pump(std::uint8_t* scratch, std::size_t scratch_size,
+    bool pump(time_point now, std::uint8_t* scratch, std::size_t scratch_size,
               short client_revents = unknown_events, short upstream_revents = unknown_events,
               int rounds = max_rounds) noexcept;
+
+    /// When the relay next needs a pump though no socket is ready: the earliest time a stage
+    /// asked to be woken at, in a direction whose destination has taken everything so far
+    /// (otherwise writability brings the pump). time_point::max() when nothing is scheduled.
+    time_point next_wake() const noexcept;
 
     /// What to wait for on the client socket next: POLLIN (with POLLRDHUP where the platform
     /// has it), POLLOUT, both, or 0.
@@ -4006,12 +4253,11 @@ public:
     /// many tunnels serves the others first; readiness brings this one back.
     bool saturated() const noexcept { return saturated_; }
     /// The most reads (or splices into a pipe) one pump makes per direction unless told
-    /// otherwise: a tunnel that has its thread, or its event loop, to itself. An event loop
-    /// serving other tunnels too asks for one (`shared_rounds`): a bulk tunnel then holds it
-    /// for one read and its write (at most a pipe's worth, 256 KiB), and a small exchange on
-    /// the same loop waits for little. Measured with four bulk streams beside a 64 B
-    /// ping-pong: four rounds gave the ping-pong a p50 of 1.5 ms, one round 0.5 ms; alone, one
-    /// stream cost 15 % more CPU per GB with one round than with four (bench/README.md).
+    /// otherwise: a tunnel that has its thread, or its event loop, to itself, where fewer
+    /// waits per byte cost less CPU. An event loop serving other tunnels too asks for one
+    /// (`shared_rounds`): a bulk tunnel then holds it for one read and its write (at most a
+    /// pipe's worth, 256 KiB), so a small exchange on the same loop waits for little
+    /// (bench/README.md, "Why the relay does what it does").
     static constexpr int max_rounds = 4;
     static constexpr int shared_rounds = 1;
 
@@ -4030,10 +4276,14 @@ public:
     /// Of bytes_to_client(), those that went through a pipe with splice(2).
     std::uint64_t bytes_spliced_to_client() const noexcept { return halves_[1].bytes_spliced; }
     /// Bytes waiting for a slow destination, in a buffer or a pipe (per direction at most one
-    /// scratch buffer's worth, or a pipe's worth once splicing, besides what prime_upstream and
-    /// prime_client gave).
+    /// scratch buffer's worth, or a pipe's worth once splicing, or what the stages released in
+    /// one pump, besides what prime_upstream and prime_client gave).
     std::size_t bytes_buffered() const noexcept {
         return buffered(halves_[0]) + buffered(halves_[1]);
+    }
+    /// Bytes the stages of both directions hold (stage_chain::held()).
+    std::size_t bytes_in_stages() const noexcept {
+        return in_stages(halves_[0]) + in_stages(halves_[1]);
     }
 
 private:
@@ -4043,35 +4293,65 @@ private:
 
         int from;
         int to;
-        std::vector<std::uint8_t> pending; // read but not yet written; empty when idle
-        std::size_t pending_offset = 0;    // how much of `pending` has been written
-        unique_fd pipe_read;               // splicing: the pipe `from` is spliced into ...
-        unique_fd pipe_write;              // ... through this end
-        std::size_t in_pipe = 0;           // spliced in, not yet out (after `pending`)
-        std::size_t pipe_capacity = 0;     // the most one splice into the pipe moves
-        bool pipe_tried = false;           // a pipe was asked for (once per direction)
-        bool eof = false;                  // `from` said end of stream
-        bool done = false;                 // ... and `to` has been shut down for writing
+        std::vector<std::uint8_t> pending;   // read but not yet written; empty when idle
+        std::size_t pending_offset = 0;      // how much of `pending` has been written
+        unique_fd pipe_read;                 // splicing: the pipe `from` is spliced into ...
+        unique_fd pipe_write;                // ... through this end
+        std::size_t in_pipe = 0;             // spliced in, not yet out (after `pending`)
+        std::size_t pipe_capacity = 0;       // the most one splice into the pipe moves
+        std::unique_ptr<stage_chain> stages; // null: no stage, the plain path
+        bool pipe_tried = false;             // a pipe was asked for (once per direction)
+        bool eof = false;                    // `from` said end of stream
+        bool end_passed = false; // with stages: the last stage has passed the end of stream on
+        bool done = false;       // the end has been passed on and `to` shut down for writing
         std::uint64_t bytes_written = 0;
         std::uint64_t bytes_spliced = 0; // of bytes_written, through the pipe
     };
     /// A SIGPIPE guard made by the first splice into a socket in a pump, held to its end.
     using sigpipe_scope = std::optional<detail::sigpipe_guard>;
+    /// What one splice round leaves the copy loop to do.
+    enum class splice_outcome { read_on, stop, copy_instead };
+    /// Where a direction's last stage delivers: its destination, as the copy path writes.
+    class stage_output;
 
+    static constexpr int index(direction which) noexcept { return static_cast<int>(which); }
     static void append(half& h, byte_view bytes) {
         h.pending.insert(h.pending.end(), bytes.begin(), bytes.end());
     }
     static std::size_t buffered(const half& h) noexcept {
         return h.pending.size() - h.pending_offset + h.in_pipe;
     }
+    static std::size_t in_stages(const half& h) noexcept { return h.stages ? h.stages->held() : 0; }
     bool has_pending(const half& h) const noexcept { return buffered(h) != 0; }
+    /// A direction with stages reads its source only while they hold less than one read, and
+    /// not once they have ended it.
+    bool stages_take_more(const half& h) const noexcept {
+        return !h.stages || (!h.end_passed && h.stages->held() < stage_hold_limit_);
+    }
     static bool peer_sent_fin(short revents) noexcept {
         return (revents & detail::peer_closed_event) != 0 && (revents & POLLERR) == 0;
     }
     short events_on(int side) const noexcept;
+    /// A direction without stages: flush, then read and write on (splice or copy) for up to
+    /// `rounds` reads, then pass the end of stream on when it has come.
     bool pump_half(half& h, bool source_ready, bool destination_ready, bool source_closing,
                    std::uint8_t* scratch, std::size_t scratch_size, int rounds,
                    sigpipe_scope& sigpipe) noexcept;
+    /// One splice from the source into the (empty) pipe, and on into the destination.
+    splice_outcome splice_round(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept;
+    /// One read into scratch, written straight on; true when another read may find more.
+    bool copy_round(half& h, bool source_closing, std::uint8_t* scratch, std::size_t scratch_size,
+                    bool& progressed) noexcept;
+    /// A direction with stages: flush, wake the stages whose time has come, then read through
+    /// the chain while it takes more, then pass the end of stream on when it has come.
+    bool pump_staged(half& h, time_point now, bool may_read, std::uint8_t* scratch,
+                     std::size_t scratch_size, int rounds, sigpipe_scope& sigpipe) noexcept;
+    /// Reads from the source into the first stage for up to `rounds` reads.
+    void read_into_stages(half& h, stage_output& out, time_point now, std::uint8_t* scratch,
+                          std::size_t scratch_size, int rounds);
+    /// Once `ended` and every byte before it has gone: shut `to` down for writing (or leave
+    /// the FIN to the caller's close) and give the pipe back. True when it did.
+    bool pass_end_of_stream(half& h, bool ended) noexcept;
     /// After a short read of `n` bytes from a socket whose FIN had come: reads on into the
     /// rest of scratch. True when that read said end of stream; bytes it found are added to
     /// `n`; an error other than "would block" is left in `ec`.
@@ -4092,16 +4372,78 @@ private:
             error_on_client_ = fd == halves_[0].from;
         }
     }
+    /// A stage's reset: `from` is closed with a reset too, not only the other side.
+    void fail_by_stage(const std::error_code& why, int from) noexcept;
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
     bool use_splice_;
     bool saturated_ = false;        // the last pump stopped at its rounds in a direction
     bool closes_at_finish_ = false; // see closes_at_finish()
+    std::size_t stage_hold_limit_ = static_cast<std::size_t>(-1); // the last pump's scratch size
     std::error_code error_;
     bool error_on_client_ = false;
 };
 
 // ---------------------------------------------------------------------------------------------
+
+/// Delivers what a direction's last stage passes on: written straight to the destination when
+/// nothing waits before it, the rest kept, as the copy path does.
+class relay::stage_output final : public stage_sink {
+public:
+    stage_output(relay& owner, half& h) noexcept : relay_(owner), half_(h) {}
+
+    void deliver(byte_view bytes) noexcept override {
+        if (relay_.failed() || half_.end_passed || bytes.empty()) {
+            return;
+        }
+        std::size_t written = 0;
+        if (!relay_.has_pending(half_)) {
+            std::error_code ec;
+            written = detail::send_some(half_.to, bytes.data(), bytes.size(), ec);
+            if (ec && !detail::would_block(ec)) {
+                relay_.fail(ec, half_.to);
+                return;
+            }
+            written = ec ? 0 : written;
+            half_.bytes_written += written;
+        }
+        if (written < bytes.size()) {
+            (void)relay_.keep(half_, byte_view{bytes.data() + written, bytes.size() - written});
+        }
+        progressed = true;
+    }
+    void deliver_end() noexcept override {
+        half_.end_passed = true;
+        progressed = true;
+    }
+    void reset(std::error_code why) noexcept override { relay_.fail_by_stage(why, half_.from); }
+
+    bool progressed = false;
+
+private:
+    relay& relay_;
+    half& half_;
+};
+
+inline void relay::set_stages(direction which, stage_chain chain) {
+    half& h = halves_[index(which)];
+    h.stages = chain.empty() ? nullptr : std::make_unique<stage_chain>(std::move(chain));
+}
+
+inline time_point relay::next_wake() const noexcept {
+    time_point earliest = time_point::max();
+    if (failed()) {
+        return earliest;
+    }
+    for (const half& h : halves_) {
+        // Bytes waiting for the destination come first: writability brings the pump back.
+        if (h.stages && !h.done && !has_pending(h)) {
+            time_point wake = h.stages->next_wake();
+            earliest = wake < earliest ? wake : earliest;
+        }
+    }
+    return earliest;
+}
 
 inline short relay::events_on(int side) const noexcept {
     if (finished()) {
@@ -4111,7 +4453,7 @@ inline short relay::events_on(int side) const noexcept {
     const half& outgoing = halves_[side];     // reads from this side
     const half& incoming = halves_[1 - side]; // writes to this side
     short events = 0;
-    if (!outgoing.eof && !has_pending(outgoing)) {
+    if (!outgoing.eof && !has_pending(outgoing) && stages_take_more(outgoing)) {
         events |= POLLIN | detail::peer_closed_event;
     }
     if (has_pending(incoming)) {
@@ -4151,6 +4493,17 @@ inline bool relay::keep(half& h, byte_view rest) noexcept {
         fail(std::make_error_code(std::errc::not_enough_memory), h.from);
         return false;
     }
+}
+
+inline void relay::fail_by_stage(const std::error_code& why, int from) noexcept {
+    if (failed()) {
+        return;
+    }
+    // The caller resets the side not blamed; this one is reset here, as a peer's reset would
+    // have left it. Should that fail, the peer gets a FIN instead: the tunnel still ends.
+    std::error_code ignored;
+    detail::set_linger_reset(from, ignored);
+    fail(why, from);
 }
 
 inline bool relay::drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept {
@@ -4215,90 +4568,162 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
         if (!flush(h, progressed) || !drain_pipe(h, progressed, sigpipe) || h.eof || !may_read) {
             break;
         }
-        std::error_code ec;
-        if (h.pipe_read) {
-            // Splicing: at most a pipe's worth into the (empty) pipe, then on.
-            std::size_t n = detail::splice_some(h.from, h.pipe_write.get(), h.pipe_capacity, ec);
-            if (!ec) {
-                progressed = true;
-                if (n == 0) {
-                    h.eof = true;
-                    break;
-                }
-                h.in_pipe = n;
-                if (!drain_pipe(h, progressed, sigpipe) || n < h.pipe_capacity) {
-                    break; // a short read emptied the socket: see below
-                }
-                continue;
-            }
-            if (!detail::would_block(ec)) {
-                fail(ec, h.from);
-                break;
-            }
-            // splice(2) also says "would block" when the next byte is TCP urgent data
-            // (MSG_OOB): it stops there for good, while poll(2) goes on saying readable. A
-            // recv(2) reads past it, as the copy path always has, or finds nothing either.
-            ec.clear();
+        const splice_outcome spliced =
+            h.pipe_read ? splice_round(h, progressed, sigpipe) : splice_outcome::copy_instead;
+        if (spliced == splice_outcome::read_on) {
+            continue;
         }
-        std::size_t n = detail::recv_some(h.from, scratch, scratch_size, ec);
+        if (spliced == splice_outcome::stop ||
+            !copy_round(h, source_closing, scratch, scratch_size, progressed)) {
+            break;
+        }
+    }
+    saturated_ = saturated_ || round == rounds;
+    return pass_end_of_stream(h, h.eof) || progressed;
+}
+
+inline relay::splice_outcome relay::splice_round(half& h, bool& progressed,
+                                                 sigpipe_scope& sigpipe) noexcept {
+    // At most a pipe's worth into the (empty) pipe, then on.
+    std::error_code ec;
+    std::size_t n = detail::splice_some(h.from, h.pipe_write.get(), h.pipe_capacity, ec);
+    if (ec) {
+        if (!detail::would_block(ec)) {
+            fail(ec, h.from);
+            return splice_outcome::stop;
+        }
+        // splice(2) also says "would block" when the next byte is TCP urgent data (MSG_OOB):
+        // it stops there for good, while poll(2) goes on saying readable. A recv(2) reads past
+        // it, as the copy path always has, or finds nothing either.
+        return splice_outcome::copy_instead;
+    }
+    progressed = true;
+    if (n == 0) {
+        h.eof = true;
+        return splice_outcome::stop;
+    }
+    h.in_pipe = n;
+    if (!drain_pipe(h, progressed, sigpipe) || n < h.pipe_capacity) {
+        return splice_outcome::stop; // a short read emptied the socket: see copy_round
+    }
+    return splice_outcome::read_on;
+}
+
+inline bool relay::copy_round(half& h, bool source_closing, std::uint8_t* scratch,
+                              std::size_t scratch_size, bool& progressed) noexcept {
+    std::error_code ec;
+    std::size_t n = detail::recv_some(h.from, scratch, scratch_size, ec);
+    if (ec) {
+        if (!detail::would_block(ec)) {
+            fail(ec, h.from);
+        }
+        return false;
+    }
+    progressed = true;
+    if (n == 0) {
+        h.eof = true;
+        return false;
+    }
+    if (n == scratch_size) {
+        start_splicing(h); // bulk data: the next read goes through a pipe
+    }
+    // A short read took everything the socket had. If the wait said its FIN had come too, one
+    // more read hears the end of stream now rather than after another wait, and the bytes go
+    // out held back for our FIN, in one segment with it.
+    std::error_code read_error;
+    const bool ends = n < scratch_size && source_closing &&
+                      read_on_to_end(h.from, scratch, n, scratch_size, read_error);
+    // Write straight from scratch; keep only what the destination would not take.
+    std::size_t written =
+        detail::send_some(h.to, scratch, n, ec, ends ? detail::more_follows_flag : 0);
+    if (ec && !detail::would_block(ec)) {
+        fail(ec, h.to);
+        return false;
+    }
+    written = ec ? 0 : written;
+    h.bytes_written += written;
+    if (written < n) {
+        keep(h, byte_view{scratch + written, n - written});
+    }
+    h.eof = ends;
+    if (read_error) {
+        fail(read_error, h.from); // after passing on what came before it, as ever
+    }
+    // After a short read, another would only say EAGAIN (two wasted system calls per
+    // request/response round trip). Readiness is level triggered, so bytes that arrive
+    // meanwhile bring the caller straight back.
+    return written == n && n == scratch_size && !failed();
+}
+
+inline bool relay::pump_staged(half& h, time_point now, bool may_read, std::uint8_t* scratch,
+                               std::size_t scratch_size, int rounds,
+                               sigpipe_scope& sigpipe) noexcept {
+    stage_output out(*this, h);
+    // Older bytes first: what the destination has not taken (and a pipe left from before the
+    // stages came) goes before anything the stages release.
+    if (flush(h, out.progressed) && drain_pipe(h, out.progressed, sigpipe)) {
+        try {
+            h.stages->wake(now, out);
+            if (may_read) {
+                read_into_stages(h, out, now, scratch, scratch_size, rounds);
+            }
+        } catch (...) { // a stage that cannot go on ends this tunnel, not the proxy
+            fail(make_error_code(errc::stage_failed), h.from);
+        }
+    }
+    return pass_end_of_stream(h, h.end_passed) || out.progressed;
+}
+
+inline void relay::read_into_stages(half& h, stage_output& out, time_point now,
+                                    std::uint8_t* scratch, std::size_t scratch_size, int rounds) {
+    rounds = rounds < 1 ? 1 : rounds;
+    int round = 0;
+    for (; round < rounds; ++round) {
+        if (!flush(h, out.progressed) || failed() || h.eof || !stages_take_more(h)) {
+            break;
+        }
+        // No more than keeps what the stages hold within one scratch buffer's worth.
+        const std::size_t room = stage_hold_limit_ - h.stages->held();
+        const std::size_t want = room < scratch_size ? room : scratch_size;
+        if (want == 0) {
+            break; // no scratch buffer (a pump told nothing is ready): nothing is read
+        }
+        std::error_code ec;
+        std::size_t n = detail::recv_some(h.from, scratch, want, ec);
         if (ec) {
             if (!detail::would_block(ec)) {
                 fail(ec, h.from);
             }
             break;
         }
-        progressed = true;
+        out.progressed = true;
         if (n == 0) {
             h.eof = true;
+            h.stages->feed_end(now, out);
             break;
         }
-        if (n == scratch_size) {
-            start_splicing(h); // bulk data: the next read goes through a pipe
-        }
-        // A short read took everything the socket had. If the wait said its FIN had come too,
-        // one more read hears the end of stream now rather than after another wait, and the
-        // bytes go out held back for our FIN (below), in one segment with it.
-        std::error_code read_error;
-        const bool ends = n < scratch_size && source_closing &&
-                          read_on_to_end(h.from, scratch, n, scratch_size, read_error);
-        // Write straight from scratch; keep only what the destination would not take.
-        std::size_t written =
-            detail::send_some(h.to, scratch, n, ec, ends ? detail::more_follows_flag : 0);
-        if (ec && !detail::would_block(ec)) {
-            fail(ec, h.to);
-            break;
-        }
-        written = ec ? 0 : written;
-        h.bytes_written += written;
-        if (written < n) {
-            keep(h, byte_view{scratch + written, n - written});
-        }
-        h.eof = ends;
-        if (read_error) {
-            fail(read_error, h.from); // after passing on what came before it, as ever
-        }
-        if (written < n || n < scratch_size || failed()) {
-            // A short read took everything the socket had: another would only say EAGAIN (two
-            // wasted system calls per request/response round trip). Readiness is level
-            // triggered, so bytes that arrive meanwhile bring the caller straight back.
-            break;
+        h.stages->feed(byte_view{scratch, n}, now, out);
+        if (n < want) {
+            break; // the socket is empty: see copy_round
         }
     }
     saturated_ = saturated_ || round == rounds;
-    // End of stream passes on once everything read before it has been written.
-    if (h.eof && !h.done && !has_pending(h) && !failed()) {
-        const half& other = &h == &halves_[0] ? halves_[1] : halves_[0];
-        if (!(closes_at_finish_ && other.done)) { // else the caller's close() sends the FIN
-            std::error_code ignored; // the peer may be gone already; its reset shows on a read
-            detail::shutdown_socket(h.to, SHUT_WR, ignored);
-        }
-        h.done = true;
-        // Nothing more goes this way: the pipe's descriptors go back now.
-        h.pipe_read.reset();
-        h.pipe_write.reset();
-        progressed = true;
+}
+
+inline bool relay::pass_end_of_stream(half& h, bool ended) noexcept {
+    if (!ended || h.done || has_pending(h) || failed()) {
+        return false;
     }
-    return progressed;
+    const half& other = &h == &halves_[0] ? halves_[1] : halves_[0];
+    if (!(closes_at_finish_ && other.done)) { // else the caller's close() sends the FIN
+        std::error_code ignored; // the peer may be gone already; its reset shows on a read
+        detail::shutdown_socket(h.to, SHUT_WR, ignored);
+    }
+    h.done = true;
+    // Nothing more goes this way: the pipe's descriptors go back now.
+    h.pipe_read.reset();
+    h.pipe_write.reset();
+    return true;
 }
 
 inline bool relay::read_on_to_end(int fd, std::uint8_t* scratch, std::size_t& n,
@@ -4329,10 +4754,13 @@ inline void relay::probe_half_closed(int side, short revents) noexcept {
     }
 }
 
-inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short client_revents,
-                        short upstream_revents, int rounds) noexcept {
+inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scratch_size,
+                        short client_revents, short upstream_revents, int rounds) noexcept {
     bool progressed = false;
     saturated_ = false;
+    if (scratch_size != 0) {
+        stage_hold_limit_ = scratch_size; // what the stages of a direction may hold
+    }
     probe_half_closed(0, client_revents);
     probe_half_closed(1, upstream_revents);
     // Blocks SIGPIPE from the first splice into a socket to the end of this pump; a pump that
@@ -4346,10 +4774,18 @@ inline bool relay::pump(std::uint8_t* scratch, std::size_t scratch_size, short c
     const bool closing[2] = {peer_sent_fin(client_revents), peer_sent_fin(upstream_revents)};
     for (int side = 0; side < 2; ++side) {
         half& h = halves_[side]; // reads from `side`, writes to the other
-        if (!h.done && !failed()) {
+        if (h.done || failed()) {
+            continue;
+        }
+        if (!h.stages) {
             progressed = pump_half(h, readable[side], writable[1 - side], closing[side], scratch,
                                    scratch_size, rounds, sigpipe) ||
                          progressed;
+        } else {
+            // As pump_half: a source not watched because bytes waited may have more.
+            const bool may_read = readable[side] || (has_pending(h) && writable[1 - side]);
+            progressed =
+                pump_staged(h, now, may_read, scratch, scratch_size, rounds, sigpipe) || progressed;
         }
     }
     return progressed || failed();
@@ -4856,7 +5292,11 @@ public:
     bool watch_upstream() const noexcept { return relay_->watch_upstream(); }
     bool saturated() const noexcept { return relay_->saturated(); }
     int upstream_fd() const noexcept { return upstream_.native_handle(); }
+    /// The earlier of the idle deadline and the relay's next wake-up (a stage holding bytes).
     time_point deadline() const noexcept { return deadline_; }
+    /// At the deadline: true when it is the relay's wake-up (pump with no readiness), false
+    /// when the tunnel has been idle for its whole timeout.
+    bool relay_due(time_point now) const noexcept { return relay_->next_wake() <= now; }
     std::error_code error() const noexcept { return relay_->error(); }
 
     /// Ends the tunnel (if it started): its byte counts go to `result`, the upstream closes.
@@ -4866,7 +5306,8 @@ private:
     socket upstream_;
     std::optional<relay> relay_;
     std::chrono::milliseconds idle_timeout_{0};
-    time_point deadline_ = time_point::max();
+    time_point idle_deadline_ = time_point::max(); // no byte has moved since
+    time_point deadline_ = time_point::max();      // the earlier of that and the relay's wake-up
     bool client_awaits_reply_ = false; // the relay began with a reply and nothing for upstream
 };
 
@@ -4890,15 +5331,19 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
     relay_->prime_client(reply);
     relay_->prime_upstream(to_upstream);
     idle_timeout_ = limits.idle_timeout;
-    deadline_ = deadline_after(now, idle_timeout_);
+    idle_deadline_ = deadline_after(now, idle_timeout_);
+    deadline_ = idle_deadline_;
 }
 
 inline bool tunnel::pump(socket& client, short client_revents, short upstream_revents,
                          time_point now, std::uint8_t* scratch, std::size_t scratch_size,
                          int rounds) {
-    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents, rounds)) {
-        deadline_ = deadline_after(now, idle_timeout_);
+    if (relay_->pump(now, scratch, scratch_size, client_revents, upstream_revents, rounds)) {
+        idle_deadline_ = deadline_after(now, idle_timeout_);
     }
+    // The relay's stages may need a pump before the idle timeout: whichever comes first.
+    const time_point wake = relay_->next_wake();
+    deadline_ = wake < idle_deadline_ ? wake : idle_deadline_;
     if (!relay_->finished()) {
         return false;
     }
@@ -5293,6 +5738,10 @@ void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
         follow(connector_.on_deadline(), now);
         return;
     case state::relaying:
+        if (tunnel_.relay_due(now)) {
+            relay_ready(0, 0, now, nullptr, 0); // a stage's time has come: no socket is ready
+            return;
+        }
         finish(make_error_code(errc::idle_timeout));
         return;
     default:

@@ -219,6 +219,16 @@ inline bool set_int_option(int fd, int level, int name, int value, std::error_co
     return true;
 }
 
+/// SO_LINGER 0: close() then sends a reset instead of a FIN.
+inline bool set_linger_reset(int fd, std::error_code& ec) noexcept {
+    ::linger option{1, 0};
+    if (::setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, sizeof option) < 0) {
+        ec = last_error();
+        return false;
+    }
+    return true;
+}
+
 /// TCP_NODELAY: small writes go out at once instead of being batched (Nagle off).
 inline bool set_nodelay(int fd, bool on, std::error_code& ec) noexcept {
     return set_int_option(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0, ec);

@@ -49,7 +49,11 @@ public:
     bool watch_upstream() const noexcept { return relay_->watch_upstream(); }
     bool saturated() const noexcept { return relay_->saturated(); }
     int upstream_fd() const noexcept { return upstream_.native_handle(); }
+    /// The earlier of the idle deadline and the relay's next wake-up (a stage holding bytes).
     time_point deadline() const noexcept { return deadline_; }
+    /// At the deadline: true when it is the relay's wake-up (pump with no readiness), false
+    /// when the tunnel has been idle for its whole timeout.
+    bool relay_due(time_point now) const noexcept { return relay_->next_wake() <= now; }
     std::error_code error() const noexcept { return relay_->error(); }
 
     /// Ends the tunnel (if it started): its byte counts go to `result`, the upstream closes.
@@ -59,7 +63,8 @@ private:
     socket upstream_;
     std::optional<relay> relay_;
     std::chrono::milliseconds idle_timeout_{0};
-    time_point deadline_ = time_point::max();
+    time_point idle_deadline_ = time_point::max(); // no byte has moved since
+    time_point deadline_ = time_point::max();      // the earlier of that and the relay's wake-up
     bool client_awaits_reply_ = false; // the relay began with a reply and nothing for upstream
 };
 
@@ -83,15 +88,19 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
     relay_->prime_client(reply);
     relay_->prime_upstream(to_upstream);
     idle_timeout_ = limits.idle_timeout;
-    deadline_ = deadline_after(now, idle_timeout_);
+    idle_deadline_ = deadline_after(now, idle_timeout_);
+    deadline_ = idle_deadline_;
 }
 
 inline bool tunnel::pump(socket& client, short client_revents, short upstream_revents,
                          time_point now, std::uint8_t* scratch, std::size_t scratch_size,
                          int rounds) {
-    if (relay_->pump(scratch, scratch_size, client_revents, upstream_revents, rounds)) {
-        deadline_ = deadline_after(now, idle_timeout_);
+    if (relay_->pump(now, scratch, scratch_size, client_revents, upstream_revents, rounds)) {
+        idle_deadline_ = deadline_after(now, idle_timeout_);
     }
+    // The relay's stages may need a pump before the idle timeout: whichever comes first.
+    const time_point wake = relay_->next_wake();
+    deadline_ = wake < idle_deadline_ ? wake : idle_deadline_;
     if (!relay_->finished()) {
         return false;
     }
