@@ -1,15 +1,14 @@
-// The policy conformance suite: one set of guarantees, run against thread, fork and poll and a
-// policy written here the way a user would write one (a fixed pool of threads).
+// The policy conformance suite: one set of guarantees, run against thread, fork and poll and the
+// policy examples/custom_policy.cpp ships, written the way a user writes one (a thread pool).
 #include <doctest/doctest.h>
 
 #include <ostream> // doctest prints std::error_code with operator<<
 
 #include "support/loopback.hpp"
 #include "support/skip.hpp"
+#include "thread_pool_policy.hpp" // examples/: the shipped user-written policy
 
 #include <algorithm>
-#include <condition_variable>
-#include <deque>
 #include <future>
 #include <mutex>
 #include <new>       // std::bad_alloc
@@ -30,59 +29,11 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// A user-written policy: a fixed pool of worker threads fed by the accept loop through a
-/// queue. Only the public Server interface is used.
-class pool_policy {
-public:
-    template <class Server>
-    void run(Server& server) {
-        std::mutex mutex;
-        std::condition_variable ready;
-        std::deque<tinyproxy::accepted_client> queue;
-        bool stopping = false;
-        std::vector<std::thread> workers;
-        for (int i = 0; i < workers_; ++i) {
-            workers.emplace_back([&] {
-                for (;;) {
-                    std::unique_lock<std::mutex> lock(mutex);
-                    ready.wait(lock, [&] { return stopping || !queue.empty(); });
-                    if (stopping) {
-                        return;
-                    }
-                    auto client = std::move(queue.front());
-                    queue.pop_front();
-                    lock.unlock();
-                    server.serve(std::move(client));
-                }
-            });
-        }
-        for (;;) {
-            tinyproxy::accepted_client client;
-            auto status = server.accept_next(client, tinyproxy::time_point::max());
-            if (status == tinyproxy::accept_status::stopped) {
-                break;
-            }
-            if (status == tinyproxy::accept_status::client) {
-                std::lock_guard<std::mutex> lock(mutex);
-                queue.push_back(std::move(client));
-                ready.notify_one();
-            }
-        }
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            stopping = true;
-            queue.clear(); // clients never served are closed
-        }
-        ready.notify_all();
-        for (auto& w : workers) {
-            w.join();
-        }
-    }
-
-private:
-    // Enough workers for the suite's 100 concurrent clients: a pool serves one session per
-    // worker at a time.
-    int workers_ = 128;
+/// The thread pool policy examples/custom_policy.cpp ships (a policy written the way a user
+/// writes one), with enough workers for the suite's 100 concurrent clients: a pool serves one
+/// session per worker at a time.
+struct pool_policy : thread_pool_policy {
+    pool_policy() : thread_pool_policy(128) {}
 };
 
 /// Sends `payload` and reads the echo at the same time (both directions in flight at once).
