@@ -166,7 +166,7 @@ TEST_CASE("ip_address::parse reads IPv4, IPv6 and numeric scope ids, and nothing
     auto v4 = ip_address::parse("192.0.2.33");
     REQUIRE(v4);
     CHECK(v4->is_v4());
-    CHECK(unit_support::as_string(v4->bytes()) == std::string("\xC0\x00\x02\x21", 4));
+    CHECK(tptest::as_string(v4->bytes()) == std::string("\xC0\x00\x02\x21", 4));
 
     auto v6 = ip_address::parse("2001:db8::1");
     REQUIRE(v6);
@@ -420,7 +420,7 @@ TEST_CASE("ip_address::to_string writes IPv4 as inet_ntop does, without its deep
     // session made, and so a page of memory for each thread_policy session.
     auto address = tinyproxy::ip_address::v4({203, 0, 113, 255});
     std::string text;
-    std::size_t used = testing::stack_bytes_used([&] { text = address.to_string(); });
+    std::size_t used = tptest::stack_bytes_used([&] { text = address.to_string(); });
     CHECK(text == "203.0.113.255");
     CAPTURE(used);
     CHECK(used < 1024);

@@ -160,7 +160,7 @@ bool read_multi_field_message(byte_reader& reader) {
     same = reader.u64() == 0x0102030405060708ull && same;
     same = reader.string_u8() == "example.com" && same;
     same = reader.string_u16() == "payload" && same;
-    same = unit_support::as_string(reader.bytes(3)) == "xyz" && same;
+    same = tptest::as_string(reader.bytes(3)) == "xyz" && same;
     return same;
 }
 
@@ -295,11 +295,11 @@ TEST_CASE("byte_reader reads back random values written by byte_writer") {
                 writer.u64(value);
                 break;
             case 4:
-                texts.push_back(unit_support::random_bytes(value % 256, static_cast<unsigned>(i)));
+                texts.push_back(tptest::random_bytes(value % 256, static_cast<unsigned>(i)));
                 writer.string_u8(texts.back());
                 break;
             default:
-                texts.push_back(unit_support::random_bytes(value % 700, static_cast<unsigned>(i)));
+                texts.push_back(tptest::random_bytes(value % 700, static_cast<unsigned>(i)));
                 writer.string_u16(texts.back());
                 break;
             }
@@ -382,7 +382,7 @@ TEST_CASE("a short read returns zero, does not move, and stays short even for sm
     CHECK(reader.bytes(1).empty());
     CHECK(reader.string_u16().empty());
     CHECK(reader.position() == 0);
-    CHECK(unit_support::as_string(reader.rest()) == "\x01\x02\x03");
+    CHECK(tptest::as_string(reader.rest()) == "\x01\x02\x03");
 
     // A length prefix that promises more than is there.
     const bytes promise{0x05, 'a', 'b', 'c'};
@@ -408,7 +408,7 @@ TEST_CASE("rest() hands back the bytes after a message intact, as a view into th
     REQUIRE(read_multi_field_message(reader));
     REQUIRE_FALSE(reader.need_more());
     byte_view rest = reader.rest();
-    CHECK(unit_support::as_string(rest) == trailing);
+    CHECK(tptest::as_string(rest) == trailing);
     CHECK(rest.data() == input.data() + (input.size() - trailing.size()));
     CHECK(reader.remaining() == trailing.size());
 

@@ -14,7 +14,7 @@
 
 namespace {
 
-using namespace cli_test;
+using namespace tptest;
 
 /// `name LISTEN_PORT 127.0.0.1 ECHO_PORT [extra]`: prints its listening line, relays 256 KiB
 /// there and back byte for byte, and exits 0 on SIGTERM.
@@ -24,14 +24,14 @@ void check_forwarder(const std::string& name, const std::vector<std::string>& ex
         return;
     }
     echo_server echo;
-    std::vector<std::string> args{"0", "127.0.0.1", std::to_string(echo.local_endpoint().port)};
+    std::vector<std::string> args{"0", "127.0.0.1", std::to_string(echo.endpoint().port)};
     args.insert(args.end(), extra.begin(), extra.end());
     process proxy(path, args);
     tinyproxy::endpoint where = read_listening(proxy);
     CHECK(where.address == tinyproxy::ip_address::loopback_v4());
 
-    bytes payload = random_bytes(256 * 1024, 2);
-    tinyproxy::socket client = connect_to(where);
+    bytes payload = random_vector(256 * 1024, 2);
+    tinyproxy::socket client = require_connect(where);
     transfer t = exchange(client, payload, after(ms(10'000)));
     CHECK(t.error == "");
     CHECK(t.eof);
@@ -102,7 +102,7 @@ TEST_CASE("examples custom_policy with 2 workers serves 6 concurrent clients") {
         return;
     }
     echo_server echo;
-    process proxy(path, {"0", "127.0.0.1", std::to_string(echo.local_endpoint().port), "2"});
+    process proxy(path, {"0", "127.0.0.1", std::to_string(echo.endpoint().port), "2"});
     tinyproxy::endpoint where = read_listening(proxy);
 
     // All six connect and send at once; two are served while four wait their turn.
@@ -112,7 +112,7 @@ TEST_CASE("examples custom_policy with 2 workers serves 6 concurrent clients") {
     std::vector<std::string> connect_errors(clients);
     std::vector<std::thread> threads;
     for (std::size_t i = 0; i < clients; ++i) {
-        payloads[i] = random_bytes(32 * 1024, static_cast<unsigned>(10 + i));
+        payloads[i] = random_vector(32 * 1024, static_cast<unsigned>(10 + i));
         threads.emplace_back([&, i] {
             std::error_code ec;
             tinyproxy::socket client = connect_to(where, ec);
@@ -146,13 +146,13 @@ TEST_CASE("examples custom_policy on SIGTERM closes the clients still queued, un
         return;
     }
     echo_server echo;
-    process proxy(path, {"0", "127.0.0.1", std::to_string(echo.local_endpoint().port), "1"});
+    process proxy(path, {"0", "127.0.0.1", std::to_string(echo.endpoint().port), "1"});
     tinyproxy::endpoint where = read_listening(proxy);
-    tinyproxy::socket served = connect_to(where); // holds the only worker
+    tinyproxy::socket served = require_connect(where); // holds the only worker
     REQUIRE(ping(served));
     std::vector<tinyproxy::socket> waiting;
     for (int i = 0; i < 3; ++i) {
-        waiting.push_back(connect_to(where));
+        waiting.push_back(require_connect(where));
         std::error_code ec;
         waiting.back().send_all(tinyproxy::byte_view("queued"), after(ms(1000)), ec);
         CHECK(!ec);
@@ -175,7 +175,7 @@ TEST_CASE("examples port_opener echoes, and prints the client's address and a he
     tinyproxy::endpoint where = read_listening(opener);
     CHECK(where.address == tinyproxy::ip_address::loopback_v4());
 
-    tinyproxy::socket client = connect_to(where);
+    tinyproxy::socket client = require_connect(where);
     std::error_code ec;
     std::string who = client.local_endpoint(ec).to_string();
     std::string text = "hello, port_opener";
@@ -222,7 +222,7 @@ TEST_CASE("examples port_opener exits 0 on SIGINT, and 2 on bad arguments") {
     }
     process opener(path, {"0"});
     tinyproxy::endpoint where = read_listening(opener);
-    tinyproxy::socket client = connect_to(where); // one client still connected
+    tinyproxy::socket client = require_connect(where); // one client still connected
     CHECK(ping(client));
     expect_clean_exit(opener, SIGINT);
     check_usage("port_opener", {{"x"}, {"70000"}, {"-1"}, {"1", "2"}});

@@ -16,6 +16,8 @@
 
 #include <tinyproxy/tinyproxy.hpp>
 
+#include "support/split_feed.hpp"
+
 namespace {
 
 using tinyproxy::credentials;
@@ -65,39 +67,26 @@ struct outcome {
     std::error_code error;
 };
 
-/// Feeds `input` cut at `cuts` (increasing positions); stops at the first terminal step.
-outcome drive(const config& cfg, std::string_view input, const std::vector<std::size_t>& cuts) {
+/// The split-feed driver's check: a doctest CHECK that names the invariant.
+void expect(bool ok, const char* what) { CHECK_MESSAGE(ok, what); }
+
+/// Feeds `input` cut at `cuts` (increasing positions); stops at the first terminal step. Besides
+/// the invariants of tests/support/split_feed.hpp: need_more and connect send nothing.
+outcome drive(const config& cfg, std::string_view input, const tptest::cuts& cuts) {
     http_connect_handshake handshake(cfg);
-    std::vector<std::size_t> ends = cuts;
-    ends.push_back(input.size());
-    std::size_t start = 0;
-    for (std::size_t end : ends) {
-        handshake_step step = handshake.feed(input.substr(start, end - start));
-        if (step.what == action::need_more) {
-            CHECK(step.to_client.empty());
-            CHECK(!step.error);
-            CHECK(!handshake.finished());
-            start = end;
-            continue;
-        }
-        outcome out{action_name(step.what), as_string(step.to_client), "", "", step.error};
-        if (step.what == action::connect) {
-            out.target = step.target.to_string();
-            out.to_upstream = as_string(step.to_upstream) + std::string(input.substr(end));
-            CHECK(step.to_client.empty());
-            CHECK(!step.error);
-        } else {
-            CHECK(step.error);
-        }
-        // The handshake is over: anything more is refused, with nothing to send.
-        CHECK(handshake.finished());
-        handshake_step after = handshake.feed(std::string_view("x"));
-        CHECK(after.what == action::fail);
-        CHECK(after.error == errc::protocol_error);
-        CHECK(after.to_client.empty());
-        return out;
+    tinyproxy::byte_view stream{reinterpret_cast<const std::uint8_t*>(input.data()), input.size()};
+    tptest::handshake_run r = tptest::drive_handshake(handshake, stream, cuts, expect);
+    CHECK(r.to_client_before_end == 0);
+    if (r.what == action::need_more) {
+        return outcome{"need_more", "", "", "", {}};
     }
-    return outcome{"need_more", "", "", "", {}};
+    outcome out{action_name(r.what), as_string(r.to_client), "", "", r.error};
+    if (r.what == action::connect) {
+        out.target = r.target.to_string();
+        out.to_upstream = as_string(r.upstream);
+        CHECK(r.to_client.empty());
+    }
+    return out;
 }
 
 void check_same(const outcome& a, const outcome& b) {
@@ -112,17 +101,9 @@ void check_same(const outcome& a, const outcome& b) {
 /// splits for long inputs); every way gives the same outcome, which is returned.
 outcome run(std::string_view input, const config& cfg = {}) {
     outcome whole = drive(cfg, input, {});
-    std::vector<std::size_t> every;
-    for (std::size_t i = 1; i < input.size(); ++i) {
-        every.push_back(i);
-    }
-    check_same(whole, drive(cfg, input, every));
-    std::size_t step = input.size() > 4096 ? input.size() / 997 + 1 : 1;
-    for (std::size_t i = 1; i < input.size(); i += step) {
-        check_same(whole, drive(cfg, input, {i}));
-        if (i + 7 < input.size()) {
-            check_same(whole, drive(cfg, input, {i, i + 7}));
-        }
+    std::size_t stride = input.size() > 4096 ? input.size() / 997 + 1 : 1;
+    for (const tptest::cuts& plan : tptest::split_plans(input.size(), stride, 7)) {
+        check_same(whole, drive(cfg, input, plan));
     }
     return whole;
 }

@@ -14,7 +14,7 @@
 
 namespace {
 
-using namespace interop_test;
+using namespace tptest;
 
 bool contains(const std::string& text, const std::string& part) {
     return text.find(part) != std::string::npos;
@@ -22,7 +22,7 @@ bool contains(const std::string& text, const std::string& part) {
 
 /// An HTTP server on ::1, when IPv6 loopback can be bound; null otherwise.
 std::unique_ptr<http_server> http_server_v6() {
-    if (!cli_test::ipv6_loopback_available()) {
+    if (!tptest::ipv6_loopback_available()) {
         MESSAGE("::1 cannot be bound: the IPv6 targets are left out");
         return nullptr;
     }
@@ -33,7 +33,7 @@ std::unique_ptr<http_server> http_server_v6() {
 /// curl's SOCKS5 (name resolved by the proxy, and by curl: IPv4 and IPv6 targets), SOCKS4a and
 /// SOCKS4 through `--socks`; every body exact, every request seen by the server.
 void check_socks_clients(const std::string& policy) {
-    std::string cli = cli_test::cli_program();
+    std::string cli = tptest::cli_program();
     if (cli.empty()) {
         return;
     }
@@ -41,10 +41,9 @@ void check_socks_clients(const std::string& policy) {
     if (curl.empty()) {
         return;
     }
-    http_server web(cli_test::loopback(), "hello over IPv4\n");
+    http_server web(tptest::loopback(), "hello over IPv4\n");
     std::unique_ptr<http_server> web6 = http_server_v6();
-    running_proxy proxy(cli,
-                        {"--listen", "127.0.0.1:0", "--socks", "--policy", policy, "--verbose"});
+    cli_proxy proxy(cli, {"--listen", "127.0.0.1:0", "--socks", "--policy", policy, "--verbose"});
 
     struct client_case {
         std::string option;
@@ -79,7 +78,7 @@ void check_socks_clients(const std::string& policy) {
 /// `--user u:p`: curl's SOCKS5 username/password and HTTP Basic get through with the right
 /// credentials; wrong ones (or none) fail in the handshake and the server sees no request.
 void check_user(const std::string& policy) {
-    std::string cli = cli_test::cli_program();
+    std::string cli = tptest::cli_program();
     if (cli.empty()) {
         return;
     }
@@ -87,10 +86,10 @@ void check_user(const std::string& policy) {
     if (curl.empty()) {
         return;
     }
-    http_server web(cli_test::loopback(), "hello over IPv4\n");
+    http_server web(tptest::loopback(), "hello over IPv4\n");
     const std::string target = url(web.local_endpoint());
     {
-        running_proxy socks(cli, {"--listen", "127.0.0.1:0", "--policy", policy, "--user", "u:p"});
+        cli_proxy socks(cli, {"--listen", "127.0.0.1:0", "--policy", policy, "--user", "u:p"});
         curl_result good = run_curl(curl, {"--socks5-hostname", socks.address(), "--proxy-user",
                                            "u:p", url("localhost", web.port())});
         CHECK_MESSAGE(good.exit_code == 0, "curl: " << good.err);
@@ -113,8 +112,8 @@ void check_user(const std::string& policy) {
         socks.stop();
     }
     {
-        running_proxy http(cli, {"--listen", "127.0.0.1:0", "--http-connect", "--policy", policy,
-                                 "--user", "u:p"});
+        cli_proxy http(cli, {"--listen", "127.0.0.1:0", "--http-connect", "--policy", policy,
+                             "--user", "u:p"});
         curl_result good = run_curl(curl, {"-p", "-x", "http://u:p@" + http.address(), target});
         CHECK_MESSAGE(good.exit_code == 0, "curl: " << good.err);
         CHECK(good.http_connect == "200");
@@ -148,7 +147,7 @@ void check_user(const std::string& policy) {
 /// `--http-connect` without `--user` (the README's command with port 0): curl -p -x to an IPv4
 /// address, a name the proxy resolves, and an IPv6 address.
 void check_http_connect(const std::string& policy) {
-    std::string cli = cli_test::cli_program();
+    std::string cli = tptest::cli_program();
     if (cli.empty()) {
         return;
     }
@@ -156,9 +155,9 @@ void check_http_connect(const std::string& policy) {
     if (curl.empty()) {
         return;
     }
-    http_server web(cli_test::loopback(), "hello over IPv4\n");
+    http_server web(tptest::loopback(), "hello over IPv4\n");
     std::unique_ptr<http_server> web6 = http_server_v6();
-    running_proxy proxy(cli, {"--http-connect", "--listen", "127.0.0.1:0", "--policy", policy});
+    cli_proxy proxy(cli, {"--http-connect", "--listen", "127.0.0.1:0", "--policy", policy});
 
     std::vector<std::pair<std::string, const http_server*>> cases = {
         {url(web.local_endpoint()), &web},
@@ -205,7 +204,7 @@ std::string haproxy_in_front(std::uint16_t port, const std::string& backend,
 /// `--forward --accept-proxy`: curl (from 127.0.0.3) gets the body through both. With
 /// `check_log`, our --verbose line must name curl's address from the header, not haproxy's.
 void check_haproxy_in_front(const std::string& policy, bool check_log) {
-    std::string cli = cli_test::cli_program();
+    std::string cli = tptest::cli_program();
     if (cli.empty()) {
         return;
     }
@@ -219,10 +218,9 @@ void check_haproxy_in_front(const std::string& policy, bool check_log) {
     const std::string client_ip = can_bind("127.0.0.3") ? "127.0.0.3" : "127.0.0.1";
     const std::string haproxy_ip = can_bind("127.0.0.2") ? "127.0.0.2" : "127.0.0.1";
 
-    http_server web(cli_test::loopback(), "hello over IPv4\n");
-    running_proxy proxy(cli,
-                        {"--listen", "127.0.0.1:0", "--forward", web.local_endpoint().to_string(),
-                         "--accept-proxy", "--verbose", "--policy", policy});
+    http_server web(tptest::loopback(), "hello over IPv4\n");
+    cli_proxy proxy(cli, {"--listen", "127.0.0.1:0", "--forward", web.local_endpoint().to_string(),
+                          "--accept-proxy", "--verbose", "--policy", policy});
     temp_dir dir;
     started_peer front = start_peer(haproxy, [&](std::uint16_t port) {
         std::string config =
@@ -297,7 +295,7 @@ void check_send_proxy(const std::string& policy, const std::string& cli, const s
                       const started_peer& peer) {
     const std::string client_ip = can_bind("127.0.0.3") ? "127.0.0.3" : "127.0.0.1";
     std::vector<std::pair<std::string, std::string>> listens = {{"127.0.0.1:0", client_ip}};
-    if (cli_test::ipv6_loopback_available()) {
+    if (tptest::ipv6_loopback_available()) {
         listens.emplace_back("[::1]:0", "::1");
     }
     for (const char* version : {"v1", "v2"}) {
@@ -306,8 +304,8 @@ void check_send_proxy(const std::string& policy, const std::string& cli, const s
             const std::string& source = each.second; // where curl connects from
             CAPTURE(version);
             CAPTURE(listen);
-            running_proxy proxy(cli, {"--listen", listen, "--forward", peer.endpoint().to_string(),
-                                      "--send-proxy", version, "--policy", policy});
+            cli_proxy proxy(cli, {"--listen", listen, "--forward", peer.endpoint().to_string(),
+                                  "--send-proxy", version, "--policy", policy});
             curl_result r =
                 run_curl(curl, {"--noproxy", "*", "--interface", source, url(proxy.where)});
             CHECK_MESSAGE(r.exit_code == 0, "curl: " << r.err);
@@ -320,7 +318,7 @@ void check_send_proxy(const std::string& policy, const std::string& cli, const s
 }
 
 void check_send_proxy_to_haproxy(const std::string& policy) {
-    std::string cli = cli_test::cli_program();
+    std::string cli = tptest::cli_program();
     if (cli.empty()) {
         return;
     }
@@ -338,7 +336,7 @@ void check_send_proxy_to_haproxy(const std::string& policy) {
 }
 
 void check_send_proxy_to_nginx(const std::string& policy) {
-    std::string cli = cli_test::cli_program();
+    std::string cli = tptest::cli_program();
     if (cli.empty()) {
         return;
     }
@@ -429,7 +427,7 @@ TEST_CASE("interop --send-proxy v1 and v2 in front of nginx proxy_protocol, poll
 // With no arguments the CLI is a SOCKS proxy on 127.0.0.1:1080. That port may be someone
 // else's: then the CLI must exit 1 naming it (and whatever holds it is left alone).
 TEST_CASE("interop no arguments: a SOCKS proxy on 127.0.0.1:1080, or exit 1 naming it if taken") {
-    std::string cli = cli_test::cli_program();
+    std::string cli = tptest::cli_program();
     if (cli.empty()) {
         return;
     }
@@ -437,9 +435,9 @@ TEST_CASE("interop no arguments: a SOCKS proxy on 127.0.0.1:1080, or exit 1 nami
     if (curl.empty()) {
         return;
     }
-    http_server web(cli_test::loopback(), "hello over IPv4\n");
+    http_server web(tptest::loopback(), "hello over IPv4\n");
     process proxy(cli, {});
-    std::optional<std::string> line = proxy.read_line(after(cli_test::startup_time));
+    std::optional<std::string> line = proxy.read_line(after(tptest::startup_time));
     if (!line) {
         // It could not listen: the port is taken.
         REQUIRE_MESSAGE(proxy.wait(after(ms(5000))), "no listening line, and still running");
@@ -456,7 +454,7 @@ TEST_CASE("interop no arguments: a SOCKS proxy on 127.0.0.1:1080, or exit 1 nami
     CHECK_MESSAGE(r.exit_code == 0, "curl: " << r.err);
     CHECK(r.body == web.body());
     CHECK(web.requests() == 1);
-    cli_test::expect_clean_exit(proxy, SIGTERM, ms(3000));
+    tptest::expect_clean_exit(proxy, SIGTERM, ms(3000));
 }
 
 TEST_SUITE_END();

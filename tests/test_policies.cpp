@@ -1,14 +1,14 @@
-// The policy conformance suite: one set of guarantees, run against thread, fork and poll and a
-// policy written here the way a user would write one (a fixed pool of threads).
+// The policy conformance suite: one set of guarantees, run against thread, fork and poll and the
+// policy examples/custom_policy.cpp ships, written the way a user writes one (a thread pool).
 #include <doctest/doctest.h>
 
 #include <ostream> // doctest prints std::error_code with operator<<
 
 #include "support/loopback.hpp"
+#include "support/skip.hpp"
+#include "thread_pool_policy.hpp" // examples/: the shipped user-written policy
 
 #include <algorithm>
-#include <condition_variable>
-#include <deque>
 #include <future>
 #include <mutex>
 #include <new>       // std::bad_alloc
@@ -24,69 +24,17 @@
 #include <sys/syscall.h> // SYS_gettid
 #include <unistd.h>      // syscall
 
-using namespace testing;
+using namespace tptest;
 using namespace std::chrono_literals;
 
 namespace {
 
-/// A user-written policy: a fixed pool of worker threads fed by the accept loop through a
-/// queue. Only the public Server interface is used.
-class pool_policy {
-public:
-    template <class Server>
-    void run(Server& server) {
-        std::mutex mutex;
-        std::condition_variable ready;
-        std::deque<tinyproxy::accepted_client> queue;
-        bool stopping = false;
-        std::vector<std::thread> workers;
-        for (int i = 0; i < workers_; ++i) {
-            workers.emplace_back([&] {
-                for (;;) {
-                    std::unique_lock<std::mutex> lock(mutex);
-                    ready.wait(lock, [&] { return stopping || !queue.empty(); });
-                    if (stopping) {
-                        return;
-                    }
-                    auto client = std::move(queue.front());
-                    queue.pop_front();
-                    lock.unlock();
-                    server.serve(std::move(client));
-                }
-            });
-        }
-        for (;;) {
-            tinyproxy::accepted_client client;
-            auto status = server.accept_next(client, tinyproxy::time_point::max());
-            if (status == tinyproxy::accept_status::stopped) {
-                break;
-            }
-            if (status == tinyproxy::accept_status::client) {
-                std::lock_guard<std::mutex> lock(mutex);
-                queue.push_back(std::move(client));
-                ready.notify_one();
-            }
-        }
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            stopping = true;
-            queue.clear(); // clients never served are closed
-        }
-        ready.notify_all();
-        for (auto& w : workers) {
-            w.join();
-        }
-    }
-
-private:
-    // Enough workers for the suite's 100 concurrent clients: a pool serves one session per
-    // worker at a time.
-    int workers_ = 128;
+/// The thread pool policy examples/custom_policy.cpp ships (a policy written the way a user
+/// writes one), with enough workers for the suite's 100 concurrent clients: a pool serves one
+/// session per worker at a time.
+struct pool_policy : thread_pool_policy {
+    pool_policy() : thread_pool_policy(128) {}
 };
-
-tinyproxy::forward_mode forward_to(const tinyproxy::endpoint& where) {
-    return tinyproxy::forward_mode(tinyproxy::host_port{where.address.to_string(), where.port});
-}
 
 /// Sends `payload` and reads the echo at the same time (both directions in flight at once).
 bytes round_trip(const tinyproxy::endpoint& proxy, const bytes& payload) {
@@ -126,7 +74,7 @@ TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
             for (std::size_t size : {std::size_t{0}, std::size_t{1}, std::size_t{64 * 1024},
                                      std::size_t{16 * 1024 * 1024}}) {
                 CAPTURE(size);
-                bytes payload = random_bytes(size, seed++);
+                bytes payload = random_vector(size, seed++);
                 bytes echoed = round_trip(proxy.where(), payload);
                 CHECK(echoed.size() == payload.size());
                 CHECK(echoed == payload);
@@ -134,8 +82,8 @@ TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
         }
 
         SUBCASE("half-close from the client: upstream reads EOF, then its whole reply arrives") {
-            bytes request = random_bytes(300 * 1024, 7);
-            bytes reply = random_bytes(2 * 1024 * 1024, 8);
+            bytes request = random_vector(300 * 1024, 7);
+            bytes reply = random_vector(2 * 1024 * 1024, 8);
             std::promise<bytes> received;
             upstream replier([&](tinyproxy::socket& s) {
                 received.set_value(read_to_end(s)); // until the client's EOF
@@ -159,8 +107,8 @@ TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
         }
 
         SUBCASE("half-close from upstream: the client reads EOF, then its reply arrives whole") {
-            bytes greeting = random_bytes(500 * 1024, 9);
-            bytes answer = random_bytes(1024 * 1024, 10);
+            bytes greeting = random_vector(500 * 1024, 9);
+            bytes answer = random_vector(1024 * 1024, 10);
             std::promise<bytes> received;
             upstream speaker([&](tinyproxy::socket& s) {
                 send_all(s, greeting);
@@ -187,7 +135,7 @@ TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
             std::atomic<int> intact{0};
             for (std::uint32_t i = 0; i < 100; ++i) {
                 clients.emplace_back([&, i] {
-                    bytes payload = random_bytes(64 * 1024, 100 + i);
+                    bytes payload = random_vector(64 * 1024, 100 + i);
                     auto c = connect_to(proxy.where());
                     if (!c) {
                         return;
@@ -234,7 +182,7 @@ TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
             auto silent = connect_to(proxy.where());
             REQUIRE(silent);
             std::this_thread::sleep_for(50ms);
-            bytes payload = random_bytes(4096, 11);
+            bytes payload = random_vector(4096, 11);
             auto begin = tinyproxy::steady_clock::now();
             CHECK(round_trip(proxy.where(), payload) == payload);
             // Generous: this only proves the other client was not waited for.
@@ -260,7 +208,7 @@ TEST_CASE_TEMPLATE_DEFINE("policy conformance", Policy, policy_conformance) {
                 }
             }
             auto took = proxy.stop();
-            CHECK(took < 1000ms);
+            CHECK(took < scaled(1000ms));
             check_clean_exit(proxy);
             for (auto& c : live) { // and now each is closed
                 bool clean = false;
@@ -312,7 +260,7 @@ TEST_CASE_TEMPLATE("thread policy: a thread that has finished its session serves
     running_proxy<Policy> proxy(forward_to(echo_server.where()), opts);
     constexpr int clients = 20;
     for (int i = 0; i < clients; ++i) { // one after another
-        bytes payload = random_bytes(100, static_cast<std::uint32_t>(i));
+        bytes payload = random_vector(100, static_cast<std::uint32_t>(i));
         REQUIRE(round_trip(proxy.where(), payload) == payload);
         REQUIRE(eventually([&] { return closed.load() == i + 1; }));
         std::this_thread::sleep_for(std::chrono::milliseconds(20)); // it goes back to waiting
@@ -368,7 +316,7 @@ TEST_CASE_TEMPLATE("both legs of a tunnel have Nagle off (TCP_NODELAY)", Policy,
     running_proxy<Policy> proxy(forward_to(holder.where()));
     auto client = connect_to(proxy.where());
     REQUIRE(client);
-    bytes ping = random_bytes(10, 3);
+    bytes ping = random_vector(10, 3);
     REQUIRE(send_all(client, ping)); // the tunnel is relaying once the echo is back
     bytes back(ping.size());
     REQUIRE(::recv(client.native_handle(), back.data(), back.size(), MSG_WAITALL) ==
@@ -389,7 +337,7 @@ TEST_CASE("fork policy: no zombie outlives its session while the proxy runs") {
     upstream echo_server(echo);
     running_proxy<tinyproxy::fork_policy> proxy(forward_to(echo_server.where()));
     for (std::uint32_t i = 0; i < 20; ++i) {
-        bytes payload = random_bytes(1000, i);
+        bytes payload = random_vector(1000, i);
         CHECK(round_trip(proxy.where(), payload) == payload);
     }
     // Every session has ended; the parent must reap each child soon after, without stop().
@@ -666,13 +614,13 @@ TEST_CASE_TEMPLATE("a Mode that throws ends only its own client's session; the p
         REQUIRE(send_all(client, bytes{first, 'x'}));
         CHECK(read_to_end(client).empty()); // closed, nothing relayed
     }
-    bytes payload = random_bytes(64 * 1024, 5);
+    bytes payload = random_vector(64 * 1024, 5);
     bytes request = {'E'};
     request.insert(request.end(), payload.begin(), payload.end());
     CHECK(round_trip(proxy.where(), request) == payload);
     auto stats = proxy.proxy().stats();
     CHECK(stats.failed >= 2);
-    CHECK(proxy.stop() < 1000ms);
+    CHECK(proxy.stop() < scaled(1000ms));
 }
 
 TEST_CASE_TEMPLATE("a connect that never completes, a client that never reads and one that "
@@ -699,17 +647,17 @@ TEST_CASE_TEMPLATE("a connect that never completes, a client that never reads an
     REQUIRE(silent);
     auto deaf = connect_to(proxy.where()); // sends 8 MiB, never reads the echo
     REQUIRE(send_all(deaf, bytes{'E'}));
-    bytes flood = random_bytes(8 * 1024 * 1024, 3);
+    bytes flood = random_vector(8 * 1024 * 1024, 3);
     std::thread flooder([&] { send_all(deaf, flood); }); // blocks once buffers fill; times out
     std::this_thread::sleep_for(200ms);
 
-    bytes payload = random_bytes(100 * 1024, 4);
+    bytes payload = random_vector(100 * 1024, 4);
     bytes request = {'E'};
     request.insert(request.end(), payload.begin(), payload.end());
     auto begin = tinyproxy::steady_clock::now();
     CHECK(round_trip(proxy.where(), request) == payload); // the pipelined bytes, in order
     CHECK(tinyproxy::steady_clock::now() - begin < 3s);
-    CHECK(proxy.stop() < 1000ms);
+    CHECK(proxy.stop() < scaled(1000ms));
     flooder.join();
 }
 
@@ -732,7 +680,7 @@ TEST_CASE_TEMPLATE("bytes a client sends while its upstream is still connecting 
     auto client = connect_to(proxy.where());
     REQUIRE(send_all(client, bytes{'H', '1'}));
     std::this_thread::sleep_for(200ms); // the proxy is connecting by now
-    bytes later = random_bytes(1000, 5);
+    bytes later = random_vector(1000, 5);
     REQUIRE(send_all(client, later));
     std::this_thread::sleep_for(200ms);
 
@@ -885,7 +833,7 @@ TEST_CASE("thread policy: a session's first bytes land in its stack's top page, 
     // The thread's top page is in memory anyway (glibc keeps the thread control block there):
     // a small read, like an idle tunnel's keepalive, then costs no page of its own.
     if (TINYPROXY_SANITIZER_MIN_STACK != 0) {
-        MESSAGE("skipped: ThreadSanitizer keeps state of its own at the top of a thread's stack");
+        skip_test("ThreadSanitizer keeps state of its own at the top of a thread's stack");
         return;
     }
     running_proxy<tinyproxy::thread_policy, read_site_mode> proxy(read_site_mode{});

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include "support/production_helpers.hpp"
+#include "support/skip.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -23,7 +24,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-using namespace testing;
+using namespace tptest;
 using namespace std::chrono_literals;
 using tinyproxy::fork_policy;
 using tinyproxy::poll_policy;
@@ -37,10 +38,6 @@ namespace {
 [[maybe_unused]] const bool host_entry = (run_host_if_requested(), true);
 
 tinyproxy::time_point now() { return tinyproxy::steady_clock::now(); }
-
-std::chrono::milliseconds since(tinyproxy::time_point begin) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(now() - begin);
-}
 
 bytes text(const std::string& s) { return bytes(s.begin(), s.end()); }
 
@@ -208,9 +205,9 @@ void check_recovered(running_proxy<Policy, Mode>& proxy, event_server& upstream,
     auto begin = now();
     bool served = serve_one();
     MESSAGE("a normal client after the storm: " << std::string(served ? "served" : "NOT served")
-                                                << " in " << since(begin).count() << " ms");
+                                                << " in " << elapsed_since(begin).count() << " ms");
     CHECK_MESSAGE(served, "a normal client is not served after the storm");
-    CHECK_MESSAGE(eventually([&] { return upstream.open_connections() == 0; }, 15s * timing_scale),
+    CHECK_MESSAGE(eventually([&] { return upstream.open_connections() == 0; }, scaled(15s)),
                   "upstream connections left open: " << upstream.open_connections());
     int descriptors = -1;
     CHECK_MESSAGE(eventually(
@@ -218,9 +215,9 @@ void check_recovered(running_proxy<Policy, Mode>& proxy, event_server& upstream,
                           descriptors = proxy_descriptors(proxy);
                           return descriptors == baseline;
                       },
-                      15s * timing_scale),
+                      scaled(15s)),
                   "descriptors: " << descriptors << ", baseline " << baseline);
-    CHECK_MESSAGE(eventually([&] { return proxy_children(proxy).empty(); }, 15s * timing_scale),
+    CHECK_MESSAGE(eventually([&] { return proxy_children(proxy).empty(); }, scaled(15s)),
                   "children left behind");
 }
 
@@ -228,12 +225,12 @@ void check_recovered(running_proxy<Policy, Mode>& proxy, event_server& upstream,
 template <class Policy, class Mode>
 void check_stop(running_proxy<Policy, Mode>& proxy) {
     auto took = proxy.stop();
-    CHECK_MESSAGE(took < 1000ms * timing_scale, "stop() took " << took.count() << " ms");
+    CHECK_MESSAGE(took < scaled(1000ms), "stop() took " << took.count() << " ms");
 }
 template <class Mode>
 void check_stop(running_proxy<fork_policy, Mode>& proxy) {
     auto took = proxy.stop();
-    CHECK_MESSAGE(took < 1000ms * timing_scale, "stop() took " << took.count() << " ms");
+    CHECK_MESSAGE(took < scaled(1000ms), "stop() took " << took.count() << " ms");
     CHECK_MESSAGE(proxy.host_exit() == 0, "the fork host exited with " << proxy.host_exit());
 }
 
@@ -270,7 +267,7 @@ TEST_CASE_TEMPLATE("production max_connections 5: a 6th client is closed at once
     for (std::uint32_t i = 0; i < 5; ++i) {
         auto c = connect_to(proxy.where(), 3s);
         REQUIRE(c);
-        REQUIRE(echo_exchange(c, random_bytes(100, i)) == fate::data); // a tunnel, up
+        REQUIRE(echo_exchange(c, random_vector(100, i)) == fate::data); // a tunnel, up
         five.push_back(std::move(c));
     }
 
@@ -278,8 +275,8 @@ TEST_CASE_TEMPLATE("production max_connections 5: a 6th client is closed at once
     REQUIRE(sixth); // the kernel completes the handshake; the proxy decides
     auto begin = now();
     send_all(sixth, text("six"));
-    CHECK(wait_fate(sixth, 1500ms) == fate::closed); // never an echo
-    CHECK(since(begin) < 1000ms);
+    CHECK(wait_fate(sixth, scaled(1500ms)) == fate::closed); // never an echo
+    CHECK(elapsed_since(begin) < scaled(1000ms));
     CHECK(echo.accepts() == 5); // the sixth never went upstream
     if (stats_of(proxy)) {
         CHECK(eventually_stats(proxy, [](const auto& t) { return t.rejected_limit == 1; }));
@@ -288,7 +285,7 @@ TEST_CASE_TEMPLATE("production max_connections 5: a 6th client is closed at once
         CHECK(stats_of(proxy)->accepted == 6);
     }
     for (std::uint32_t i = 0; i < 5; ++i) {
-        CHECK(echo_exchange(five[i], random_bytes(1000, 10 + i)) == fate::data);
+        CHECK(echo_exchange(five[i], random_vector(1000, 10 + i)) == fate::data);
     }
 
     // One of the five leaves; its slot is free once its session has ended (fork_policy learns
@@ -319,9 +316,9 @@ TEST_CASE_TEMPLATE("production max_connections 5: a 6th client is closed at once
     auto seventh = connect_to(proxy.where(), 3s);
     REQUIRE(seventh);
     send_all(seventh, text("seven"));
-    CHECK(wait_fate(seventh, 1500ms) == fate::closed);
+    CHECK(wait_fate(seventh, scaled(1500ms)) == fate::closed);
     for (std::uint32_t i = 0; i < 5; ++i) {
-        CHECK(echo_exchange(five[i], random_bytes(500, 20 + i)) == fate::data);
+        CHECK(echo_exchange(five[i], random_vector(500, 20 + i)) == fate::data);
     }
     CHECK(echo.accepts() == 6);
     if (stats_of(proxy)) {
@@ -364,14 +361,14 @@ TEST_CASE_TEMPLATE("production allow-list: a 127.0.0.1 client outside every rang
         for (int i = 0; i < 20; ++i) {
             auto other = connect_to(proxy.where(), 3s);
             REQUIRE(other);
-            CHECK(wait_fate(other, 1500ms) == fate::closed);
+            CHECK(wait_fate(other, scaled(1500ms)) == fate::closed);
         }
         auto c = connect_to(proxy.where(), 3s);
         REQUIRE(c);
         auto begin = now();
         send_all(c, text("let me in"));
-        CHECK(wait_fate(c, 1500ms) == fate::closed);
-        CHECK(since(begin) < 1000ms);
+        CHECK(wait_fate(c, scaled(1500ms)) == fate::closed);
+        CHECK(elapsed_since(begin) < scaled(1000ms));
         std::this_thread::sleep_for(100ms);
         CHECK(echo.accepts() == 0);
         c.close();
@@ -405,7 +402,7 @@ TEST_CASE_TEMPLATE("production allow-list: a 127.0.0.1 client outside every rang
     SUBCASE("allow 10.0.0.0/8 and 127.0.0.0/8: admitted") {
         opts.allow = {tinyproxy::parse_cidr("10.0.0.0/8"), tinyproxy::parse_cidr("127.0.0.0/8")};
         running_proxy<Policy> proxy(forward_to(echo.where()), opts);
-        CHECK(round_trip_ok(proxy.where(), random_bytes(2000, 5)));
+        CHECK(round_trip_ok(proxy.where(), random_vector(2000, 5)));
         CHECK(echo.accepts() == 1);
         if (stats_of(proxy)) {
             CHECK(eventually_stats(proxy, [](const auto& t) { return t.finished == 1; }));
@@ -427,7 +424,7 @@ TEST_CASE_TEMPLATE("production allow-list over IPv6: ::1/128 admits a [::1] clie
         std::error_code ec;
         auto probe = tinyproxy::listener::open(tinyproxy::parse_endpoint("[::1]:0"), 16, ec);
         if (ec) {
-            MESSAGE("skipped: cannot bind [::1]: " << ec.message());
+            skip_test("cannot bind [::1]: " + ec.message());
             return;
         }
     }
@@ -440,7 +437,7 @@ TEST_CASE_TEMPLATE("production allow-list over IPv6: ::1/128 admits a [::1] clie
     SUBCASE("admitted") {
         opts.allow = {tinyproxy::parse_cidr("::1/128")};
         running_proxy<Policy> proxy(forward_to(echo.where()), opts);
-        CHECK(round_trip_ok(proxy.where(), random_bytes(3000, 6)));
+        CHECK(round_trip_ok(proxy.where(), random_vector(3000, 6)));
         CHECK(echo.accepts() == 1);
         if (stats_of(proxy)) {
             CHECK(eventually_stats(proxy, [](const auto& t) { return t.finished == 1; }));
@@ -455,7 +452,7 @@ TEST_CASE_TEMPLATE("production allow-list over IPv6: ::1/128 admits a [::1] clie
         auto c = connect_to(proxy.where(), 3s);
         REQUIRE(c);
         send_all(c, text("let me in"));
-        CHECK(wait_fate(c, 1500ms) == fate::closed);
+        CHECK(wait_fate(c, scaled(1500ms)) == fate::closed);
         std::this_thread::sleep_for(100ms);
         CHECK(echo.accepts() == 0);
         if (stats_of(proxy)) {
@@ -485,10 +482,10 @@ TEST_CASE_TEMPLATE("production handshake deadline: a client that never sends is 
     REQUIRE(silent);
     auto begin = now();
     fate f = wait_fate(silent, 3s);
-    auto took = since(begin);
+    auto took = elapsed_since(begin);
     CHECK(f == fate::closed);
     CHECK(took >= 250ms); // the deadline, not something else, closed it
-    CHECK(took < 3000ms);
+    CHECK(took < scaled(3000ms));
     CHECK(echo.accepts() == 0);
     if (stats_of(proxy)) {
         CHECK(eventually_stats(proxy, [](const auto& t) { return t.handshake_failures == 1; }));
@@ -499,7 +496,7 @@ TEST_CASE_TEMPLATE("production handshake deadline: a client that never sends is 
         CHECK(s.active == 0);
     }
     // A client that speaks in time is served by the same Mode.
-    CHECK(round_trip_ok(proxy.where(), random_bytes(100, 1)));
+    CHECK(round_trip_ok(proxy.where(), random_vector(100, 1)));
     check_stop(proxy);
 }
 
@@ -521,11 +518,11 @@ TEST_CASE_TEMPLATE("production handshake deadline: a client sending one byte eve
         ++sent;
         f = wait_fate(drip, 200ms); // each byte restarts nothing: the deadline is for the whole
     }
-    auto took = since(begin);
+    auto took = elapsed_since(begin);
     CHECK(f == fate::closed);
     CHECK(sent < 10);
     CHECK(took >= 450ms);
-    CHECK(took < 2000ms);
+    CHECK(took < scaled(2000ms));
     CHECK(echo.accepts() == 0);
     if (stats_of(proxy)) {
         CHECK(eventually_stats(proxy, [](const auto& t) { return t.handshake_failures == 1; }));
@@ -552,10 +549,10 @@ TEST_CASE_TEMPLATE("production idle deadline: a tunnel with no traffic is closed
     REQUIRE(echo_exchange(c, bytes{18}, 2s) == fate::data);
     auto begin = now();
     fate f = wait_fate(c, 3s);
-    auto took = since(begin);
+    auto took = elapsed_since(begin);
     CHECK(f == fate::closed);
     CHECK(took >= 250ms);
-    CHECK(took < 3000ms);
+    CHECK(took < scaled(3000ms));
     CHECK(eventually([&] { return echo.open_connections() == 0; })); // upstream closed too
     if (stats_of(proxy)) {
         CHECK(eventually_stats(proxy, [](const auto& t) { return t.failed == 1; }));
@@ -582,10 +579,10 @@ TEST_CASE_TEMPLATE("production connect deadline: an upstream that accepts nothin
     auto begin = now();
     send_all(c, text("hello?"));
     fate f = wait_fate(c, 3s);
-    auto took = since(begin);
+    auto took = elapsed_since(begin);
     CHECK(f == fate::closed);
     CHECK(took >= 400ms);
-    CHECK(took < 3000ms);
+    CHECK(took < scaled(3000ms));
     if (stats_of(proxy)) {
         CHECK(eventually_stats(proxy, [](const auto& t) { return t.connect_failures == 1; }));
         auto s = *stats_of(proxy);
@@ -603,8 +600,8 @@ TEST_CASE_TEMPLATE("production descriptor exhaustion: under RLIMIT_NOFILE 64 the
                    "instead of spinning, keeps its tunnels and serves again",
                    Policy, thread_policy, poll_policy, portable_poll_policy, fork_policy) {
     if (!is_fork<Policy> && ubsan_runtime_linked()) {
-        MESSAGE("skipped under UBSan: its vptr check needs a free descriptor (a pipe) and "
-                "reports valid virtual calls as errors in a process that has none");
+        skip_test("UBSan's vptr check needs a free descriptor (a pipe) and reports valid "
+                  "virtual calls as errors in a process that has none");
         return;
     }
     const int descriptors_before = open_descriptors();
@@ -711,12 +708,12 @@ TEST_CASE_TEMPLATE("production descriptor exhaustion: under RLIMIT_NOFILE 64 the
         }
 
         clients.clear();
-        bytes payload = random_bytes(5000, 44);
+        bytes payload = random_vector(5000, 44);
         CHECK(eventually([&] { return round_trip_ok(host.where(), payload, 2s); }, 10s));
         std::chrono::milliseconds took{0};
         int status = host.stop(&took);
         CHECK_MESSAGE(status == 0, "host exit status " << status);
-        CHECK(took < 2000ms * timing_scale);
+        CHECK(took < scaled(2000ms));
     }
     CHECK(eventually([&] { return open_descriptors() == descriptors_before; }));
     CHECK(eventually([] { return child_states().empty(); }));
@@ -750,7 +747,7 @@ TEST_CASE_TEMPLATE("production storm: 2000 connect/close cycles (150 for the pro
     for (auto& t : clients) {
         t.join();
     }
-    MESSAGE(cycles << " connect/close cycles took " << since(begin).count() << " ms");
+    MESSAGE(cycles << " connect/close cycles took " << elapsed_since(begin).count() << " ms");
     CHECK(connected.load() == cycles);
     if (stats_of(proxy)) {
         CHECK(eventually_stats(
@@ -766,7 +763,7 @@ TEST_CASE_TEMPLATE("production storm: 2000 connect/close cycles (150 for the pro
     // The fork host still has up to 150 clients queued to fork for (5-30 ms each under ASan on
     // a loaded machine): the client after the storm waits behind them, so its bound is liberal.
     check_recovered(proxy, echo, baseline, [&] {
-        return round_trip_ok(proxy.where(), random_bytes(1000, 3), 10s * timing_scale);
+        return round_trip_ok(proxy.where(), random_vector(1000, 3), scaled(10s));
     });
     check_stop(proxy);
 }
@@ -790,7 +787,7 @@ TEST_CASE_TEMPLATE("production storm: 200 clients reset mid-transfer (50 for the
                 if (!c) {
                     continue;
                 }
-                send_all(c, random_bytes(4096, static_cast<std::uint32_t>(i)));
+                send_all(c, random_vector(4096, static_cast<std::uint32_t>(i)));
                 bytes got;
                 if (read_exact(c, 16 * 1024, got, now() + 5s)) { // the stream is flowing
                     ++streamed;
@@ -802,7 +799,7 @@ TEST_CASE_TEMPLATE("production storm: 200 clients reset mid-transfer (50 for the
     for (auto& t : clients) {
         t.join();
     }
-    MESSAGE(total << " resets mid-transfer took " << since(begin).count() << " ms");
+    MESSAGE(total << " resets mid-transfer took " << elapsed_since(begin).count() << " ms");
     CHECK(streamed.load() == total);
     // Each reset is passed on upstream as a reset.
     CHECK_MESSAGE(eventually([&] { return streamer.resets() == total; }, 15s),
@@ -837,7 +834,7 @@ TEST_CASE_TEMPLATE("production storm: garbage to a Mode that accepts only GO end
     // Mode's refusal, not by the deadline.
     auto opts = running_proxy<Policy, go_mode>::default_options();
     opts.handshake_timeout = 60s;
-    const auto limit = 5s * timing_scale;
+    const auto limit = scaled(5s);
     running_proxy<Policy, go_mode> proxy(go_mode(echo.where()), opts);
     const int baseline = settled_descriptors(proxy);
     const int total = is_fork<Policy> ? 60 : 200;
@@ -864,7 +861,7 @@ TEST_CASE_TEMPLATE("production storm: garbage to a Mode that accepts only GO end
                     continue;
                 }
                 auto u = static_cast<std::uint32_t>(i);
-                bytes garbage = random_bytes(1 + (u * 37) % 700, 1000 + u);
+                bytes garbage = random_vector(1 + (u * 37) % 700, 1000 + u);
                 if (garbage[0] == 'G' || garbage[0] == '\n') { // never a prefix of "GO\n",
                     garbage[0] = 'X';                          // nor its end after "GO"
                 }
@@ -889,7 +886,7 @@ TEST_CASE_TEMPLATE("production storm: garbage to a Mode that accepts only GO end
     for (auto& t : clients) {
         t.join();
     }
-    MESSAGE(total << " garbage clients took " << since(begin).count() << " ms");
+    MESSAGE(total << " garbage clients took " << elapsed_since(begin).count() << " ms");
     CHECK(closed_in_time.load() == waited_for.load());
     CHECK(echo.accepts() == 0); // nothing went upstream
     if (stats_of(proxy)) {
@@ -956,7 +953,7 @@ TEST_CASE_TEMPLATE("production stats() read from another thread while 20 clients
     std::vector<std::thread> clients;
     for (std::uint32_t i = 0; i < 20; ++i) {
         clients.emplace_back([&, i] {
-            bytes payload = random_bytes(1000 + i * 997, 200 + i);
+            bytes payload = random_vector(1000 + i * 997, 200 + i);
             auto c = connect_to(proxy.where(), 5s);
             if (!c) {
                 return;
@@ -1055,7 +1052,7 @@ TEST_CASE_TEMPLATE("production on_event: opened then closed per session, closed 
         REQUIRE(c);
         std::error_code ec;
         auto local = c.local_endpoint(ec);
-        bytes payload = random_bytes(100 * (i + 1) + i, 300 + i);
+        bytes payload = random_vector(100 * (i + 1) + i, 300 + i);
         REQUIRE(echo_exchange(c, payload) == fate::data);
         shutdown_write(c);
         REQUIRE(wait_fate(c, 3s) == fate::closed);
@@ -1137,7 +1134,7 @@ TEST_CASE("production on_event under the fork policy: each child reports opened 
         REQUIRE(c);
         std::error_code ec;
         unsigned port = c.local_endpoint(ec).port;
-        bytes payload = random_bytes(200 * (i + 1), 400 + i);
+        bytes payload = random_vector(200 * (i + 1), 400 + i);
         REQUIRE(echo_exchange(c, payload) == fate::data);
         shutdown_write(c);
         REQUIRE(wait_fate(c, 3s) == fate::closed);
@@ -1212,14 +1209,14 @@ TEST_CASE_TEMPLATE("production on_event: a hook that throws does not take the pr
     auto second = connect_to(proxy.where(), 3s);
     REQUIRE(second);
     send_all(second, text("second"));
-    CHECK(wait_fate(second, 1500ms) == fate::closed); // "rejected" threw
+    CHECK(wait_fate(second, scaled(1500ms)) == fate::closed); // "rejected" threw
     CHECK(echo_exchange(first, text("still here")) == fate::data);
     shutdown_write(first);
     CHECK(wait_fate(first, 3s) == fate::closed); // "closed" threw
     // With max_connections 1 each slot frees once the last session is counted as ended (for
     // fork_policy: once its child is reaped), so each client may need a second try.
     for (std::uint32_t i = 0; i < 4; ++i) {
-        bytes payload = random_bytes(700, 500 + i);
+        bytes payload = random_vector(700, 500 + i);
         CHECK(eventually([&] { return round_trip_ok(proxy.where(), payload, 2s); }, 5s));
     }
     if (stats_of(proxy)) {

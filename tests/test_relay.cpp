@@ -34,7 +34,7 @@
 #include "support/loopback.hpp"
 #include "support/unit_helpers.hpp"
 
-using namespace unit_support;
+using namespace tptest;
 
 namespace {
 
@@ -761,7 +761,7 @@ TEST_CASE("an urgent byte (MSG_OOB) neither stalls a direction nor makes the rel
 #if TINYPROXY_HAS_SPLICE
 
 TEST_CASE("splice: 8 MiB each way at once over TCP go through pipes, intact, every byte counted") {
-    const int descriptors_before = testing::open_descriptors();
+    const int descriptors_before = tptest::open_descriptors();
     {
         relay_rig rig(transport::tcp_loopback, 64 * 1024, true);
         const std::string up = random_bytes(8 << 20, 21);
@@ -786,9 +786,9 @@ TEST_CASE("splice: 8 MiB each way at once over TCP go through pipes, intact, eve
         CHECK(rig.relay().bytes_spliced_to_upstream() <= rig.relay().bytes_to_upstream());
         CHECK(rig.relay().bytes_spliced_to_client() <= rig.relay().bytes_to_client());
         // Both directions ended: their pipes are closed already, before the relay is.
-        CHECK(testing::open_descriptors() == descriptors_before + 4); // the rig's four sockets
+        CHECK(tptest::open_descriptors() == descriptors_before + 4); // the rig's four sockets
     }
-    CHECK(testing::open_descriptors() == descriptors_before);
+    CHECK(tptest::open_descriptors() == descriptors_before);
 }
 
 TEST_CASE("splice: end of stream after spliced data passes on only once the pipe has drained") {
@@ -914,7 +914,7 @@ TEST_CASE("splice: a 64-byte ping-pong never makes a pipe; a bulk burst does, un
     relay_rig rig(transport::tcp_loopback, 64 * 1024, true);
     rig.client().shut_when_sent = false;
     rig.upstream().shut_when_sent = false;
-    const int descriptors = testing::open_descriptors();
+    const int descriptors = tptest::open_descriptors();
     const std::string ping = random_bytes(64, 27);
     const std::string pong = random_bytes(64, 28);
     for (std::size_t i = 1; i <= 300; ++i) {
@@ -923,7 +923,7 @@ TEST_CASE("splice: a 64-byte ping-pong never makes a pipe; a bulk burst does, un
         rig.upstream().to_send += pong;
         REQUIRE(rig.drive([&] { return rig.client().received.size() == 64u * i; }, 2000));
         if (i % 50 == 0) {
-            REQUIRE(testing::open_descriptors() == descriptors);
+            REQUIRE(tptest::open_descriptors() == descriptors);
         }
     }
     CHECK(rig.relay().bytes_to_upstream() == 300u * 64);
@@ -934,13 +934,13 @@ TEST_CASE("splice: a 64-byte ping-pong never makes a pipe; a bulk burst does, un
     const std::string burst = random_bytes(4 << 20, 29);
     rig.upstream().to_send += burst;
     REQUIRE(rig.drive([&] { return rig.relay().bytes_spliced_to_client() > 0; }, 5000));
-    CHECK(testing::open_descriptors() == descriptors + 2);
+    CHECK(tptest::open_descriptors() == descriptors + 2);
     // ... which is closed once that direction has ended.
     rig.upstream().shut_when_sent = true;
     REQUIRE(rig.drive([&] { return rig.client().eof; }, 10'000));
     CHECK(rig.client().received.size() == 300u * 64 + burst.size());
     CHECK(rig.relay().bytes_spliced_to_upstream() == 0);
-    CHECK(testing::open_descriptors() == descriptors);
+    CHECK(tptest::open_descriptors() == descriptors);
     CHECK_FALSE(rig.relay().failed());
 }
 

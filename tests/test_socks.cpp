@@ -17,6 +17,8 @@
 
 #include <tinyproxy/tinyproxy.hpp>
 
+#include "support/split_feed.hpp"
+
 using tinyproxy::byte_view;
 using tinyproxy::credentials;
 using tinyproxy::endpoint;
@@ -105,60 +107,25 @@ socks5_handshake::config with_credentials(credentials c = alice()) {
 /// What a client sees of a whole handshake: everything the parser asked to send, how it ended,
 /// and what goes upstream first (to_upstream, then the bytes the caller never fed because the
 /// handshake had ended: a session relays those).
-struct outcome {
-    action what = action::need_more;
-    bytes to_client;
-    tinyproxy::host_port target;
-    bytes upstream;
-    std::error_code error;
-    std::size_t feeds = 0; ///< feeds up to and including the final one
-};
+using outcome = tptest::handshake_run;
 
-/// Feeds `message` cut at `cuts` (ascending positions), stopping at the first connect or fail.
-/// Every step before that must be a plain need_more.
+/// The split-feed driver's check: a doctest CHECK that names the invariant.
+void expect(bool ok, const char* what) { CHECK_MESSAGE(ok, what); }
+
+/// Feeds `message` cut at `cuts` (ascending positions), stopping at the first connect or fail,
+/// with the invariants of tests/support/split_feed.hpp checked feed by feed.
 template <class Parser>
-outcome drive(Parser parser, const bytes& message, const std::vector<std::size_t>& cuts) {
-    outcome out;
-    std::size_t start = 0;
-    for (std::size_t i = 0; i <= cuts.size(); ++i) {
-        std::size_t end = i < cuts.size() ? cuts[i] : message.size();
-        handshake_step step = parser.feed(byte_view{message.data() + start, end - start});
-        ++out.feeds;
-        out.to_client.insert(out.to_client.end(), step.to_client.begin(), step.to_client.end());
-        start = end;
-        if (step.what == action::need_more) {
-            CHECK(step.to_upstream.empty());
-            CHECK(!step.error);
-            continue;
-        }
-        out.what = step.what;
-        out.error = step.error;
-        out.target = step.target;
-        out.upstream = step.to_upstream;
-        out.upstream.insert(out.upstream.end(), message.begin() + static_cast<long>(start),
-                            message.end());
-        CHECK(parser.finished());
-        // A finished parser takes nothing more.
-        handshake_step after = parser.feed(byte_view{message.data(), message.size()});
-        CHECK(after.what == action::fail);
-        CHECK(after.error == errc::protocol_error);
-        CHECK(after.to_client.empty());
-        CHECK(after.to_upstream.empty());
-        return out;
-    }
-    CHECK(!parser.finished());
-    return out;
+outcome drive(Parser parser, const bytes& message, const tptest::cuts& cuts) {
+    return tptest::drive_handshake(parser, byte_view{message.data(), message.size()}, cuts, expect);
 }
 
-void check_same(const outcome& a, const outcome& b) {
-    CHECK(a.what == b.what);
-    CHECK(hex(a.to_client) == hex(b.to_client));
-    CHECK(a.error == b.error);
-    if (a.what == action::connect) {
-        CHECK(a.target.host == b.target.host);
-        CHECK(a.target.port == b.target.port);
-        CHECK(hex(a.upstream) == hex(b.upstream));
+/// "cut at 3 7": which cut a failing CHECK was in.
+std::string describe(const tptest::cuts& cuts) {
+    std::string out = "cut at";
+    for (std::size_t at : cuts) {
+        out += " " + std::to_string(at);
     }
+    return out;
 }
 
 /// Feeds `message` whole, one byte at a time, and split in two at every position; each must
@@ -167,17 +134,9 @@ template <class Make>
 outcome check_splits(Make make, const bytes& message) {
     outcome whole = drive(make(), message, {});
     CHECK(whole.feeds == 1);
-    {
-        INFO("one byte at a time");
-        std::vector<std::size_t> cuts;
-        for (std::size_t i = 1; i < message.size(); ++i) {
-            cuts.push_back(i);
-        }
-        check_same(drive(make(), message, cuts), whole);
-    }
-    for (std::size_t at = 1; at < message.size(); ++at) {
-        INFO("split at " << at);
-        check_same(drive(make(), message, {at}), whole);
+    for (const tptest::cuts& plan : tptest::split_plans(message.size())) {
+        INFO(describe(plan));
+        tptest::check_same_run(drive(make(), message, plan), whole, expect);
     }
     return whole;
 }
@@ -189,11 +148,7 @@ void check_truncations(Make make, const bytes& message) {
         INFO("prefix of " << length << " bytes");
         bytes prefix(message.begin(), message.begin() + static_cast<long>(length));
         CHECK(drive(make(), prefix, {}).what == action::need_more);
-        std::vector<std::size_t> cuts;
-        for (std::size_t i = 1; i < length; ++i) {
-            cuts.push_back(i);
-        }
-        CHECK(drive(make(), prefix, cuts).what == action::need_more);
+        CHECK(drive(make(), prefix, tptest::every_byte(length)).what == action::need_more);
     }
 }
 

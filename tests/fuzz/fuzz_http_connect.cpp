@@ -1,7 +1,8 @@
 // libFuzzer target for protocol/http_connect.hpp. The first input byte picks the configuration
-// and how the rest is cut into feeds; the rest is what a client sends. Checked: the outcome does
-// not depend on the cuts, nothing follows a terminal step, to_upstream is exactly the input after
-// the head, and every response is a well-formed HTTP/1.1 response.
+// and how the rest is cut into feeds (tests/support/split_feed.hpp); the rest is what a client
+// sends. Checked: the outcome does not depend on the cuts, nothing follows a terminal step,
+// to_upstream is exactly the input after the head, and every response is a well-formed HTTP/1.1
+// response.
 #include <cstddef>      // std::size_t
 #include <cstdint>      // std::uint8_t
 #include <string>       // responses
@@ -11,16 +12,14 @@
 
 #include <tinyproxy/tinyproxy.hpp>
 
+#include "support/split_feed.hpp"
+
 namespace {
 
 using tinyproxy::handshake_step;
 using action = tinyproxy::handshake_step::action;
 
-void check(bool ok) {
-    if (!ok) {
-        __builtin_trap();
-    }
-}
+const tptest::trap_on_failure check;
 
 /// "HTTP/1.1 ddd Reason\r\n", header lines of printable text ending in CRLF, then an empty line
 /// and nothing else; every failure response closes the connection and has no content.
@@ -55,75 +54,22 @@ bool well_formed(const std::vector<std::uint8_t>& response, bool closing) {
     return true;
 }
 
-struct outcome {
-    action what = action::need_more;
-    std::vector<std::uint8_t> to_client;
-    std::string target;
-    std::vector<std::uint8_t> to_upstream; // plus what was never fed, on connect
-    std::error_code error;
-};
-
-/// The size of the n-th feed under `plan`.
-std::size_t chunk_size(std::uint8_t plan, std::size_t n) {
-    std::size_t base = (plan & 0x0F) + 1u;
-    switch ((plan >> 4) & 0x3) {
-    case 0:
-        return 1;
-    case 1:
-        return base;
-    case 2:
-        return base + n % 7; // uneven
-    default:
-        return n % 2 == 0 ? 1 : base * 37;
+/// What an HTTP CONNECT run must show beyond the driver's invariants: need_more sends nothing;
+/// connect sends nothing, its request ends with the LF of the head within max_head_bytes, and its
+/// target prints and parses back; fail sends one well-formed response that closes.
+void check_http(const tptest::handshake_run& r, const std::uint8_t* data,
+                const tinyproxy::http_connect_handshake::config& cfg) {
+    check(r.to_client_before_end == 0);
+    if (r.what == action::connect) {
+        check(r.to_client.empty());
+        check(r.request_end > 0 && data[r.request_end - 1] == '\n');
+        check(r.request_end <= cfg.max_head_bytes);
+        std::error_code ec;
+        tinyproxy::host_port again = tinyproxy::parse_host_port(r.target.to_string(), ec);
+        check(!ec && again.host == r.target.host && again.port == r.target.port);
+    } else if (r.what == action::fail) {
+        check(well_formed(r.to_client, true));
     }
-}
-
-outcome drive(const tinyproxy::http_connect_handshake::config& cfg, const std::uint8_t* data,
-              std::size_t size, std::uint8_t plan, bool whole) {
-    tinyproxy::http_connect_handshake handshake(cfg);
-    std::size_t position = 0;
-    std::size_t n = 0;
-    do {
-        std::size_t count = whole ? size : chunk_size(plan, n++);
-        if (count > size - position) {
-            count = size - position;
-        }
-        handshake_step step = handshake.feed(tinyproxy::byte_view(data + position, count));
-        std::size_t end = position + count;
-        position = end;
-        if (step.what == action::need_more) {
-            check(step.to_client.empty() && !step.error && !handshake.finished());
-            continue;
-        }
-        check(handshake.finished());
-        outcome out{step.what, step.to_client, "", step.to_upstream, step.error};
-        if (step.what == action::connect) {
-            // What went upstream is the tail of this feed, right after the LF ending the head.
-            check(step.to_client.empty() && !step.error);
-            check(step.to_upstream.size() <= count);
-            std::size_t head_end = end - step.to_upstream.size();
-            check(head_end > 0 && data[head_end - 1] == '\n');
-            for (std::size_t i = 0; i < step.to_upstream.size(); ++i) {
-                check(step.to_upstream[i] == data[head_end + i]);
-            }
-            out.to_upstream.insert(out.to_upstream.end(), data + end, data + size);
-            check(!step.target.host.empty() && step.target.port != 0);
-            out.target = step.target.to_string();
-            std::error_code ec;
-            tinyproxy::host_port again = tinyproxy::parse_host_port(out.target, ec);
-            check(!ec && again.host == step.target.host && again.port == step.target.port);
-            check(head_end <= cfg.max_head_bytes);
-        } else {
-            check(static_cast<bool>(step.error));
-            check(well_formed(step.to_client, true));
-        }
-        // Nothing follows a terminal step.
-        handshake_step after = handshake.feed(tinyproxy::byte_view(data, size));
-        check(after.what == action::fail && after.to_client.empty() &&
-              after.error == tinyproxy::errc::protocol_error);
-        return out;
-    } while (position < size);
-    return outcome{};
 }
 
 } // namespace
@@ -146,13 +92,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         cfg.max_head_bytes = 160;
     }
 
-    outcome split = drive(cfg, data, size, plan, false);
-    outcome whole = drive(cfg, data, size, plan, true);
-    check(split.what == whole.what);
-    check(split.to_client == whole.to_client);
-    check(split.target == whole.target);
-    check(split.to_upstream == whole.to_upstream);
-    check(split.error == whole.error);
+    // Cut as the plan byte says, the stream must end as it does fed whole.
+    const tinyproxy::byte_view stream{data, size};
+    tinyproxy::http_connect_handshake whole_parser(cfg);
+    tptest::handshake_run whole = tptest::drive_handshake(whole_parser, stream, {}, check);
+    tinyproxy::http_connect_handshake split_parser(cfg);
+    tptest::handshake_run split =
+        tptest::drive_handshake(split_parser, stream, tptest::seeded_cuts(plan, size), check);
+    tptest::check_same_run(split, whole, check);
+    check_http(whole, data, cfg);
+    check_http(split, data, cfg);
 
     tinyproxy::http_connect_handshake handshake(cfg);
     check(well_formed(handshake.connected(), false));

@@ -1,8 +1,8 @@
 // libFuzzer target for protocol/proxy_protocol.hpp. The first input byte picks the length cap,
-// how the rest is cut into feeds, and the families of a round trip; the rest is what a sender
-// sends. Checked: the outcome does not depend on the cuts, take_rest() is exactly the input after
-// the header, a decoded header is consistent, and encode -> decode gives back endpoints built
-// from the input.
+// how the rest is cut into feeds (tests/support/split_feed.hpp), and the families of a round trip;
+// the rest is what a sender sends. Checked: the outcome does not depend on the cuts, take_rest() is
+// exactly the input after the header, a decoded header is consistent, and encode -> decode gives
+// back endpoints built from the input.
 #include <array>        // address bytes
 #include <cstddef>      // std::size_t
 #include <cstdint>      // std::uint8_t
@@ -11,16 +11,14 @@
 
 #include <tinyproxy/tinyproxy.hpp>
 
+#include "support/split_feed.hpp"
+
 namespace {
 
 namespace pp = tinyproxy::proxy_protocol;
 using status = pp::decoder::status;
 
-void check(bool ok) {
-    if (!ok) {
-        __builtin_trap();
-    }
-}
+const tptest::trap_on_failure check;
 
 struct outcome {
     status what = status::need_more;
@@ -29,60 +27,44 @@ struct outcome {
     std::error_code error;
 };
 
-std::size_t chunk_size(std::uint8_t plan, std::size_t n) {
-    std::size_t base = (plan & 0x0F) + 1u;
-    switch ((plan >> 4) & 0x3) {
-    case 0:
-        return 1;
-    case 1:
-        return base;
-    case 2:
-        return base + n % 5;
-    default:
-        return n % 2 == 0 ? 1 : base * 13;
-    }
-}
-
-/// Feeds the input cut by `plan` (or whole); after done, feeds the rest too when `feed_all`.
+/// Feeds the input cut as `plan` says (or whole, in one feed, with `whole`); after done, feeds
+/// the rest too when `feed_all`.
 outcome drive(const std::uint8_t* data, std::size_t size, std::size_t cap, std::uint8_t plan,
               bool whole, bool feed_all) {
     pp::decoder decoder(cap);
-    std::size_t position = 0;
-    std::size_t n = 0;
-    while (position < size) {
-        std::size_t count = whole ? size : chunk_size(plan, n++);
-        if (count > size - position) {
-            count = size - position;
-        }
-        status s = decoder.feed(tinyproxy::byte_view(data + position, count));
-        position += count;
-        check(decoder.state() == s);
-        if (s == status::need_more) {
-            check(!decoder.error() && decoder.take_rest().empty());
-            continue;
-        }
-        outcome out{s, decoder.result(), {}, decoder.error()};
-        if (s == status::invalid) {
-            check(static_cast<bool>(out.error) && out.result.version == 0);
-            check(decoder.feed(tinyproxy::byte_view(data, size)) == status::invalid);
-            check(decoder.take_rest().empty());
-            return out;
-        }
+    outcome out;
+    std::size_t fed = tptest::feed_in_pieces(
+        tinyproxy::byte_view(data, size), whole ? tptest::cuts{} : tptest::seeded_cuts(plan, size),
+        [&](tinyproxy::byte_view piece) {
+            status s = decoder.feed(piece);
+            check(decoder.state() == s);
+            if (s == status::need_more) {
+                check(!decoder.error() && decoder.take_rest().empty());
+                return false;
+            }
+            out = outcome{s, decoder.result(), {}, decoder.error()};
+            if (s == status::done) {
+                out.rest = decoder.take_rest();
+                check(out.rest.size() <= piece.size());
+            }
+            return true;
+        });
+    if (out.what == status::invalid) {
+        check(static_cast<bool>(out.error) && out.result.version == 0);
+        check(decoder.feed(tinyproxy::byte_view(data, size)) == status::invalid);
+        check(decoder.take_rest().empty());
+    } else if (out.what == status::done) {
         check(!out.error);
-        out.rest = decoder.take_rest();
-        check(out.rest.size() <= count);
         if (feed_all) {
-            check(decoder.feed(tinyproxy::byte_view(data + position, size - position)) ==
-                  status::done);
+            check(decoder.feed(tinyproxy::byte_view(data + fed, size - fed)) == status::done);
             std::vector<std::uint8_t> more = decoder.take_rest();
             out.rest.insert(out.rest.end(), more.begin(), more.end());
         } else {
-            out.rest.insert(out.rest.end(), data + position, data + size);
+            out.rest.insert(out.rest.end(), data + fed, data + size);
         }
         check(decoder.take_rest().empty());
-        return out;
     }
-    return outcome{};
+    return out;
 }
 
 bool same_family(const tinyproxy::endpoint& a, const tinyproxy::endpoint& b) {

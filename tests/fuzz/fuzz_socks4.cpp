@@ -1,20 +1,23 @@
 // libFuzzer target for socks4_handshake (SOCKS4 and SOCKS4a). Input: byte 0 picks the
 // configuration (bit 0 set: small bounds, 8-byte user id and 16-byte host name; clear: the
-// defaults), byte 1 how the rest is cut into feeds (see split_driver.hpp), and the rest is what
-// the client sends.
+// defaults), byte 1 how the rest is cut into feeds (see tests/support/split_feed.hpp), and the rest
+// is what the client sends.
 #include <cstddef> // std::size_t
 #include <cstdint> // bytes
 #include <vector>  // expected replies
 
 #include <tinyproxy/protocol/socks4.hpp>
 
-#include "split_driver.hpp"
+#include "support/split_feed.hpp"
 
-using fuzz_support::require;
 using tinyproxy::byte_view;
 using tinyproxy::errc;
 using tinyproxy::handshake_step;
 using tinyproxy::socks4_handshake;
+
+namespace {
+const tptest::trap_on_failure require;
+} // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size < 2) {
@@ -29,7 +32,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const byte_view stream{data + 2, size - 2};
     auto make = [cfg] { return socks4_handshake(cfg); };
 
-    fuzz_support::run_result r = fuzz_support::run_all_ways(make, stream, seed);
+    // Cut as the seed says and a byte at a time, each must end as the whole stream did.
+    const tptest::handshake_run r = tptest::run_every_cut(
+        make, stream, {tptest::seeded_cuts(seed, stream.size()), tptest::every_byte(stream.size())},
+        require);
     const std::vector<std::uint8_t> rejected = {0, 0x5B, 0, 0, 0, 0, 0, 0};
     if (r.what == handshake_step::action::connect) {
         // VN 4, CD 1, the port from DSTPORT, a request ending in NUL and within the bounds.

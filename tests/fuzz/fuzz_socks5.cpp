@@ -1,6 +1,6 @@
 // libFuzzer target for socks5_handshake. Input: byte 0 picks the configuration (bit 0 set:
 // credentials alice/s3cret required, so RFC 1929 runs; clear: no authentication), byte 1 how the
-// rest is cut into feeds (see split_driver.hpp), and the rest is what the client sends.
+// rest is cut into feeds (see tests/support/split_feed.hpp), and the rest is what the client sends.
 #include <array>   // a bound IPv6 address
 #include <cstddef> // std::size_t
 #include <cstdint> // bytes
@@ -8,13 +8,16 @@
 
 #include <tinyproxy/protocol/socks5.hpp>
 
-#include "split_driver.hpp"
+#include "support/split_feed.hpp"
 
-using fuzz_support::require;
 using tinyproxy::byte_view;
 using tinyproxy::errc;
 using tinyproxy::handshake_step;
 using tinyproxy::socks5_handshake;
+
+namespace {
+const tptest::trap_on_failure require;
+} // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     if (size < 2) {
@@ -31,7 +34,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         return socks5_handshake(cfg);
     };
 
-    fuzz_support::run_result r = fuzz_support::run_all_ways(make, stream, seed);
+    // Cut as the seed says and a byte at a time, each must end as the whole stream did.
+    const tptest::handshake_run r = tptest::run_every_cut(
+        make, stream, {tptest::seeded_cuts(seed, stream.size()), tptest::every_byte(stream.size())},
+        require);
     const std::vector<std::uint8_t>& sent = r.to_client;
     if (r.what == handshake_step::action::connect) {
         // The request ends with DST.PORT, and the only replies so far are the method selection

@@ -26,8 +26,16 @@
 #include <sys/wait.h> // waitpid
 #include <unistd.h>   // access, read, close
 
+#include <sys/socket.h> // send, recv
+
 #include <doctest/doctest.h>
 #include <tinyproxy/tinyproxy.hpp>
+
+#include "support/echo_server.hpp"
+#include "support/loopback.hpp"
+#include "support/payload.hpp"
+#include "support/skip.hpp"
+#include "support/timing.hpp"
 
 // Set by CMake: the CLI's full path ("" when not built), and the examples' directory.
 #ifndef TINYPROXY_CLI_PATH
@@ -39,53 +47,27 @@
 
 extern char** environ;
 
-namespace cli_test {
-
-using tinyproxy::steady_clock;
-using tinyproxy::time_point;
-using ms = std::chrono::milliseconds;
-using bytes = std::vector<std::uint8_t>;
+namespace tptest {
 
 /// Start-up can be slow under sanitizers: the time a program gets to print its first line.
 constexpr ms startup_time{10'000};
 
-inline time_point after(ms duration) { return steady_clock::now() + duration; }
-
-inline ms elapsed_since(time_point start) {
-    return std::chrono::duration_cast<ms>(steady_clock::now() - start);
-}
-
 // --- the programs under test -------------------------------------------------------------------
 
-/// True when TINYPROXY_REQUIRE_BINARIES=1: then a program that was not built fails the test
-/// instead of skipping it, so a CI run cannot pass by skipping.
-inline bool binaries_required() {
-    const char* value = std::getenv("TINYPROXY_REQUIRE_BINARIES");
-    return value != nullptr && std::string(value) == "1";
-}
-
-/// `path` when it names an executable; otherwise "" after a skip message (or a failure, when
-/// binaries are required). A test returns at once on "".
-inline std::string usable_program(const std::string& path, const std::string& what) {
-    if (!path.empty() && ::access(path.c_str(), X_OK) == 0) {
-        return path;
-    }
-    if (binaries_required()) {
-        FAIL_CHECK(what << " is required (TINYPROXY_REQUIRE_BINARIES=1) but was not found at '"
-                        << path << "'");
-    } else {
-        MESSAGE("skipped: " << what << " not built ('" << path << "')");
-    }
-    return {};
+/// `path` when it names an executable that this build made; otherwise a failure, or with
+/// TINYPROXY_ALLOW_SKIP=1 a skip and "" (the test then returns).
+inline std::string built_program(const std::string& path, const std::string& what) {
+    return required_program(
+        what, path, "build it (cmake --build with TINYPROXY_BUILD_EXAMPLES=ON, the default)");
 }
 
 /// The command-line proxy, or "" (the test then returns).
-inline std::string cli_program() { return usable_program(TINYPROXY_CLI_PATH, "the tinyproxy CLI"); }
+inline std::string cli_program() { return built_program(TINYPROXY_CLI_PATH, "the tinyproxy CLI"); }
 
 /// examples/<name>, or "" (the test then returns).
 inline std::string example_program(const std::string& name) {
     std::string dir = TINYPROXY_EXAMPLES_DIR;
-    return usable_program(dir.empty() ? std::string() : dir + "/" + name, "example " + name);
+    return built_program(dir.empty() ? std::string() : dir + "/" + name, "example " + name);
 }
 
 // --- a child process with its output piped -----------------------------------------------------
@@ -309,22 +291,8 @@ inline bool ipv6_loopback_available() {
     return !ec;
 }
 
-inline bytes random_bytes(std::size_t size, unsigned seed) {
-    std::mt19937 generator(seed);
-    std::uniform_int_distribution<int> byte(0, 255);
-    bytes out(size);
-    for (auto& b : out) {
-        b = static_cast<std::uint8_t>(byte(generator));
-    }
-    return out;
-}
-
-/// Connects (non-blocking socket), or returns an empty socket with `ec` set.
-inline tinyproxy::socket connect_to(const tinyproxy::endpoint& where, std::error_code& ec) {
-    return tinyproxy::connect(where, after(ms(3000)), ec);
-}
-
-inline tinyproxy::socket connect_to(const tinyproxy::endpoint& where) {
+/// connect_to() for a test that needs the connection: the test fails if it cannot connect.
+inline tinyproxy::socket require_connect(const tinyproxy::endpoint& where) {
     std::error_code ec;
     tinyproxy::socket s = connect_to(where, ec);
     REQUIRE_MESSAGE(!ec, "cannot connect to " << where.to_string() << ": " << ec.message());
@@ -371,28 +339,32 @@ inline transfer exchange(tinyproxy::socket& s, const bytes& payload, time_point 
             continue;
         }
         if ((entry.revents & POLLOUT) != 0 && sent < payload.size()) {
-            std::size_t n = s.send(payload.data() + sent, payload.size() - sent, ec);
-            if (!ec) {
-                sent += n;
-            } else if (!tinyproxy::detail::would_block(ec)) {
+            // MSG_DONTWAIT: connect_to() gives a blocking socket, and this loop must not block.
+            ssize_t n = ::send(s.native_handle(), payload.data() + sent, payload.size() - sent,
+                               MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n >= 0) {
+                sent += static_cast<std::size_t>(n);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                 // The peer may have reset: reading below says how.
                 sent = payload.size();
                 shut = true;
             }
         }
         if ((entry.revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
-            ec.clear();
-            std::size_t n = s.receive(buffer.data(), buffer.size(), ec);
-            if (ec && tinyproxy::detail::would_block(ec)) {
+            ssize_t received =
+                ::recv(s.native_handle(), buffer.data(), buffer.size(), MSG_DONTWAIT);
+            if (received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
                 continue;
             }
-            if (ec) {
-                out.reset = ec == std::errc::connection_reset;
+            if (received < 0) {
+                out.reset = errno == ECONNRESET;
                 if (!out.reset) {
-                    out.error = "receive failed: " + ec.message();
+                    out.error = "receive failed: " +
+                                std::error_code(errno, std::generic_category()).message();
                 }
                 return out;
             }
+            auto n = static_cast<std::size_t>(received);
             if (n == 0) {
                 out.eof = true;
                 if (sent < payload.size()) {
@@ -422,118 +394,4 @@ inline bool ping(tinyproxy::socket& s, const std::string& text = "ping") {
     return t.error.empty() && !t.eof && !t.reset && t.received == payload;
 }
 
-// --- an echo upstream --------------------------------------------------------------------------
-
-/// Echoes every client on threads of its own: what comes in goes back; at the client's end of
-/// stream it shuts down its write side and closes. The destructor ends every thread and joins it.
-class echo_server {
-public:
-    explicit echo_server(tinyproxy::endpoint where = loopback())
-        : listener_(tinyproxy::listener::open(where, 128)) {
-        int fds[2] = {-1, -1};
-        std::error_code ec;
-        REQUIRE(tinyproxy::detail::make_pipe(fds, ec));
-        stop_read_.reset(fds[0]);
-        stop_write_.reset(fds[1]);
-        listener_.set_nonblocking(true, ec);
-        acceptor_ = std::thread([this] { accept_loop(); });
-    }
-    echo_server(const echo_server&) = delete;
-    echo_server& operator=(const echo_server&) = delete;
-    ~echo_server() {
-        stop_write_.reset(); // every wait below also watches the stop pipe
-        acceptor_.join();
-        for (std::thread& t : clients_) {
-            t.join();
-        }
-    }
-
-    tinyproxy::endpoint local_endpoint() const { return listener_.local_endpoint(); }
-    /// "127.0.0.1:PORT", for --forward.
-    std::string address() const { return local_endpoint().to_string(); }
-    std::size_t accepted() const noexcept { return accepted_.load(); }
-    /// The most clients that were connected at the same time.
-    std::size_t most_at_once() const {
-        std::lock_guard<std::mutex> lock(count_mutex_);
-        return most_at_once_;
-    }
-
-private:
-    void accept_loop() {
-        const time_point give_up = after(ms(120'000)); // a test never runs this long
-        while (steady_clock::now() < give_up) {
-            pollfd fds[2] = {{stop_read_.get(), POLLIN, 0}, {listener_.native_handle(), POLLIN, 0}};
-            std::error_code ec;
-            tinyproxy::detail::poll_fds(fds, 2, give_up, ec);
-            if (fds[0].revents != 0 || ec) {
-                return;
-            }
-            if (fds[1].revents == 0) {
-                continue;
-            }
-            tinyproxy::endpoint peer;
-            tinyproxy::socket client = listener_.accept(peer, true, ec);
-            if (!ec) {
-                accepted_.fetch_add(1);
-                count(+1);
-                clients_.emplace_back([this, c = std::move(client)]() mutable { echo(c); });
-            }
-        }
-    }
-
-    void count(int change) {
-        std::lock_guard<std::mutex> lock(count_mutex_);
-        connected_ = change > 0 ? connected_ + 1 : connected_ - 1;
-        most_at_once_ = std::max(most_at_once_, connected_);
-    }
-
-    void echo(tinyproxy::socket& client) {
-        bool end_of_stream = echo_until_end(client);
-        // Counted out before our end of stream goes: whoever connected cannot see the connection
-        // finish, and connect again, before this client is no longer counted.
-        count(-1);
-        if (end_of_stream) {
-            std::error_code ec;
-            client.shutdown_write(ec);
-        }
-    }
-
-    /// Echoes until the client's end of stream (true), or a failure, stop or 30 s idle (false).
-    bool echo_until_end(tinyproxy::socket& client) {
-        std::vector<std::uint8_t> buffer(64 * 1024);
-        for (;;) {
-            pollfd fds[2] = {{stop_read_.get(), POLLIN, 0}, {client.native_handle(), POLLIN, 0}};
-            std::error_code ec;
-            tinyproxy::detail::poll_fds(fds, 2, after(ms(30'000)), ec);
-            if (fds[0].revents != 0 || fds[1].revents == 0 || ec) {
-                return false; // stopping, or idle far too long
-            }
-            std::size_t n = client.receive(buffer.data(), buffer.size(), ec);
-            if (ec && tinyproxy::detail::would_block(ec)) {
-                continue;
-            }
-            if (ec) {
-                return false;
-            }
-            if (n == 0) {
-                return true;
-            }
-            client.send_all({buffer.data(), n}, after(ms(10'000)), ec);
-            if (ec) {
-                return false;
-            }
-        }
-    }
-
-    tinyproxy::listener listener_;
-    tinyproxy::unique_fd stop_read_;
-    tinyproxy::unique_fd stop_write_;
-    std::atomic<std::size_t> accepted_{0};
-    mutable std::mutex count_mutex_;
-    std::size_t connected_ = 0;
-    std::size_t most_at_once_ = 0;
-    std::list<std::thread> clients_; // touched by the accept thread only, until it is joined
-    std::thread acceptor_;
-};
-
-} // namespace cli_test
+} // namespace tptest

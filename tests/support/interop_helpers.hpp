@@ -1,16 +1,15 @@
-// Interoperability test support: finding a peer program (curl, haproxy, nginx) or skipping the
-// test, an in-process HTTP server, running curl and reading its result, a temporary directory
-// for peer configs, and starting a peer server on a free port. Every wait here has a deadline.
+// Interoperability test support: finding a peer program (curl, haproxy, nginx) or failing the
+// test (skipping it with TINYPROXY_ALLOW_SKIP=1), an in-process HTTP server, running curl and
+// reading its result, a temporary directory for peer configs, and starting a peer server on a
+// free port. Every wait here has a deadline.
 #pragma once
 
 #include <atomic>       // counters
 #include <cstdint>      // ports
-#include <cstdio>       // std::fflush
-#include <cstdlib>      // std::getenv, std::_Exit
+#include <cstdlib>      // std::getenv
 #include <filesystem>   // the temporary directory
 #include <fstream>      // config files
 #include <functional>   // a peer's command line, made for a port
-#include <iostream>     // skip messages
 #include <list>         // connection threads
 #include <memory>       // a started peer's process
 #include <optional>     // a port, or none
@@ -29,30 +28,12 @@
 #include <tinyproxy/tinyproxy.hpp>
 
 #include "support/cli_helpers.hpp"
+#include "support/skip.hpp"
+#include "support/timing.hpp"
 
-namespace interop_test {
+namespace tptest {
 
-using cli_test::after;
-using cli_test::ms;
-using cli_test::process;
-using tinyproxy::steady_clock;
-using tinyproxy::time_point;
-
-// --- skipping ----------------------------------------------------------------------------------
-
-/// Ends a test whose peer is missing. Under ctest (TINYPROXY_UNDER_CTEST, set by
-/// tests/CMakeLists.txt) the process exits with 77, which SKIP_RETURN_CODE makes "Skipped"; run
-/// by hand, the test binary says so and the caller returns (the test then passes empty).
-/// Call it before starting anything: under ctest nothing after it runs, no destructor either.
-inline void skip_test(const std::string& reason) {
-    std::cerr << "skipped: " << reason << std::endl;
-    if (std::getenv("TINYPROXY_UNDER_CTEST") != nullptr) {
-        std::cout.flush();
-        std::fflush(nullptr);
-        std::_Exit(77);
-    }
-    MESSAGE("skipped: " << reason);
-}
+// --- peer programs ------------------------------------------------------------------------------
 
 /// The full path of an installed program: the PATH, then the sbin directories (haproxy and
 /// nginx live in /usr/sbin, which a user's PATH may lack); "" when it is nowhere.
@@ -86,13 +67,10 @@ inline std::string find_program(const std::string& name) {
     return {};
 }
 
-/// The path of the peer program `name`, or "" after skip_test() (the caller then returns).
+/// The path of the peer program `name`. When it is not installed the test fails, or with
+/// TINYPROXY_ALLOW_SKIP=1 is skipped and "" is returned (the caller then returns).
 inline std::string peer_program(const std::string& name) {
-    std::string path = find_program(name);
-    if (path.empty()) {
-        skip_test(name + " is not installed (tools/install-peers.sh installs it)");
-    }
-    return path;
+    return required_program(name, find_program(name), "run tools/install-peers.sh");
 }
 
 // --- addresses -----------------------------------------------------------------------------------
@@ -112,7 +90,7 @@ inline bool can_bind(const std::string& address) {
 /// A port that was free a moment ago: bound on 127.0.0.1, then closed (a small race, which
 /// start_peer() covers by trying a second port).
 inline std::uint16_t free_port() {
-    tinyproxy::listener probe = tinyproxy::listener::open(cli_test::loopback(), 1);
+    tinyproxy::listener probe = tinyproxy::listener::open(loopback(), 1);
     return probe.local_endpoint().port;
 }
 
@@ -213,7 +191,7 @@ private:
         client.shutdown_write(ec);
         // Waits (briefly) for the client to close first, so our close cannot reset a response
         // it has not read yet.
-        cli_test::wait_closed(client, after(ms(2000)));
+        wait_closed(client, after(ms(2000)));
     }
 
     std::string body_;
@@ -354,7 +332,7 @@ inline bool wait_accepting(const tinyproxy::endpoint& where, process& program, t
 struct started_peer {
     std::unique_ptr<process> program;
     std::uint16_t port = 0;
-    tinyproxy::endpoint endpoint() const { return cli_test::loopback(port); }
+    tinyproxy::endpoint endpoint() const { return loopback(port); }
 };
 
 /// Starts `path` with the arguments `make_args(port)` gives for a free loopback port (writing its
@@ -383,21 +361,20 @@ start_peer(const std::string& path,
 // --- the proxy under test ------------------------------------------------------------------------
 
 /// The tinyproxy CLI started with `args`, and the address it printed.
-struct running_proxy {
+struct cli_proxy {
     std::unique_ptr<process> program;
     tinyproxy::endpoint where;
 
-    running_proxy(const std::string& cli, const std::vector<std::string>& args)
-        : program(std::make_unique<process>(cli, args)), where(cli_test::read_listening(*program)) {
-    }
+    cli_proxy(const std::string& cli, const std::vector<std::string>& args)
+        : program(std::make_unique<process>(cli, args)), where(read_listening(*program)) {}
     /// "HOST:PORT" as a proxy option wants it (IPv6 in brackets).
     std::string address() const { return where.to_string(); }
     /// SIGTERM: exit 0 within 3 s expected; then everything it wrote to stderr.
     std::string stop() {
-        cli_test::expect_clean_exit(*program, SIGTERM, ms(3000));
+        expect_clean_exit(*program, SIGTERM, ms(3000));
         program->read_to_end(after(ms(3000)));
         return program->stderr_text();
     }
 };
 
-} // namespace interop_test
+} // namespace tptest

@@ -1,45 +1,39 @@
-// Test support: a scriptable loopback upstream, blocking client helpers with deadlines, a
-// proxy running on its own thread, and process checks (descriptors, children).
+// Test support: a scriptable loopback upstream, blocking client helpers with deadlines, a proxy
+// (in this process, or in a forked one for fork_policy) running on its own thread, and process
+// checks (descriptors, children).
 #pragma once
+
+#include <atomic>       // flags, counters
+#include <chrono>       // timeouts
+#include <csignal>      // the fork host's SIGTERM
+#include <cstdint>      // bytes
+#include <cstdio>       // std::sscanf
+#include <cstring>      // std::strrchr
+#include <functional>   // an upstream's handler
+#include <list>         // handler threads
+#include <mutex>        // the handler list
+#include <stdexcept>    // set-up failures
+#include <string>       // child states
+#include <system_error> // std::error_code
+#include <thread>       // the upstream, the proxy's runner
+#include <vector>       // payloads, child states
+
+#include <dirent.h>     // /proc listings
+#include <fcntl.h>      // open
+#include <poll.h>       // poll
+#include <sys/socket.h> // send, recv, shutdown
+#include <sys/time.h>   // timeval
+#include <sys/wait.h>   // waitpid
+#include <unistd.h>     // fork, pipe, read
 
 #include <tinyproxy/tinyproxy.hpp>
 
-#include <atomic>
-#include <chrono>
-#include <cstdint>
-#include <cstring>
-#include <functional>
-#include <list>
-#include <mutex>
-#include <random>
-#include <string>
-#include <thread>
-#include <vector>
+#include "support/payload.hpp"
+#include "support/timing.hpp"
 
-#include <csignal>
-#include <stdexcept>
-
-#include <dirent.h>
-#include <sys/wait.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
-
-namespace testing {
+namespace tptest {
 
 using namespace std::chrono_literals;
-using bytes = std::vector<std::uint8_t>;
-
-inline bytes random_bytes(std::size_t size, std::uint32_t seed) {
-    std::mt19937 gen(seed);
-    bytes out(size);
-    for (auto& b : out) {
-        b = static_cast<std::uint8_t>(gen() >> 24);
-    }
-    return out;
-}
 
 /// Makes a socket blocking with send/receive timeouts: no test call waits forever.
 inline void make_blocking(tinyproxy::socket& s, std::chrono::milliseconds timeout = 10s) {
@@ -52,15 +46,23 @@ inline void make_blocking(tinyproxy::socket& s, std::chrono::milliseconds timeou
     ::setsockopt(s.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-inline tinyproxy::socket connect_to(const tinyproxy::endpoint& where,
+/// Connects to `where` (5 s at most) and returns a blocking socket whose sends and receives give
+/// up after `timeout`; an empty socket, with `ec` set, when it cannot connect.
+inline tinyproxy::socket connect_to(const tinyproxy::endpoint& where, std::error_code& ec,
                                     std::chrono::milliseconds timeout = 10s) {
-    std::error_code ec;
     auto s = tinyproxy::connect(where, tinyproxy::steady_clock::now() + 5s, ec);
     if (ec) {
         return {};
     }
     make_blocking(s, timeout);
     return s;
+}
+
+/// connect_to() for a test that expects it may fail: an empty socket when it cannot connect.
+inline tinyproxy::socket connect_to(const tinyproxy::endpoint& where,
+                                    std::chrono::milliseconds timeout = 10s) {
+    std::error_code ec;
+    return connect_to(where, ec, timeout);
 }
 
 inline bool send_all(tinyproxy::socket& s, const bytes& data) {
@@ -156,6 +158,11 @@ inline void echo(tinyproxy::socket& s) {
         }
     }
     shutdown_write(s);
+}
+
+/// A forward mode to `where`.
+inline tinyproxy::forward_mode forward_to(const tinyproxy::endpoint& where) {
+    return tinyproxy::forward_mode(tinyproxy::host_port{where.address.to_string(), where.port});
 }
 
 /// A proxy of the given policy in front of `target`, running on its own thread.
@@ -343,4 +350,4 @@ bool eventually(Condition condition, std::chrono::milliseconds limit = 3s) {
     return true;
 }
 
-} // namespace testing
+} // namespace tptest

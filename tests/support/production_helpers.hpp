@@ -5,8 +5,6 @@
 // descriptor limit without touching the test process).
 #pragma once
 
-#include "support/loopback.hpp"
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -32,32 +30,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <tinyproxy/tinyproxy.hpp>
+
+#include "support/loopback.hpp"
+#include "support/timing.hpp"
+
 extern char** environ;
 
 // Defined when the UBSan runtime is linked in (a weak reference: null otherwise).
 extern "C" __attribute__((weak)) void __ubsan_handle_dynamic_type_cache_miss(void*, void*,
                                                                              unsigned long);
 
-namespace testing {
+namespace tptest {
 
 using namespace std::chrono_literals;
-
-// --- timing under sanitizers -------------------------------------------------------------------
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#    define TINYPROXY_TEST_SANITIZED 1
-#elif defined(__has_feature)
-#    if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#        define TINYPROXY_TEST_SANITIZED 1
-#    endif
-#endif
-#ifndef TINYPROXY_TEST_SANITIZED
-#    define TINYPROXY_TEST_SANITIZED 0
-#endif
-
-/// ASan and TSan slow down what a wall-clock bound measures (a fork and exit of a large process,
-/// a thread start): such bounds are this many times longer under them, and exact otherwise.
-constexpr int timing_scale = TINYPROXY_TEST_SANITIZED ? 2 : 1;
 
 // --- policies --------------------------------------------------------------------------------
 
@@ -76,10 +62,6 @@ const char* policy_name() {
         return "portable-poll";
     }
     return "fork";
-}
-
-inline tinyproxy::forward_mode forward_to(const tinyproxy::endpoint& where) {
-    return tinyproxy::forward_mode(tinyproxy::host_port{where.address.to_string(), where.port});
 }
 
 /// The proxy's counters; nothing for fork_policy, whose proxy runs in a host process.
@@ -408,7 +390,7 @@ private:
         std::vector<std::unique_ptr<connection>> connections;
         std::vector<pollfd> fds;
         std::vector<std::uint8_t> buffer(64 * 1024);
-        const bytes block = random_bytes(64 * 1024, 77);
+        const bytes block = random_vector(64 * 1024, 77);
         for (;;) {
             fds.clear();
             fds.push_back({stop_read_.get(), POLLIN, 0});
@@ -648,4 +630,4 @@ private:
     int status_ = -1;
 };
 
-} // namespace testing
+} // namespace tptest

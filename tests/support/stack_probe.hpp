@@ -11,7 +11,7 @@
 #include <pthread.h>  // pthread_create with our own stack
 #include <sys/mman.h> // mmap
 
-namespace testing {
+namespace tptest {
 
 /// Bytes of stack `call` wrote below what an empty call writes (the thread's start-up and, on
 /// glibc, its thread control block and TLS, which live at the top of the stack we hand it).
@@ -61,4 +61,4 @@ inline std::size_t stack_bytes_used(const std::function<void()>& call) {
     return used > baseline ? used - baseline : 0;
 }
 
-} // namespace testing
+} // namespace tptest

@@ -1,20 +1,16 @@
-// Helpers for the unit tests (bytes, address, socket, relay, session): socket pairs made with raw
-// POSIX calls, reads and writes that always have a deadline, random payloads, a loopback echo
-// server on a thread. Everything here bounds its waits, so a broken library fails a test instead
-// of hanging it.
+// Test support for the unit tests (bytes, address, socket, relay, session): descriptor checks,
+// socket pairs made with raw POSIX calls, and reads and writes that always have a deadline (the
+// payloads, deadlines and echo server they use come with it). Everything here bounds its waits,
+// so a broken library fails a test instead of hanging it.
 #pragma once
 
 #include <cerrno>       // errno
-#include <chrono>       // deadlines
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte values
-#include <mutex>        // the echo server's record
 #include <ostream>      // doctest prints std::error_code with operator<<
-#include <random>       // payloads
-#include <string>       // payloads and records
-#include <string_view>  // payload views
+#include <string>       // what a read found
+#include <string_view>  // what to write
 #include <system_error> // error codes
-#include <thread>       // the echo server
 #include <vector>       // descriptors, payloads
 
 #include <fcntl.h>       // fcntl
@@ -26,27 +22,11 @@
 
 #include <tinyproxy/tinyproxy.hpp>
 
-namespace unit_support {
+#include "support/echo_server.hpp"
+#include "support/payload.hpp"
+#include "support/timing.hpp"
 
-using tinyproxy::steady_clock;
-using tinyproxy::time_point;
-
-/// A deadline `ms` milliseconds from now.
-inline time_point in_ms(long ms) { return steady_clock::now() + std::chrono::milliseconds(ms); }
-
-/// Milliseconds from now until `until`, for poll(2); 0 once it has passed.
-inline int ms_until(time_point until) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - steady_clock::now());
-    if (left.count() <= 0) {
-        return 0;
-    }
-    return left.count() > 60'000 ? 60'000 : static_cast<int>(left.count()) + 1;
-}
-
-inline long elapsed_ms(time_point since) {
-    return static_cast<long>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - since).count());
-}
+namespace tptest {
 
 /// True while `fd` names an open descriptor.
 inline bool fd_is_open(int fd) {
@@ -237,155 +217,4 @@ inline read_result read_to_eof(int fd, time_point until) {
     return read_exactly(fd, std::string::npos, until);
 }
 
-/// `size` reproducible pseudo-random bytes.
-inline std::string random_bytes(std::size_t size, std::uint32_t seed) {
-    std::mt19937 generator(seed);
-    std::string out(size, '\0');
-    for (std::size_t i = 0; i < size; i += 4) {
-        auto word = static_cast<std::uint32_t>(generator());
-        for (std::size_t j = i; j < i + 4 && j < size; ++j) {
-            out[j] = static_cast<char>(word & 0xFFu);
-            word >>= 8;
-        }
-    }
-    return out;
-}
-
-/// Where two byte strings first differ (std::string::npos when equal): a short failure message
-/// instead of two megabyte-long strings.
-inline std::size_t first_difference(std::string_view a, std::string_view b) {
-    std::size_t common = a.size() < b.size() ? a.size() : b.size();
-    for (std::size_t i = 0; i < common; ++i) {
-        if (a[i] != b[i]) {
-            return i;
-        }
-    }
-    return a.size() == b.size() ? std::string::npos : common;
-}
-
-inline std::string as_string(tinyproxy::byte_view bytes) { return std::string(bytes.as_chars()); }
-
-inline std::vector<std::uint8_t> as_vector(std::string_view text) {
-    return std::vector<std::uint8_t>(text.begin(), text.end());
-}
-
-/// A loopback TCP echo server on its own thread: echoes every byte of every client, and answers
-/// a client's end of stream with its own once everything is echoed. It records what it
-/// received. Its thread gives up after 30 s whatever happens, and the destructor stops it.
-class echo_server {
-public:
-    echo_server() {
-        listener_ = tinyproxy::listener::open(
-            tinyproxy::endpoint{tinyproxy::ip_address::loopback_v4(), 0}, 16);
-        std::error_code ec;
-        listener_.set_nonblocking(true, ec);
-        if (ec) {
-            throw std::system_error(ec, "echo_server set-up failed");
-        }
-        int fds[2] = {-1, -1};
-        make_pipe(fds);
-        stop_read_.reset(fds[0]);
-        stop_write_.reset(fds[1]);
-        thread_ = std::thread([this] { run(); });
-    }
-    echo_server(const echo_server&) = delete;
-    echo_server& operator=(const echo_server&) = delete;
-    ~echo_server() { stop(); }
-
-    tinyproxy::endpoint endpoint() const { return listener_.local_endpoint(); }
-    /// Everything received, over all clients, in arrival order.
-    std::string received() const {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return received_;
-    }
-    int accepted() const {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return accepted_;
-    }
-    void stop() {
-        stop_write_.reset();
-        if (thread_.joinable()) {
-            thread_.join();
-        }
-    }
-
-private:
-    struct connection {
-        tinyproxy::unique_fd fd;
-        std::string pending;
-        bool eof = false;
-    };
-
-    void run() {
-        std::vector<connection> connections;
-        time_point give_up = in_ms(30'000);
-        char buffer[65536];
-        while (steady_clock::now() < give_up) {
-            std::vector<pollfd> fds;
-            fds.push_back({stop_read_.get(), POLLIN, 0});
-            fds.push_back({listener_.native_handle(), POLLIN, 0});
-            for (connection& c : connections) {
-                short events = c.pending.empty() ? (c.eof ? 0 : POLLIN) : POLLOUT;
-                fds.push_back({c.fd.get(), events, 0});
-            }
-            if (::poll(fds.data(), static_cast<nfds_t>(fds.size()), 50) < 0 && errno != EINTR) {
-                return;
-            }
-            if (fds[0].revents != 0) {
-                return;
-            }
-            if (fds[1].revents != 0) {
-                tinyproxy::endpoint peer;
-                std::error_code ec;
-                tinyproxy::socket s = listener_.accept(peer, true, ec);
-                if (!ec) {
-                    connections.push_back({s.release(), {}, false});
-                    std::lock_guard<std::mutex> lock(mutex_);
-                    ++accepted_;
-                }
-            }
-            for (connection& c : connections) {
-                if (!c.fd) {
-                    continue;
-                }
-                if (c.pending.empty() && !c.eof) {
-                    ssize_t n = ::recv(c.fd.get(), buffer, sizeof buffer, MSG_DONTWAIT);
-                    if (n > 0) {
-                        c.pending.assign(buffer, static_cast<std::size_t>(n));
-                        std::lock_guard<std::mutex> lock(mutex_);
-                        received_.append(buffer, static_cast<std::size_t>(n));
-                    } else if (n == 0) {
-                        c.eof = true;
-                    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                        c.fd.reset();
-                        continue;
-                    }
-                }
-                if (!c.pending.empty()) {
-                    ssize_t n = ::send(c.fd.get(), c.pending.data(), c.pending.size(),
-                                       no_sigpipe | MSG_DONTWAIT);
-                    if (n > 0) {
-                        c.pending.erase(0, static_cast<std::size_t>(n));
-                    } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                        c.fd.reset();
-                        continue;
-                    }
-                }
-                if (c.eof && c.pending.empty()) {
-                    ::shutdown(c.fd.get(), SHUT_WR);
-                    c.fd.reset();
-                }
-            }
-        }
-    }
-
-    tinyproxy::listener listener_;
-    tinyproxy::unique_fd stop_read_;
-    tinyproxy::unique_fd stop_write_;
-    mutable std::mutex mutex_;
-    std::string received_;
-    int accepted_ = 0;
-    std::thread thread_;
-};
-
-} // namespace unit_support
+} // namespace tptest
