@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // thread_pool_policy: a concurrency policy written outside the library, the way a user writes
 // one: a fixed pool of threads. examples/custom_policy.cpp runs a port forwarder with it, and the
 // policy conformance suite (tests/test_policies.cpp) holds it to every guarantee the library's

@@ -70,6 +70,9 @@ OUR_INCLUDE = re.compile(r'^\s*#\s*include\s*"tinyproxy/([^"]+)"')
 OUR_ANGLE_INCLUDE = re.compile(r"^\s*#\s*include\s*<tinyproxy/([^>]+)>")
 ANY_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
 PRAGMA_ONCE = re.compile(r"^\s*#\s*pragma\s+once\s*$")
+# Every part's first line, so that a part copied alone still says its licence; the generated
+# file says it once, in its banner.
+SPDX = "// SPDX-License-Identifier: MIT"
 PP_IF = re.compile(r"^\s*#\s*(if|ifdef|ifndef)\b")
 PP_ENDIF = re.compile(r"^\s*#\s*endif\b")
 VERSION = re.compile(r'^\s*#\s*define\s+TINYPROXY_VERSION_STRING\s+"([^"]*)"', re.M)
@@ -200,8 +203,11 @@ class Amalgamator:
         lines = read_text(path).split("\n")[:-1]
         self.in_progress.append(name)
         self.out.append("// ---- begin tinyproxy/%s ----\n" % name)
+        if not lines or lines[0] != SPDX:
+            self.errors.append("include/tinyproxy/%s:1: the first line must be `%s`"
+                               % (name, SPDX))
         for line in lines:
-            if PRAGMA_ONCE.match(line):
+            if PRAGMA_ONCE.match(line) or line == SPDX:
                 continue
             ours = OUR_INCLUDE.match(line)
             if ours and layer_of(ours.group(1)) is not None \
@@ -223,7 +229,9 @@ class Amalgamator:
         version = VERSION.search(read_text(self.parts / "config.hpp")) \
             if (self.parts / "config.hpp").is_file() else None
         self.out.append(
+            SPDX + "\n"
             "// tinyproxy.hpp%s: header-only C++17 TCP proxy library, as one file.\n"
+            "// Copyright (c) 2026 the tinyproxy.hpp authors; MIT licence, see LICENSE.\n"
             "//\n"
             "// GENERATED FILE, DO NOT EDIT. Generated from include/tinyproxy/ by "
             "tools/amalgamate.py:\n"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // IPv4/IPv6 addresses and endpoints: parse "host:port" and "[v6]:port", format, resolve names.
 #pragma once
 

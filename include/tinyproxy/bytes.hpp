@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Big-endian byte packing: load/store by shifts, a bounds-checked reader and an appending writer.
 #pragma once
 

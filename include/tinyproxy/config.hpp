@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Version and feature macros; the only header that tests operating-system macros.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The library's own error conditions as one std::error_category.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Readiness for many descriptors at once: poll(2) everywhere, epoll(7) on Linux. The event loop
 // (policy/detail/event_loop.hpp) is their only user; each is one of its template arguments.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // basic_proxy<Policy, Mode>: the listener, options, stop signal and counters, and the Server
 // interface that a concurrency policy drives.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The one relay engine: moves bytes both ways between two non-blocking sockets, with bounded
 // buffers, half-close and reset propagation, byte counts and a chain of stages per direction;
 // on Linux, bulk data moves with splice(2).

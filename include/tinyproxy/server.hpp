@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The contract between a concurrency policy and the proxy it runs: the Server and Session calls
 // a policy makes, stated once here, and the types they pass (clients, limits, results).
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // basic_session<ModeSession>: one proxied connection, composed of its three parts in turn: the
 // handshake driver (the Mode decides where to go), the connector, and the tunnel.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // RAII descriptors and TCP sockets: listen, accept, connect with a deadline, send, receive.
 #pragma once
 

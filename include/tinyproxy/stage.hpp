@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The relay's stage seam: a stage sees, changes, holds, paces, splits or cuts the bytes of one
 // direction of a tunnel, and a stage_chain runs an ordered list of them for the relay.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The whole library: includes every part, nothing else.
 #pragma once
 

@@ -1,4 +1,6 @@
+// SPDX-License-Identifier: MIT
 // tinyproxy.hpp 0.1.0: header-only C++17 TCP proxy library, as one file.
+// Copyright (c) 2026 the tinyproxy.hpp authors; MIT licence, see LICENSE.
 //
 // GENERATED FILE, DO NOT EDIT. Generated from include/tinyproxy/ by tools/amalgamate.py:
 // edit the parts under include/tinyproxy/, then run `python3 tools/amalgamate.py`.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Black-box test support: start a program with its output piped, read its "listening on" line,
 // stop it with a signal; an in-process echo upstream; clients that send and receive at once.
 // Every wait here has a deadline.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Test support: a loopback TCP echo server, each client on a thread of its own, that records what
 // it received and how many clients it had. Every wait in it has a deadline.
 #pragma once

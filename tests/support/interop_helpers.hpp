@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Interoperability test support: finding a peer program (curl, haproxy, nginx) or failing the
 // test (skipping it with TINYPROXY_ALLOW_SKIP=1), an in-process HTTP server, running curl and
 // reading its result, a temporary directory for peer configs, and starting a peer server on a

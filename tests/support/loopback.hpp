@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Test support: a scriptable loopback upstream, blocking client helpers with deadlines, a proxy
 // (in this process, or in a forked one for fork_policy) running on its own thread, and process
 // checks (descriptors, children).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Test support: byte strings for payloads: reproducible random ones (as bytes or as a string),
 // conversions, and where two of them first differ.
 #pragma once

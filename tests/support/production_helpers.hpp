@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Test support for the production tests: a one-thread event-loop upstream (echo, stream, sink)
 // that holds thousands of connections, client checks with deadlines, readings of another
 // process through /proc (descriptors, CPU time), and a proxy host process started by exec'ing

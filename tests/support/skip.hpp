@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Test support: the one way a test is skipped, and the one way a test finds a program it needs
 // (a peer such as curl or haproxy, the CLI, an example), which fails when that program is missing
 // unless the developer asked for skips.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Test support shared by the unit tests and the fuzz targets: the one split-feed driver. It cuts
 // a stream into feeds (whole, a byte at a time, at every position, or as a seed says), feeds a
 // sans-I/O parser piece by piece, and for handshake parsers checks the invariants every one keeps

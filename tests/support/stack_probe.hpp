@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // How much stack a call takes: it runs on a thread whose stack we map and fill with a pattern,
 // and the deepest byte that no longer holds the pattern says how far down the call wrote.
 #pragma once

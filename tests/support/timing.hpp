@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Test support: deadlines and elapsed times, and the one factor every wall-clock upper bound in
 // the tests is multiplied by (timing_scale), so a slow build (a sanitizer, a loaded machine)
 // makes the bounds longer instead of making the tests fail.

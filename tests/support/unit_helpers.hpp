@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Test support for the unit tests (bytes, address, socket, relay, session): descriptor checks,
 // socket pairs made with raw POSIX calls, and reads and writes that always have a deadline (the
 // payloads, deadlines and echo server they use come with it). Everything here bounds its waits,

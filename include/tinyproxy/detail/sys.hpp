@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // One thin wrapper per system call: (args..., std::error_code&) noexcept, EINTR handled here.
 #pragma once
 

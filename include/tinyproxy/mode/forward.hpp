@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // forward_mode: every client goes to one fixed upstream (a port forwarder).
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // http_connect_mode: HTTP CONNECT tunnels (RFC 9110 section 9.3.6).
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The Mode concept: what a Mode is told of a client (session_info), what its per-client session
 // answers (mode_step), and the members a session drives it through.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // with_proxy_protocol<Mode>: the PROXY protocol (v1/v2) as a layer on either side of any Mode.
 #pragma once
 

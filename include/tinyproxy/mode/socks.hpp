@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // socks_mode: SOCKS4, SOCKS4a and SOCKS5 on one port, told apart by the first byte.
 #pragma once
 

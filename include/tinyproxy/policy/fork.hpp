@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // fork_policy: one process per client.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // poll_policy: one thread, one event loop over non-blocking sockets (epoll or poll(2)).
 #pragma once
 

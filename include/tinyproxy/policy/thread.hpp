@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // thread_policy: one thread per client.
 #pragma once
 

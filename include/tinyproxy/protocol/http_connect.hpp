@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // HTTP CONNECT (RFC 9110 section 9.3.6) as a sans-I/O handshake: a request head in, a target or
 // a complete HTTP error response out.
 #pragma once

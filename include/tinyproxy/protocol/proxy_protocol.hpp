@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The PROXY protocol (haproxy's proxy-protocol.txt, versions 1 and 2): encode a header that names
 // the real client, and decode one sans-I/O.
 #pragma once

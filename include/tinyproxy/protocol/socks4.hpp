@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // socks4_handshake: the server side of a SOCKS4 or SOCKS4a CONNECT request as a sans-I/O parser.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // socks5_handshake: the server side of a SOCKS5 handshake (RFC 1928, RFC 1929) as a sans-I/O
 // parser.
 #pragma once

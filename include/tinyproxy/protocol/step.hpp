@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // handshake_step: what a sans-I/O handshake parser answers each time it is fed bytes.
 #pragma once
 

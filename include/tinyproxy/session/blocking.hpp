@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // run_session: the blocking driver of one session on the calling thread (thread and fork
 // policies, and basic_proxy's serve()), waiting with poll(2) and resolving names itself.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The second part of a session: the connector, which turns the Mode's target into a connected
 // upstream socket: the numeric shortcut or a resolve, each address in turn, one deadline.
 #pragma once

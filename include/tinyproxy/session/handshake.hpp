@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The first part of a session: the handshake driver, which feeds the Mode's session what the
 // client sends, sends the client what the Mode answers, and keeps the handshake deadline.
 #pragma once

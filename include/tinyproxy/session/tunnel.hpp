@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The third part of a session: the tunnel, which owns the upstream socket once connected and
 // the relay between it and the client, keeps the idle deadline, and passes a reset on.
 #pragma once

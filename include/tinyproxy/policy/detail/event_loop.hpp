@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // One run of poll_policy's event loop: who is served, in what order, and with how many reads.
 #pragma once
 

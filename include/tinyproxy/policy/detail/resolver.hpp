@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The event loop's name lookups, on a helper thread so that DNS never stalls the loop.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The event loop's sessions in numbered slots, and the tokens that name a slot's sockets.
 #pragma once
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The event loop's deadlines: one timer per session slot, in a min-heap, earliest first.
 #pragma once
 
