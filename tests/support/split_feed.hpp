@@ -12,7 +12,7 @@
 #include <system_error> // std::error_code
 #include <vector>       // cuts, replies
 
-#include <tinyproxy/protocol/step.hpp>
+#include <tinyproxy/tinyproxy.hpp> // handshake_step (the one path both include roots have)
 
 namespace tptest {
 
