@@ -12,7 +12,7 @@
 # (forward and SOCKS5), haproxy and nginx make per connection and per round trip (perf), and
 # nothing else; TINYPROXY=path counts another build of the CLI. BASELINE=path bench/run.sh --ab
 # alternates this build's CLI with another build's (BASELINE) on connection rate and CPU per
-# connection (forward and SOCKS5) and on iperf3 bulk (1 and 4 streams), AB_ROUNDS (6) rounds of
+# connection (forward and SOCKS5), pinned request/response latency, and on iperf3 bulk (1 and 4 streams), AB_ROUNDS (6) rounds of
 # 3 s each, A B then B A, and prints the medians. --mixed
 # [--quick] runs only the RR-beside-bulk phase, every target, and prints its medians. --floor
 # [--quick] measures bulk, connection rate and latency (also pinned) through bench/floor.cpp,
@@ -751,6 +751,31 @@ phase_ab() {
     done
     stop_all
     stop_tree "$server_pid"
+    # Pinned request/response latency (64 B ping-pong, everything on CPU 0), alternating too.
+    start_upstream echo
+    local echo_pid=$UP_PID echo_port=$UP_PORT
+    start_all "$echo_port" "${FORWARDERS[@]}"
+    pin_tree "$echo_pid" 0
+    for name in "${FORWARDERS[@]}"; do
+        [ -n "${PID_OF[$name]:-}" ] && pin_tree "${PID_OF[$name]}" 0
+    done
+    for ((rep = 1; rep <= rounds; rep++)); do
+        order=("${FORWARDERS[@]}")
+        ((rep % 2 == 0)) && order=("${FORWARDERS[1]}" "${FORWARDERS[0]}")
+        for name in "${order[@]}"; do
+            up "$name" || continue
+            # shellcheck disable=SC2046
+            out=$(timeout 90 taskset -c 0 "$LOAD" rr $(client_args "$name" "$name" "$echo_port") \
+                --count "${AB_RR_COUNT:-10000}" --time 60 2>/dev/null) || continue
+            [[ $out == count* ]] || continue
+            set -- $out # count N p50_us A p99_us B max_us C
+            record "$name" rrpin_p50_us "$4"
+            record "$name" rrpin_p99_us "$6"
+            log "  round $rep  pinned rr  $name  p50 $4 us  p99 $6 us"
+        done
+    done
+    stop_all
+    stop_tree "$echo_pid"
     # Bulk, forwarding only: iperf3 through each build, 1 and 4 streams, alternating.
     local iperf_port iperf_pid streams
     if [ "${AB_BULK:-1}" != 0 ] && command -v iperf3 >/dev/null 2>&1; then
@@ -787,6 +812,12 @@ for mode, a, b in (("forward", "tp-poll", "tpb-poll"), ("SOCKS5", "tp-socks-poll
     ra, rb = med(a, "rate_cps"), med(b, "rate_cps")
     ca, cb = med(a, "rate_cpu_us_per_conn"), med(b, "rate_cpu_us_per_conn")
     print(f"| {mode} | {ra:,.0f} / {rb:,.0f} | {ra / rb:.2f} | {ca:.1f} / {cb:.1f} | {ca / cb:.2f} |")
+print()
+print("| pinned RR (forward) | p50 µs this / baseline | ratio | p99 µs this / baseline | ratio |")
+print("|---|---|---|---|---|")
+pa, pb = med("tp-poll", "rrpin_p50_us"), med("tpb-poll", "rrpin_p50_us")
+qa, qb = med("tp-poll", "rrpin_p99_us"), med("tpb-poll", "rrpin_p99_us")
+print(f"| 64 B ping-pong | {pa:.1f} / {pb:.1f} | {pa / pb:.2f} | {qa:.1f} / {qb:.1f} | {qa / qb:.2f} |")
 print()
 print("| iperf3 (forward) | Gbit/s this / baseline | ratio | CPU s/GB this / baseline | ratio |")
 print("|---|---|---|---|---|")
