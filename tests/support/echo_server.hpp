@@ -22,6 +22,30 @@
 
 namespace tptest {
 
+/// The accept loop of a test server that gives each client a thread of its own: accepts every
+/// client of the non-blocking `listener` and hands it to `on_client`, on the calling thread,
+/// until `stop_fd` turns readable (or 120 s pass, which no test takes).
+template <class OnClient>
+void accept_until_stopped(tinyproxy::listener& listener, int stop_fd, OnClient on_client) {
+    const time_point give_up = after(ms(120'000));
+    while (steady_clock::now() < give_up) {
+        pollfd fds[2] = {{stop_fd, POLLIN, 0}, {listener.native_handle(), POLLIN, 0}};
+        std::error_code ec;
+        tinyproxy::detail::poll_fds(fds, 2, give_up, ec);
+        if (fds[0].revents != 0 || ec) {
+            return;
+        }
+        if (fds[1].revents == 0) {
+            continue;
+        }
+        tinyproxy::endpoint peer;
+        tinyproxy::socket client = listener.accept(peer, true, ec);
+        if (!ec) {
+            on_client(std::move(client));
+        }
+    }
+}
+
 /// Echoes every client: what comes in goes back; at the client's end of stream, once everything
 /// is echoed, it shuts down its write side and closes. A client idle for 30 s is dropped, and the
 /// server gives up after 120 s whatever happens. stop() (and the destructor) ends every thread.
@@ -74,25 +98,11 @@ public:
 
 private:
     void accept_loop() {
-        const time_point give_up = after(ms(120'000)); // a test never runs this long
-        while (steady_clock::now() < give_up) {
-            pollfd fds[2] = {{stop_read_.get(), POLLIN, 0}, {listener_.native_handle(), POLLIN, 0}};
-            std::error_code ec;
-            tinyproxy::detail::poll_fds(fds, 2, give_up, ec);
-            if (fds[0].revents != 0 || ec) {
-                return;
-            }
-            if (fds[1].revents == 0) {
-                continue;
-            }
-            tinyproxy::endpoint peer;
-            tinyproxy::socket client = listener_.accept(peer, true, ec);
-            if (!ec) {
-                accepted_.fetch_add(1);
-                count(+1);
-                clients_.emplace_back([this, c = std::move(client)]() mutable { echo(c); });
-            }
-        }
+        accept_until_stopped(listener_, stop_read_.get(), [this](tinyproxy::socket client) {
+            accepted_.fetch_add(1);
+            count(+1);
+            clients_.emplace_back([this, c = std::move(client)]() mutable { echo(c); });
+        });
     }
 
     void count(int change) {

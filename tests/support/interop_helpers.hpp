@@ -141,24 +141,10 @@ public:
 
 private:
     void accept_loop() {
-        const time_point give_up = after(ms(120'000)); // a test never runs this long
-        while (steady_clock::now() < give_up) {
-            pollfd fds[2] = {{stop_read_.get(), POLLIN, 0}, {listener_.native_handle(), POLLIN, 0}};
-            std::error_code ec;
-            tinyproxy::detail::poll_fds(fds, 2, give_up, ec);
-            if (fds[0].revents != 0 || ec) {
-                return;
-            }
-            if (fds[1].revents == 0) {
-                continue;
-            }
-            tinyproxy::endpoint peer;
-            tinyproxy::socket client = listener_.accept(peer, true, ec);
-            if (!ec) {
-                connections_accepted_.fetch_add(1);
-                connections_.emplace_back([this, c = std::move(client)]() mutable { serve(c); });
-            }
-        }
+        accept_until_stopped(listener_, stop_read_.get(), [this](tinyproxy::socket client) {
+            connections_accepted_.fetch_add(1);
+            connections_.emplace_back([this, c = std::move(client)]() mutable { serve(c); });
+        });
     }
 
     /// Reads one request head (5 s at most), answers it and closes.
