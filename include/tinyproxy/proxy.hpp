@@ -282,7 +282,7 @@ accept_status proxy_server<Mode>::try_accept(accepted_client& out, std::error_co
         if (ec) {
             return accept_status::timeout;
         }
-        accepted_.fetch_add(1, std::memory_order_relaxed);
+        out.serial = accepted_.fetch_add(1, std::memory_order_relaxed) + 1;
         if (admit(out)) {
             return accept_status::client;
         }
@@ -364,7 +364,7 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
     }
     report({session_event::kind::opened, client.peer, {}, nullptr});
     return session_type(std::move(client.connection), mode_.make_session(info), options_,
-                        client.peer, client_setup_);
+                        client.peer, client_setup_, client.serial);
 }
 
 template <class Mode>

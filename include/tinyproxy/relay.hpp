@@ -103,6 +103,11 @@ public:
     void set_stages(direction which, stage_chain chain);
     /// The chain of direction `which`; null when it has none.
     stage_chain* stages(direction which) noexcept { return halves_[index(which)].stages.get(); }
+    /// The most the stages of one direction hold before its source is no longer read
+    /// (back-pressure); 0, the default, means the scratch buffer's size. A stage that delays
+    /// bytes needs the delay's worth of the stream here (100 ms at 100 MB/s: 10 MB), and holds
+    /// it only while the stream is that fast: memory is taken as bytes are held.
+    void stage_buffer_size(std::size_t bytes) noexcept { stage_buffer_ = bytes; }
 
     /// The capacity a splicing direction asks for its pipe (F_SETPIPE_SZ): the most one splice
     /// moves, and the most the pipe holds.
@@ -285,12 +290,16 @@ private:
     }
     /// A stage's reset: `from` is closed with a reset too, not only the other side.
     void fail_by_stage(const std::error_code& why, int from) noexcept;
+    /// A stage's close: both sources stop, both destinations get their FIN once drained.
+    void close_by_stage() noexcept;
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
     bool use_splice_;
     bool saturated_ = false;        // the last pump stopped at its rounds in a direction
     bool closes_at_finish_ = false; // see closes_at_finish()
-    std::size_t stage_hold_limit_ = static_cast<std::size_t>(-1); // the last pump's scratch size
+    bool closed_by_stage_ = false;  // a stage closed the tunnel: both directions end
+    std::size_t stage_buffer_ = 0;  // see stage_buffer_size(); 0: the scratch size
+    std::size_t stage_hold_limit_ = static_cast<std::size_t>(-1); // what the stages may hold
     std::error_code error_;
     bool error_on_client_ = false;
 };
@@ -328,6 +337,10 @@ public:
         progressed = true;
     }
     void reset(std::error_code why) noexcept override { relay_.fail_by_stage(why, half_.from); }
+    void close() noexcept override {
+        relay_.close_by_stage();
+        progressed = true;
+    }
 
     bool progressed = false;
 
@@ -415,6 +428,16 @@ inline void relay::fail_by_stage(const std::error_code& why, int from) noexcept 
     std::error_code ignored;
     detail::set_linger_reset(from, ignored);
     fail(why, from);
+}
+
+inline void relay::close_by_stage() noexcept {
+    closed_by_stage_ = true;
+    for (half& h : halves_) {
+        h.eof = true; // neither source is read again
+        if (h.stages) {
+            h.end_passed = true; // what the stages pass from now on goes nowhere
+        }
+    }
 }
 
 inline bool relay::drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept {
@@ -574,7 +597,9 @@ inline bool relay::pump_staged(half& h, time_point now, bool may_read, std::uint
     // stages came) goes before anything the stages release.
     if (flush(h, out.progressed) && drain_pipe(h, out.progressed, sigpipe)) {
         try {
-            h.stages->wake(now, out);
+            if (!h.end_passed) {
+                h.stages->wake(now, out);
+            }
             if (may_read) {
                 read_into_stages(h, out, now, scratch, scratch_size, rounds);
             }
@@ -669,7 +694,9 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
                         short client_revents, short upstream_revents, int rounds) noexcept {
     bool progressed = false;
     saturated_ = false;
-    if (scratch_size != 0) {
+    if (stage_buffer_ != 0) {
+        stage_hold_limit_ = stage_buffer_;
+    } else if (scratch_size != 0) {
         stage_hold_limit_ = scratch_size; // what the stages of a direction may hold
     }
     probe_half_closed(0, client_revents);
@@ -697,6 +724,12 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
             const bool may_read = readable[side] || (has_pending(h) && writable[1 - side]);
             progressed =
                 pump_staged(h, now, may_read, scratch, scratch_size, rounds, sigpipe) || progressed;
+        }
+    }
+    if (closed_by_stage_) {
+        // The direction pumped first did not know of a close the second one's stage made.
+        for (half& h : halves_) {
+            progressed = pass_end_of_stream(h, true) || progressed;
         }
     }
     return progressed || failed();

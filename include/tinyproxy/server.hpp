@@ -6,6 +6,7 @@
 #include <chrono>       // timeouts
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
+#include <string>       // a session's stages, named
 #include <system_error> // std::error_code
 
 #include "tinyproxy/config.hpp"
@@ -13,6 +14,7 @@
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
 #include "tinyproxy/socket.hpp"
+#include "tinyproxy/stage.hpp"
 
 namespace tinyproxy {
 
@@ -85,12 +87,21 @@ struct session_options {
     /// Zero-copy relay with splice(2) on Linux, for tunnels that carry bulk data; ignored where
     /// unavailable.
     bool splice = true;
+    /// Gives each tunnel its relay stages as it starts (stage.hpp): what sees, changes, delays
+    /// or cuts its bytes. Unset, every tunnel takes the plain path, splice included, and the
+    /// cost is one branch per tunnel. Copied into each session: capture by (shared) pointer.
+    stage_factory stages;
+    /// The most the stages of one direction hold before its source is no longer read
+    /// (relay::stage_buffer_size): a delay's worth of the stream (100 ms at 100 MB/s is 10 MB).
+    /// A bound, not an allocation: a tunnel holds what its stages hold at the time.
+    std::size_t stage_buffer_size = 16 * 1024 * 1024;
 };
 
 /// A client just accepted, before its session starts.
 struct accepted_client {
     socket connection;
     endpoint peer;
+    std::uint64_t serial = 0; ///< counted from 1 in the order accepted (tunnel_info::serial)
 };
 
 /// What the accepting side has already set on a client socket, so that the session does not
@@ -124,6 +135,7 @@ struct session_result {
     endpoint client;    ///< the client, as accepted
     host_port target;   ///< where the Mode sent it (empty before it decided)
     endpoint upstream;  ///< the address connected to, once connected
+    std::string stages; ///< what stages the tunnel had (tunnel_stages::label)
     time_point started; ///< when the session started
     time_point ended;   ///< when it ended
 };

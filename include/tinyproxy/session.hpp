@@ -38,12 +38,13 @@ class basic_session {
 public:
     /// `client_setup`: what is already set on `client`; the session sets the rest (it makes
     /// the socket non-blocking in start(), and turns Nagle off once it relays).
+    /// `serial`: the client's number, for the stages (tunnel_info::serial).
     basic_session(socket client, ModeSession mode, const session_options& limits,
-                  const endpoint& client_address = {},
-                  client_socket_setup client_setup =
-                      {}) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
+                  const endpoint& client_address = {}, client_socket_setup client_setup = {},
+                  std::uint64_t serial =
+                      0) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
         : client_(std::move(client)), handshake_(std::move(mode)), limits_(limits),
-          client_setup_(client_setup) {
+          client_setup_(client_setup), serial_(serial) {
         result_.client = client_address;
     }
 
@@ -104,6 +105,8 @@ private:
     /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
+    /// The tunnel has started: limits_.stages gives it its stages (or ends it, by throwing).
+    void give_stages();
     void fail_with_reply(std::error_code why, std::vector<std::uint8_t> reply, time_point now);
     void relay_ready(short client_revents, short upstream_revents, time_point now,
                      std::uint8_t* scratch, std::size_t scratch_size,
@@ -121,6 +124,7 @@ private:
     detail::tunnel tunnel_;
     session_options limits_;
     client_socket_setup client_setup_;
+    std::uint64_t serial_;
     state state_ = state::handshaking;
     session_result result_;
     time_point now_{}; // the latest time a driver passed in
@@ -240,7 +244,9 @@ void basic_session<ModeSession>::follow(detail::connect_status status, time_poin
         start_tunnel(now);
         // The Mode's reply (and any pipelined bytes) go now. Told nothing is ready, the pump
         // reads nothing, so it needs no scratch buffer: it only sends.
-        relay_ready(0, 0, now, nullptr, 0);
+        if (state_ == state::relaying) { // not ended by its stage factory
+            relay_ready(0, 0, now, nullptr, 0);
+        }
         return;
     case detail::connect_status::failed: {
         // The one place a connect that failed (refused, unresolvable, timed out) is answered.
@@ -281,6 +287,23 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
                   handshake_.unsent_to_client(), reply, handshake_.to_upstream(), limits_, now);
     handshake_.release();
     state_ = state::relaying;
+    if (limits_.stages) {
+        give_stages();
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::give_stages() {
+    tunnel_info info{serial_, result_.client, result_.target, result_.upstream};
+    tunnel_stages stages;
+    try {
+        limits_.stages(info, stages);
+    } catch (...) { // the factory could not: this tunnel ends, before a byte went through
+        finish(make_error_code(errc::stage_failed));
+        return;
+    }
+    result_.stages = std::move(stages.label);
+    tunnel_.set_stages(std::move(stages));
 }
 
 template <class ModeSession>

@@ -4,7 +4,10 @@
 #pragma once
 
 #include <cstddef>      // std::size_t
+#include <cstdint>      // a tunnel's serial number
+#include <functional>   // stage_factory
 #include <memory>       // std::unique_ptr: a chain owns its stages
+#include <string>       // what a tunnel's stages are, for its log line
 #include <system_error> // the reason for a reset
 #include <utility>      // std::move
 #include <vector>       // the stages in order
@@ -12,6 +15,7 @@
 #include "tinyproxy/config.hpp"
 #include "tinyproxy/bytes.hpp"
 #include "tinyproxy/error.hpp"
+#include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
 
 namespace tinyproxy {
@@ -32,6 +36,10 @@ public:
     virtual void deliver_end() noexcept = 0;
     /// End the whole tunnel as a peer's reset would: both sides get a reset.
     virtual void reset(std::error_code why) noexcept = 0;
+    /// End the whole tunnel cleanly: neither source is read again, each destination gets its
+    /// end of stream once what was delivered to it so far has gone, and what the stages of
+    /// either direction still hold is dropped.
+    virtual void close() noexcept = 0;
 
 protected:
     ~stage_sink() = default;
@@ -57,6 +65,9 @@ public:
     void wake_at(time_point when) noexcept;
     /// Ends the tunnel with a reset on both sides (relay::failed() says `why`).
     void reset(std::error_code why = make_error_code(errc::reset_by_stage)) noexcept;
+    /// Closes the tunnel cleanly, both ways (stage_sink::close): as a server that hangs up.
+    /// Bytes this stage passes after it go nowhere.
+    void close() noexcept;
 
 private:
     friend class stage_chain;
@@ -92,6 +103,13 @@ public:
     virtual void on_end(stage_context& out) { out.end(); }
     /// The time this stage asked for with wake_at() has come.
     virtual void on_wake(stage_context& out) { (void)out; }
+    /// Once, before anything else: the tunnel has started (or this stage was added to a live
+    /// chain). A stage whose timer runs from its start (a timeout) asks for its wake-up here.
+    virtual void on_start(stage_context& out) { (void)out; }
+    /// This stage is being taken out of a live chain (stage_chain::erase): it passes on at once
+    /// everything it holds, in order, and the end of stream if that has reached it; nothing is
+    /// lost by removing a stage. After it, the stage is destroyed.
+    virtual void on_remove(stage_context& out) { (void)out; }
     /// Bytes this stage holds now, not yet passed on.
     virtual std::size_t held() const noexcept { return 0; }
 };
@@ -105,8 +123,15 @@ public:
     stage_chain(stage_chain&&) noexcept = default;
     stage_chain& operator=(stage_chain&&) noexcept = default;
 
-    /// Appends a stage after the others: it sees what they pass on.
-    void push_back(std::unique_ptr<relay_stage> stage) { slots_.push_back(slot{std::move(stage)}); }
+    /// Appends a stage after the others: it sees what they pass on. It starts (on_start) at
+    /// the chain's next call.
+    void push_back(std::unique_ptr<relay_stage> stage) { insert(slots_.size(), std::move(stage)); }
+    /// Puts a stage before the one at `index` (at the end when `index` is size()). A stage put
+    /// behind an end of stream that has passed sees nothing.
+    void insert(std::size_t index, std::unique_ptr<relay_stage> stage);
+    /// Takes the stage at `index` out: it first passes on what it holds (on_remove), to the
+    /// stages after it, and the end of stream too if that had reached it.
+    void erase(std::size_t index, time_point now, stage_sink& sink);
     bool empty() const noexcept { return slots_.empty(); }
     std::size_t size() const noexcept { return slots_.size(); }
     relay_stage& operator[](std::size_t index) noexcept { return *slots_[index].stage; }
@@ -116,10 +141,19 @@ public:
     /// The earliest wake-up a stage asked for; time_point::max() when none did.
     time_point next_wake() const noexcept;
 
+    /// Starts (on_start), first to last, the stages that have not started yet. Every other
+    /// call below does this first.
+    void start(time_point now, stage_sink& sink);
     /// Gives bytes read from the source to the first stage.
-    void feed(byte_view bytes, time_point now, stage_sink& sink) { deliver(0, bytes, now, sink); }
+    void feed(byte_view bytes, time_point now, stage_sink& sink) {
+        start(now, sink);
+        deliver(0, bytes, now, sink);
+    }
     /// Gives the source's end of stream to the first stage.
-    void feed_end(time_point now, stage_sink& sink) { deliver_end(0, now, sink); }
+    void feed_end(time_point now, stage_sink& sink) {
+        start(now, sink);
+        deliver_end(0, now, sink);
+    }
     /// Wakes, first to last, each stage whose time has come by `now` (a stage woken by what
     /// the one before passed on in this sweep included).
     void wake(time_point now, stage_sink& sink);
@@ -130,6 +164,7 @@ private:
         std::unique_ptr<relay_stage> stage;
         time_point wake = time_point::max(); // asked for with wake_at()
         bool ended = false;                  // the end of stream has reached this stage
+        bool started = false;                // on_start() has been called
     };
 
     /// To the stage at `index`, or past the last one to the sink.
@@ -137,7 +172,31 @@ private:
     void deliver_end(std::size_t index, time_point now, stage_sink& sink);
 
     std::vector<slot> slots_;
+    std::size_t unstarted_ = 0; // stages whose on_start() is still to come
 };
+
+/// What a stage_factory is told of the tunnel it gives stages to.
+struct tunnel_info {
+    std::uint64_t serial = 0; ///< the client's number, counted from 1 in the order accepted
+    endpoint client;          ///< the client, as accepted
+    host_port target;         ///< where the Mode sent it
+    endpoint upstream;        ///< the address connected to
+};
+
+/// The stages one tunnel starts with: the factory fills in what it wants, and a direction
+/// left empty takes the plain path (splice included).
+struct tunnel_stages {
+    stage_chain to_upstream; ///< bytes the client sends
+    stage_chain to_client;   ///< bytes upstream sends
+    /// What these stages are, in a few words, for the session's log line
+    /// (session_result::stages): the factory's to fill in, empty by default.
+    std::string label;
+};
+
+/// Called as each tunnel starts (after the handshake and the connect, before a byte is
+/// relayed), on the thread or in the process that serves it: it must be thread-safe. It may
+/// throw; the session then ends with errc::stage_failed.
+using stage_factory = std::function<void(const tunnel_info& tunnel, tunnel_stages& stages)>;
 
 // ---------------------------------------------------------------------------------------------
 
@@ -148,6 +207,45 @@ inline void stage_context::end() { chain_.deliver_end(index_ + 1, now_, sink_); 
 inline void stage_context::wake_at(time_point when) noexcept { chain_.slots_[index_].wake = when; }
 
 inline void stage_context::reset(std::error_code why) noexcept { sink_.reset(why); }
+
+inline void stage_context::close() noexcept { sink_.close(); }
+
+inline void stage_chain::insert(std::size_t index, std::unique_ptr<relay_stage> stage) {
+    index = index < slots_.size() ? index : slots_.size();
+    slot fresh{std::move(stage)};
+    // Behind an end of stream that has passed, nothing more will come this way.
+    fresh.ended = index < slots_.size() && slots_[index].ended;
+    slots_.insert(slots_.begin() + static_cast<std::ptrdiff_t>(index), std::move(fresh));
+    ++unstarted_;
+}
+
+inline void stage_chain::erase(std::size_t index, time_point now, stage_sink& sink) {
+    if (index >= slots_.size()) {
+        return;
+    }
+    if (slots_[index].started) {
+        stage_context context(*this, index, now, sink);
+        slots_[index].stage->on_remove(context);
+    } else {
+        --unstarted_;
+    }
+    // The end of stream that reached this stage goes on, whether or not the stage passed it.
+    if (slots_[index].ended) {
+        deliver_end(index + 1, now, sink);
+    }
+    slots_.erase(slots_.begin() + static_cast<std::ptrdiff_t>(index));
+}
+
+inline void stage_chain::start(time_point now, stage_sink& sink) {
+    for (std::size_t i = 0; unstarted_ != 0 && i < slots_.size(); ++i) {
+        if (!slots_[i].started) {
+            slots_[i].started = true;
+            --unstarted_;
+            stage_context context(*this, i, now, sink);
+            slots_[i].stage->on_start(context);
+        }
+    }
+}
 
 inline std::size_t stage_chain::held() const noexcept {
     std::size_t total = 0;
@@ -166,6 +264,7 @@ inline time_point stage_chain::next_wake() const noexcept {
 }
 
 inline void stage_chain::wake(time_point now, stage_sink& sink) {
+    start(now, sink);
     for (std::size_t i = 0; i < slots_.size(); ++i) {
         if (slots_[i].wake <= now) {
             slots_[i].wake = time_point::max(); // the stage asks again if it needs to

@@ -3896,7 +3896,10 @@ struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_l
 // direction of a tunnel, and a stage_chain runs an ordered list of them for the relay.
 
 #include <cstddef>      // std::size_t
+#include <cstdint>      // a tunnel's serial number
+#include <functional>   // stage_factory
 #include <memory>       // std::unique_ptr: a chain owns its stages
+#include <string>       // what a tunnel's stages are, for its log line
 #include <system_error> // the reason for a reset
 #include <utility>      // std::move
 #include <vector>       // the stages in order
@@ -3904,6 +3907,7 @@ struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_l
 // #include "tinyproxy/config.hpp"
 // #include "tinyproxy/bytes.hpp"
 // #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
 // #include "tinyproxy/detail/sys.hpp"
 
 namespace tinyproxy {
@@ -3924,6 +3928,10 @@ public:
     virtual void deliver_end() noexcept = 0;
     /// End the whole tunnel as a peer's reset would: both sides get a reset.
     virtual void reset(std::error_code why) noexcept = 0;
+    /// End the whole tunnel cleanly: neither source is read again, each destination gets its
+    /// end of stream once what was delivered to it so far has gone, and what the stages of
+    /// either direction still hold is dropped.
+    virtual void close() noexcept = 0;
 
 protected:
     ~stage_sink() = default;
@@ -3949,6 +3957,9 @@ public:
     void wake_at(time_point when) noexcept;
     /// Ends the tunnel with a reset on both sides (relay::failed() says `why`).
     void reset(std::error_code why = make_error_code(errc::reset_by_stage)) noexcept;
+    /// Closes the tunnel cleanly, both ways (stage_sink::close): as a server that hangs up.
+    /// Bytes this stage passes after it go nowhere.
+    void close() noexcept;
 
 private:
     friend class stage_chain;
@@ -3984,6 +3995,13 @@ public:
     virtual void on_end(stage_context& out) { out.end(); }
     /// The time this stage asked for with wake_at() has come.
     virtual void on_wake(stage_context& out) { (void)out; }
+    /// Once, before anything else: the tunnel has started (or this stage was added to a live
+    /// chain). A stage whose timer runs from its start (a timeout) asks for its wake-up here.
+    virtual void on_start(stage_context& out) { (void)out; }
+    /// This stage is being taken out of a live chain (stage_chain::erase): it passes on at once
+    /// everything it holds, in order, and the end of stream if that has reached it; nothing is
+    /// lost by removing a stage. After it, the stage is destroyed.
+    virtual void on_remove(stage_context& out) { (void)out; }
     /// Bytes this stage holds now, not yet passed on.
     virtual std::size_t held() const noexcept { return 0; }
 };
@@ -3997,8 +4015,15 @@ public:
     stage_chain(stage_chain&&) noexcept = default;
     stage_chain& operator=(stage_chain&&) noexcept = default;
 
-    /// Appends a stage after the others: it sees what they pass on.
-    void push_back(std::unique_ptr<relay_stage> stage) { slots_.push_back(slot{std::move(stage)}); }
+    /// Appends a stage after the others: it sees what they pass on. It starts (on_start) at
+    /// the chain's next call.
+    void push_back(std::unique_ptr<relay_stage> stage) { insert(slots_.size(), std::move(stage)); }
+    /// Puts a stage before the one at `index` (at the end when `index` is size()). A stage put
+    /// behind an end of stream that has passed sees nothing.
+    void insert(std::size_t index, std::unique_ptr<relay_stage> stage);
+    /// Takes the stage at `index` out: it first passes on what it holds (on_remove), to the
+    /// stages after it, and the end of stream too if that had reached it.
+    void erase(std::size_t index, time_point now, stage_sink& sink);
     bool empty() const noexcept { return slots_.empty(); }
     std::size_t size() const noexcept { return slots_.size(); }
     relay_stage& operator[](std::size_t index) noexcept { return *slots_[index].stage; }
@@ -4008,10 +4033,19 @@ public:
     /// The earliest wake-up a stage asked for; time_point::max() when none did.
     time_point next_wake() const noexcept;
 
+    /// Starts (on_start), first to last, the stages that have not started yet. Every other
+    /// call below does this first.
+    void start(time_point now, stage_sink& sink);
     /// Gives bytes read from the source to the first stage.
-    void feed(byte_view bytes, time_point now, stage_sink& sink) { deliver(0, bytes, now, sink); }
+    void feed(byte_view bytes, time_point now, stage_sink& sink) {
+        start(now, sink);
+        deliver(0, bytes, now, sink);
+    }
     /// Gives the source's end of stream to the first stage.
-    void feed_end(time_point now, stage_sink& sink) { deliver_end(0, now, sink); }
+    void feed_end(time_point now, stage_sink& sink) {
+        start(now, sink);
+        deliver_end(0, now, sink);
+    }
     /// Wakes, first to last, each stage whose time has come by `now` (a stage woken by what
     /// the one before passed on in this sweep included).
     void wake(time_point now, stage_sink& sink);
@@ -4022,6 +4056,7 @@ private:
         std::unique_ptr<relay_stage> stage;
         time_point wake = time_point::max(); // asked for with wake_at()
         bool ended = false;                  // the end of stream has reached this stage
+        bool started = false;                // on_start() has been called
     };
 
     /// To the stage at `index`, or past the last one to the sink.
@@ -4029,7 +4064,31 @@ private:
     void deliver_end(std::size_t index, time_point now, stage_sink& sink);
 
     std::vector<slot> slots_;
+    std::size_t unstarted_ = 0; // stages whose on_start() is still to come
 };
+
+/// What a stage_factory is told of the tunnel it gives stages to.
+struct tunnel_info {
+    std::uint64_t serial = 0; ///< the client's number, counted from 1 in the order accepted
+    endpoint client;          ///< the client, as accepted
+    host_port target;         ///< where the Mode sent it
+    endpoint upstream;        ///< the address connected to
+};
+
+/// The stages one tunnel starts with: the factory fills in what it wants, and a direction
+/// left empty takes the plain path (splice included).
+struct tunnel_stages {
+    stage_chain to_upstream; ///< bytes the client sends
+    stage_chain to_client;   ///< bytes upstream sends
+    /// What these stages are, in a few words, for the session's log line
+    /// (session_result::stages): the factory's to fill in, empty by default.
+    std::string label;
+};
+
+/// Called as each tunnel starts (after the handshake and the connect, before a byte is
+/// relayed), on the thread or in the process that serves it: it must be thread-safe. It may
+/// throw; the session then ends with errc::stage_failed.
+using stage_factory = std::function<void(const tunnel_info& tunnel, tunnel_stages& stages)>;
 
 // ---------------------------------------------------------------------------------------------
 
@@ -4040,6 +4099,45 @@ inline void stage_context::end() { chain_.deliver_end(index_ + 1, now_, sink_); 
 inline void stage_context::wake_at(time_point when) noexcept { chain_.slots_[index_].wake = when; }
 
 inline void stage_context::reset(std::error_code why) noexcept { sink_.reset(why); }
+
+inline void stage_context::close() noexcept { sink_.close(); }
+
+inline void stage_chain::insert(std::size_t index, std::unique_ptr<relay_stage> stage) {
+    index = index < slots_.size() ? index : slots_.size();
+    slot fresh{std::move(stage)};
+    // Behind an end of stream that has passed, nothing more will come this way.
+    fresh.ended = index < slots_.size() && slots_[index].ended;
+    slots_.insert(slots_.begin() + static_cast<std::ptrdiff_t>(index), std::move(fresh));
+    ++unstarted_;
+}
+
+inline void stage_chain::erase(std::size_t index, time_point now, stage_sink& sink) {
+    if (index >= slots_.size()) {
+        return;
+    }
+    if (slots_[index].started) {
+        stage_context context(*this, index, now, sink);
+        slots_[index].stage->on_remove(context);
+    } else {
+        --unstarted_;
+    }
+    // The end of stream that reached this stage goes on, whether or not the stage passed it.
+    if (slots_[index].ended) {
+        deliver_end(index + 1, now, sink);
+    }
+    slots_.erase(slots_.begin() + static_cast<std::ptrdiff_t>(index));
+}
+
+inline void stage_chain::start(time_point now, stage_sink& sink) {
+    for (std::size_t i = 0; unstarted_ != 0 && i < slots_.size(); ++i) {
+        if (!slots_[i].started) {
+            slots_[i].started = true;
+            --unstarted_;
+            stage_context context(*this, i, now, sink);
+            slots_[i].stage->on_start(context);
+        }
+    }
+}
 
 inline std::size_t stage_chain::held() const noexcept {
     std::size_t total = 0;
@@ -4058,6 +4156,7 @@ inline time_point stage_chain::next_wake() const noexcept {
 }
 
 inline void stage_chain::wake(time_point now, stage_sink& sink) {
+    start(now, sink);
     for (std::size_t i = 0; i < slots_.size(); ++i) {
         if (slots_[i].wake <= now) {
             slots_[i].wake = time_point::max(); // the stage asks again if it needs to
@@ -4194,6 +4293,11 @@ public:
     void set_stages(direction which, stage_chain chain);
     /// The chain of direction `which`; null when it has none.
     stage_chain* stages(direction which) noexcept { return halves_[index(which)].stages.get(); }
+    /// The most the stages of one direction hold before its source is no longer read
+    /// (back-pressure); 0, the default, means the scratch buffer's size. A stage that delays
+    /// bytes needs the delay's worth of the stream here (100 ms at 100 MB/s: 10 MB), and holds
+    /// it only while the stream is that fast: memory is taken as bytes are held.
+    void stage_buffer_size(std::size_t bytes) noexcept { stage_buffer_ = bytes; }
 
     /// The capacity a splicing direction asks for its pipe (F_SETPIPE_SZ): the most one splice
     /// moves, and the most the pipe holds.
@@ -4376,12 +4480,16 @@ private:
     }
     /// A stage's reset: `from` is closed with a reset too, not only the other side.
     void fail_by_stage(const std::error_code& why, int from) noexcept;
+    /// A stage's close: both sources stop, both destinations get their FIN once drained.
+    void close_by_stage() noexcept;
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
     bool use_splice_;
     bool saturated_ = false;        // the last pump stopped at its rounds in a direction
     bool closes_at_finish_ = false; // see closes_at_finish()
-    std::size_t stage_hold_limit_ = static_cast<std::size_t>(-1); // the last pump's scratch size
+    bool closed_by_stage_ = false;  // a stage closed the tunnel: both directions end
+    std::size_t stage_buffer_ = 0;  // see stage_buffer_size(); 0: the scratch size
+    std::size_t stage_hold_limit_ = static_cast<std::size_t>(-1); // what the stages may hold
     std::error_code error_;
     bool error_on_client_ = false;
 };
@@ -4419,6 +4527,10 @@ public:
         progressed = true;
     }
     void reset(std::error_code why) noexcept override { relay_.fail_by_stage(why, half_.from); }
+    void close() noexcept override {
+        relay_.close_by_stage();
+        progressed = true;
+    }
 
     bool progressed = false;
 
@@ -4506,6 +4618,16 @@ inline void relay::fail_by_stage(const std::error_code& why, int from) noexcept 
     std::error_code ignored;
     detail::set_linger_reset(from, ignored);
     fail(why, from);
+}
+
+inline void relay::close_by_stage() noexcept {
+    closed_by_stage_ = true;
+    for (half& h : halves_) {
+        h.eof = true; // neither source is read again
+        if (h.stages) {
+            h.end_passed = true; // what the stages pass from now on goes nowhere
+        }
+    }
 }
 
 inline bool relay::drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept {
@@ -4665,7 +4787,9 @@ inline bool relay::pump_staged(half& h, time_point now, bool may_read, std::uint
     // stages came) goes before anything the stages release.
     if (flush(h, out.progressed) && drain_pipe(h, out.progressed, sigpipe)) {
         try {
-            h.stages->wake(now, out);
+            if (!h.end_passed) {
+                h.stages->wake(now, out);
+            }
             if (may_read) {
                 read_into_stages(h, out, now, scratch, scratch_size, rounds);
             }
@@ -4760,7 +4884,9 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
                         short client_revents, short upstream_revents, int rounds) noexcept {
     bool progressed = false;
     saturated_ = false;
-    if (scratch_size != 0) {
+    if (stage_buffer_ != 0) {
+        stage_hold_limit_ = stage_buffer_;
+    } else if (scratch_size != 0) {
         stage_hold_limit_ = scratch_size; // what the stages of a direction may hold
     }
     probe_half_closed(0, client_revents);
@@ -4790,6 +4916,12 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
                 pump_staged(h, now, may_read, scratch, scratch_size, rounds, sigpipe) || progressed;
         }
     }
+    if (closed_by_stage_) {
+        // The direction pumped first did not know of a close the second one's stage made.
+        for (half& h : halves_) {
+            progressed = pass_end_of_stream(h, true) || progressed;
+        }
+    }
     return progressed || failed();
 }
 
@@ -4803,6 +4935,7 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
 #include <chrono>       // timeouts
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
+#include <string>       // a session's stages, named
 #include <system_error> // std::error_code
 
 // #include "tinyproxy/config.hpp"
@@ -4810,6 +4943,7 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
 // #include "tinyproxy/address.hpp"
 // #include "tinyproxy/detail/sys.hpp"
 // #include "tinyproxy/socket.hpp"
+// #include "tinyproxy/stage.hpp"
 
 namespace tinyproxy {
 
@@ -4882,12 +5016,21 @@ struct session_options {
     /// Zero-copy relay with splice(2) on Linux, for tunnels that carry bulk data; ignored where
     /// unavailable.
     bool splice = true;
+    /// Gives each tunnel its relay stages as it starts (stage.hpp): what sees, changes, delays
+    /// or cuts its bytes. Unset, every tunnel takes the plain path, splice included, and the
+    /// cost is one branch per tunnel. Copied into each session: capture by (shared) pointer.
+    stage_factory stages;
+    /// The most the stages of one direction hold before its source is no longer read
+    /// (relay::stage_buffer_size): a delay's worth of the stream (100 ms at 100 MB/s is 10 MB).
+    /// A bound, not an allocation: a tunnel holds what its stages hold at the time.
+    std::size_t stage_buffer_size = 16 * 1024 * 1024;
 };
 
 /// A client just accepted, before its session starts.
 struct accepted_client {
     socket connection;
     endpoint peer;
+    std::uint64_t serial = 0; ///< counted from 1 in the order accepted (tunnel_info::serial)
 };
 
 /// What the accepting side has already set on a client socket, so that the session does not
@@ -4921,6 +5064,7 @@ struct session_result {
     endpoint client;    ///< the client, as accepted
     host_port target;   ///< where the Mode sent it (empty before it decided)
     endpoint upstream;  ///< the address connected to, once connected
+    std::string stages; ///< what stages the tunnel had (tunnel_stages::label)
     time_point started; ///< when the session started
     time_point ended;   ///< when it ended
 };
@@ -5276,6 +5420,12 @@ public:
                const std::vector<std::uint8_t>& reply, byte_view to_upstream,
                const session_options& limits, time_point now);
 
+    /// Gives the relay its stages, before its first pump.
+    void set_stages(tunnel_stages stages) {
+        relay_->set_stages(direction::to_upstream, std::move(stages.to_upstream));
+        relay_->set_stages(direction::to_client, std::move(stages.to_client));
+    }
+
     /// Moves what can move now (relay::pump) and restarts the idle clock if anything did. True
     /// once the relay has finished (error() says how), after a reset on one side has been
     /// passed to the other.
@@ -5326,6 +5476,7 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
     upstream_.set_nodelay(true, ignored);
     relay_.emplace(client.native_handle(), upstream_.native_handle(), limits.splice);
     relay_->closes_at_finish(); // the session closes both sockets once it has finished
+    relay_->stage_buffer_size(limits.stage_buffer_size);
     client_awaits_reply_ = (!reply.empty() || !unsent.empty()) && to_upstream.empty();
     // Anything the Mode had not yet sent (nothing, for every mode that waits for its replies to
     // go out) precedes the connect reply.
@@ -5409,12 +5560,13 @@ class basic_session {
 public:
     /// `client_setup`: what is already set on `client`; the session sets the rest (it makes
     /// the socket non-blocking in start(), and turns Nagle off once it relays).
+    /// `serial`: the client's number, for the stages (tunnel_info::serial).
     basic_session(socket client, ModeSession mode, const session_options& limits,
-                  const endpoint& client_address = {},
-                  client_socket_setup client_setup =
-                      {}) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
+                  const endpoint& client_address = {}, client_socket_setup client_setup = {},
+                  std::uint64_t serial =
+                      0) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
         : client_(std::move(client)), handshake_(std::move(mode)), limits_(limits),
-          client_setup_(client_setup) {
+          client_setup_(client_setup), serial_(serial) {
         result_.client = client_address;
     }
 
@@ -5475,6 +5627,8 @@ private:
     /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
+    /// The tunnel has started: limits_.stages gives it its stages (or ends it, by throwing).
+    void give_stages();
     void fail_with_reply(std::error_code why, std::vector<std::uint8_t> reply, time_point now);
     void relay_ready(short client_revents, short upstream_revents, time_point now,
                      std::uint8_t* scratch, std::size_t scratch_size,
@@ -5492,6 +5646,7 @@ private:
     detail::tunnel tunnel_;
     session_options limits_;
     client_socket_setup client_setup_;
+    std::uint64_t serial_;
     state state_ = state::handshaking;
     session_result result_;
     time_point now_{}; // the latest time a driver passed in
@@ -5611,7 +5766,9 @@ void basic_session<ModeSession>::follow(detail::connect_status status, time_poin
         start_tunnel(now);
         // The Mode's reply (and any pipelined bytes) go now. Told nothing is ready, the pump
         // reads nothing, so it needs no scratch buffer: it only sends.
-        relay_ready(0, 0, now, nullptr, 0);
+        if (state_ == state::relaying) { // not ended by its stage factory
+            relay_ready(0, 0, now, nullptr, 0);
+        }
         return;
     case detail::connect_status::failed: {
         // The one place a connect that failed (refused, unresolvable, timed out) is answered.
@@ -5652,6 +5809,23 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
                   handshake_.unsent_to_client(), reply, handshake_.to_upstream(), limits_, now);
     handshake_.release();
     state_ = state::relaying;
+    if (limits_.stages) {
+        give_stages();
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::give_stages() {
+    tunnel_info info{serial_, result_.client, result_.target, result_.upstream};
+    tunnel_stages stages;
+    try {
+        limits_.stages(info, stages);
+    } catch (...) { // the factory could not: this tunnel ends, before a byte went through
+        finish(make_error_code(errc::stage_failed));
+        return;
+    }
+    result_.stages = std::move(stages.label);
+    tunnel_.set_stages(std::move(stages));
 }
 
 template <class ModeSession>
@@ -7870,7 +8044,7 @@ accept_status proxy_server<Mode>::try_accept(accepted_client& out, std::error_co
         if (ec) {
             return accept_status::timeout;
         }
-        accepted_.fetch_add(1, std::memory_order_relaxed);
+        out.serial = accepted_.fetch_add(1, std::memory_order_relaxed) + 1;
         if (admit(out)) {
             return accept_status::client;
         }
@@ -7952,7 +8126,7 @@ typename proxy_server<Mode>::session_type proxy_server<Mode>::make_session(accep
     }
     report({session_event::kind::opened, client.peer, {}, nullptr});
     return session_type(std::move(client.connection), mode_.make_session(info), options_,
-                        client.peer, client_setup_);
+                        client.peer, client_setup_, client.serial);
 }
 
 template <class Mode>

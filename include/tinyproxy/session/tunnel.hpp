@@ -32,6 +32,12 @@ public:
                const std::vector<std::uint8_t>& reply, byte_view to_upstream,
                const session_options& limits, time_point now);
 
+    /// Gives the relay its stages, before its first pump.
+    void set_stages(tunnel_stages stages) {
+        relay_->set_stages(direction::to_upstream, std::move(stages.to_upstream));
+        relay_->set_stages(direction::to_client, std::move(stages.to_client));
+    }
+
     /// Moves what can move now (relay::pump) and restarts the idle clock if anything did. True
     /// once the relay has finished (error() says how), after a reset on one side has been
     /// passed to the other.
@@ -82,6 +88,7 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
     upstream_.set_nodelay(true, ignored);
     relay_.emplace(client.native_handle(), upstream_.native_handle(), limits.splice);
     relay_->closes_at_finish(); // the session closes both sockets once it has finished
+    relay_->stage_buffer_size(limits.stage_buffer_size);
     client_awaits_reply_ = (!reply.empty() || !unsent.empty()) && to_upstream.empty();
     // Anything the Mode had not yet sent (nothing, for every mode that waits for its replies to
     // go out) precedes the connect reply.
