@@ -37,6 +37,10 @@ LAYERS = [
     "protocol/*.hpp",
     "mode/mode.hpp",  # the Mode concept, before the session that drives it (mode/* come later)
     "stage.hpp",
+    "fault/random.hpp",  # the faults: a seeded generator, the toxic model, one stage a file,
+    "fault/toxic.hpp",
+    "fault/*.hpp",
+    "faults.hpp",        # and the live set of toxics that gives each tunnel its fault stages
     "relay.hpp",
     "server.hpp",
     "session/handshake.hpp",

@@ -16,6 +16,7 @@
 #include "tinyproxy/protocol/socks5.hpp"
 #include "tinyproxy/mode/mode.hpp"
 #include "tinyproxy/stage.hpp"
+#include "tinyproxy/fault/random.hpp"
 #include "tinyproxy/relay.hpp"
 #include "tinyproxy/server.hpp"
 #include "tinyproxy/session/handshake.hpp"
