@@ -17,6 +17,7 @@
 #include "tinyproxy/mode/mode.hpp"
 #include "tinyproxy/stage.hpp"
 #include "tinyproxy/fault/random.hpp"
+#include "tinyproxy/fault/toxic.hpp"
 #include "tinyproxy/relay.hpp"
 #include "tinyproxy/server.hpp"
 #include "tinyproxy/session/handshake.hpp"
