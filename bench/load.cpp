@@ -18,6 +18,16 @@
 //                                     one connection, 64 B ping-pong; p50/p99 in microseconds
 //   load bulk --port P [--socks5 SP] [--streams 1] [--time 2]
 //                                     write 128 KiB chunks to a sink for S seconds per stream
+//   load bulk --port P --listen-port L [--streams 1] [--time 2]
+//                                     the same, but this process is the upstream too: it
+//                                     listens on L (the proxy forwards there) and reports the
+//                                     bytes received from the first byte to the last read in
+//                                     S seconds, as bytes/s; nothing drained after
+//   load delay N --port P [--socks5 SP] [--time 10] [--interval-ms 200] [--subtract-us 0]
+//                                     N connections to an echo, opened 16 at a time; each sends
+//                                     16 B (its send time) every interval, spread evenly; the
+//                                     round trips (first of each connection left out) less
+//                                     --subtract-us: count, p50/p99/max in microseconds
 //   load hold N --port P [--socks5 SP] [--time 120] [--open-time 60]
 //                                     open N connections, wait for the upstream's byte on each,
 //                                     print "held K ...", keep them until SIGTERM or --time
@@ -51,6 +61,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -574,12 +585,148 @@ int cmd_rr(const args& a) {
     return 0;
 }
 
+// ---- bulk, measured where the bytes arrive ----
+
+/// 127.0.0.1:port, listening (blocking; accept() gives up after `timeout_seconds`).
+int listen_loopback(int port, int timeout_seconds) {
+    int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in addr = loopback(port);
+    if (lfd < 0 || ::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::listen(lfd, 64) != 0) {
+        die(std::string("cannot listen: ") + std::strerror(errno));
+    }
+    set_timeouts(lfd, timeout_seconds); // SO_RCVTIMEO bounds accept() on Linux
+    return lfd;
+}
+
+/// Milliseconds from now to `deadline`, at least 0, rounded up (for poll and epoll_wait).
+int ms_until(clock_type::time_point deadline) {
+    auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - clock_type::now());
+    return left.count() <= 0 ? 0 : static_cast<int>((left.count() + 999) / 1000);
+}
+
+/// Waits until `fd` has `events` or `deadline` passes; false at the deadline.
+bool wait_for(int fd, short events, clock_type::time_point deadline) {
+    pollfd p{fd, events, 0};
+    int n = 0;
+    while ((n = ::poll(&p, 1, ms_until(deadline))) < 0 && errno == EINTR) {
+    }
+    return n > 0;
+}
+
+struct arrivals {
+    std::uint64_t bytes = 0;
+    clock_type::time_point first{}, last{}; // of the first and the last byte read
+};
+
+/// Reads what arrives on `fd` until `deadline`.
+arrivals receive_until(int fd, clock_type::time_point deadline) {
+    arrivals got;
+    std::vector<char> buffer(256 * 1024);
+    while (!stop_requested && wait_for(fd, POLLIN, deadline)) {
+        ssize_t n = ::recv(fd, buffer.data(), buffer.size(), MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        got.last = clock_type::now();
+        if (got.bytes == 0) {
+            got.first = got.last;
+        }
+        got.bytes += static_cast<std::uint64_t>(n);
+    }
+    return got;
+}
+
+/// Writes 128 KiB chunks to `fd` until `deadline`; false when the connection broke.
+bool send_until(int fd, clock_type::time_point deadline, std::uint64_t& sent) {
+    std::vector<char> chunk(128 * 1024, 'b');
+    while (!stop_requested && wait_for(fd, POLLOUT, deadline)) {
+        ssize_t n = ::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+            continue;
+        }
+        if (n <= 0) {
+            return false;
+        }
+        sent += static_cast<std::uint64_t>(n);
+    }
+    return true;
+}
+
+/// bulk --listen-port L: this process is the receiving end too (the proxy forwards to L), and
+/// the rate is taken where the bytes arrive, from the first byte to the last read within
+/// --time. Nothing is drained afterwards: what a rate-limited path still holds would take
+/// minutes to arrive.
+int bulk_received(const args& a, const target& t, int streams, double duration) {
+    int listen_port = static_cast<int>(a.number("--listen-port", 0));
+    if (listen_port <= 0 || listen_port > 65535) {
+        die("bulk: --listen-port 1..65535");
+    }
+    int lfd = listen_loopback(listen_port, 10);
+    std::vector<int> senders, receivers;
+    for (int i = 0; i < streams; ++i) {
+        int fd = open_client(t, 10, false);
+        int peer = fd >= 0 ? ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC) : -1;
+        if (peer < 0) {
+            die("bulk: cannot connect through to --listen-port");
+        }
+        senders.push_back(fd);
+        receivers.push_back(peer);
+    }
+    ::close(lfd);
+    auto deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                            std::chrono::duration<double>(duration));
+    std::vector<arrivals> got(receivers.size());
+    std::vector<std::uint64_t> sent(senders.size(), 0);
+    std::atomic<int> broken{0};
+    std::vector<std::thread> workers;
+    for (std::size_t i = 0; i < senders.size(); ++i) {
+        workers.emplace_back([&, i] {
+            if (!send_until(senders[i], deadline, sent[i])) {
+                ++broken;
+            }
+        });
+        workers.emplace_back([&, i] { got[i] = receive_until(receivers[i], deadline); });
+    }
+    for (auto& w : workers) {
+        w.join();
+    }
+    arrivals total;
+    std::uint64_t total_sent = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        total_sent += sent[i];
+        if (got[i].bytes == 0) {
+            continue;
+        }
+        total.first = total.bytes == 0 ? got[i].first : std::min(total.first, got[i].first);
+        total.last = std::max(total.last, got[i].last);
+        total.bytes += got[i].bytes;
+    }
+    for (std::size_t i = 0; i < senders.size(); ++i) {
+        ::close(senders[i]);
+        ::close(receivers[i]);
+    }
+    double span = std::chrono::duration<double>(total.last - total.first).count();
+    std::printf("received %" PRIu64 " span_s %.3f bytes_per_s %.1f sent %" PRIu64 " broken %d\n",
+                total.bytes, span, span > 0 ? static_cast<double>(total.bytes) / span : 0.0,
+                total_sent, broken.load());
+    return total.bytes > 0 && broken.load() == 0 ? 0 : 1;
+}
+
 // ---- bulk ----
 
 int cmd_bulk(const args& a) {
     target t = a.where();
     int streams = static_cast<int>(a.number("--streams", 1));
     double duration = a.real("--time", 2);
+    if (a.named.count("--listen-port") != 0) {
+        return bulk_received(a, t, streams, duration);
+    }
     std::vector<int> fds;
     for (int i = 0; i < streams; ++i) {
         int fd = open_client(t, 10, false);
@@ -628,6 +775,195 @@ int cmd_bulk(const args& a) {
     std::printf("bytes %" PRIu64 " seconds %.3f gbps %.3f broken %d\n", bytes.load(), elapsed, gbps,
                 broken.load());
     return broken.load() == 0 ? 0 : 1;
+}
+
+// ---- delay ----
+
+/// One connection of `load delay`: the echo's bytes not yet whole, and what is outstanding.
+struct delayed_connection {
+    int fd = -1;
+    unsigned char partial[16] = {};
+    std::size_t have = 0;     // bytes of `partial` filled
+    std::uint64_t sent = 0;   // messages sent
+    std::uint64_t echoed = 0; // messages back
+};
+
+std::uint64_t steady_ns() {
+    return static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now().time_since_epoch())
+            .count());
+}
+
+/// Opens `wanted` connections, 16 at a time, within `open_limit` seconds.
+std::vector<int> open_many(const target& t, long wanted, double open_limit, long& failed) {
+    const long openers = std::min<long>(16, wanted);
+    std::atomic<long> claimed{0}, failures{0};
+    std::vector<std::vector<int>> opened(static_cast<std::size_t>(openers));
+    auto start = clock_type::now();
+    std::vector<std::thread> threads;
+    for (long w = 0; w < openers; ++w) {
+        threads.emplace_back([&, w] {
+            long failed_in_a_row = 0;
+            while (!stop_requested && seconds_since(start) < open_limit && failed_in_a_row < 5 &&
+                   claimed.fetch_add(1) < wanted) {
+                int fd = open_client(t, 2, true);
+                if (fd >= 0) {
+                    opened[static_cast<std::size_t>(w)].push_back(fd);
+                    failed_in_a_row = 0;
+                } else {
+                    ++failures;
+                    ++failed_in_a_row;
+                }
+            }
+        });
+    }
+    for (auto& th : threads) {
+        th.join();
+    }
+    std::vector<int> all;
+    for (auto& fds : opened) {
+        all.insert(all.end(), fds.begin(), fds.end());
+    }
+    failed = failures.load();
+    return all;
+}
+
+/// Reads the echoes waiting on `c`; each whole 16 B message gives a round trip (µs) from the
+/// send time it carries. The first of each connection is its warm-up and is not kept: it also
+/// waited for the proxy's connect upstream.
+bool read_echoes(delayed_connection& c, std::vector<double>& rtt_us) {
+    for (;;) {
+        unsigned char buffer[4096];
+        ssize_t n = ::recv(c.fd, buffer, sizeof buffer, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN) {
+            return true;
+        }
+        if (n <= 0) {
+            return false;
+        }
+        std::uint64_t now = steady_ns();
+        for (ssize_t i = 0; i < n; ++i) {
+            c.partial[c.have++] = buffer[i];
+            if (c.have < sizeof c.partial) {
+                continue;
+            }
+            c.have = 0;
+            std::uint64_t sent_ns = 0;
+            std::memcpy(&sent_ns, c.partial, sizeof sent_ns);
+            if (c.echoed++ != 0) {
+                rtt_us.push_back(static_cast<double>(now - sent_ns) / 1e3);
+            }
+        }
+    }
+}
+
+/// delay N: N connections to an echo (through the proxy), each sending a 16 B message holding
+/// its send time every --interval-ms, the N spread evenly over the interval; for --time seconds,
+/// then up to 5 s more for the echoes still out. Prints the round trips (µs) less
+/// --subtract-us: through a latency fault of 100 ms, --subtract-us 100000 leaves what was
+/// added on top of it.
+int cmd_delay(const args& a) {
+    if (a.positional.empty()) {
+        die("delay N --port P [--socks5 SP] [--time S] [--interval-ms MS] [--subtract-us US]");
+    }
+    long wanted = std::strtol(a.positional[0].c_str(), nullptr, 10);
+    if (wanted < 1 || wanted > 60000) {
+        die("delay: N from 1 to 60000");
+    }
+    target t = a.where();
+    double duration = a.real("--time", 10);
+    double open_limit = a.real("--open-time", 60);
+    auto interval = std::chrono::microseconds(a.number("--interval-ms", 200) * 1000);
+    double subtract_us = static_cast<double>(a.number("--subtract-us", 0));
+    auto open_start = clock_type::now();
+    long failed = 0;
+    std::vector<int> fds = open_many(t, wanted, open_limit, failed);
+    std::printf("open %zu failed %ld seconds %.3f\n", fds.size(), failed,
+                seconds_since(open_start));
+    std::fflush(stdout);
+    if (fds.empty()) {
+        die("delay: no connection opened");
+    }
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    std::vector<delayed_connection> conns(fds.size());
+    for (std::size_t i = 0; i < fds.size(); ++i) {
+        conns[i].fd = fds[i];
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = i;
+        epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev);
+    }
+    std::vector<double> rtt_us;
+    auto step = interval / static_cast<long>(conns.size());
+    auto start = clock_type::now();
+    auto sending_ends = start + std::chrono::duration_cast<clock_type::duration>(
+                                    std::chrono::duration<double>(duration));
+    auto waiting_ends = sending_ends + std::chrono::seconds(5);
+    std::uint64_t next = 0; // the next message, in the order connection next % N sends
+    std::uint64_t outstanding = 0;
+    long lost = 0;
+    std::vector<epoll_event> events(256);
+    while (!stop_requested) {
+        auto now = clock_type::now();
+        if (now >= waiting_ends || (now >= sending_ends && outstanding == 0)) {
+            break;
+        }
+        auto due = start + step * static_cast<long>(next);
+        for (; due <= now && due < sending_ends; due = start + step * static_cast<long>(++next)) {
+            delayed_connection& c = conns[next % conns.size()];
+            if (c.fd < 0) {
+                continue;
+            }
+            unsigned char message[16] = {};
+            std::uint64_t stamp = steady_ns();
+            std::memcpy(message, &stamp, sizeof stamp);
+            std::memcpy(message + 8, &next, sizeof next);
+            if (::send(c.fd, message, sizeof message, MSG_NOSIGNAL | MSG_DONTWAIT) != 16) {
+                ++lost; // a full socket buffer on a 16 B message: the connection is stuck
+                continue;
+            }
+            ++c.sent;
+            ++outstanding;
+        }
+        int timeout = ms_until(due < sending_ends ? due : waiting_ends);
+        int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), timeout);
+        for (int i = 0; i < n; ++i) {
+            delayed_connection& c = conns[events[static_cast<std::size_t>(i)].data.u64];
+            std::uint64_t before = c.echoed;
+            bool alive = read_echoes(c, rtt_us);
+            outstanding -= c.echoed - before;
+            if (!alive) {
+                outstanding -= c.sent - c.echoed;
+                lost += static_cast<long>(c.sent - c.echoed) + 1;
+                epoll_ctl(ep, EPOLL_CTL_DEL, c.fd, nullptr);
+                ::close(c.fd);
+                c.fd = -1;
+            }
+        }
+    }
+    for (auto& c : conns) {
+        if (c.fd >= 0) {
+            ::close(c.fd);
+        }
+    }
+    ::close(ep);
+    if (rtt_us.empty()) {
+        die("delay: no round trip measured");
+    }
+    std::sort(rtt_us.begin(), rtt_us.end());
+    auto at = [&](double q) {
+        return rtt_us[static_cast<std::size_t>(q * static_cast<double>(rtt_us.size() - 1))] -
+               subtract_us;
+    };
+    std::printf(
+        "count %zu p50_us %.1f p99_us %.1f max_us %.1f min_us %.1f open %zu missing %" PRIu64
+        " lost %ld\n",
+        rtt_us.size(), at(0.50), at(0.99), rtt_us.back() - subtract_us,
+        rtt_us.front() - subtract_us, conns.size(), outstanding, lost);
+    return 0;
 }
 
 // ---- hold ----
@@ -811,7 +1147,7 @@ int cmd_costs() {
 int main(int argc, char** argv) {
     if (argc < 2) {
         std::fprintf(stderr, "usage: load ports|waitport|costs|server|echo|hold|sink|rate|rr|bulk|"
-                             "tree|proc ... (see the comment atop bench/load.cpp)\n");
+                             "delay|tree|proc ... (see the comment atop bench/load.cpp)\n");
         return 2;
     }
     install_stop_handlers();
@@ -838,6 +1174,9 @@ int main(int argc, char** argv) {
     }
     if (mode == "bulk") {
         return cmd_bulk(a);
+    }
+    if (mode == "delay") {
+        return cmd_delay(a);
     }
     if (mode == "server" || mode == "echo" || mode == "sink" || mode == "mixed") {
         return cmd_serve(mode == "server"  ? server_kind::server
