@@ -19,7 +19,15 @@
 # the fewest system calls a forwarder (or SOCKS5 proxy) can make, next to tinyproxy, haproxy,
 # nginx and microsocks, and prints
 # the medians (every sample to bench/results/<date>-<HHMM>-floor.tsv): how far any proxy on
-# the socket API could go on this machine.
+# the socket API could go on this machine. --faults [--quick] measures the relay stages and
+# Toxiproxy's faults (issue 13), each phase bounded, comparisons alternated: the delay a
+# --toxic latency,latency=100 adds at 1,000 concurrent tunnels pinging every 200 ms (poll policy;
+# p50/p99 over the 100 ms, against direct and the fault-free proxy) and the memory per tunnel;
+# one bulk stream through a 100 ms latency fault (MB/s); bandwidth faults of 10 KB/s, 1 MB/s and
+# 100 MB/s (achieved/target); and bench/stage_proxy.cpp with a pass-through user stage against
+# none (iperf3 1 and 4 streams, conn/s; poll and thread), FAULT_ROUNDS (4) rounds, A B then B A;
+# prints the tables and writes bench/results/<date>-<HHMM>-faults.json: about 5 minutes. With
+# --quick, each phase briefly and the stage on poll only, to -faults-quick.json: under a minute.
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
@@ -31,6 +39,7 @@ SYSCALLS=0
 AB=0
 MIXED=0
 FLOOR=0
+FAULTS=0
 for arg in "$@"; do
     case "$arg" in
     --quick) MODE=quick ;;
@@ -39,12 +48,13 @@ for arg in "$@"; do
     --ab) AB=1 ;;
     --mixed) MIXED=1 ;;
     --floor) FLOOR=1 ;;
+    --faults) FAULTS=1 ;;
     -h | --help)
-        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls, --ab, --mixed and --floor)" >&2
+        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls, --ab, --mixed, --floor and --faults)" >&2
         exit 2
         ;;
     esac
@@ -208,6 +218,14 @@ LOAD=$BUILD/load
 if [ ! -x "$LOAD" ] || [ bench/load.cpp -nt "$LOAD" ]; then
     g++ -O2 -std=c++17 -pthread -Wall -Wextra -o "$LOAD" bench/load.cpp || exit 1
 fi
+STAGE_PROXY=$BUILD/stage_proxy
+# Release flags, as CMake's Release build of the CLI; rebuilt when it or a header changed.
+if ((FAULTS)) && { [ ! -x "$STAGE_PROXY" ] || [ bench/stage_proxy.cpp -nt "$STAGE_PROXY" ] ||
+    [ -n "$(find include -newer "$STAGE_PROXY" -print -quit)" ]; }; then
+    log "building bench/stage_proxy.cpp"
+    g++ -O3 -DNDEBUG -std=c++17 -pthread -Wall -Wextra -Iinclude -o "$STAGE_PROXY" \
+        bench/stage_proxy.cpp || exit 1
+fi
 FLOOR_BIN=$BUILD/floor
 if ((FLOOR)) && { [ ! -x "$FLOOR_BIN" ] || [ bench/floor.cpp -nt "$FLOOR_BIN" ]; }; then
     g++ -O2 -std=c++17 -pthread -Wall -Wextra -o "$FLOOR_BIN" bench/floor.cpp || exit 1
@@ -314,7 +332,7 @@ EOF
         port=$(free_port)
         microsocks -i 127.0.0.1 -p "$port" >"$dir/out" 2>"$dir/err" &
         ;;
-    tp-* | tpb-* | floor*)
+    tp-* | tpb-* | floor* | sp-*)
         local policy=${name##*-} how=(--forward "127.0.0.1:$upstream") program=$TP more=()
         [[ $name == tp*-socks-* ]] && how=(--socks)
         [[ $name == tpb-* ]] && program=$BASELINE
@@ -326,6 +344,14 @@ EOF
         floor-threads) policy=poll program=$FLOOR_BIN more=(--threads) ;;
         floor-socks) policy=poll program=$FLOOR_BIN how=(--socks) ;;
         floor-splice) policy=poll program=$FLOOR_BIN more=(--splice 1048576) ;;
+        # --faults: the CLI with a fault on every tunnel, and stage_proxy (sp-STAGE-POLICY)
+        tp-lat) policy=poll more=(--toxic "latency,latency=100" --seed 1) ;;
+        tp-lat-up) policy=poll more=(--toxic "latency,latency=100,stream=upstream" --seed 1) ;;
+        tp-bw-*) policy=poll more=(--toxic "bandwidth,rate=${name#tp-bw-},stream=upstream" --seed 1) ;;
+        sp-*)
+            program=$STAGE_PROXY
+            more=(--stage "$(cut -d- -f2 <<<"$name")")
+            ;;
         esac
         "$program" --listen 127.0.0.1:0 "${how[@]}" --policy "$policy" "${more[@]}" --quiet \
             >"$dir/out" 2>"$dir/err" &
@@ -830,6 +856,283 @@ for streams in (1, 4):
 PY
 }
 
+# ---------------------------------------------------------------- relay stages and faults (--faults)
+# What issue 13's faults and stages cost and how close they come to what they promise. Each
+# phase starts its targets fresh; where two are compared they alternate, A B then B A.
+if [ "$MODE" = quick ]; then
+    DELAY_N=1000 DELAY_TIME=3 LATBULK_ROUNDS=1 LATBULK_TIME=2 BW_REPS=1 BW_TIMES=(3 2 2)
+    STAGE_ROUNDS=2 STAGE_TIME=1 STAGE_POLICIES=(poll)
+else
+    DELAY_N=1000 DELAY_TIME=15 LATBULK_ROUNDS=3 LATBULK_TIME=5 BW_REPS=2 BW_TIMES=(6 4 4)
+    STAGE_ROUNDS=${FAULT_ROUNDS:-4} STAGE_TIME=3 STAGE_POLICIES=(poll thread)
+fi
+BW_RATES=(10 1000 100000) # KB/s, 1 KB = 1000 B (Toxiproxy's unit)
+
+# 1. DELAY_N tunnels, each pinging 16 B every 200 ms (load delay), to an echo: direct (the
+# machine's round trip), through the poll policy without a fault, and with 100 ms of latency
+# on the echoes (reported less the 100 ms); the proxy's memory per tunnel while they run.
+phase_faults_delay() {
+    log "delay: $DELAY_N tunnels, 16 B every 200 ms each, ${DELAY_TIME} s; direct, tp-poll, tp-lat (--toxic latency,latency=100)"
+    start_upstream echo
+    local echo_pid=$UP_PID echo_port=$UP_PORT name idle held out file client n subtract
+    for name in direct tp-poll tp-lat; do
+        start_target "$name" "$name" "$echo_port" || {
+            log "$name: ${MISSING[$name]}"
+            continue
+        }
+        subtract=0
+        [ "$name" = tp-lat ] && subtract=100000
+        idle=
+        [ -n "${PID_OF[$name]}" ] && sleep 0.2 && idle=$("$LOAD" proc "${PID_OF[$name]}")
+        file=$WORK/delay-$name.out
+        "$LOAD" delay "$DELAY_N" --port "${PORT_OF[$name]}" --time "$DELAY_TIME" \
+            --subtract-us "$subtract" --open-time 30 >"$file" 2>&1 &
+        client=$!
+        for ((n = 0; n < 350; n++)); do # opened (at most 30 s)
+            grep -q '^open' "$file" 2>/dev/null && break
+            [ -d "/proc/$client" ] || break
+            sleep 0.1
+        done
+        sleep "$(awk -v t="$DELAY_TIME" 'BEGIN { print t / 2 }')" # every tunnel pinging
+        held=
+        [ -n "$idle" ] && held=$("$LOAD" proc "${PID_OF[$name]}" 2>/dev/null)
+        for ((n = 0; n < (DELAY_TIME + 10) * 10; n++)); do
+            [ -d "/proc/$client" ] || break
+            sleep 0.1
+        done
+        stop_tree "$client"
+        stop_target "$name"
+        out=$(grep '^count' "$file")
+        if [ -z "$out" ]; then
+            log "delay through $name failed: $(tr '\n' ' ' <"$file" | head -c 200)"
+            record "$name" delay_failed 1
+            continue
+        fi
+        set -- $out # count N p50_us A p99_us B max_us C min_us D open K missing M lost L
+        record "$name" delay_count "$2"
+        record "$name" delay_p50_us "$4"
+        record "$name" delay_p99_us "$6"
+        record "$name" delay_max_us "$8"
+        record "$name" delay_open "${12}"
+        record "$name" delay_missing "${14}"
+        record "$name" delay_lost "${16}"
+        local line="  $name  p50 $4 us  p99 $6 us  max $8 us  ($2 round trips, ${12} tunnels)"
+        ((subtract)) && line+="  (less $subtract us)"
+        if [ -n "$idle" ] && [ -n "$held" ]; then
+            local idle_kb held_kb
+            idle_kb=$(awk '{print $4}' <<<"$idle") held_kb=$(awk '{print $4}' <<<"$held")
+            record "$name" delay_idle_rss_kb "$idle_kb"
+            record "$name" delay_held_rss_kb "$held_kb"
+            record "$name" delay_kb_per_tunnel \
+                "$(awk -v a="$held_kb" -v b="$idle_kb" -v n="${12}" 'BEGIN{print (a-b)/n}')"
+            line+="  rss $idle_kb -> $held_kb KB"
+        fi
+        log "$line"
+    done
+    stop_tree "$echo_pid"
+}
+
+# 2. One load bulk stream to a sink through 100 ms of latency on the client-to-server stream
+# (the one carrying the bulk), against the same proxy without a fault; alternating.
+phase_faults_latency_bulk() {
+    log "bulk through latency: 1 stream, ${LATBULK_TIME} s, tp-poll and tp-lat-up (latency=100,stream=upstream), $LATBULK_ROUNDS rounds"
+    start_upstream sink
+    local sink_pid=$UP_PID sink_port=$UP_PORT rep name out order
+    start_all "$sink_port" tp-poll tp-lat-up
+    for ((rep = 1; rep <= LATBULK_ROUNDS; rep++)); do
+        order=(tp-lat-up tp-poll)
+        ((rep % 2 == 0)) && order=(tp-poll tp-lat-up)
+        for name in "${order[@]}"; do
+            up "$name" || continue
+            out=$(timeout $((LATBULK_TIME + 30)) "$LOAD" bulk --port "${PORT_OF[$name]}" \
+                --streams 1 --time "$LATBULK_TIME" 2>/dev/null)
+            if [[ $out != bytes* ]]; then
+                log "bulk through $name failed"
+                record "$name" latbulk_failed 1
+                continue
+            fi
+            set -- $out # bytes B seconds S gbps G broken N
+            record "$name" latbulk_mb_per_s "$(awk -v b="$2" -v s="$4" 'BEGIN{print b/s/1e6}')"
+            log "  round $rep  $name  $(awk -v b="$2" -v s="$4" 'BEGIN{printf "%.1f", b/s/1e6}') MB/s"
+        done
+    done
+    stop_all
+    stop_tree "$sink_pid"
+}
+
+# 3. Bandwidth faults on the client-to-server stream: load bulk is the upstream too (the proxy
+# forwards to its --listen-port) and counts the bytes/s arriving, from the first byte to the last.
+phase_faults_bandwidth() {
+    log "bandwidth: ${BW_RATES[*]} KB/s (stream=upstream), ${BW_TIMES[*]} s, $BW_REPS each"
+    local i rate name port out rep achieved
+    for ((rep = 1; rep <= BW_REPS; rep++)); do
+        for i in "${!BW_RATES[@]}"; do
+            rate=${BW_RATES[i]} name=tp-bw-${BW_RATES[i]}
+            port=$(free_port)
+            start_target "$name" "$name" "$port" || {
+                log "$name: ${MISSING[$name]}"
+                continue
+            }
+            out=$(timeout $((BW_TIMES[i] + 30)) "$LOAD" bulk --port "${PORT_OF[$name]}" \
+                --listen-port "$port" --streams 1 --time "${BW_TIMES[i]}" 2>/dev/null)
+            stop_target "$name"
+            if [[ $out != received* ]]; then
+                log "bandwidth $rate KB/s failed: $out"
+                record "$name" bw_failed 1
+                continue
+            fi
+            set -- $out # received B span_s S bytes_per_s R sent T broken N
+            record "$name" bw_bytes_per_s "$6"
+            achieved=$(awk -v r="$6" -v t="$rate" 'BEGIN{printf "%.4f", r / (t * 1000)}')
+            record "$name" bw_ratio "$achieved"
+            log "  rep $rep  $rate KB/s  $6 B/s over $4 s ($2 B)  achieved/target $achieved"
+        done
+    done
+}
+
+# 4. bench/stage_proxy.cpp without a stage (sp-none-*) and with a pass-through user stage on
+# both directions (sp-pass-*), poll and thread policies: iperf3 1 and 4 streams, then conn/s;
+# STAGE_ROUNDS rounds, none first in odd rounds, pass first in even ones.
+phase_faults_stage() {
+    local policies=("${STAGE_POLICIES[@]}") policy rep streams name out order iperf_port iperf_pid
+    log "stage overhead: stage_proxy --stage none|pass, ${policies[*]}, $STAGE_ROUNDS rounds of ${STAGE_TIME} s"
+    stage_order() { # stage_order ROUND POLICY: the pair in this round's order
+        if (($1 % 2)); then echo "sp-none-$2 sp-pass-$2"; else echo "sp-pass-$2 sp-none-$2"; fi
+    }
+    if command -v iperf3 >/dev/null 2>&1; then
+        iperf_port=$(free_port)
+        iperf3 -s -B 127.0.0.1 -p "$iperf_port" >"$WORK/iperf3-server.log" 2>&1 &
+        iperf_pid=$!
+        "$LOAD" waitport "$iperf_port" 5 || log "iperf3 server did not start"
+        for policy in "${policies[@]}"; do
+            start_all "$iperf_port" "sp-none-$policy" "sp-pass-$policy"
+        done
+        for ((rep = 1; rep <= STAGE_ROUNDS; rep++)); do
+            for streams in 1 4; do
+                for policy in "${policies[@]}"; do
+                    # shellcheck disable=SC2207
+                    order=($(stage_order "$rep" "$policy"))
+                    for name in "${order[@]}"; do
+                        up "$name" || continue
+                        out=$(BULK_TIME=$STAGE_TIME iperf_sample "$name" "$name" "$streams") || continue
+                        log "  round $rep  -P $streams  $name  $out Gbit/s"
+                    done
+                done
+            done
+        done
+        stop_all
+        stop_tree "$iperf_pid"
+    else
+        log "iperf3 missing: no stage bulk numbers"
+    fi
+    start_upstream server
+    local server_pid=$UP_PID server_port=$UP_PORT
+    for policy in "${policies[@]}"; do
+        start_all "$server_port" "sp-none-$policy" "sp-pass-$policy"
+    done
+    for ((rep = 1; rep <= STAGE_ROUNDS; rep++)); do
+        for policy in "${policies[@]}"; do
+            # shellcheck disable=SC2207
+            order=($(stage_order "$rep" "$policy"))
+            for name in "${order[@]}"; do
+                up "$name" || continue
+                out=$(rate_sample "$name" "$server_port" "$STAGE_TIME") || continue
+                log "  round $rep  $name  ${out%% *} conn/s"
+            done
+        done
+    done
+    stop_all
+    stop_tree "$server_pid"
+}
+
+# Prints the --faults tables and writes them, every sample and the run's facts to $1.
+faults_report() {
+    BENCH_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) BENCH_MODE=$MODE BENCH_COMMAND=$COMMAND \
+        BENCH_NPROC=$(nproc) BENCH_KERNEL=$(uname -r) \
+        BENCH_CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) \
+        BENCH_LOAD_BEFORE=$LOAD_BEFORE BENCH_LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg) \
+        BENCH_SECONDS=$(($(date +%s) - T0)) BENCH_FD_LIMIT=$FD_LIMIT BENCH_BW_RATES="${BW_RATES[*]}" \
+        BENCH_SETTINGS="DELAY_N=$DELAY_N DELAY_TIME=$DELAY_TIME LATBULK_ROUNDS=$LATBULK_ROUNDS LATBULK_TIME=$LATBULK_TIME BW_REPS=$BW_REPS BW_TIMES=${BW_TIMES[*]} STAGE_ROUNDS=$STAGE_ROUNDS STAGE_TIME=$STAGE_TIME STAGE_POLICIES=${STAGE_POLICIES[*]}" \
+        BENCH_VERSIONS="iperf3=$(dpkg-query -W -f='${Version}' iperf3 2>/dev/null || echo unknown) tinyproxy=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- include 2>/dev/null || echo +dirty)" \
+        python3 - "$RAW" "$1" <<'PY'
+import json, os, sys
+sys.path.insert(0, "bench")
+from report import load_samples, median_of
+samples = load_samples(sys.argv[1])
+med = lambda name, metric: median_of(samples, name, metric)
+ok = lambda v: v == v  # not NaN
+lines = []
+out = lines.append
+verdict = lambda good: "**yes**" if good else "**no**"
+
+out("| latency fault, 16 B every 200 ms per tunnel | tunnels | round trips | p50 µs | p99 µs | max µs | proxy KB/tunnel |")
+out("|---|---|---|---|---|---|---|")
+rows = (("direct", "direct (no proxy): round trip"),
+        ("tp-poll", "tinyproxy poll, no fault: round trip"),
+        ("tp-lat", "tinyproxy poll, `latency=100`: round trip − 100 ms"))
+for name, title in rows:
+    if ok(med(name, "delay_p50_us")):
+        kb = med(name, "delay_kb_per_tunnel")
+        out(f"| {title} | {med(name, 'delay_open'):,.0f} | {med(name, 'delay_count'):,.0f} "
+            f"| {med(name, 'delay_p50_us'):,.1f} | {med(name, 'delay_p99_us'):,.1f} "
+            f"| {med(name, 'delay_max_us'):,.1f} | {f'{kb:,.1f}' if ok(kb) else '–'} |")
+    else:
+        out(f"| {title} | failed | | | | | |")
+p50, p99 = med("tp-lat", "delay_p50_us"), med("tp-lat", "delay_p99_us")
+if ok(p50):
+    out("")
+    out(f"Target (issue 13): p50 within 1 ms of 100 ms: {verdict(abs(p50) <= 1000)}; "
+        f"p99 within 5 ms: {verdict(abs(p99) <= 5000)}. "
+        f"Echoes missing at the end: {med('tp-lat', 'delay_missing'):.0f}, "
+        f"lost: {med('tp-lat', 'delay_lost'):.0f}.")
+out("")
+
+out("| one stream (load bulk) | MB/s (median) |")
+out("|---|---|")
+for name, title in (("tp-poll", "tinyproxy poll, no fault"),
+                    ("tp-lat-up", "tinyproxy poll, `latency=100,stream=upstream`")):
+    v = med(name, "latbulk_mb_per_s")
+    out(f"| {title} | {f'{v:,.1f}' if ok(v) else 'failed'} |")
+v = med("tp-lat-up", "latbulk_mb_per_s")
+if ok(v):
+    out("")
+    out(f"Target (issue 13): ≥ 100 MB/s through a 100 ms latency fault: {verdict(v >= 100)}.")
+out("")
+
+out("| `bandwidth,rate=R,stream=upstream` | target B/s | achieved B/s (first to last byte) | achieved / target |")
+out("|---|---|---|---|")
+for rate in (int(r) for r in os.environ["BENCH_BW_RATES"].split()):
+    name = f"tp-bw-{rate}"
+    v, r = med(name, "bw_bytes_per_s"), med(name, "bw_ratio")
+    out(f"| rate={rate:,} ({rate * 1000:,} B/s) | {rate * 1000:,} | "
+        f"{f'{v:,.0f}' if ok(v) else 'failed'} | {f'{r:.3f}' if ok(r) else '–'} |")
+out("")
+
+out("| pass-through user stage (stage_proxy) | none | pass | pass / none |")
+out("|---|---|---|---|")
+for policy in ("poll", "thread"):
+    a, b = f"sp-none-{policy}", f"sp-pass-{policy}"
+    for metric, title, fmt in (("bulk1_gbps", "iperf3 1 stream, Gbit/s", "{:.2f}"),
+                               ("bulk4_gbps", "iperf3 4 streams, Gbit/s", "{:.2f}"),
+                               ("bulk1_cpu_s_per_gb", "CPU s/GB, 1 stream", "{:.3f}"),
+                               ("bulk4_cpu_s_per_gb", "CPU s/GB, 4 streams", "{:.3f}"),
+                               ("rate_cps", "conn/s", "{:,.0f}"),
+                               ("rate_cpu_us_per_conn", "CPU µs/conn", "{:.1f}")):
+        x, y = med(a, metric), med(b, metric)
+        if ok(x) or ok(y):
+            out(f"| {policy}: {title} | {fmt.format(x)} | {fmt.format(y)} | {y / x:.3f} |")
+table = "\n".join(lines)
+print(table)
+
+env = {k[6:].lower(): v for k, v in os.environ.items() if k.startswith("BENCH_")}
+medians = {name: {m: median_of(samples, name, m) for m in metrics} for name, metrics in samples.items()}
+with open(sys.argv[2], "w") as f:
+    json.dump({**env, "samples": samples, "medians": medians, "table": table}, f, indent=1,
+              sort_keys=True, allow_nan=True)
+    f.write("\n")
+PY
+}
+
 # ---------------------------------------------------------------- run
 if ((SYSCALLS)); then
     phase_syscalls
@@ -889,6 +1192,19 @@ table(forward_of, "the same proxy forwarding", lambda name, m: med(forward_of[na
 PY
     mkdir -p bench/results
     cp "$RAW" "bench/results/$(date -u +%Y-%m-%d-%H%M)-floor.tsv" # every sample, as measured
+    exit 0
+fi
+if ((FAULTS)); then
+    LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+    log "faults ($MODE), $(nproc) CPUs, load average $LOAD_BEFORE, ulimit -n $FD_LIMIT"
+    phase_faults_delay
+    phase_faults_latency_bulk
+    phase_faults_bandwidth
+    phase_faults_stage
+    mkdir -p bench/results
+    OUT=bench/results/$(date -u +%Y-%m-%d-%H%M)-faults$([ "$MODE" = quick ] && echo -quick).json
+    faults_report "$OUT" || exit 1
+    log "done in $(($(date +%s) - T0)) s; results in $OUT"
     exit 0
 fi
 if ((AB)); then
