@@ -656,6 +656,26 @@ TEST_CASE("fault: slicer passes slices a delay apart, the next chunk's after the
     CHECK(run.stage().held() == 0);
 }
 
+TEST_CASE("fault: slicer keeps its pace for a late driver, one pass per slice") {
+    // 20 B at average 4: 10|10, 5|5, 2|3: eight slices, due at 0, 1, ... 7 ms.
+    auto run = run_of<tinyproxy::slicer_stage>(4, 0, 1000us, fault_random(1));
+    run.feed(at(0ms), "0123456789abcdefghij");
+    CHECK(run.sink.all() == "01");
+    run.wake_late(at(2500us)); // the wake-ups at 1 and 2 ms missed: both their slices go now
+    REQUIRE(run.sink.deliveries.size() == 3);
+    CHECK(run.sink.deliveries[1].bytes == "234");
+    CHECK(run.sink.deliveries[2].bytes == "56");
+    CHECK(run.chain.next_wake() == at(3ms)); // the schedule, not the late pump, sets the next
+    run.run_out();
+    CHECK(run.sink.all() == "0123456789abcdefghij");
+    CHECK(run.sink.deliveries.size() == 8);
+    CHECK(run.sink.last_delivery == at(7ms));
+    run.feed(at(10ms), "klmn"); // after a pause: at once, and no credit for the pause
+    run.feed(at(10ms), "opqr");
+    CHECK(run.sink.deliveries.at(8).when == at(10ms));
+    CHECK(run.chain.next_wake() == at(11ms));
+}
+
 TEST_CASE("fault: slicer removed passes the rest at once, then the end") {
     auto run = run_of<tinyproxy::slicer_stage>(10, 0, microseconds(1000000), fault_random(1));
     const std::string sent = chunk_text(0, 80);

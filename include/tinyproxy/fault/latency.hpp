@@ -44,7 +44,7 @@ private:
     };
 
     /// Milliseconds as microseconds, kept small enough that latency + jitter cannot overflow
-    /// (a century is "never" here).
+    /// (70 years is "never" here).
     static std::int64_t clamped_us(std::chrono::milliseconds value) noexcept {
         constexpr std::int64_t longest_ms = std::int64_t{1} << 41; // about 70 years
         const std::int64_t ms = value.count() < 0 ? 0 : value.count();

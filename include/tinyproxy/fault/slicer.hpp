@@ -19,12 +19,15 @@ namespace tinyproxy {
 /// cut as Toxiproxy's chunk() cuts: a piece larger than average_size + size_variation is
 /// halved, the midpoint moved by a uniform draw in [-variation, variation), and each half cut
 /// again. So no slice is larger than average + variation, and none smaller than about
-/// (average - variation) / 2 unless its whole chunk is. A slice goes `delay` after the one
-/// before it went (the first slice of the next chunk too); with delay 0 a chunk's slices go at
-/// once, as separate passes. The end of stream goes right after the last slice.
+/// (average - variation) / 2 unless its whole chunk is. A slice is due `delay` after the one
+/// before it (the first slice of the next chunk too, or when it comes, if later); with delay 0
+/// a chunk's slices go at once, as separate passes. A late wake-up (timers are coarser than
+/// microseconds) passes the slices due meanwhile together, still one pass each, so the
+/// slicer's pace holds in aggregate. The end of stream goes right after the last slice.
 ///
-/// Holds: the slices not yet passed (at most the relay's stage buffer); a chunk is cut only
-/// when its first slice is due, so the cut costs a few words, not one per slice.
+/// Holds: the slices not yet passed (at most the relay's stage buffer). Chunks are cut
+/// lazily, a slice as it is due, so the cut costs a word per held chunk and the few pieces on
+/// the way down, not a word per slice.
 ///
 /// Unlike Toxiproxy: the cut's draws come from the seeded generator (reproducible), the end
 /// of stream is passed on in order (half-close kept), and a removed fault passes what it
@@ -57,7 +60,7 @@ private:
     detail::held_bytes bytes_;
     std::deque<std::size_t> chunks_;          // sizes of the held chunks not cut yet, in order
     std::vector<std::size_t> pieces_;         // the front chunk's uncut pieces, the next on top
-    time_point next_due_ = time_point::min(); // when the next slice may go
+    time_point next_due_ = time_point::min(); // when the next slice is due
     bool end_came_ = false;
     bool end_passed_ = false;
 };
@@ -92,6 +95,9 @@ inline void slicer_stage::on_data(stage_context& out, byte_view bytes) {
     if (bytes.empty()) {
         return;
     }
+    if (bytes_.empty() && next_due_ < out.now()) {
+        next_due_ = out.now(); // after a pause: the schedule goes on from this chunk, no credit
+    }
     bytes_.append(bytes);
     chunks_.push_back(bytes.size());
     release(out);
@@ -107,7 +113,7 @@ inline void slicer_stage::release(stage_context& out) {
         const std::size_t slice = next_slice();
         out.pass(bytes_.front(slice));
         bytes_.drop_front(slice);
-        next_due_ = detail::deadline_after(out.now(), delay_); // delay 0: the next one at once
+        next_due_ = detail::deadline_after(next_due_, delay_); // delay 0: the next one at once
     }
     if (bytes_.empty() && end_came_ && !end_passed_) {
         end_passed_ = true;
