@@ -5,7 +5,7 @@
 
 #include <ostream> // doctest prints std::error_code with operator<<
 
-#include <algorithm>    // std::max
+#include <algorithm>    // std::max, std::min, std::find
 #include <chrono>       // fake times
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counts
