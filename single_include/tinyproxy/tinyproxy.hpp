@@ -4065,6 +4065,7 @@ private:
 
     std::vector<slot> slots_;
     std::size_t unstarted_ = 0; // stages whose on_start() is still to come
+    bool sink_ended_ = false;   // the end of stream has gone past the last stage
 };
 
 /// What a stage_factory is told of the tunnel it gives stages to.
@@ -4177,7 +4178,10 @@ inline void stage_chain::deliver(std::size_t index, byte_view bytes, time_point 
 
 inline void stage_chain::deliver_end(std::size_t index, time_point now, stage_sink& sink) {
     if (index == slots_.size()) {
-        sink.deliver_end();
+        if (!sink_ended_) { // once: erase() passes on an end a stage may have passed already
+            sink_ended_ = true;
+            sink.deliver_end();
+        }
     } else if (!slots_[index].ended) {
         slots_[index].ended = true;
         stage_context context(*this, index, now, sink);
@@ -4997,6 +5001,11 @@ public:
 private:
     /// The size of the next slice, cutting the front chunk as far as that slice needs.
     std::size_t next_slice();
+    /// average + variation, the largest piece left uncut (saturating: a huge average cuts none).
+    std::size_t largest_slice() const noexcept {
+        const std::size_t room = static_cast<std::size_t>(-1) - average_;
+        return variation_ < room ? average_ + variation_ : static_cast<std::size_t>(-1);
+    }
     /// Passes the slices due by now, each `delay` after the one before, and the end after the
     /// last; asks for the next.
     void release(stage_context& out);
@@ -5022,7 +5031,7 @@ inline std::size_t slicer_stage::next_slice() {
     }
     // Toxiproxy's recursion, depth first with the left half first, on an explicit stack: the
     // draws come in the same order, and only the pieces on the way to the next slice exist.
-    while (pieces_.back() > average_ + variation_) {
+    while (pieces_.back() > largest_slice()) {
         const std::size_t piece = pieces_.back();
         pieces_.pop_back();
         std::size_t left = piece / 2;
