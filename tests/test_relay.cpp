@@ -1333,4 +1333,128 @@ TEST_CASE("stages: a stage's reset ends the tunnel, and both peers see a reset")
     CHECK(rig.upstream().error == ECONNRESET);
 }
 
+namespace {
+
+/// Asks to be woken `after` its start, and then closes the tunnel (a timeout fault).
+struct closing_stage final : tinyproxy::relay_stage {
+    explicit closing_stage(std::chrono::milliseconds wait) : after(wait) {}
+    std::chrono::milliseconds after;
+    time_point started = time_point::max();
+
+    void on_start(stage_context& out) override {
+        started = out.now();
+        out.wake_at(out.now() + after);
+    }
+    void on_wake(stage_context& out) override { out.close(); }
+};
+
+/// Holds everything until taken out of the chain; then passes it on (and the end, if it came).
+struct hold_until_removed_stage final : tinyproxy::relay_stage {
+    std::string holding;
+    bool end_held = false;
+
+    void on_data(stage_context&, byte_view bytes) override { holding += as_string(bytes); }
+    void on_end(stage_context&) override { end_held = true; }
+    void on_remove(stage_context& out) override {
+        out.pass(std::string_view(holding));
+        holding.clear();
+        if (end_held) {
+            out.end();
+        }
+    }
+    std::size_t held() const noexcept override { return holding.size(); }
+};
+
+/// A sink that records what a chain delivers (no relay).
+struct recording_sink final : tinyproxy::stage_sink {
+    std::string delivered;
+    bool ended = false;
+    bool closed = false;
+    void deliver(byte_view bytes) noexcept override { delivered += as_string(bytes); }
+    void deliver_end() noexcept override { ended = true; }
+    void reset(std::error_code) noexcept override {}
+    void close() noexcept override { closed = true; }
+};
+
+} // namespace
+
+TEST_CASE("stages: a stage that closes the tunnel: both peers get their FIN after the bytes "
+          "passed so far, neither source is read again, and what a stage held is dropped") {
+    relay_rig rig(transport::unix_stream, 16 * 1024, splice_path());
+    closing_stage& closer =
+        add_stage<closing_stage>(rig.relay(), direction::to_client, std::chrono::milliseconds(50));
+    hold_until_removed_stage& holder =
+        add_stage<hold_until_removed_stage>(rig.relay(), direction::to_upstream);
+    rig.set_now(fake_start);
+    rig.client().to_send = "held, then dropped";
+    rig.client().shut_when_sent = false;
+    rig.upstream().to_send = "before the close";
+    rig.upstream().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return rig.client().received == "before the close"; }, 5000));
+    REQUIRE(rig.drive([&] { return holder.held() == 18; }, 5000));
+    CHECK(closer.started == fake_start); // on_start came with the first pump, at its time
+    CHECK(rig.relay().next_wake() == fake_start + std::chrono::milliseconds(50));
+    CHECK_FALSE(rig.relay().finished());
+
+    CHECK(rig.pump_at(fake_start + std::chrono::milliseconds(50)));
+    CHECK(rig.relay().finished());
+    CHECK_FALSE(rig.relay().failed());
+    CHECK(rig.relay().client_events() == 0);
+    CHECK(rig.relay().upstream_events() == 0);
+    REQUIRE(rig.drive([&] { return rig.client().eof && rig.upstream().eof; }, 5000));
+    CHECK(rig.upstream().received.empty());
+    CHECK(rig.client().received == "before the close");
+}
+
+TEST_CASE("stages: a stage taken out of a live chain passes on what it held, in order, and the "
+          "end of stream; a stage put into one starts before it sees a byte") {
+    tinyproxy::stage_chain chain;
+    recording_sink sink;
+    auto holder = std::make_unique<hold_until_removed_stage>();
+    hold_until_removed_stage& held = *holder;
+    chain.push_back(std::move(holder));
+    chain.push_back(std::make_unique<pass_through_stage>());
+    chain.feed(std::string_view("abc"), fake_start, sink);
+    chain.feed(std::string_view("def"), fake_start, sink);
+    chain.feed_end(fake_start, sink);
+    CHECK(sink.delivered.empty());
+    CHECK(held.held() == 6);
+    CHECK(chain.held() == 6);
+    CHECK_FALSE(sink.ended);
+
+    auto late = std::make_unique<closing_stage>(std::chrono::milliseconds(10));
+    closing_stage& started_late = *late;
+    chain.insert(1, std::move(late)); // behind the holder, before the pass-through
+    chain.erase(0, fake_start + std::chrono::seconds(1), sink);
+    CHECK(chain.size() == 2);
+    CHECK(sink.delivered == "abcdef"); // through the stages after it, the new one included
+    CHECK(sink.ended);
+    CHECK(started_late.started == fake_start + std::chrono::seconds(1));
+}
+
+TEST_CASE("stages: erase passes on an end of stream the stage had swallowed") {
+    tinyproxy::stage_chain chain;
+    recording_sink sink;
+    chain.push_back(std::make_unique<swallowing_stage>());
+    chain.feed(std::string_view("gone"), fake_start, sink);
+    chain.feed_end(fake_start, sink);
+    CHECK_FALSE(sink.ended);
+    chain.erase(0, fake_start, sink);
+    CHECK(chain.empty());
+    CHECK(sink.ended); // the direction still ends: its FIN is never lost
+}
+
+TEST_CASE("stages: stage_buffer_size bounds what the stages hold, past the scratch size") {
+    const std::size_t scratch = 16 * 1024;
+    relay_rig rig(transport::unix_stream, scratch, splice_path());
+    rig.relay().stage_buffer_size(5 * scratch + 100);
+    swallowing_stage& stage = add_stage<swallowing_stage>(rig.relay(), direction::to_upstream);
+    rig.client().to_send = random_bytes(1 << 20, 45);
+    rig.client().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return stage.held() == 5 * scratch + 100; }, 5000));
+    CHECK((rig.relay().client_events() & POLLIN) == 0);
+    rig.drive_for(50);
+    CHECK(stage.held() == 5 * scratch + 100); // a read takes no more than fits below it
+}
+
 TEST_SUITE_END();

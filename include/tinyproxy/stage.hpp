@@ -223,11 +223,10 @@ inline void stage_chain::erase(std::size_t index, time_point now, stage_sink& si
     if (index >= slots_.size()) {
         return;
     }
-    if (slots_[index].started) {
+    start(now, sink); // the stages after it start before they see what it held
+    {
         stage_context context(*this, index, now, sink);
         slots_[index].stage->on_remove(context);
-    } else {
-        --unstarted_;
     }
     // The end of stream that reached this stage goes on, whether or not the stage passed it.
     if (slots_[index].ended) {

@@ -4115,11 +4115,10 @@ inline void stage_chain::erase(std::size_t index, time_point now, stage_sink& si
     if (index >= slots_.size()) {
         return;
     }
-    if (slots_[index].started) {
+    start(now, sink); // the stages after it start before they see what it held
+    {
         stage_context context(*this, index, now, sink);
         slots_[index].stage->on_remove(context);
-    } else {
-        --unstarted_;
     }
     // The end of stream that reached this stage goes on, whether or not the stage passed it.
     if (slots_[index].ended) {
@@ -4580,6 +4579,776 @@ inline std::string to_spec(const toxic& fault) {
 
 } // namespace tinyproxy
 // ---- end tinyproxy/fault/toxic.hpp ----
+// #include "tinyproxy/fault/latency.hpp"
+// ---- begin tinyproxy/fault/latency.hpp ----
+// The latency fault: each chunk of a direction is delayed by latency ± jitter, order kept.
+
+#include <chrono>  // the delays
+#include <cstddef> // std::size_t
+#include <cstdint> // microsecond counts
+#include <deque>   // the held chunks' due times
+
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/stage.hpp"
+// #include "tinyproxy/fault/random.hpp"
+// #include "tinyproxy/fault/held_bytes.hpp"
+// ---- begin tinyproxy/fault/held_bytes.hpp ----
+// The bytes a fault stage holds, first in first out, in one buffer (internal to the faults).
+
+#include <cstddef> // std::size_t
+#include <cstdint> // the bytes
+#include <vector>  // the buffer
+
+// #include "tinyproxy/bytes.hpp"
+
+namespace tinyproxy {
+namespace detail {
+
+/// A byte queue: appended at the back, passed on from the front. One contiguous buffer rather
+/// than a buffer per chunk, so what a stage holds costs its bytes and not an allocation each
+/// (a stream read a byte at a time would otherwise cost tens of bytes per byte).
+class held_bytes {
+public:
+    std::size_t size() const noexcept { return bytes_.size() - head_; }
+    bool empty() const noexcept { return size() == 0; }
+
+    /// Puts `bytes` behind the ones held.
+    void append(byte_view bytes) {
+        if (head_ != 0 && head_ >= bytes_.size() / 2) { // reclaim the passed half: amortised O(1)
+            bytes_.erase(bytes_.begin(), bytes_.begin() + static_cast<std::ptrdiff_t>(head_));
+            head_ = 0;
+        }
+        bytes_.insert(bytes_.end(), bytes.begin(), bytes.end());
+    }
+
+    /// The first `count` bytes held (all of them when fewer are held): valid until the next
+    /// append() or drop_front().
+    byte_view front(std::size_t count) const noexcept {
+        return byte_view{bytes_.data() + head_, count < size() ? count : size()};
+    }
+
+    /// Forgets the first `count` bytes (they have been passed on).
+    void drop_front(std::size_t count) noexcept {
+        head_ += count < size() ? count : size();
+        if (head_ == bytes_.size()) {
+            clear();
+        }
+    }
+
+    /// Forgets everything; a buffer grown by a burst is given back rather than kept for the
+    /// tunnel's life (a stalled stream may have grown it to the relay's whole stage buffer).
+    void clear() noexcept {
+        head_ = 0;
+        if (bytes_.capacity() > kept_capacity) {
+            std::vector<std::uint8_t>().swap(bytes_);
+        } else {
+            bytes_.clear();
+        }
+    }
+
+private:
+    static constexpr std::size_t kept_capacity = 64 * 1024; // what a steady stream reuses
+
+    std::vector<std::uint8_t> bytes_;
+    std::size_t head_ = 0; // the bytes before it have been passed on
+};
+
+} // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/fault/held_bytes.hpp ----
+
+namespace tinyproxy {
+
+/// Toxiproxy's `latency`: each chunk is passed on `latency` ± a uniform `jitter` (drawn in
+/// microseconds over [-jitter, +jitter], one draw per chunk) after it came, never less than at
+/// once, and never before the chunk before it: order is kept, so a chunk drawn short waits for
+/// the one ahead. The end of stream follows the last chunk, delayed like one.
+///
+/// Holds: every chunk not yet due; at most the relay's stage buffer (back-pressure), which is
+/// what a delay costs: at 100 MB/s, 100 ms of latency holds 10 MB.
+///
+/// Unlike Toxiproxy: the end of stream is delayed and passed on in order (half-close kept;
+/// Toxiproxy closes the connection at once), the jitter comes from the seeded generator (the
+/// same seed, the same delays), and a removed fault passes what it holds at once.
+class latency_stage : public relay_stage {
+public:
+    latency_stage(std::chrono::milliseconds latency, std::chrono::milliseconds jitter,
+                  fault_random random) noexcept
+        : latency_us_(clamped_us(latency)), jitter_us_(clamped_us(jitter)), random_(random) {}
+
+    void on_data(stage_context& out, byte_view bytes) override;
+    void on_end(stage_context& out) override;
+    void on_wake(stage_context& out) override { release(out); }
+    void on_remove(stage_context& out) override;
+    std::size_t held() const noexcept override { return bytes_.size(); }
+
+private:
+    struct due_chunk {
+        time_point due;
+        std::size_t size; // its bytes are the next ones in bytes_
+    };
+
+    /// Milliseconds as microseconds, kept small enough that latency + jitter cannot overflow
+    /// (70 years is "never" here).
+    static std::int64_t clamped_us(std::chrono::milliseconds value) noexcept {
+        constexpr std::int64_t longest_ms = std::int64_t{1} << 41; // about 70 years
+        const std::int64_t ms = value.count() < 0 ? 0 : value.count();
+        return (ms < longest_ms ? ms : longest_ms) * 1000;
+    }
+    /// This chunk's delay: one draw, never below zero.
+    std::chrono::microseconds draw_delay() noexcept;
+    /// Passes every chunk due by now (and the end once it is due), then asks for the next.
+    void release(stage_context& out);
+
+    std::int64_t latency_us_;
+    std::int64_t jitter_us_;
+    fault_random random_;
+    detail::held_bytes bytes_;
+    std::deque<due_chunk> chunks_;            // in order; dues never decrease
+    time_point last_due_ = time_point::min(); // of the last chunk queued or passed
+    bool end_came_ = false;
+    bool end_passed_ = false;
+    time_point end_due_ = time_point::max();
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline std::chrono::microseconds latency_stage::draw_delay() noexcept {
+    std::int64_t delay = latency_us_;
+    if (jitter_us_ > 0) {
+        delay += random_.between(-jitter_us_, jitter_us_);
+    }
+    return std::chrono::microseconds(delay < 0 ? 0 : delay);
+}
+
+inline void latency_stage::on_data(stage_context& out, byte_view bytes) {
+    if (bytes.empty()) {
+        return;
+    }
+    const time_point wanted = detail::deadline_after(out.now(), draw_delay());
+    const time_point due = wanted < last_due_ ? last_due_ : wanted; // never before the one ahead
+    last_due_ = due;
+    if (chunks_.empty() && due <= out.now()) {
+        out.pass(bytes); // no delay: nothing to hold
+        return;
+    }
+    bytes_.append(bytes);
+    if (!chunks_.empty() && chunks_.back().due == due) {
+        chunks_.back().size += bytes.size(); // one entry per due time
+    } else {
+        chunks_.push_back(due_chunk{due, bytes.size()});
+    }
+    release(out);
+}
+
+inline void latency_stage::on_end(stage_context& out) {
+    end_came_ = true;
+    const time_point wanted =
+        detail::deadline_after(out.now(), std::chrono::microseconds(latency_us_));
+    end_due_ = wanted < last_due_ ? last_due_ : wanted;
+    release(out);
+}
+
+inline void latency_stage::release(stage_context& out) {
+    std::size_t due_bytes = 0;
+    while (!chunks_.empty() && chunks_.front().due <= out.now()) {
+        due_bytes += chunks_.front().size;
+        chunks_.pop_front();
+    }
+    if (due_bytes != 0) {
+        out.pass(bytes_.front(due_bytes)); // the due chunks together: one write, not one each
+        bytes_.drop_front(due_bytes);
+    }
+    if (chunks_.empty() && end_came_ && !end_passed_ && end_due_ <= out.now()) {
+        end_passed_ = true;
+        out.end();
+    }
+    if (!chunks_.empty()) {
+        out.wake_at(chunks_.front().due);
+    } else {
+        out.wake_at(end_came_ && !end_passed_ ? end_due_ : time_point::max());
+    }
+}
+
+inline void latency_stage::on_remove(stage_context& out) {
+    chunks_.clear();
+    if (!bytes_.empty()) {
+        out.pass(bytes_.front(bytes_.size()));
+        bytes_.clear();
+    }
+    if (end_came_ && !end_passed_) {
+        end_passed_ = true;
+        out.end();
+    }
+    out.wake_at(time_point::max());
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/fault/latency.hpp ----
+// #include "tinyproxy/fault/bandwidth.hpp"
+// ---- begin tinyproxy/fault/bandwidth.hpp ----
+// The bandwidth fault: a direction moves at most `rate` KB/s.
+
+#include <chrono>  // the schedule's nanoseconds
+#include <cstddef> // std::size_t
+#include <cstdint> // byte counts and rates
+
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/stage.hpp"
+// #include "tinyproxy/fault/held_bytes.hpp"
+
+namespace tinyproxy {
+
+/// Toxiproxy's `bandwidth`: the direction moves at most `rate` KB/s (1 KB = 1000 B). The n-th
+/// byte since the schedule started may go once n bytes' worth of time has passed since its
+/// start (exact integer nanoseconds, never a sum of rounded sleeps), so the rate holds in
+/// aggregate from 1 KB/s to beyond 1 GB/s whatever the wake-ups' precision: a late wake-up
+/// passes what became due meanwhile. The schedule restarts when the stage falls idle (nothing
+/// held), so no credit builds up while the direction is quiet. Bytes go in passes of at most
+/// 100 ms worth (as Toxiproxy), and the stage asks to be woken when 10 ms worth more may go
+/// (or all it holds, if less): smoother than Toxiproxy's 100 ms steps at low rates, yet about
+/// a hundred wake-ups a second for a busy direction, not one per chunk.
+///
+/// Holds: what the rate has not let through yet; at most the relay's stage buffer.
+///
+/// Unlike Toxiproxy: the end of stream is passed on once every byte before it has gone
+/// (half-close kept), and a removed fault passes what it holds at once.
+class bandwidth_stage : public relay_stage {
+public:
+    explicit bandwidth_stage(std::int64_t rate_kb_per_s) noexcept
+        : rate_kb_(clamped(rate_kb_per_s)) {}
+
+    void on_data(stage_context& out, byte_view bytes) override;
+    void on_end(stage_context& out) override;
+    void on_wake(stage_context& out) override { release(out); }
+    void on_remove(stage_context& out) override;
+    std::size_t held() const noexcept override { return bytes_.size(); }
+
+private:
+    /// The rate kept within 1 KB/s .. 1 PB/s, where the schedule's arithmetic cannot overflow.
+    static std::uint64_t clamped(std::int64_t rate_kb) noexcept {
+        constexpr std::int64_t fastest = 1000000000000; // KB/s: a petabyte a second
+        return static_cast<std::uint64_t>(rate_kb < 1 ? 1 : rate_kb < fastest ? rate_kb : fastest);
+    }
+    /// Bytes the schedule lets through in `elapsed` since its start (rounded down).
+    std::uint64_t bytes_in(std::chrono::nanoseconds elapsed) const noexcept;
+    /// When the schedule lets its `count`-th byte through (rounded up, so that bytes_in() of
+    /// that time reaches `count`).
+    time_point time_of(std::uint64_t count) const noexcept;
+    /// Passes what the schedule allows by now, and the end after the last byte; asks for the
+    /// next wake-up.
+    void release(stage_context& out);
+    std::size_t largest_pass() const noexcept; // 100 ms worth
+    std::size_t wake_step() const noexcept;    // 10 ms worth
+
+    std::uint64_t rate_kb_;    // KB/s: bytes per millisecond
+    detail::held_bytes bytes_; // not let through yet
+    time_point start_{};       // of the schedule
+    std::uint64_t sent_ = 0;   // bytes passed since start_
+    bool end_came_ = false;
+    bool end_passed_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline std::uint64_t bandwidth_stage::bytes_in(std::chrono::nanoseconds elapsed) const noexcept {
+    if (elapsed.count() <= 0) {
+        return 0;
+    }
+    // elapsed * rate / 10^6 (rate in bytes per ms), split so that neither product overflows.
+    const auto ns = static_cast<std::uint64_t>(elapsed.count());
+    const std::uint64_t whole_ms = ns / 1000000;
+    const std::uint64_t rest_ns = ns % 1000000;
+    if (whole_ms > ~std::uint64_t{0} / rate_kb_ / 2) {
+        return ~std::uint64_t{0} / 2; // more than will ever be sent
+    }
+    return whole_ms * rate_kb_ + rest_ns * rate_kb_ / 1000000;
+}
+
+inline time_point bandwidth_stage::time_of(std::uint64_t count) const noexcept {
+    // count * 10^6 / rate nanoseconds, rounded up, split so that neither product overflows.
+    const std::uint64_t whole = count / rate_kb_;
+    const std::uint64_t rest = count % rate_kb_;
+    constexpr std::uint64_t longest_ns = std::uint64_t{1} << 62; // about 146 years: never
+    if (whole > longest_ns / 1000000) {
+        return time_point::max();
+    }
+    const std::uint64_t ns = whole * 1000000 + (rest * 1000000 + rate_kb_ - 1) / rate_kb_;
+    return detail::deadline_after(start_, std::chrono::nanoseconds(static_cast<std::int64_t>(ns)));
+}
+
+inline std::size_t bandwidth_stage::largest_pass() const noexcept {
+    const std::uint64_t bytes = rate_kb_ * 100;
+    return bytes < static_cast<std::size_t>(-1) ? static_cast<std::size_t>(bytes)
+                                                : static_cast<std::size_t>(-1);
+}
+
+inline std::size_t bandwidth_stage::wake_step() const noexcept {
+    const std::uint64_t bytes = rate_kb_ * 10;
+    return bytes < static_cast<std::size_t>(-1) ? static_cast<std::size_t>(bytes)
+                                                : static_cast<std::size_t>(-1);
+}
+
+inline void bandwidth_stage::on_data(stage_context& out, byte_view bytes) {
+    if (bytes.empty()) {
+        return;
+    }
+    // Bytes pass only once due, so with none held the schedule has caught up: the direction
+    // was idle, and the schedule starts again from now rather than owe it that time as credit.
+    if (bytes_.empty()) {
+        start_ = out.now();
+        sent_ = 0;
+    }
+    bytes_.append(bytes);
+    release(out);
+}
+
+inline void bandwidth_stage::on_end(stage_context& out) {
+    end_came_ = true;
+    release(out);
+}
+
+inline void bandwidth_stage::release(stage_context& out) {
+    const std::uint64_t allowed = bytes_in(out.now() - start_);
+    std::uint64_t room = allowed > sent_ ? allowed - sent_ : 0;
+    while (room != 0 && !bytes_.empty()) {
+        const std::size_t slice =
+            room < largest_pass() ? static_cast<std::size_t>(room) : largest_pass();
+        const byte_view bytes = bytes_.front(slice);
+        out.pass(bytes);
+        bytes_.drop_front(bytes.size());
+        sent_ += bytes.size();
+        room -= bytes.size();
+    }
+    if (bytes_.empty()) {
+        if (end_came_ && !end_passed_) {
+            end_passed_ = true;
+            out.end();
+        }
+        out.wake_at(time_point::max());
+        return;
+    }
+    const std::size_t step = bytes_.size() < wake_step() ? bytes_.size() : wake_step();
+    out.wake_at(time_of(sent_ + step));
+}
+
+inline void bandwidth_stage::on_remove(stage_context& out) {
+    if (!bytes_.empty()) {
+        out.pass(bytes_.front(bytes_.size()));
+        bytes_.clear();
+    }
+    if (end_came_ && !end_passed_) {
+        end_passed_ = true;
+        out.end();
+    }
+    out.wake_at(time_point::max());
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/fault/bandwidth.hpp ----
+// #include "tinyproxy/fault/slicer.hpp"
+// ---- begin tinyproxy/fault/slicer.hpp ----
+// The slicer fault: each chunk of a direction goes out in small slices, a delay apart.
+
+#include <chrono>  // the delay between slices
+#include <cstddef> // std::size_t
+#include <cstdint> // the variation's draws
+#include <deque>   // the sizes of the chunks not yet sliced
+#include <vector>  // the pieces of the chunk being sliced
+
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/stage.hpp"
+// #include "tinyproxy/fault/random.hpp"
+// #include "tinyproxy/fault/held_bytes.hpp"
+
+namespace tinyproxy {
+
+/// Toxiproxy's `slicer`: each chunk goes out in slices, each its own pass() (its own write),
+/// cut as Toxiproxy's chunk() cuts: a piece larger than average_size + size_variation is
+/// halved, the midpoint moved by a uniform draw in [-variation, variation), and each half cut
+/// again. So no slice is larger than average + variation, and none smaller than about
+/// (average - variation) / 2 unless its whole chunk is. A slice is due `delay` after the one
+/// before it (the first slice of the next chunk too, or when it comes, if later); with delay 0
+/// a chunk's slices go at once, as separate passes. A late wake-up (timers are coarser than
+/// microseconds) passes the slices due meanwhile together, still one pass each, so the
+/// slicer's pace holds in aggregate. The end of stream goes right after the last slice.
+///
+/// Holds: the slices not yet passed (at most the relay's stage buffer). Chunks are cut
+/// lazily, a slice as it is due, so the cut costs a word per held chunk and the few pieces on
+/// the way down, not a word per slice.
+///
+/// Unlike Toxiproxy: the cut's draws come from the seeded generator (reproducible), the end
+/// of stream is passed on in order (half-close kept), and a removed fault passes what it
+/// holds at once.
+class slicer_stage : public relay_stage {
+public:
+    slicer_stage(std::size_t average_size, std::size_t size_variation,
+                 std::chrono::microseconds delay, fault_random random) noexcept
+        : average_(average_size < 1 ? 1 : average_size),
+          variation_(size_variation < average_ ? size_variation : average_ - 1),
+          delay_(delay.count() < 0 ? std::chrono::microseconds(0) : delay), random_(random) {}
+
+    void on_data(stage_context& out, byte_view bytes) override;
+    void on_end(stage_context& out) override;
+    void on_wake(stage_context& out) override { release(out); }
+    void on_remove(stage_context& out) override;
+    std::size_t held() const noexcept override { return bytes_.size(); }
+
+private:
+    /// The size of the next slice, cutting the front chunk as far as that slice needs.
+    std::size_t next_slice();
+    /// Passes the slices due by now, each `delay` after the one before, and the end after the
+    /// last; asks for the next.
+    void release(stage_context& out);
+
+    std::size_t average_;
+    std::size_t variation_; // below average_, so that both halves of a cut are never empty
+    std::chrono::microseconds delay_;
+    fault_random random_;
+    detail::held_bytes bytes_;
+    std::deque<std::size_t> chunks_;          // sizes of the held chunks not cut yet, in order
+    std::vector<std::size_t> pieces_;         // the front chunk's uncut pieces, the next on top
+    time_point next_due_ = time_point::min(); // when the next slice is due
+    bool end_came_ = false;
+    bool end_passed_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline std::size_t slicer_stage::next_slice() {
+    if (pieces_.empty()) {
+        pieces_.push_back(chunks_.front());
+        chunks_.pop_front();
+    }
+    // Toxiproxy's recursion, depth first with the left half first, on an explicit stack: the
+    // draws come in the same order, and only the pieces on the way to the next slice exist.
+    while (pieces_.back() > average_ + variation_) {
+        const std::size_t piece = pieces_.back();
+        pieces_.pop_back();
+        std::size_t left = piece / 2;
+        if (variation_ > 0) {
+            const auto v = static_cast<std::int64_t>(variation_);
+            const std::int64_t move = random_.between(-v, v - 1);
+            left = static_cast<std::size_t>(static_cast<std::int64_t>(left) + move);
+        }
+        pieces_.push_back(piece - left);
+        pieces_.push_back(left);
+    }
+    const std::size_t slice = pieces_.back();
+    pieces_.pop_back();
+    return slice;
+}
+
+inline void slicer_stage::on_data(stage_context& out, byte_view bytes) {
+    if (bytes.empty()) {
+        return;
+    }
+    if (bytes_.empty() && next_due_ < out.now()) {
+        next_due_ = out.now(); // after a pause: the schedule goes on from this chunk, no credit
+    }
+    bytes_.append(bytes);
+    chunks_.push_back(bytes.size());
+    release(out);
+}
+
+inline void slicer_stage::on_end(stage_context& out) {
+    end_came_ = true;
+    release(out);
+}
+
+inline void slicer_stage::release(stage_context& out) {
+    while (!bytes_.empty() && next_due_ <= out.now()) {
+        const std::size_t slice = next_slice();
+        out.pass(bytes_.front(slice));
+        bytes_.drop_front(slice);
+        next_due_ = detail::deadline_after(next_due_, delay_); // delay 0: the next one at once
+    }
+    if (bytes_.empty() && end_came_ && !end_passed_) {
+        end_passed_ = true;
+        out.end();
+    }
+    out.wake_at(bytes_.empty() ? time_point::max() : next_due_);
+}
+
+inline void slicer_stage::on_remove(stage_context& out) {
+    chunks_.clear();
+    pieces_.clear();
+    if (!bytes_.empty()) {
+        out.pass(bytes_.front(bytes_.size()));
+        bytes_.clear();
+    }
+    if (end_came_ && !end_passed_) {
+        end_passed_ = true;
+        out.end();
+    }
+    out.wake_at(time_point::max());
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/fault/slicer.hpp ----
+// #include "tinyproxy/fault/slow_close.hpp"
+// ---- begin tinyproxy/fault/slow_close.hpp ----
+// The slow_close fault: the end of stream is passed on a delay after it came.
+
+#include <chrono>  // the delay
+#include <cstddef> // std::size_t
+
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/stage.hpp"
+
+namespace tinyproxy {
+
+/// Toxiproxy's `slow_close`: bytes pass at once; the end of stream (the FIN) is passed on
+/// `delay` after it came.
+///
+/// Holds: no bytes; only the end of stream, while it waits.
+///
+/// Unlike Toxiproxy: only this direction's end is delayed (the other direction goes on, and
+/// the connection is not closed whole), and a removed fault passes a waiting end at once.
+class slow_close_stage : public relay_stage {
+public:
+    explicit slow_close_stage(std::chrono::milliseconds delay) noexcept
+        : delay_(delay.count() < 0 ? std::chrono::milliseconds(0) : delay) {}
+
+    void on_end(stage_context& out) override {
+        end_due_ = detail::deadline_after(out.now(), delay_);
+        end_waiting_ = true;
+        on_wake(out);
+    }
+    void on_wake(stage_context& out) override {
+        if (end_waiting_ && end_due_ <= out.now()) {
+            end_waiting_ = false;
+            out.end();
+        }
+        out.wake_at(end_waiting_ ? end_due_ : time_point::max());
+    }
+    void on_remove(stage_context& out) override {
+        if (end_waiting_) {
+            end_waiting_ = false;
+            out.end();
+        }
+        out.wake_at(time_point::max());
+    }
+
+private:
+    std::chrono::milliseconds delay_;
+    time_point end_due_ = time_point::max();
+    bool end_waiting_ = false; // the end came and has not been passed on
+};
+
+} // namespace tinyproxy
+// ---- end tinyproxy/fault/slow_close.hpp ----
+// #include "tinyproxy/fault/timeout.hpp"
+// ---- begin tinyproxy/fault/timeout.hpp ----
+// The timeout fault: nothing passes, and the tunnel is closed after a timeout.
+
+#include <chrono>  // the timeout
+#include <cstddef> // std::size_t
+
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/stage.hpp"
+// #include "tinyproxy/fault/held_bytes.hpp"
+
+namespace tinyproxy {
+
+/// Toxiproxy's `timeout`: no byte passes, nor the end of stream; `timeout` after the stage
+/// started (on_start: the tunnel's start, or the moment the fault was added to it) the tunnel
+/// is closed cleanly, both ways (stage_context::close). A timeout of 0 holds the direction
+/// stalled until the fault is removed.
+///
+/// Holds: every byte that came, in order (at most the relay's stage buffer: then the source
+/// is no longer read, as a stalled peer's would not be), and the end of stream.
+///
+/// Unlike Toxiproxy, which drops them: a removed fault passes on every byte it held, then the
+/// end of stream if it came; no byte is lost by removing a fault. When the timeout closes the
+/// tunnel, what it holds is dropped with it, as Toxiproxy's close drops it.
+class timeout_stage : public relay_stage {
+public:
+    explicit timeout_stage(std::chrono::milliseconds timeout) noexcept
+        : timeout_(timeout.count() < 0 ? std::chrono::milliseconds(0) : timeout) {}
+
+    void on_start(stage_context& out) override {
+        if (timeout_.count() > 0) {
+            out.wake_at(detail::deadline_after(out.now(), timeout_));
+        }
+    }
+    void on_data(stage_context& out, byte_view bytes) override {
+        (void)out;
+        if (!closed_) {
+            bytes_.append(bytes);
+        }
+    }
+    void on_end(stage_context& out) override {
+        (void)out;
+        end_came_ = true;
+    }
+    void on_wake(stage_context& out) override {
+        if (!closed_) {
+            closed_ = true;
+            bytes_.clear(); // the close drops what the stages hold
+            out.close();
+        }
+    }
+    void on_remove(stage_context& out) override {
+        if (closed_) {
+            return;
+        }
+        if (!bytes_.empty()) {
+            out.pass(bytes_.front(bytes_.size()));
+            bytes_.clear();
+        }
+        if (end_came_) {
+            out.end();
+        }
+        out.wake_at(time_point::max());
+    }
+    std::size_t held() const noexcept override { return bytes_.size(); }
+
+private:
+    std::chrono::milliseconds timeout_;
+    detail::held_bytes bytes_;
+    bool end_came_ = false;
+    bool closed_ = false; // the timeout has closed the tunnel
+};
+
+} // namespace tinyproxy
+// ---- end tinyproxy/fault/timeout.hpp ----
+// #include "tinyproxy/fault/reset_peer.hpp"
+// ---- begin tinyproxy/fault/reset_peer.hpp ----
+// The reset_peer fault: a timeout after the first byte, both sides get a reset.
+
+#include <chrono>  // the timeout
+#include <cstddef> // std::size_t
+
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/stage.hpp"
+// #include "tinyproxy/fault/held_bytes.hpp"
+
+namespace tinyproxy {
+
+/// Toxiproxy's `reset_peer`: once the first byte (or the end of stream, if it comes first)
+/// has come, nothing passes, and `timeout` later the tunnel is reset (both sides get an RST);
+/// a timeout of 0 resets it at once, on that first byte. A direction that never sends is
+/// never reset (as Toxiproxy).
+///
+/// Holds: what came after the first byte (that included), until the reset; at most the
+/// relay's stage buffer.
+///
+/// Unlike Toxiproxy: a fault removed before its reset passes on what it held, then the end of
+/// stream if it came; no byte is lost by removing a fault.
+class reset_peer_stage : public relay_stage {
+public:
+    explicit reset_peer_stage(std::chrono::milliseconds timeout) noexcept
+        : timeout_(timeout.count() < 0 ? std::chrono::milliseconds(0) : timeout) {}
+
+    void on_data(stage_context& out, byte_view bytes) override {
+        if (bytes.empty() || reset_) {
+            return;
+        }
+        bytes_.append(bytes);
+        arm(out);
+    }
+    void on_end(stage_context& out) override {
+        end_came_ = true;
+        arm(out);
+    }
+    void on_wake(stage_context& out) override { reset(out); }
+    void on_remove(stage_context& out) override {
+        if (reset_) {
+            return;
+        }
+        if (!bytes_.empty()) {
+            out.pass(bytes_.front(bytes_.size()));
+            bytes_.clear();
+        }
+        if (end_came_) {
+            out.end();
+        }
+        out.wake_at(time_point::max());
+    }
+    std::size_t held() const noexcept override { return bytes_.size(); }
+
+private:
+    /// The first byte or end has come: the timer starts (once).
+    void arm(stage_context& out) {
+        if (armed_ || reset_) {
+            return;
+        }
+        armed_ = true;
+        if (timeout_.count() == 0) {
+            reset(out);
+        } else {
+            out.wake_at(detail::deadline_after(out.now(), timeout_));
+        }
+    }
+    void reset(stage_context& out) {
+        if (!reset_) {
+            reset_ = true;
+            bytes_.clear(); // the reset drops what the stages hold
+            out.reset();
+        }
+    }
+
+    std::chrono::milliseconds timeout_;
+    detail::held_bytes bytes_;
+    bool armed_ = false; // the first byte or end has come
+    bool end_came_ = false;
+    bool reset_ = false; // the tunnel has been reset
+};
+
+} // namespace tinyproxy
+// ---- end tinyproxy/fault/reset_peer.hpp ----
+// #include "tinyproxy/fault/limit_data.hpp"
+// ---- begin tinyproxy/fault/limit_data.hpp ----
+// The limit_data fault: the tunnel is closed once a number of bytes have passed.
+
+#include <cstddef> // std::size_t
+#include <cstdint> // the byte counts
+
+// #include "tinyproxy/stage.hpp"
+
+namespace tinyproxy {
+
+/// Toxiproxy's `limit_data`: bytes pass until `bytes` have passed in all (the chunk that
+/// crosses the limit is cut there); then the tunnel is closed cleanly, both ways
+/// (stage_context::close), at once. With the limit already reached (0 included), the first
+/// byte to come closes it and nothing passes. `already_passed` carries the count over when the
+/// fault is changed on a live connection. An end of stream before the limit passes on.
+///
+/// Holds: nothing. Like Toxiproxy (the close is what the fault is).
+class limit_data_stage : public relay_stage {
+public:
+    explicit limit_data_stage(std::uint64_t bytes, std::uint64_t already_passed = 0) noexcept
+        : limit_(bytes), passed_(already_passed) {}
+
+    void on_data(stage_context& out, byte_view bytes) override {
+        if (closed_ || bytes.empty()) {
+            return;
+        }
+        const std::uint64_t room = passed_ < limit_ ? limit_ - passed_ : 0;
+        const byte_view allowed =
+            room < bytes.size() ? bytes.first(static_cast<std::size_t>(room)) : bytes;
+        if (!allowed.empty()) {
+            out.pass(allowed);
+            passed_ += allowed.size();
+        }
+        if (passed_ >= limit_) {
+            closed_ = true;
+            out.close();
+        }
+    }
+
+    /// Bytes passed so far, `already_passed` included.
+    std::uint64_t passed() const noexcept { return passed_; }
+
+private:
+    std::uint64_t limit_;
+    std::uint64_t passed_;
+    bool closed_ = false; // the limit has closed the tunnel
+};
+
+} // namespace tinyproxy
+// ---- end tinyproxy/fault/limit_data.hpp ----
 // #include "tinyproxy/relay.hpp"
 // ---- begin tinyproxy/relay.hpp ----
 // The one relay engine: moves bytes both ways between two non-blocking sockets, with bounded
