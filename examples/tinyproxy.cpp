@@ -21,7 +21,9 @@
 #include <cstdlib>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -59,15 +61,15 @@ constexpr const char* usage_text =
     "                         default: everyone); with --accept-proxy, the client its header\n"
     "                         names\n"
     "  --no-splice            relay with read/write instead of splice(2); for comparison\n"
-    "  --verbose              print a line per session to stderr\n"
+    "  --verbose              print a line per session to stderr, with the faults that applied\n"
     "  --quiet                print nothing but errors (and the listening line)\n"
     "  --loops N              with --policy poll: N event loops on N threads (default 1)\n"
     "  --toxic SPEC           a fault on every connection, as Toxiproxy's toxics (repeatable,\n"
     "                         applied in order): TYPE[,KEY=VALUE]..., TYPE one of latency,\n"
     "                         bandwidth, slicer, slow_close, timeout, reset_peer, limit_data;\n"
-    "                         keys its attributes and stream=upstream|downstream (default\n"
-    "                         downstream), toxicity=0..1, name; e.g. "
-    "latency,latency=100,jitter=10\n"
+    "                         KEY one of its attributes, stream=upstream|downstream (default\n"
+    "                         downstream), toxicity=0..1 (default 1) or name; for example\n"
+    "                         --toxic latency,latency=100,jitter=10\n"
     "  --seed N               seed the faults' random choices (jitter, slice sizes, toxicity)\n"
     "                         with N, 0 to 2^64-1 (default: a random seed)\n"
     "  --help                 print this and exit\n";
@@ -224,6 +226,35 @@ void apply_value(command_line& cmd, const std::string& flag, const std::string& 
     }
 }
 
+/// A seed for the faults when --seed gave none: 64 bits from std::random_device.
+std::uint64_t random_seed() {
+    std::random_device device;
+    std::uint64_t seed = 0;
+    for (int word = 0; word < 2; ++word) {
+        seed = (seed << 32) ^ static_cast<std::uint64_t>(device());
+    }
+    return seed;
+}
+
+/// --toxic: every connection gets the faults, in the order given, through options.stages.
+/// Without one, options.stages stays unset: the plain path, splice included.
+void add_faults(command_line& cmd) {
+    if (cmd.toxics.empty()) {
+        return;
+    }
+    auto toxics = std::make_shared<tinyproxy::toxic_set>();
+    for (const tinyproxy::toxic& fault : cmd.toxics) {
+        try {
+            toxics->add(fault);
+        } catch (const std::invalid_argument& e) { // two with the same name
+            throw usage_error(std::string("--toxic: ") + e.what());
+        }
+    }
+    toxics->freeze(); // nothing changes them: connections need not look for changes
+    cmd.options.stages =
+        tinyproxy::fault_stages(std::move(toxics), cmd.seed ? *cmd.seed : random_seed());
+}
+
 command_line parse(int argc, char** argv) {
     command_line cmd;
     for (int i = 1; i < argc; ++i) {
@@ -281,6 +312,7 @@ command_line parse(int argc, char** argv) {
     if (cmd.user && cmd.mode == mode_name::forward) {
         throw usage_error("--user: a port forwarder has no handshake to check credentials in");
     }
+    add_faults(cmd);
     return cmd;
 }
 
@@ -301,6 +333,9 @@ std::string describe(const tinyproxy::session_event& event) {
     line += ": " + std::to_string(r.bytes_to_upstream) + " bytes up, " +
             std::to_string(r.bytes_to_client) + " down, " + std::to_string(ms) + " ms, " +
             (r.error ? r.error.message() : std::string("closed"));
+    if (!r.stages.empty()) {
+        line += " faults=" + r.stages; // those of the --toxic faults that applied, or "none"
+    }
     return line;
 }
 

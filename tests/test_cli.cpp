@@ -4,6 +4,7 @@
 
 #include "support/cli_helpers.hpp"
 
+#include <algorithm>    // std::count
 #include <csignal>      // SIGTERM, SIGINT
 #include <cstddef>      // std::size_t
 #include <cstdio>       // sscanf: /proc/PID/maps
@@ -151,6 +152,179 @@ int pipes_held(pid_t pid) {
     });
 }
 
+/// The --verbose line of the one session in `log` (the line with " bytes up, "), or "".
+std::string session_line(const std::string& log) {
+    std::string found;
+    std::size_t lines = 0;
+    for (std::size_t at = 0; at < log.size();) {
+        std::size_t end = log.find('\n', at);
+        end = end == std::string::npos ? log.size() : end;
+        std::string line = log.substr(at, end - at);
+        if (line.find(" bytes up, ") != std::string::npos &&
+            line.find(" accepted, ") == std::string::npos) {
+            found = line;
+            ++lines;
+        }
+        at = end + 1;
+    }
+    return lines == 1 ? found : std::string();
+}
+
+bool ends_with(const std::string& text, const std::string& tail) {
+    return text.size() >= tail.size() &&
+           text.compare(text.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+/// Stops the proxy and returns its stderr, every session line in it.
+std::string stop_and_log(process& proxy) {
+    expect_clean_exit(proxy, SIGTERM);
+    CHECK(proxy.read_to_end(after(ms(2000))));
+    return proxy.stderr_text();
+}
+
+/// --toxic through the CLI on `policy`, each case with a proxy of its own: a latency fault
+/// delays the round trip by at least its latency, keeps every byte and the client's half-close,
+/// and --verbose names it; one that does not apply (toxicity=0) is named "none"; limit_data
+/// gives the client exactly its bytes, then EOF; reset_peer resets the client after its first
+/// write.
+void check_faults(const std::string& policy) {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    echo_server echo;
+    const std::vector<std::string> on = {"--policy", policy, "--verbose"};
+    auto with = [&](std::vector<std::string> more) {
+        more.insert(more.begin(), on.begin(), on.end());
+        return more;
+    };
+
+    SUBCASE("no --toxic: the session line names no faults") {
+        process proxy(path, cli_args(echo.address(), with({})));
+        tinyproxy::socket client = require_connect(read_listening(proxy));
+        transfer t = exchange(client, random_vector(1000, 40), after(scaled(ms(10'000))));
+        CHECK(t.eof);
+        client.close();
+        std::string line = session_line(stop_and_log(proxy));
+        CAPTURE(line);
+        CHECK(line != "");
+        CHECK(line.find("faults=") == std::string::npos);
+    }
+
+    SUBCASE("latency=100: the round trip takes 100 ms or more, every byte and the half-close "
+            "kept, and the session line says faults=latency_downstream") {
+        process proxy(path, cli_args(echo.address(), with({"--toxic", "latency,latency=100"})));
+        tinyproxy::socket client = require_connect(read_listening(proxy));
+        bytes payload = random_vector(256 * 1024, 41);
+        const time_point start = steady_clock::now();
+        // The client half-closes once it has sent everything; the whole reply comes after.
+        transfer t = exchange(client, payload, start + scaled(ms(10'000)));
+        const ms took = elapsed_since(start);
+        CAPTURE(took.count());
+        CHECK(t.error == "");
+        CHECK(t.eof);
+        CHECK(t.received.size() == payload.size());
+        CHECK(t.received == payload);
+        CHECK(took >= ms(100));
+        CHECK(took < scaled(ms(10'000)));
+        client.close();
+        std::string line = session_line(stop_and_log(proxy));
+        CAPTURE(line);
+        CHECK(ends_with(line, " faults=latency_downstream"));
+    }
+
+    SUBCASE("latency with toxicity=0 does not apply: faults=none, bytes intact") {
+        process proxy(
+            path, cli_args(echo.address(), with({"--toxic", "latency,latency=100,toxicity=0"})));
+        tinyproxy::socket client = require_connect(read_listening(proxy));
+        bytes payload = random_vector(64 * 1024, 42);
+        transfer t = exchange(client, payload, after(scaled(ms(10'000))));
+        CHECK(t.error == "");
+        CHECK(t.eof);
+        CHECK(t.received == payload);
+        client.close();
+        std::string line = session_line(stop_and_log(proxy));
+        CAPTURE(line);
+        CHECK(ends_with(line, " faults=none"));
+    }
+
+    SUBCASE("limit_data,bytes=1000: the client gets exactly the first 1000 bytes of a larger "
+            "reply, then its end of stream") {
+        const bytes reply = random_vector(10'000, 43);
+        upstream replier([&](tinyproxy::socket& s) {
+            read_to_end(s); // the client's request, to its half-close
+            send_all(s, reply);
+            shutdown_write(s);
+        });
+        process proxy(path, cli_args(replier.where().to_string(),
+                                     with({"--toxic", "limit_data,bytes=1000"})));
+        tinyproxy::socket client = require_connect(read_listening(proxy));
+        transfer t = exchange(client, bytes{'h', 'i'}, after(scaled(ms(10'000))));
+        CHECK(t.error == "");
+        CHECK(t.eof);
+        CHECK_FALSE(t.reset);
+        REQUIRE(t.received.size() == 1000);
+        CHECK(t.received == bytes(reply.begin(), reply.begin() + 1000));
+        client.close();
+        std::string line = session_line(stop_and_log(proxy));
+        CAPTURE(line);
+        CHECK(ends_with(line, " faults=limit_data_downstream"));
+    }
+
+    SUBCASE("reset_peer,timeout=0: the client's first write gets it a reset") {
+        process proxy(path, cli_args(echo.address(), with({"--toxic", "reset_peer,timeout=0"})));
+        tinyproxy::socket client = require_connect(read_listening(proxy));
+        transfer t =
+            exchange(client, bytes{'h', 'e', 'l', 'l', 'o'}, after(scaled(ms(10'000))), false);
+        CAPTURE(t.error);
+        CHECK(t.reset); // recv() said ECONNRESET
+        CHECK_FALSE(t.eof);
+        client.close();
+        std::string line = session_line(stop_and_log(proxy));
+        CAPTURE(line);
+        CHECK(ends_with(line, " faults=reset_peer_downstream"));
+    }
+}
+
+/// Which of `connections` clients, one after the other, a `limit_data,bytes=2,toxicity=0.5`
+/// fault applied to under `--seed seed`: each sends "ping" and half-closes; the fault lets 2
+/// bytes of the echo through, the plain path all 4.
+std::vector<bool> limited_connections(const std::string& path, const std::string& policy,
+                                      const std::string& seed, std::size_t connections) {
+    echo_server echo;
+    process proxy(path, cli_args(echo.address(), {"--policy", policy, "--quiet", "--seed", seed,
+                                                  "--toxic", "limit_data,bytes=2,toxicity=0.5"}));
+    const tinyproxy::endpoint where = read_listening(proxy);
+    std::vector<bool> limited;
+    for (std::size_t i = 0; i < connections; ++i) {
+        tinyproxy::socket client = require_connect(where);
+        transfer t = exchange(client, bytes{'p', 'i', 'n', 'g'}, after(scaled(ms(10'000))));
+        CHECK(t.eof);
+        CHECK((t.received.size() == 2 || t.received.size() == 4));
+        limited.push_back(t.received.size() == 2);
+    }
+    expect_clean_exit(proxy, SIGTERM);
+    return limited;
+}
+
+/// --seed: two runs with the same seed make the same toxicity decision for each connection
+/// (the n-th client of one run as the n-th of the other), and toxicity 0.5 applies to some
+/// and not to others.
+void check_seed(const std::string& policy) {
+    std::string path = cli_program();
+    if (path.empty()) {
+        return;
+    }
+    constexpr std::size_t connections = 24;
+    const std::vector<bool> first = limited_connections(path, policy, "7", connections);
+    const std::vector<bool> again = limited_connections(path, policy, "7", connections);
+    CHECK(first == again);
+    const auto applied = static_cast<std::size_t>(std::count(first.begin(), first.end(), true));
+    CAPTURE(applied);
+    CHECK(applied > 0);           // 2^-24 that a fair coin never says so
+    CHECK(applied < connections); // nor always
+}
+
 /// Command-line arguments that must be refused, and what the refusal must name.
 struct bad_case {
     std::vector<std::string> args;
@@ -201,6 +375,8 @@ TEST_CASE("cli --help prints the usage with the default listen address and exits
     CHECK(run.out.find("127.0.0.1:1080") != std::string::npos);
     CHECK(run.out.find("--forward") != std::string::npos);
     CHECK(run.out.find("--no-splice") != std::string::npos);
+    CHECK(run.out.find("--toxic SPEC") != std::string::npos);
+    CHECK(run.out.find("--seed N") != std::string::npos);
     CHECK(run.err == "");
 }
 
@@ -292,6 +468,33 @@ TEST_CASE("cli the issue's --toxic and --seed command lines are taken: each list
         read_listening(proxy);
         expect_clean_exit(proxy, SIGTERM);
     }
+}
+
+TEST_CASE("cli --toxic through the thread policy: latency, toxicity=0, limit_data, reset_peer, "
+          "and the faults on the --verbose line") {
+    check_faults("thread");
+}
+
+TEST_CASE("cli --toxic through the fork policy: latency, toxicity=0, limit_data, reset_peer, "
+          "and the faults on the --verbose line") {
+    check_faults("fork");
+}
+
+TEST_CASE("cli --toxic through the poll policy: latency, toxicity=0, limit_data, reset_peer, "
+          "and the faults on the --verbose line") {
+    check_faults("poll");
+}
+
+TEST_CASE("cli --seed through the thread policy: the same seed, the same decisions") {
+    check_seed("thread");
+}
+
+TEST_CASE("cli --seed through the fork policy: the same seed, the same decisions") {
+    check_seed("fork");
+}
+
+TEST_CASE("cli --seed through the poll policy: the same seed, the same decisions") {
+    check_seed("poll");
 }
 
 TEST_CASE("cli prints exactly one listening line, flushed, with the real port") {
