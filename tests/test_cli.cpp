@@ -233,6 +233,38 @@ void check_faults(const std::string& policy) {
         CHECK(ends_with(line, " faults=latency_downstream"));
     }
 
+    SUBCASE("--socks with latency=100: the handshake, then the delayed tunnel, bytes intact") {
+        process proxy(
+            path, with({"--listen", "127.0.0.1:0", "--socks", "--toxic", "latency,latency=100"}));
+        tinyproxy::socket client = require_connect(read_listening(proxy));
+        const tinyproxy::endpoint target = echo.endpoint();
+        const auto address = target.address.bytes();
+        // SOCKS5: no authentication, CONNECT to the echo server's IPv4 address and port.
+        bytes request = {5, 1, 0, 5, 1, 0, 1};
+        request.insert(request.end(), address.begin(), address.end()); // 4 bytes: IPv4
+        request.push_back(static_cast<std::uint8_t>(target.port >> 8));
+        request.push_back(static_cast<std::uint8_t>(target.port & 0xff));
+        REQUIRE(send_all(client, request));
+        std::uint8_t replies[12] = {};
+        REQUIRE(::recv(client.native_handle(), replies, sizeof replies, MSG_WAITALL) == 12);
+        CHECK(replies[0] == 5);
+        CHECK(replies[1] == 0); // no authentication
+        CHECK(replies[3] == 0); // succeeded
+        bytes payload = random_vector(64 * 1024, 44);
+        const time_point start = steady_clock::now();
+        transfer t = exchange(client, payload, start + scaled(ms(10'000)));
+        const ms took = elapsed_since(start);
+        CAPTURE(took.count());
+        CHECK(t.error == "");
+        CHECK(t.eof);
+        CHECK(t.received == payload);
+        CHECK(took >= ms(100));
+        client.close();
+        std::string line = session_line(stop_and_log(proxy));
+        CAPTURE(line);
+        CHECK(ends_with(line, " faults=latency_downstream"));
+    }
+
     SUBCASE("latency with toxicity=0 does not apply: faults=none, bytes intact") {
         process proxy(
             path, cli_args(echo.address(), with({"--toxic", "latency,latency=100,toxicity=0"})));
@@ -427,6 +459,9 @@ TEST_CASE("cli a bad --toxic or --seed exits 2 with one line naming the problem,
         // A good toxic before a bad one: the bad one is named.
         {{fwd, to, "--toxic", "latency,latency=10", "--toxic", "timeout,timeout=x"},
          {"--toxic: ", "timeout", "'x'"}},
+        // Two faults by the same name (TYPE_STREAM unless name= says otherwise).
+        {{fwd, to, "--toxic", "latency", "--toxic", "latency,latency=5"},
+         {"--toxic: ", "latency_downstream"}},
         {{fwd, to, "--toxic"}, {"--toxic", "missing value"}},
         {{fwd, to, "--seed", "-1"}, {"tinyproxy: --seed: ", "'-1'"}},
         {{fwd, to, "--seed", "abc"}, {"--seed: ", "'abc'"}},
