@@ -56,11 +56,12 @@ int main(int argc, char** argv) {
     // Called as each tunnel starts, on the thread that serves it: a stage for each direction.
     opts.stages = [first_bytes](const tinyproxy::tunnel_info& tunnel,
                                 tinyproxy::tunnel_stages& stages) {
-        std::string serial = "#" + std::to_string(tunnel.serial);
-        stages.to_upstream.push_back(std::make_unique<hexdump_stage>(
-            serial + " client>upstream", first_bytes, hexdump_to_stderr));
-        stages.to_client.push_back(std::make_unique<hexdump_stage>(serial + " upstream>client",
-                                                                   first_bytes, hexdump_to_stderr));
+        auto dump = [&](const char* way) {
+            std::string label = "#" + std::to_string(tunnel.serial) + " " + way;
+            return std::make_unique<hexdump_stage>(label, first_bytes, hexdump_to_stderr);
+        };
+        stages.to_upstream.push_back(dump("client>upstream"));
+        stages.to_client.push_back(dump("upstream>client"));
         stages.label = "hexdump";
     };
     // [readme: end]
