@@ -6,22 +6,29 @@
 //             [--accept-proxy] [--send-proxy v1|v2]
 //             [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]
 //             [--max-connections N] [--allow CIDR]... [--verbose | --quiet]
-//             [--loops N] [--no-splice]
+//             [--loops N] [--no-splice] [--toxic SPEC]... [--seed N]
 //
 // Prints "listening on HOST:PORT" once listening; SIGINT or SIGTERM stop it (exit 0); bad
-// arguments exit 2, a listener that cannot be opened exits 1.
+// arguments exit 2, a listener that cannot be opened exits 1. Each --toxic adds a Toxiproxy
+// fault (TYPE[,KEY=VALUE]..., as tinyproxy::parse_toxic reads it) to every connection, in the
+// order given; --seed makes their random decisions (jitter, slice sizes, toxicity) repeatable.
 #include <tinyproxy/tinyproxy.hpp>
 
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <iostream>
+#include <limits>
+#include <memory>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include <unistd.h>
 
@@ -33,7 +40,7 @@ constexpr const char* usage_text =
     "                 [--accept-proxy] [--send-proxy v1|v2]\n"
     "                 [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]\n"
     "                 [--max-connections N] [--allow CIDR]... [--verbose | --quiet]\n"
-    "                 [--loops N] [--no-splice]\n"
+    "                 [--loops N] [--no-splice] [--toxic SPEC]... [--seed N]\n"
     "\n"
     "  --listen HOST:PORT     where to accept clients (default 127.0.0.1:1080; port 0 picks a\n"
     "                         free port; IPv6 as [::1]:PORT)\n"
@@ -54,9 +61,17 @@ constexpr const char* usage_text =
     "                         default: everyone); with --accept-proxy, the client its header\n"
     "                         names\n"
     "  --no-splice            relay with read/write instead of splice(2); for comparison\n"
-    "  --verbose              print a line per session to stderr\n"
+    "  --verbose              print a line per session to stderr, with the faults that applied\n"
     "  --quiet                print nothing but errors (and the listening line)\n"
     "  --loops N              with --policy poll: N event loops on N threads (default 1)\n"
+    "  --toxic SPEC           a fault on every connection, as Toxiproxy's toxics (repeatable,\n"
+    "                         applied in order): TYPE[,KEY=VALUE]..., TYPE one of latency,\n"
+    "                         bandwidth, slicer, slow_close, timeout, reset_peer, limit_data;\n"
+    "                         KEY one of its attributes, stream=upstream|downstream (default\n"
+    "                         downstream), toxicity=0..1 (default 1) or name; for example\n"
+    "                         --toxic latency,latency=100,jitter=10\n"
+    "  --seed N               seed the faults' random choices (jitter, slice sizes, toxicity)\n"
+    "                         with N, 0 to 2^64-1 (default: a random seed)\n"
     "  --help                 print this and exit\n";
 
 struct usage_error : std::runtime_error {
@@ -75,6 +90,8 @@ struct command_line {
     bool accept_proxy = false;
     tinyproxy::proxy_protocol_version send_proxy = tinyproxy::proxy_protocol_version::none;
     enum class verbosity { quiet, normal, verbose } talk = verbosity::normal;
+    std::vector<tinyproxy::toxic> toxics; // --toxic, in the order given
+    std::optional<std::uint64_t> seed;    // --seed; none: drawn from std::random_device
 };
 
 // The running proxy's stop(), for the signal handler (stop() is async-signal-safe, and so is
@@ -122,6 +139,31 @@ tinyproxy::credentials parse_user(const std::string& text) {
         throw usage_error("--user: expected NAME:PASS (each 1 to 255 bytes), not '" + text + "'");
     }
     return {text.substr(0, colon), text.substr(colon + 1)};
+}
+
+tinyproxy::toxic parse_toxic_flag(const std::string& text) {
+    try {
+        return tinyproxy::parse_toxic(text);
+    } catch (const std::invalid_argument& e) {
+        throw usage_error(std::string("--toxic: ") + e.what());
+    }
+}
+
+/// A whole number from 0 to 2^64-1, digits only (strtoull would take "-1" and " 7").
+std::uint64_t parse_seed(const std::string& text) {
+    std::uint64_t seed = 0;
+    bool fits = !text.empty() && text.size() <= 20;
+    for (char c : text) {
+        fits = fits && c >= '0' && c <= '9' &&
+               seed <= (std::numeric_limits<std::uint64_t>::max() - std::uint64_t(c - '0')) / 10;
+        seed = fits ? seed * 10 + std::uint64_t(c - '0') : 0;
+    }
+    if (!fits) {
+        throw usage_error("--seed: expected a whole number from 0 to " +
+                          std::to_string(std::numeric_limits<std::uint64_t>::max()) + ", not '" +
+                          text + "'");
+    }
+    return seed;
 }
 
 /// Options that take a value, and what to do with it.
@@ -175,9 +217,42 @@ void apply_value(command_line& cmd, const std::string& flag, const std::string& 
             throw usage_error("--allow: expected an address range like 10.0.0.0/8, not '" + value +
                               "'");
         }
+    } else if (flag == "--toxic") {
+        cmd.toxics.push_back(parse_toxic_flag(value));
+    } else if (flag == "--seed") {
+        cmd.seed = parse_seed(value);
     } else {
         throw usage_error("unknown option '" + flag + "'");
     }
+}
+
+/// A seed for the faults when --seed gave none: 64 bits from std::random_device.
+std::uint64_t random_seed() {
+    std::random_device device;
+    std::uint64_t seed = 0;
+    for (int word = 0; word < 2; ++word) {
+        seed = (seed << 32) ^ static_cast<std::uint64_t>(device());
+    }
+    return seed;
+}
+
+/// --toxic: every connection gets the faults, in the order given, through options.stages.
+/// Without one, options.stages stays unset: the plain path, splice included.
+void add_faults(command_line& cmd) {
+    if (cmd.toxics.empty()) {
+        return;
+    }
+    auto toxics = std::make_shared<tinyproxy::toxic_set>();
+    for (const tinyproxy::toxic& fault : cmd.toxics) {
+        try {
+            toxics->add(fault);
+        } catch (const std::invalid_argument& e) { // two with the same name
+            throw usage_error(std::string("--toxic: ") + e.what());
+        }
+    }
+    toxics->freeze(); // nothing changes them: connections need not look for changes
+    cmd.options.stages =
+        tinyproxy::fault_stages(std::move(toxics), cmd.seed ? *cmd.seed : random_seed());
 }
 
 command_line parse(int argc, char** argv) {
@@ -205,10 +280,19 @@ command_line parse(int argc, char** argv) {
         } else if (flag.rfind("--", 0) != 0 || flag == "--") {
             throw usage_error("unexpected argument '" + flag + "'");
         } else {
-            static const char* const with_value[] = {
-                "--listen",          "--policy",          "--forward",      "--user",
-                "--send-proxy",      "--connect-timeout", "--idle-timeout", "--handshake-timeout",
-                "--max-connections", "--allow",           "--loops"};
+            static const char* const with_value[] = {"--listen",
+                                                     "--policy",
+                                                     "--forward",
+                                                     "--user",
+                                                     "--send-proxy",
+                                                     "--connect-timeout",
+                                                     "--idle-timeout",
+                                                     "--handshake-timeout",
+                                                     "--max-connections",
+                                                     "--allow",
+                                                     "--loops",
+                                                     "--toxic",
+                                                     "--seed"};
             bool known = false;
             for (const char* name : with_value) {
                 known = known || flag == name;
@@ -228,6 +312,7 @@ command_line parse(int argc, char** argv) {
     if (cmd.user && cmd.mode == mode_name::forward) {
         throw usage_error("--user: a port forwarder has no handshake to check credentials in");
     }
+    add_faults(cmd);
     return cmd;
 }
 
@@ -248,6 +333,9 @@ std::string describe(const tinyproxy::session_event& event) {
     line += ": " + std::to_string(r.bytes_to_upstream) + " bytes up, " +
             std::to_string(r.bytes_to_client) + " down, " + std::to_string(ms) + " ms, " +
             (r.error ? r.error.message() : std::string("closed"));
+    if (!r.stages.empty()) {
+        line += " faults=" + r.stages; // those of the --toxic faults that applied, or "none"
+    }
     return line;
 }
 

@@ -228,4 +228,53 @@ TEST_CASE("examples port_opener exits 0 on SIGINT, and 2 on bad arguments") {
     check_usage("port_opener", {{"x"}, {"70000"}, {"-1"}, {"1", "2"}});
 }
 
+TEST_CASE("examples fault_proxy: faults added, listed and removed from standard input reach a "
+          "live connection, and no byte is lost") {
+    std::string path = example_program("fault_proxy");
+    if (path.empty()) {
+        return;
+    }
+    echo_server echo;
+    process proxy(path, {"0", "127.0.0.1", std::to_string(echo.endpoint().port), "7"}, true);
+    tinyproxy::endpoint where = read_listening(proxy);
+    auto answer = [&](const std::string& command) {
+        REQUIRE(proxy.write_stdin(command + "\n"));
+        auto line = proxy.read_line(after(ms(5000)));
+        return line.value_or("(no answer)");
+    };
+    CHECK(answer("add timeout,timeout=0,stream=upstream") == "ok");
+    CHECK(answer("add latency,latency=bad") ==
+          "error: latency: expected a whole number from 0 to 1000000000, not 'bad'");
+    CHECK(answer("remove nothing_here") == "error: no fault is called 'nothing_here'");
+    CHECK(answer("frobnicate") == "error: expected add, update, remove or list, not 'frobnicate'");
+    REQUIRE(proxy.write_stdin("list\n"));
+    CHECK(proxy.read_line(after(ms(5000))) == "timeout,timeout=0,stream=upstream,toxicity=1");
+    CHECK(proxy.read_line(after(ms(5000))) == "ok");
+
+    // The timeout holds what the client sends: nothing comes back while it is there ...
+    tinyproxy::socket client = require_connect(where);
+    const bytes payload = random_vector(64 * 1024, 3);
+    REQUIRE(send_all(client, payload));
+    pollfd ready{client.native_handle(), POLLIN, 0};
+    CHECK(::poll(&ready, 1, 300) == 0);
+    // ... and once it is removed, every byte goes on, in order, on the same connection.
+    CHECK(answer("remove timeout_upstream") == "ok");
+    transfer t = exchange(client, {}, after(scaled(ms(10'000))));
+    CHECK(t.error == "");
+    CHECK(t.eof);
+    CHECK(t.received == payload);
+
+    proxy.close_stdin(); // the end of its input stops it
+    CHECK(proxy.wait(after(scaled(ms(5000)))));
+    CHECK(proxy.exit_code() == 0);
+}
+
+TEST_CASE("examples fault_proxy exits 2 on bad arguments") {
+    check_usage("fault_proxy", {{},
+                                {"0", "127.0.0.1"},
+                                {"x", "127.0.0.1", "80"},
+                                {"0", "127.0.0.1", "0"},
+                                {"0", "127.0.0.1", "80", "seed"}});
+}
+
 TEST_SUITE_END();

@@ -5,10 +5,11 @@
 
 #include <ostream> // doctest prints std::error_code with operator<<
 
-#include <algorithm>    // std::max
+#include <algorithm>    // std::max, std::min, std::find
 #include <chrono>       // fake times
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counts
+#include <limits>       // the largest values a fault takes
 #include <memory>       // the stage under test, owned by its chain
 #include <string>       // delivered bytes
 #include <string_view>  // fed bytes
@@ -897,4 +898,54 @@ TEST_CASE("fault: limit_data passes an end of stream before its limit on") {
     CHECK(run.sink.ends == 1);
     CHECK(run.sink.end_at == at(1ms));
     CHECK(run.sink.closes == 0);
+}
+
+// --- all stages ----------------------------------------------------------------------------
+
+TEST_CASE("fault: stages take the largest values without overflow, as never") {
+    const milliseconds forever = milliseconds::max();
+    {
+        auto run = run_of<tinyproxy::latency_stage>(forever, 0ms, fault_random(1));
+        run.feed(at(0ms), "abc");
+        run.feed_end(at(1ms));
+        CHECK(run.sink.delivered == 0);
+        CHECK(run.chain.next_wake() > at(std::chrono::hours(24 * 365 * 50)));
+        run.erase(at(2ms));
+        CHECK(run.sink.all() == "abc");
+        auto jittered = run_of<tinyproxy::latency_stage>(forever, forever, fault_random(1));
+        jittered.feed(at(0ms), "abc");
+        jittered.erase(at(2ms));
+        CHECK(jittered.sink.all() == "abc");
+    }
+    {
+        auto run = run_of<tinyproxy::bandwidth_stage>(std::numeric_limits<std::int64_t>::max());
+        run.feed(at(0ms), std::string(65536, 'x'));
+        run.run_until(at(1ms));
+        CHECK(run.sink.delivered == 65536);
+    }
+    {
+        const std::size_t huge = std::numeric_limits<std::size_t>::max();
+        // average + variation is past the largest size_t: no piece is that large, none is cut.
+        auto run = run_of<tinyproxy::slicer_stage>(huge / 2 + 2, huge / 2, microseconds::max(),
+                                                   fault_random(1));
+        run.feed(at(0ms), "abc");
+        run.feed(at(1ms), "def");
+        CHECK(run.sink.all() == "abc"); // one slice each; the next one "never"
+        run.erase(at(2ms));
+        CHECK(run.sink.all() == "abcdef");
+    }
+    {
+        auto timeout = run_of<tinyproxy::timeout_stage>(forever);
+        timeout.start(at(0ms));
+        auto reset = run_of<tinyproxy::reset_peer_stage>(forever);
+        reset.feed(at(0ms), "abc");
+        auto slow = run_of<tinyproxy::slow_close_stage>(forever);
+        slow.feed_end(at(0ms));
+        timeout.run_out();
+        reset.run_out();
+        slow.run_out();
+        CHECK(timeout.sink.closes == 0);
+        CHECK(reset.sink.resets == 0);
+        CHECK(slow.sink.ends == 0);
+    }
 }

@@ -1369,9 +1369,13 @@ struct hold_until_removed_stage final : tinyproxy::relay_stage {
 struct recording_sink final : tinyproxy::stage_sink {
     std::string delivered;
     bool ended = false;
+    int ends = 0;
     bool closed = false;
     void deliver(byte_view bytes) noexcept override { delivered += as_string(bytes); }
-    void deliver_end() noexcept override { ended = true; }
+    void deliver_end() noexcept override {
+        ended = true;
+        ++ends;
+    }
     void reset(std::error_code) noexcept override {}
     void close() noexcept override { closed = true; }
 };
@@ -1442,6 +1446,19 @@ TEST_CASE("stages: erase passes on an end of stream the stage had swallowed") {
     chain.erase(0, fake_start, sink);
     CHECK(chain.empty());
     CHECK(sink.ended); // the direction still ends: its FIN is never lost
+}
+
+TEST_CASE("stages: the end of stream reaches the destination once, however stages leave") {
+    tinyproxy::stage_chain chain;
+    recording_sink sink;
+    chain.push_back(std::make_unique<pass_through_stage>());
+    chain.push_back(std::make_unique<hold_until_removed_stage>());
+    chain.feed(std::string_view("x"), fake_start, sink);
+    chain.feed_end(fake_start, sink);
+    chain.erase(1, fake_start, sink); // passes "x" and the end itself, in on_remove
+    chain.erase(0, fake_start, sink); // had passed its end long before
+    CHECK(sink.delivered == "x");
+    CHECK(sink.ends == 1);
 }
 
 TEST_CASE("stages: stage_buffer_size bounds what the stages hold, past the scratch size") {

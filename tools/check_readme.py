@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks that every C++ snippet in README.md is a marked region of an example file.
+"""Checks that every C++ snippet in README.md is a marked region of an example file (.cpp, .hpp).
 
 An example marks a region with a line `// [readme: NAME]` and ends it with `// [readme: end]`;
 the README shows the region (dedented) in a ```cpp block. So every snippet a reader copies is
@@ -15,7 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def regions():
     found = {}
-    for path in sorted((ROOT / "examples").glob("*.cpp")):
+    examples = ROOT / "examples"
+    for path in sorted(list(examples.glob("*.cpp")) + list(examples.glob("*.hpp"))):
         lines = path.read_text().splitlines()
         name, body = None, []
         for line in lines:

@@ -173,6 +173,7 @@ private:
 
     std::vector<slot> slots_;
     std::size_t unstarted_ = 0; // stages whose on_start() is still to come
+    bool sink_ended_ = false;   // the end of stream has gone past the last stage
 };
 
 /// What a stage_factory is told of the tunnel it gives stages to.
@@ -285,7 +286,10 @@ inline void stage_chain::deliver(std::size_t index, byte_view bytes, time_point 
 
 inline void stage_chain::deliver_end(std::size_t index, time_point now, stage_sink& sink) {
     if (index == slots_.size()) {
-        sink.deliver_end();
+        if (!sink_ended_) { // once: erase() passes on an end a stage may have passed already
+            sink_ended_ = true;
+            sink.deliver_end();
+        }
     } else if (!slots_[index].ended) {
         slots_[index].ended = true;
         stage_context context(*this, index, now, sink);

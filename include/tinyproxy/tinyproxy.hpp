@@ -25,6 +25,7 @@
 #include "tinyproxy/fault/timeout.hpp"
 #include "tinyproxy/fault/reset_peer.hpp"
 #include "tinyproxy/fault/limit_data.hpp"
+#include "tinyproxy/faults.hpp"
 #include "tinyproxy/relay.hpp"
 #include "tinyproxy/server.hpp"
 #include "tinyproxy/session/handshake.hpp"

@@ -73,14 +73,23 @@ inline std::string example_program(const std::string& name) {
 
 // --- a child process with its output piped -----------------------------------------------------
 
-/// A program started with stdin from /dev/null and stdout and stderr piped to us. If it is
-/// still running when this goes, it is killed and reaped: nothing is left behind.
+/// A program started with stdin from /dev/null (or, `with_stdin`, a pipe from us) and stdout
+/// and stderr piped to us. If it is still running when this goes, it is killed and reaped:
+/// nothing is left behind.
 class process {
 public:
-    process(const std::string& path, const std::vector<std::string>& args) {
+    process(const std::string& path, const std::vector<std::string>& args,
+            bool with_stdin = false) {
         int out[2] = {-1, -1};
         int err[2] = {-1, -1};
+        int in[2] = {-1, -1};
         std::error_code ec;
+        tinyproxy::unique_fd in_read;
+        if (with_stdin) {
+            REQUIRE(tinyproxy::detail::make_pipe(in, ec));
+            in_read.reset(in[0]);
+            stdin_.reset(in[1]);
+        }
         REQUIRE(tinyproxy::detail::make_pipe(out, ec));
         stdout_.reset(out[0]);
         tinyproxy::unique_fd out_write(out[1]);
@@ -98,7 +107,11 @@ public:
 
         posix_spawn_file_actions_t actions;
         posix_spawn_file_actions_init(&actions);
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+        if (with_stdin) {
+            posix_spawn_file_actions_adddup2(&actions, in[0], 0);
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+        }
         posix_spawn_file_actions_adddup2(&actions, out[1], 1);
         posix_spawn_file_actions_adddup2(&actions, err[1], 2);
         // The child starts with default signal handling and nothing blocked, whatever the test
@@ -136,6 +149,23 @@ public:
     }
 
     pid_t pid() const noexcept { return pid_; }
+
+    /// Writes `text` to the program's stdin (made `with_stdin`); false if it could not.
+    bool write_stdin(const std::string& text) {
+        tinyproxy::detail::sigpipe_guard guard; // a program gone: false, not our SIGPIPE
+        std::size_t sent = 0;
+        while (stdin_ && sent < text.size()) {
+            ssize_t n = ::write(stdin_.get(), text.data() + sent, text.size() - sent);
+            if (n <= 0) {
+                guard.take_raised();
+                return false;
+            }
+            sent += static_cast<std::size_t>(n);
+        }
+        return stdin_ && sent == text.size();
+    }
+    /// Ends the program's stdin.
+    void close_stdin() { stdin_.reset(); }
 
     /// The next line on stdout without its newline; nothing at end of stream or past `until`.
     std::optional<std::string> read_line(time_point until) {
@@ -223,6 +253,7 @@ private:
     pid_t pid_ = -1;
     bool reaped_ = false;
     int status_ = 0;
+    tinyproxy::unique_fd stdin_; // ours to write, when made with_stdin
     tinyproxy::unique_fd stdout_;
     tinyproxy::unique_fd stderr_;
     std::string out_;

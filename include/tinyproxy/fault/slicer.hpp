@@ -49,6 +49,11 @@ public:
 private:
     /// The size of the next slice, cutting the front chunk as far as that slice needs.
     std::size_t next_slice();
+    /// average + variation, the largest piece left uncut (saturating: a huge average cuts none).
+    std::size_t largest_slice() const noexcept {
+        const std::size_t room = static_cast<std::size_t>(-1) - average_;
+        return variation_ < room ? average_ + variation_ : static_cast<std::size_t>(-1);
+    }
     /// Passes the slices due by now, each `delay` after the one before, and the end after the
     /// last; asks for the next.
     void release(stage_context& out);
@@ -74,7 +79,7 @@ inline std::size_t slicer_stage::next_slice() {
     }
     // Toxiproxy's recursion, depth first with the left half first, on an explicit stack: the
     // draws come in the same order, and only the pieces on the way to the next slice exist.
-    while (pieces_.back() > average_ + variation_) {
+    while (pieces_.back() > largest_slice()) {
         const std::size_t piece = pieces_.back();
         pieces_.pop_back();
         std::size_t left = piece / 2;
