@@ -599,7 +599,7 @@ void toxiproxy_chunk(std::size_t start, std::size_t end, std::size_t average, st
 } // namespace
 
 TEST_CASE("fault: slicer's cut is Toxiproxy's chunk(), draw for draw") {
-    for (std::uint64_t seed : {1, 7, 8}) {
+    for (std::uint64_t seed : {std::uint64_t{1}, std::uint64_t{7}, std::uint64_t{8}}) {
         CAPTURE(seed);
         fault_random random(seed);
         std::vector<std::size_t> expected;
