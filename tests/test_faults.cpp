@@ -11,6 +11,7 @@
 #include <cstdint>      // byte counts
 #include <limits>       // the largest values a fault takes
 #include <memory>       // the stage under test, owned by its chain
+#include <stdexcept>    // a bad spec
 #include <string>       // delivered bytes
 #include <string_view>  // fed bytes
 #include <system_error> // the reset's reason
@@ -947,5 +948,64 @@ TEST_CASE("fault: stages take the largest values without overflow, as never") {
         CHECK(timeout.sink.closes == 0);
         CHECK(reset.sink.resets == 0);
         CHECK(slow.sink.ends == 0);
+    }
+}
+
+// --- the toxic model: specs read, checked and written back -----------------------------------
+
+TEST_CASE("fault: a spec is read with Toxiproxy's names, defaults and units, and written back") {
+    const tinyproxy::toxic latency = tinyproxy::parse_toxic("latency,latency=100,jitter=10");
+    CHECK(latency.type == tinyproxy::toxic_type::latency);
+    CHECK(latency.latency == 100);
+    CHECK(latency.jitter == 10);
+    CHECK(latency.stream == tinyproxy::direction::to_client); // "downstream", the default
+    CHECK(latency.toxicity == 1.0);
+    CHECK(tinyproxy::name_of(latency) == "latency_downstream");
+    const tinyproxy::toxic named =
+        tinyproxy::parse_toxic("bandwidth,rate=500,stream=upstream,toxicity=0.25,name=slow");
+    CHECK(named.stream == tinyproxy::direction::to_upstream);
+    CHECK(named.rate == 500);
+    CHECK(named.toxicity == 0.25);
+    CHECK(tinyproxy::name_of(named) == "slow");
+    for (const char* spec :
+         {"latency,latency=100,jitter=10", "slicer,average_size=64,delay=1000",
+          "reset_peer,timeout=2000,toxicity=0.25", "timeout,toxicity=1e-07",
+          "limit_data,bytes=4611686018427387904,name=cap", "slow_close,delay=5"}) {
+        CAPTURE(spec);
+        const tinyproxy::toxic fault = tinyproxy::parse_toxic(spec);
+        const tinyproxy::toxic again = tinyproxy::parse_toxic(tinyproxy::to_spec(fault));
+        CHECK(tinyproxy::to_spec(again) == tinyproxy::to_spec(fault));
+        CHECK(again.toxicity == fault.toxicity);
+        CHECK(again.name == fault.name);
+    }
+}
+
+TEST_CASE("fault: a bad spec is refused with a message naming what is wrong") {
+    struct bad_spec {
+        const char* spec;
+        const char* says;
+    };
+    for (const bad_spec& bad :
+         {bad_spec{"jitterbug", "unknown toxic type 'jitterbug'"},
+          bad_spec{"latency,rate=5", "unknown key 'rate' for latency"},
+          bad_spec{"latency,latency=-1", "latency: expected a whole number"},
+          bad_spec{"latency,latency=1x", "latency: expected a whole number"},
+          bad_spec{"latency,toxicity=1.5", "toxicity: expected a number"},
+          bad_spec{"latency,toxicity=-0", "toxicity: expected a number"},
+          bad_spec{"slicer,average_size=0", "average_size must be at least 1"},
+          bad_spec{"bandwidth,rate=0", "rate must be at least 1"},
+          bad_spec{"bandwidth", "rate must be at least 1"},
+          bad_spec{"latency,latency=1,latency=2", "'latency' given twice"},
+          bad_spec{"latency,stream=sideways", "stream: expected upstream"},
+          bad_spec{"latency,", "expected KEY=VALUE"},
+          bad_spec{"latency,latency=1000000001", "from 0 to 1000000000"}}) {
+        CAPTURE(bad.spec);
+        std::string message;
+        try {
+            (void)tinyproxy::parse_toxic(bad.spec);
+        } catch (const std::invalid_argument& e) {
+            message = e.what();
+        }
+        CHECK(message.find(bad.says) != std::string::npos);
     }
 }

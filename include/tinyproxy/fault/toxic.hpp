@@ -3,10 +3,9 @@
 // (Toxiproxy's names and units), how it is checked, and its command-line form TYPE[,KEY=VALUE]...
 #pragma once
 
+#include <charconv>    // toxicity, read and written in every locale
 #include <cmath>       // std::isfinite: toxicity
 #include <cstdint>     // attributes
-#include <cstdio>      // std::snprintf: toxicity, written back
-#include <cstdlib>     // std::strtod
 #include <stdexcept>   // std::invalid_argument: a bad spec
 #include <string>      // names, messages
 #include <string_view> // spec text
@@ -97,16 +96,17 @@ inline bool parse_count(std::string_view text, std::int64_t max, std::int64_t& v
     return true;
 }
 
-/// A number from 0 to 1 in decimal ("0.25", "1", ".5"), nothing else in the text.
+/// A number from 0 to 1 in decimal ("0.25", "1", ".5", "1e-7"), nothing else in the text.
 inline bool parse_toxicity(std::string_view text, double& value) {
     if (text.empty() || text.size() > 32 ||
-        text.find_first_not_of("0123456789.") != std::string_view::npos) {
+        text.find_first_not_of("0123456789.eE+-") != std::string_view::npos ||
+        !((text.front() >= '0' && text.front() <= '9') || text.front() == '.')) {
         return false;
     }
-    const std::string copy(text); // strtod needs the terminator
-    char* end = nullptr;
-    const double result = std::strtod(copy.c_str(), &end);
-    if (end != copy.c_str() + copy.size() || !std::isfinite(result) || result < 0 || result > 1) {
+    double result = 0; // from_chars, not strtod: the same in every locale
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), result);
+    if (error != std::errc() || end != text.data() + text.size() || !std::isfinite(result) ||
+        result < 0 || result > 1) {
         return false;
     }
     value = result;
@@ -117,16 +117,12 @@ inline constexpr std::int64_t attribute_max(toxic_type type) noexcept {
     return type == toxic_type::limit_data ? std::int64_t{1} << 62 : toxic_attribute_max;
 }
 
-/// The shortest decimal that reads back as `value` ("0.1", not "0.10000000000000001").
+/// The shortest text that reads back as `value` ("0.1", not "0.10000000000000001"; "1e-07"),
+/// in every locale.
 inline std::string shortest(double value) {
-    char text[32] = "0";
-    for (int digits = 1; digits <= 17; ++digits) {
-        std::snprintf(text, sizeof text, "%.*g", digits, value);
-        if (std::strtod(text, nullptr) == value) {
-            break;
-        }
-    }
-    return text;
+    char text[32];
+    const auto [end, error] = std::to_chars(text, text + sizeof text, value);
+    return error == std::errc() ? std::string(text, end) : std::string("0");
 }
 
 inline std::string quoted(std::string_view text) { return "'" + std::string(text) + "'"; }
