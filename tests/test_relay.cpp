@@ -1474,4 +1474,25 @@ TEST_CASE("stages: stage_buffer_size bounds what the stages hold, past the scrat
     CHECK(stage.held() == 5 * scratch + 100); // a read takes no more than fits below it
 }
 
+#if TINYPROXY_HAS_RDHUP
+TEST_CASE("stages: a reply followed by its sender's FIN passes through the stages in one pump") {
+    // As on the plain path: the wait reports the bytes and the FIN behind them, and one pump
+    // reads both, so a short connection through a stage costs no second wait for its end.
+    relay_rig rig(transport::tcp_loopback, 16 * 1024, splice_path());
+    pass_through_stage& stage = add_stage<pass_through_stage>(rig.relay(), direction::to_client);
+    rig.client().shut_when_sent = false;
+    rig.upstream().to_send = "reply";
+    rig.upstream().step(); // sends, then shuts down writing
+    short upstream_revents = wait_for_events(rig.upstream_end(), POLLIN | POLLRDHUP);
+    REQUIRE((upstream_revents & POLLRDHUP) != 0);
+
+    CHECK(rig.pump(0, upstream_revents));
+    CHECK(stage.end_seen);
+    CHECK((rig.relay().upstream_events() & POLLIN) == 0); // that direction has ended
+    rig.client().step();
+    CHECK(rig.client().received == "reply");
+    CHECK(rig.client().eof);
+}
+#endif
+
 TEST_SUITE_END();

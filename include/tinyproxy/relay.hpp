@@ -260,11 +260,15 @@ private:
                     bool& progressed) noexcept;
     /// A direction with stages: flush, wake the stages whose time has come, then read through
     /// the chain while it takes more, then pass the end of stream on when it has come.
-    bool pump_staged(half& h, time_point now, bool may_read, std::uint8_t* scratch,
-                     std::size_t scratch_size, int rounds, sigpipe_scope& sigpipe) noexcept;
+    bool pump_staged(half& h, time_point now, bool may_read, bool source_closing,
+                     std::uint8_t* scratch, std::size_t scratch_size, int rounds,
+                     sigpipe_scope& sigpipe) noexcept;
     /// Reads from the source into the first stage for up to `rounds` reads.
-    void read_into_stages(half& h, stage_output& out, time_point now, std::uint8_t* scratch,
-                          std::size_t scratch_size, int rounds);
+    void read_into_stages(half& h, stage_output& out, time_point now, bool source_closing,
+                          std::uint8_t* scratch, std::size_t scratch_size, int rounds);
+    /// After a short read from a source whose FIN had come: one more read, for the end.
+    void read_end_into_stages(half& h, stage_output& out, time_point now, std::uint8_t* scratch,
+                              std::size_t want);
     /// Once `ended` and every byte before it has gone: shut `to` down for writing (or leave
     /// the FIN to the caller's close) and give the pipe back. True when it did.
     bool pass_end_of_stream(half& h, bool ended) noexcept;
@@ -589,8 +593,8 @@ inline bool relay::copy_round(half& h, bool source_closing, std::uint8_t* scratc
     return written == n && n == scratch_size && !failed();
 }
 
-inline bool relay::pump_staged(half& h, time_point now, bool may_read, std::uint8_t* scratch,
-                               std::size_t scratch_size, int rounds,
+inline bool relay::pump_staged(half& h, time_point now, bool may_read, bool source_closing,
+                               std::uint8_t* scratch, std::size_t scratch_size, int rounds,
                                sigpipe_scope& sigpipe) noexcept {
     stage_output out(*this, h);
     // Older bytes first: what the destination has not taken (and a pipe left from before the
@@ -601,7 +605,7 @@ inline bool relay::pump_staged(half& h, time_point now, bool may_read, std::uint
                 h.stages->wake(now, out);
             }
             if (may_read) {
-                read_into_stages(h, out, now, scratch, scratch_size, rounds);
+                read_into_stages(h, out, now, source_closing, scratch, scratch_size, rounds);
             }
         } catch (...) { // a stage that cannot go on ends this tunnel, not the proxy
             fail(make_error_code(errc::stage_failed), h.from);
@@ -610,7 +614,7 @@ inline bool relay::pump_staged(half& h, time_point now, bool may_read, std::uint
     return pass_end_of_stream(h, h.end_passed) || out.progressed;
 }
 
-inline void relay::read_into_stages(half& h, stage_output& out, time_point now,
+inline void relay::read_into_stages(half& h, stage_output& out, time_point now, bool source_closing,
                                     std::uint8_t* scratch, std::size_t scratch_size, int rounds) {
     rounds = rounds < 1 ? 1 : rounds;
     int round = 0;
@@ -640,10 +644,32 @@ inline void relay::read_into_stages(half& h, stage_output& out, time_point now,
         }
         h.stages->feed(byte_view{scratch, n}, now, out);
         if (n < want) {
-            break; // the socket is empty: see copy_round
+            // The socket is empty (see copy_round). If the wait said its FIN had come too, one
+            // more read hears the end of stream now, not after another wait: the stages have
+            // taken what they hold out of scratch, so it is free again.
+            if (source_closing && !failed()) {
+                read_end_into_stages(h, out, now, scratch, want);
+            }
+            break;
         }
     }
     saturated_ = saturated_ || round == rounds;
+}
+
+inline void relay::read_end_into_stages(half& h, stage_output& out, time_point now,
+                                        std::uint8_t* scratch, std::size_t want) {
+    std::error_code ec;
+    const std::size_t n = detail::recv_some(h.from, scratch, want, ec);
+    if (ec) {
+        if (!detail::would_block(ec)) {
+            fail(ec, h.from);
+        }
+    } else if (n == 0) {
+        h.eof = true;
+        h.stages->feed_end(now, out);
+    } else {
+        h.stages->feed(byte_view{scratch, n}, now, out); // bytes past an urgent mark: on
+    }
 }
 
 inline bool relay::pass_end_of_stream(half& h, bool ended) noexcept {
@@ -722,8 +748,9 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
         } else {
             // As pump_half: a source not watched because bytes waited may have more.
             const bool may_read = readable[side] || (has_pending(h) && writable[1 - side]);
-            progressed =
-                pump_staged(h, now, may_read, scratch, scratch_size, rounds, sigpipe) || progressed;
+            progressed = pump_staged(h, now, may_read, closing[side], scratch, scratch_size, rounds,
+                                     sigpipe) ||
+                         progressed;
         }
     }
     if (closed_by_stage_) {
