@@ -5,16 +5,18 @@
 // Timing is checked only as lower bounds; upper bounds are generous and scaled.
 #include <doctest/doctest.h>
 
-#include <atomic>  // the changer's stop flag
-#include <cerrno>  // ECONNRESET
-#include <chrono>  // elapsed times
-#include <cstdint> // counters
-#include <memory>  // the shared toxic set
-#include <mutex>   // labels collected from session threads
-#include <ostream> // doctest prints std::error_code with operator<<
-#include <string>  // labels
-#include <thread>  // the live changer
-#include <vector>  // payloads
+#include <atomic>    // the changer's stop flag
+#include <cerrno>    // ECONNRESET
+#include <chrono>    // elapsed times
+#include <cstdint>   // counters
+#include <memory>    // the shared toxic set
+#include <mutex>     // labels collected from session threads
+#include <new>       // std::bad_alloc
+#include <stdexcept> // a stage that throws
+#include <ostream>   // doctest prints std::error_code with operator<<
+#include <string>    // labels
+#include <thread>    // the live changer
+#include <vector>    // payloads
 
 #include <sys/socket.h> // recv
 
@@ -321,4 +323,63 @@ TEST_CASE_TEMPLATE("faults: toxicity is rolled once per connection from the seed
     }
     CHECK(with_latency > 0); // 24 rolls of one half: all alike has odds 2^-23
     CHECK(with_latency < 24);
+}
+
+// --- a factory or a stage that throws ends only its own tunnel --------------------------------
+
+namespace {
+
+/// Throws at the first byte it sees (an allocation that failed, a bug in a user's stage).
+struct throwing_stage final : tinyproxy::relay_stage {
+    void on_data(tinyproxy::stage_context&, tinyproxy::byte_view) override {
+        throw std::runtime_error("a stage gave up");
+    }
+};
+
+} // namespace
+
+TEST_CASE_TEMPLATE("a stage factory or a stage that throws ends its tunnel with stage_failed; "
+                   "the next client is served",
+                   Policy, tinyproxy::thread_policy, tinyproxy::poll_policy) {
+    upstream echo_server(echo);
+    std::atomic<int> tunnels{0};
+    std::mutex mutex;
+    std::vector<std::error_code> endings;
+    tinyproxy::options opts = running_proxy<Policy>::default_options();
+    opts.stages = [&](const tinyproxy::tunnel_info&, tinyproxy::tunnel_stages& stages) {
+        const int n = ++tunnels;
+        if (n == 1) {
+            throw std::bad_alloc();
+        }
+        if (n == 2) {
+            stages.to_upstream.push_back(std::make_unique<throwing_stage>());
+        }
+    };
+    opts.on_event = [&](const tinyproxy::session_event& event) {
+        if (event.what == tinyproxy::session_event::kind::closed) {
+            std::lock_guard<std::mutex> lock(mutex);
+            endings.push_back(event.result->error);
+        }
+    };
+    running_proxy<Policy> proxy(forward_to(echo_server.where()), opts);
+    for (int i = 0; i < 3; ++i) {
+        CAPTURE(i);
+        auto client = connect_to(proxy.where());
+        REQUIRE(client);
+        bool clean = false;
+        const bytes echoed = send_then_read(client, as_vector("hello"), &clean);
+        CHECK(echoed == (i == 2 ? as_vector("hello") : bytes{}));
+        if (i > 0) { // a tunnel that started: a stage's failure resets it, the last one is clean
+            CHECK(clean == (i == 2));
+        }
+        CHECK(eventually([&] {
+            std::lock_guard<std::mutex> lock(mutex);
+            return endings.size() == static_cast<std::size_t>(i + 1);
+        }));
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    REQUIRE(endings.size() == 3);
+    CHECK(endings[0] == tinyproxy::errc::stage_failed);
+    CHECK(endings[1] == tinyproxy::errc::stage_failed);
+    CHECK_FALSE(endings[2]);
 }

@@ -608,7 +608,7 @@ inline bool relay::pump_staged(half& h, time_point now, bool may_read, bool sour
                 read_into_stages(h, out, now, source_closing, scratch, scratch_size, rounds);
             }
         } catch (...) { // a stage that cannot go on ends this tunnel, not the proxy
-            fail(make_error_code(errc::stage_failed), h.from);
+            fail_by_stage(make_error_code(errc::stage_failed), h.from); // both sides reset
         }
     }
     return pass_end_of_stream(h, h.end_passed) || out.progressed;

@@ -92,7 +92,8 @@ private:
 ///   of what it was given (plus what it makes of it: a rewrite to a longer string);
 /// - it does not block and reads no clock: the time comes in stage_context::now(), and a stage
 ///   that holds bytes until a time asks for a wake-up (wake_at);
-/// - it may throw (out of memory): the relay then ends the tunnel (errc::stage_failed).
+/// - it may throw (out of memory): the relay then ends the tunnel (errc::stage_failed), with a
+///   reset on both sides, as a stage's reset() does.
 class relay_stage {
 public:
     virtual ~relay_stage() = default;

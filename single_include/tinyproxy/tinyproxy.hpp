@@ -3984,7 +3984,8 @@ private:
 ///   of what it was given (plus what it makes of it: a rewrite to a longer string);
 /// - it does not block and reads no clock: the time comes in stage_context::now(), and a stage
 ///   that holds bytes until a time asks for a wake-up (wake_at);
-/// - it may throw (out of memory): the relay then ends the tunnel (errc::stage_failed).
+/// - it may throw (out of memory): the relay then ends the tunnel (errc::stage_failed), with a
+///   reset on both sides, as a stage's reset() does.
 class relay_stage {
 public:
     virtual ~relay_stage() = default;
@@ -6447,7 +6448,7 @@ inline bool relay::pump_staged(half& h, time_point now, bool may_read, bool sour
                 read_into_stages(h, out, now, source_closing, scratch, scratch_size, rounds);
             }
         } catch (...) { // a stage that cannot go on ends this tunnel, not the proxy
-            fail(make_error_code(errc::stage_failed), h.from);
+            fail_by_stage(make_error_code(errc::stage_failed), h.from); // both sides reset
         }
     }
     return pass_end_of_stream(h, h.end_passed) || out.progressed;
