@@ -7238,10 +7238,10 @@ public:
     /// `client_setup`: what is already set on `client`; the session sets the rest (it makes
     /// the socket non-blocking in start(), and turns Nagle off once it relays).
     /// `serial`: the client's number, for the stages (tunnel_info::serial).
-    basic_session(socket client, ModeSession mode, const session_options& limits,
-                  const endpoint& client_address = {}, client_socket_setup client_setup = {},
-                  std::uint64_t serial =
-                      0) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
+    basic_session(
+        socket client, ModeSession mode, const session_options& limits,
+        const endpoint& client_address = {}, client_socket_setup client_setup = {},
+        std::uint64_t serial = 0) noexcept(std::is_nothrow_move_constructible<ModeSession>::value)
         : client_(std::move(client)), handshake_(std::move(mode)), limits_(limits),
           client_setup_(client_setup), serial_(serial) {
         result_.client = client_address;
