@@ -9,6 +9,7 @@
 #include <cerrno>    // ECONNRESET
 #include <chrono>    // elapsed times
 #include <cstdint>   // counters
+#include <future>    // an upstream told when to go on
 #include <memory>    // the shared toxic set
 #include <mutex>     // labels collected from session threads
 #include <new>       // std::bad_alloc
@@ -27,6 +28,7 @@ using namespace tptest;
 namespace {
 
 using tinyproxy::parse_toxic;
+using tinyproxy::toxic;
 using tinyproxy::toxic_set;
 
 /// Options that give every tunnel the faults of `toxics`.
@@ -382,4 +384,40 @@ TEST_CASE_TEMPLATE("a stage factory or a stage that throws ends its tunnel with 
     CHECK(endings[0] == tinyproxy::errc::stage_failed);
     CHECK(endings[1] == tinyproxy::errc::stage_failed);
     CHECK_FALSE(endings[2]);
+}
+
+TEST_CASE_TEMPLATE("faults changed on live tunnels: an update replaces a toxic in its place, and "
+                   "a limit_data count carries over",
+                   Policy, tinyproxy::thread_policy, tinyproxy::poll_policy) {
+    // Upstream sends 600 bytes, waits until told, then 3,000 more.
+    std::promise<void> go_on;
+    std::shared_future<void> told = go_on.get_future().share();
+    const bytes first = random_vector(600, 17);
+    const bytes rest = random_vector(3000, 18);
+    upstream speaker([&](tinyproxy::socket& s) {
+        send_all(s, first);
+        told.wait_for(30s);
+        send_all(s, rest);
+        shutdown_write(s);
+        read_to_end(s);
+    });
+    auto toxics = std::make_shared<toxic_set>();
+    toxics->add(parse_toxic("limit_data,bytes=1000"));
+    running_proxy<Policy> proxy(forward_to(speaker.where()), faulty(toxics));
+    auto client = connect_to(proxy.where());
+    REQUIRE(client);
+    bytes got(600);
+    REQUIRE(::recv(client.native_handle(), got.data(), got.size(), MSG_WAITALL) == 600);
+    CHECK(got == first);
+    // 600 of the 1,000 have passed; the limit moves to 2,000 for what follows, counting them.
+    REQUIRE(toxics->update("limit_data_downstream", parse_toxic("limit_data,bytes=2000")));
+    toxic now;
+    REQUIRE(toxics->find("limit_data_downstream", now));
+    CHECK(now.bytes == 2000);
+    go_on.set_value();
+    bool clean = false;
+    const bytes after = read_to_end(client, &clean);
+    CHECK(clean);
+    REQUIRE(after.size() == 1400); // 2,000 in all: the 600 before the update count
+    CHECK(after == bytes(rest.begin(), rest.begin() + 1400));
 }
