@@ -30,6 +30,7 @@ LAYERS = [
     "config.hpp",
     "bytes.hpp",
     "error.hpp",
+    "json.hpp",  # a JSON value, reader and writer: sans-I/O, for a control API
     "address.hpp",
     "detail/sys.hpp",
     "socket.hpp",

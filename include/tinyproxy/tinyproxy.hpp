@@ -5,6 +5,7 @@
 #include "tinyproxy/config.hpp"
 #include "tinyproxy/bytes.hpp"
 #include "tinyproxy/error.hpp"
+#include "tinyproxy/json.hpp"
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
 #include "tinyproxy/socket.hpp"
