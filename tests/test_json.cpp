@@ -6,7 +6,7 @@
 #include <cstdint> // exact integers
 #include <string>  // texts
 
-#include <tinyproxy/json.hpp>
+#include <tinyproxy/tinyproxy.hpp>
 
 namespace {
 

@@ -5,7 +5,7 @@
 #include <cstdint> // std::uint8_t
 #include <string>  // texts
 
-#include <tinyproxy/json.hpp>
+#include <tinyproxy/tinyproxy.hpp>
 
 #include "support/split_feed.hpp"
 
