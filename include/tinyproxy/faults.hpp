@@ -203,13 +203,11 @@ private:
     /// The stage for a toxic this tunnel takes; a limit_data one is remembered in `mine`.
     std::unique_ptr<relay_stage> make_stage(const toxic& fault, const toxic_set::entry& e,
                                             taken& mine, std::uint64_t passed) const {
-        if (fault.type == toxic_type::limit_data) {
-            auto limit =
-                std::make_unique<limit_data_stage>(static_cast<std::uint64_t>(fault.bytes), passed);
-            mine.limit = limit.get();
-            return limit;
+        std::unique_ptr<relay_stage> stage = make_fault_stage(fault, stage_random(e), passed);
+        if (fault.type == toxic_type::limit_data) { // make_fault_stage made one of that type
+            mine.limit = static_cast<limit_data_stage*>(stage.get());
         }
-        return make_fault_stage(fault, stage_random(e));
+        return stage;
     }
     /// The chain's position of the i-th toxic taken (those that do not apply have none).
     std::size_t position_of(std::size_t index) const noexcept;

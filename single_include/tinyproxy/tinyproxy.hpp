@@ -5251,6 +5251,7 @@ inline std::string to_spec(const toxic& fault) {
 #include <vector>  // the buffer
 
 // #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/stage.hpp"
 
 namespace tinyproxy {
 namespace detail {
@@ -5282,6 +5283,15 @@ public:
     void drop_front(std::size_t count) noexcept {
         head_ += count < size() ? count : size();
         if (head_ == bytes_.size()) {
+            clear();
+        }
+    }
+
+    /// Passes every byte held on at once, in order, and forgets them: what a fault taken out
+    /// of a live chain does with what it held (relay_stage::on_remove).
+    void pass_all(stage_context& out) {
+        if (!empty()) {
+            out.pass(front(size()));
             clear();
         }
     }
@@ -5423,10 +5433,7 @@ inline void latency_stage::release(stage_context& out) {
 
 inline void latency_stage::on_remove(stage_context& out) {
     chunks_.clear();
-    if (!bytes_.empty()) {
-        out.pass(bytes_.front(bytes_.size()));
-        bytes_.clear();
-    }
+    bytes_.pass_all(out);
     if (end_came_ && !end_passed_) {
         end_passed_ = true;
         out.end();
@@ -5584,10 +5591,7 @@ inline void bandwidth_stage::release(stage_context& out) {
 }
 
 inline void bandwidth_stage::on_remove(stage_context& out) {
-    if (!bytes_.empty()) {
-        out.pass(bytes_.front(bytes_.size()));
-        bytes_.clear();
-    }
+    bytes_.pass_all(out);
     if (end_came_ && !end_passed_) {
         end_passed_ = true;
         out.end();
@@ -5729,10 +5733,7 @@ inline void slicer_stage::release(stage_context& out) {
 inline void slicer_stage::on_remove(stage_context& out) {
     chunks_.clear();
     pieces_.clear();
-    if (!bytes_.empty()) {
-        out.pass(bytes_.front(bytes_.size()));
-        bytes_.clear();
-    }
+    bytes_.pass_all(out);
     if (end_came_ && !end_passed_) {
         end_passed_ = true;
         out.end();
@@ -5849,10 +5850,7 @@ public:
         if (closed_) {
             return;
         }
-        if (!bytes_.empty()) {
-            out.pass(bytes_.front(bytes_.size()));
-            bytes_.clear();
-        }
+        bytes_.pass_all(out);
         if (end_came_) {
             out.end();
         }
@@ -5913,10 +5911,7 @@ public:
         if (reset_) {
             return;
         }
-        if (!bytes_.empty()) {
-            out.pass(bytes_.front(bytes_.size()));
-            bytes_.clear();
-        }
+        bytes_.pass_all(out);
         if (end_came_) {
             out.end();
         }
@@ -6210,13 +6205,11 @@ private:
     /// The stage for a toxic this tunnel takes; a limit_data one is remembered in `mine`.
     std::unique_ptr<relay_stage> make_stage(const toxic& fault, const toxic_set::entry& e,
                                             taken& mine, std::uint64_t passed) const {
-        if (fault.type == toxic_type::limit_data) {
-            auto limit =
-                std::make_unique<limit_data_stage>(static_cast<std::uint64_t>(fault.bytes), passed);
-            mine.limit = limit.get();
-            return limit;
+        std::unique_ptr<relay_stage> stage = make_fault_stage(fault, stage_random(e), passed);
+        if (fault.type == toxic_type::limit_data) { // make_fault_stage made one of that type
+            mine.limit = static_cast<limit_data_stage*>(stage.get());
         }
-        return make_fault_stage(fault, stage_random(e));
+        return stage;
     }
     /// The chain's position of the i-th toxic taken (those that do not apply have none).
     std::size_t position_of(std::size_t index) const noexcept;

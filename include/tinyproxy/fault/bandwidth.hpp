@@ -146,10 +146,7 @@ inline void bandwidth_stage::release(stage_context& out) {
 }
 
 inline void bandwidth_stage::on_remove(stage_context& out) {
-    if (!bytes_.empty()) {
-        out.pass(bytes_.front(bytes_.size()));
-        bytes_.clear();
-    }
+    bytes_.pass_all(out);
     if (end_came_ && !end_passed_) {
         end_passed_ = true;
         out.end();

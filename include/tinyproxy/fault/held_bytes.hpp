@@ -7,6 +7,7 @@
 #include <vector>  // the buffer
 
 #include "tinyproxy/bytes.hpp"
+#include "tinyproxy/stage.hpp"
 
 namespace tinyproxy {
 namespace detail {
@@ -38,6 +39,15 @@ public:
     void drop_front(std::size_t count) noexcept {
         head_ += count < size() ? count : size();
         if (head_ == bytes_.size()) {
+            clear();
+        }
+    }
+
+    /// Passes every byte held on at once, in order, and forgets them: what a fault taken out
+    /// of a live chain does with what it held (relay_stage::on_remove).
+    void pass_all(stage_context& out) {
+        if (!empty()) {
+            out.pass(front(size()));
             clear();
         }
     }

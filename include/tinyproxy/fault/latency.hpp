@@ -127,10 +127,7 @@ inline void latency_stage::release(stage_context& out) {
 
 inline void latency_stage::on_remove(stage_context& out) {
     chunks_.clear();
-    if (!bytes_.empty()) {
-        out.pass(bytes_.front(bytes_.size()));
-        bytes_.clear();
-    }
+    bytes_.pass_all(out);
     if (end_came_ && !end_passed_) {
         end_passed_ = true;
         out.end();

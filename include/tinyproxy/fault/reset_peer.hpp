@@ -42,10 +42,7 @@ public:
         if (reset_) {
             return;
         }
-        if (!bytes_.empty()) {
-            out.pass(bytes_.front(bytes_.size()));
-            bytes_.clear();
-        }
+        bytes_.pass_all(out);
         if (end_came_) {
             out.end();
         }

@@ -53,10 +53,7 @@ public:
         if (closed_) {
             return;
         }
-        if (!bytes_.empty()) {
-            out.pass(bytes_.front(bytes_.size()));
-            bytes_.clear();
-        }
+        bytes_.pass_all(out);
         if (end_came_) {
             out.end();
         }
