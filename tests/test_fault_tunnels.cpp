@@ -421,3 +421,35 @@ TEST_CASE_TEMPLATE("faults changed on live tunnels: an update replaces a toxic i
     REQUIRE(after.size() == 1400); // 2,000 in all: the 600 before the update count
     CHECK(after == bytes(rest.begin(), rest.begin() + 1400));
 }
+
+TEST_CASE_TEMPLATE("live traffic counters: the bytes of an open tunnel are counted as they move, "
+                   "each way, and add up to the session's counts once it ends",
+                   Policy, tinyproxy::thread_policy, tinyproxy::poll_policy) {
+    upstream echo_server(echo);
+    tinyproxy::options opts = running_proxy<Policy>::default_options();
+    opts.traffic = std::make_shared<tinyproxy::traffic_counters>();
+    running_proxy<Policy> proxy(forward_to(echo_server.where()), opts);
+    auto client = connect_to(proxy.where());
+    REQUIRE(client);
+    const bytes payload = random_vector(300 * 1000, 17);
+    REQUIRE(send_all(client, payload));
+    bytes echoed(payload.size());
+    REQUIRE(::recv(client.native_handle(), echoed.data(), echoed.size(), MSG_WAITALL) ==
+            static_cast<ssize_t>(echoed.size()));
+    CHECK(echoed == payload);
+    // Still open: the counts come as the pump that wrote the bytes returns, which may be just
+    // after the client read them.
+    const auto give_up = steady_clock::now() + 5s;
+    while (opts.traffic->to_client.load() < payload.size() && steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(1ms);
+    }
+    CHECK(opts.traffic->to_upstream.load() == payload.size());
+    CHECK(opts.traffic->to_client.load() == payload.size());
+    shutdown_write(client);
+    bool clean = false;
+    CHECK(read_to_end(client, &clean).empty());
+    CHECK(clean);
+    proxy.stop();
+    CHECK(opts.traffic->to_upstream.load() == payload.size());
+    CHECK(opts.traffic->to_client.load() == payload.size());
+}

@@ -1495,4 +1495,34 @@ TEST_CASE("stages: a reply followed by its sender's FIN passes through the stage
 }
 #endif
 
+#if TINYPROXY_HAS_SPLICE
+TEST_CASE("stages: a direction that spliced takes stages while it relays, once its pipe is "
+          "empty; the bytes after them go through them, in order, and none is lost") {
+    relay_rig rig(transport::tcp_loopback, 16 * 1024, true);
+    const std::string bulk = random_bytes(1 << 20, 46);
+    rig.client().to_send = bulk;
+    rig.client().shut_when_sent = false;
+    rig.upstream().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return rig.upstream().received.size() == bulk.size(); }, 5000));
+    CHECK(rig.relay().bytes_spliced_to_upstream() >= bulk.size() / 2);
+    REQUIRE(rig.relay().can_take_stages(direction::to_upstream));
+
+    tinyproxy::stage_chain chain;
+    chain.push_back(std::make_unique<rewriting_stage>());
+    rig.relay().attach_stages(direction::to_upstream, std::move(chain), steady_clock::now());
+    CHECK_FALSE(rig.relay().can_take_stages(direction::to_upstream)); // it has some now
+    const std::uint64_t spliced = rig.relay().bytes_spliced_to_upstream();
+    rig.client().to_send += "after";
+    rig.client().shut_when_sent = true;
+    REQUIRE(rig.drive([&] { return rig.upstream().eof; }, 5000));
+    CHECK(rig.upstream().received.size() == bulk.size() + 10);
+    CHECK(first_difference(rig.upstream().received.substr(0, bulk.size()), bulk) ==
+          std::string::npos);
+    CHECK(rig.upstream().received.substr(bulk.size()) == "AAFFTTEERR");
+    CHECK(rig.relay().bytes_spliced_to_upstream() == spliced);
+    // The other direction was never given any: it can still take them.
+    CHECK(rig.relay().can_take_stages(direction::to_client));
+}
+#endif
+
 TEST_SUITE_END();

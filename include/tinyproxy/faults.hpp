@@ -69,6 +69,12 @@ public:
     bool frozen() const noexcept { return frozen_.load(std::memory_order_acquire); }
     /// Changes so far; a tunnel compares it with the last it saw.
     std::uint64_t version() const noexcept { return version_.load(std::memory_order_acquire); }
+    /// How many times a toxic of this type has applied to a connection (its toxicity roll
+    /// said so, and the connection's direction took its stage), since the set was made:
+    /// clear() does not reset it.
+    std::uint64_t applied(toxic_type type) const noexcept {
+        return applied_[static_cast<std::size_t>(type)].load(std::memory_order_relaxed);
+    }
 
 private:
     friend class detail::toxic_runner;
@@ -91,6 +97,10 @@ private:
     std::uint64_t next_id_ = 1;
     std::atomic<std::uint64_t> version_{0};
     std::atomic<bool> frozen_{false};
+    std::atomic<std::uint64_t> applied_[7]{}; // by toxic_type
+    void count_applied(toxic_type type) noexcept {
+        applied_[static_cast<std::size_t>(type)].fetch_add(1, std::memory_order_relaxed);
+    }
 };
 
 /// The stage factory for options::stages that gives each tunnel the toxics of `toxics`. Each
@@ -98,8 +108,9 @@ private:
 /// sizes) come from a generator derived from `seed`, the connection's serial number and the
 /// toxic: a seed and the same traffic give the same decisions. The label it gives each tunnel
 /// names the toxics that applied ("latency_downstream,slicer_downstream"), or says "none".
-/// A frozen set gives a direction no stage at all when none of its toxics applied (the plain
-/// path, splice included); a live set gives both directions one, as toxics may come later.
+/// A direction none of whose toxics applied gets no stage at all: the plain path, splice
+/// included. With a live set it takes one as soon as a change brings a toxic that applies
+/// (tunnel_stages::later), within toxic_set::change_reach even when it moves nothing.
 stage_factory fault_stages(std::shared_ptr<toxic_set> toxics, std::uint64_t seed);
 
 /// The built-in stage for one toxic, drawing from `random`; `passed` carries a limit_data
@@ -204,6 +215,7 @@ private:
     std::unique_ptr<relay_stage> make_stage(const toxic& fault, const toxic_set::entry& e,
                                             taken& mine, std::uint64_t passed) const {
         std::unique_ptr<relay_stage> stage = make_fault_stage(fault, stage_random(e), passed);
+        toxics_->count_applied(fault.type);
         if (fault.type == toxic_type::limit_data) { // make_fault_stage made one of that type
             mine.limit = static_cast<limit_data_stage*>(stage.get());
         }
@@ -220,6 +232,39 @@ private:
     std::vector<taken> applied_; // the set's toxics of this stream, in its order
     std::uint64_t seen_version_ = ~std::uint64_t{0};
     bool frozen_seen_ = false; // the set was frozen at the last look: no need to look again
+};
+
+/// A live set's watch over the directions of one tunnel that started with no fault: when the
+/// set changes, a direction one of whose toxics now applies takes a runner (late_stages), and
+/// keeps the plain path, splice included, until then.
+class toxic_watch final : public late_stages {
+public:
+    toxic_watch(std::shared_ptr<toxic_set> toxics, fault_random connection,
+                std::uint64_t seen) noexcept
+        : toxics_(std::move(toxics)), connection_(connection), seen_(seen), latest_(seen) {}
+
+    bool changed() noexcept override {
+        latest_ = toxics_->version();
+        return latest_ != seen_;
+    }
+    stage_chain make(direction which) override {
+        auto runner = std::make_unique<toxic_runner>(toxics_, which, connection_);
+        stage_chain chain;
+        if (runner->any_applied()) {
+            chain.push_back(std::move(runner));
+        }
+        return chain;
+    }
+    void looked() noexcept override { seen_ = latest_; }
+    std::chrono::milliseconds look_every() const noexcept override {
+        return toxic_set::change_reach;
+    }
+
+private:
+    std::shared_ptr<toxic_set> toxics_;
+    fault_random connection_;
+    std::uint64_t seen_;   // the set's version at the last look
+    std::uint64_t latest_; // read by the last changed()
 };
 
 } // namespace detail
@@ -457,6 +502,7 @@ inline std::string toxic_runner::applied_names() const {
 inline stage_factory fault_stages(std::shared_ptr<toxic_set> toxics, std::uint64_t seed) {
     return [toxics = std::move(toxics), seed](const tunnel_info& tunnel, tunnel_stages& stages) {
         const fault_random connection = fault_random(seed).derive(tunnel.serial);
+        const std::uint64_t version = toxics->version(); // before the runners read the set
         auto up =
             std::make_unique<detail::toxic_runner>(toxics, direction::to_upstream, connection);
         auto down =
@@ -468,10 +514,13 @@ inline stage_factory fault_stages(std::shared_ptr<toxic_set> toxics, std::uint64
             stages.label = "none";
         }
         const bool live = !toxics->frozen();
-        if (live || up->any_applied()) {
+        if (live && !(up->any_applied() && down->any_applied())) {
+            stages.later = std::make_unique<detail::toxic_watch>(toxics, connection, version);
+        }
+        if (up->any_applied()) {
             stages.to_upstream.push_back(std::move(up));
         }
-        if (live || down->any_applied()) {
+        if (down->any_applied()) {
             stages.to_client.push_back(std::move(down));
         }
     };

@@ -101,6 +101,22 @@ public:
     /// be added to a live chain through stages() (a stage taken out of a live chain takes with
     /// it what it holds: drain it first).
     void set_stages(direction which, stage_chain chain);
+    /// Whether direction `which` can be given stages while it relays: it has none yet, its
+    /// source has not ended, nothing failed, and nothing waits in its splice pipe (those bytes
+    /// would pass the stages by; the pipe empties as the destination takes them).
+    bool can_take_stages(direction which) const noexcept {
+        const half& h = halves_[index(which)];
+        return !h.stages && !h.eof && !h.done && h.in_pipe == 0 && !failed() && !closed_by_stage_;
+    }
+    /// Whether direction `which` still carries bytes: its source has not ended.
+    bool direction_open(direction which) const noexcept {
+        const half& h = halves_[index(which)];
+        return !h.eof && !h.done && !failed() && !closed_by_stage_;
+    }
+    /// Gives a live direction its chain (can_take_stages() must say so) and starts it now:
+    /// what the direction reads from then on goes through it. Bytes it read before and the
+    /// destination has not taken yet go first.
+    void attach_stages(direction which, stage_chain chain, time_point now);
     /// The chain of direction `which`; null when it has none.
     stage_chain* stages(direction which) noexcept { return halves_[index(which)].stages.get(); }
     /// The most the stages of one direction hold before its source is no longer read
@@ -356,6 +372,20 @@ private:
 inline void relay::set_stages(direction which, stage_chain chain) {
     half& h = halves_[index(which)];
     h.stages = chain.empty() ? nullptr : std::make_unique<stage_chain>(std::move(chain));
+}
+
+inline void relay::attach_stages(direction which, stage_chain chain, time_point now) {
+    half& h = halves_[index(which)];
+    if (chain.empty() || !can_take_stages(which)) {
+        return;
+    }
+    h.stages = std::make_unique<stage_chain>(std::move(chain));
+    stage_output out(*this, h);
+    try {
+        h.stages->start(now, out); // a stage with a timer of its own sets it now
+    } catch (...) {                // as a stage that throws in a pump: both sides reset
+        fail_by_stage(make_error_code(errc::stage_failed), h.from);
+    }
 }
 
 inline time_point relay::next_wake() const noexcept {

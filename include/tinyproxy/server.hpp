@@ -3,9 +3,11 @@
 // a policy makes, stated once here, and the types they pass (clients, limits, results).
 #pragma once
 
+#include <atomic>       // live byte counters
 #include <chrono>       // timeouts
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
+#include <memory>       // live byte counters, shared
 #include <string>       // a session's stages, named
 #include <system_error> // std::error_code
 
@@ -74,6 +76,12 @@ namespace tinyproxy {
 ///     const session_result& result() const noexcept;
 /// run_session (session/blocking.hpp) is the driver for one session on the calling thread.
 
+/// Bytes relayed so far, each way, by every tunnel that shares it (session_options::traffic).
+struct traffic_counters {
+    std::atomic<std::uint64_t> to_upstream{0}; ///< client to upstream
+    std::atomic<std::uint64_t> to_client{0};   ///< upstream to client
+};
+
 /// Limits every session keeps, whatever the policy.
 struct session_options {
     /// From the first connect attempt to the last address giving up.
@@ -95,6 +103,10 @@ struct session_options {
     /// (relay::stage_buffer_size): a delay's worth of the stream (100 ms at 100 MB/s is 10 MB).
     /// A bound, not an allocation: a tunnel holds what its stages hold at the time.
     std::size_t stage_buffer_size = 16 * 1024 * 1024;
+    /// When set, every tunnel adds the bytes it relays here as they move, not only as it ends
+    /// (session_result has those): live counters for a metrics endpoint, shared by the
+    /// sessions of a proxy. Unset, it costs one branch per pump.
+    std::shared_ptr<traffic_counters> traffic;
 };
 
 /// A client just accepted, before its session starts.

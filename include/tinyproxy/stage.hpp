@@ -3,6 +3,7 @@
 // direction of a tunnel, and a stage_chain runs an ordered list of them for the relay.
 #pragma once
 
+#include <chrono>       // how often late stages are looked for
 #include <cstddef>      // std::size_t
 #include <cstdint>      // a tunnel's serial number
 #include <functional>   // stage_factory
@@ -185,6 +186,26 @@ struct tunnel_info {
     endpoint upstream;        ///< the address connected to
 };
 
+/// Stages that may come to a direction after its tunnel started without any: a fault set that
+/// can change but has nothing for that direction yet. The direction keeps the plain path
+/// (splice included) until they come; the tunnel asks changed() at every pump, and at least
+/// every look_every() while nothing moves. When it says yes, the tunnel calls make() for each
+/// direction still without stages, as soon as that direction has nothing in a splice pipe,
+/// and then looked(). Called on the thread or in the process that serves the tunnel.
+class late_stages {
+public:
+    virtual ~late_stages() = default;
+    /// Whether make() may give something it did not at the last look: cheap (an atomic load).
+    virtual bool changed() noexcept = 0;
+    /// The stages `which` takes now; an empty chain: none yet.
+    virtual stage_chain make(direction which) = 0;
+    /// Every direction has been asked since the last changed(): the next changed() compares
+    /// with that.
+    virtual void looked() noexcept = 0;
+    /// How long a tunnel that moves nothing goes without asking changed().
+    virtual std::chrono::milliseconds look_every() const noexcept = 0;
+};
+
 /// The stages one tunnel starts with: the factory fills in what it wants, and a direction
 /// left empty takes the plain path (splice included).
 struct tunnel_stages {
@@ -193,6 +214,8 @@ struct tunnel_stages {
     /// What these stages are, in a few words, for the session's log line
     /// (session_result::stages): the factory's to fill in, empty by default.
     std::string label;
+    /// Stages that may come later to a direction left empty here (none by default).
+    std::unique_ptr<late_stages> later;
 };
 
 /// Called as each tunnel starts (after the handshake and the connect, before a byte is

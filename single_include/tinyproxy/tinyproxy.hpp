@@ -4545,6 +4545,7 @@ struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_l
 // The relay's stage seam: a stage sees, changes, holds, paces, splits or cuts the bytes of one
 // direction of a tunnel, and a stage_chain runs an ordered list of them for the relay.
 
+#include <chrono>       // how often late stages are looked for
 #include <cstddef>      // std::size_t
 #include <cstdint>      // a tunnel's serial number
 #include <functional>   // stage_factory
@@ -4727,6 +4728,26 @@ struct tunnel_info {
     endpoint upstream;        ///< the address connected to
 };
 
+/// Stages that may come to a direction after its tunnel started without any: a fault set that
+/// can change but has nothing for that direction yet. The direction keeps the plain path
+/// (splice included) until they come; the tunnel asks changed() at every pump, and at least
+/// every look_every() while nothing moves. When it says yes, the tunnel calls make() for each
+/// direction still without stages, as soon as that direction has nothing in a splice pipe,
+/// and then looked(). Called on the thread or in the process that serves the tunnel.
+class late_stages {
+public:
+    virtual ~late_stages() = default;
+    /// Whether make() may give something it did not at the last look: cheap (an atomic load).
+    virtual bool changed() noexcept = 0;
+    /// The stages `which` takes now; an empty chain: none yet.
+    virtual stage_chain make(direction which) = 0;
+    /// Every direction has been asked since the last changed(): the next changed() compares
+    /// with that.
+    virtual void looked() noexcept = 0;
+    /// How long a tunnel that moves nothing goes without asking changed().
+    virtual std::chrono::milliseconds look_every() const noexcept = 0;
+};
+
 /// The stages one tunnel starts with: the factory fills in what it wants, and a direction
 /// left empty takes the plain path (splice included).
 struct tunnel_stages {
@@ -4735,6 +4756,8 @@ struct tunnel_stages {
     /// What these stages are, in a few words, for the session's log line
     /// (session_result::stages): the factory's to fill in, empty by default.
     std::string label;
+    /// Stages that may come later to a direction left empty here (none by default).
+    std::unique_ptr<late_stages> later;
 };
 
 /// Called as each tunnel starts (after the handshake and the connect, before a byte is
@@ -6071,6 +6094,12 @@ public:
     bool frozen() const noexcept { return frozen_.load(std::memory_order_acquire); }
     /// Changes so far; a tunnel compares it with the last it saw.
     std::uint64_t version() const noexcept { return version_.load(std::memory_order_acquire); }
+    /// How many times a toxic of this type has applied to a connection (its toxicity roll
+    /// said so, and the connection's direction took its stage), since the set was made:
+    /// clear() does not reset it.
+    std::uint64_t applied(toxic_type type) const noexcept {
+        return applied_[static_cast<std::size_t>(type)].load(std::memory_order_relaxed);
+    }
 
 private:
     friend class detail::toxic_runner;
@@ -6093,6 +6122,10 @@ private:
     std::uint64_t next_id_ = 1;
     std::atomic<std::uint64_t> version_{0};
     std::atomic<bool> frozen_{false};
+    std::atomic<std::uint64_t> applied_[7]{}; // by toxic_type
+    void count_applied(toxic_type type) noexcept {
+        applied_[static_cast<std::size_t>(type)].fetch_add(1, std::memory_order_relaxed);
+    }
 };
 
 /// The stage factory for options::stages that gives each tunnel the toxics of `toxics`. Each
@@ -6100,8 +6133,9 @@ private:
 /// sizes) come from a generator derived from `seed`, the connection's serial number and the
 /// toxic: a seed and the same traffic give the same decisions. The label it gives each tunnel
 /// names the toxics that applied ("latency_downstream,slicer_downstream"), or says "none".
-/// A frozen set gives a direction no stage at all when none of its toxics applied (the plain
-/// path, splice included); a live set gives both directions one, as toxics may come later.
+/// A direction none of whose toxics applied gets no stage at all: the plain path, splice
+/// included. With a live set it takes one as soon as a change brings a toxic that applies
+/// (tunnel_stages::later), within toxic_set::change_reach even when it moves nothing.
 stage_factory fault_stages(std::shared_ptr<toxic_set> toxics, std::uint64_t seed);
 
 /// The built-in stage for one toxic, drawing from `random`; `passed` carries a limit_data
@@ -6206,6 +6240,7 @@ private:
     std::unique_ptr<relay_stage> make_stage(const toxic& fault, const toxic_set::entry& e,
                                             taken& mine, std::uint64_t passed) const {
         std::unique_ptr<relay_stage> stage = make_fault_stage(fault, stage_random(e), passed);
+        toxics_->count_applied(fault.type);
         if (fault.type == toxic_type::limit_data) { // make_fault_stage made one of that type
             mine.limit = static_cast<limit_data_stage*>(stage.get());
         }
@@ -6222,6 +6257,39 @@ private:
     std::vector<taken> applied_; // the set's toxics of this stream, in its order
     std::uint64_t seen_version_ = ~std::uint64_t{0};
     bool frozen_seen_ = false; // the set was frozen at the last look: no need to look again
+};
+
+/// A live set's watch over the directions of one tunnel that started with no fault: when the
+/// set changes, a direction one of whose toxics now applies takes a runner (late_stages), and
+/// keeps the plain path, splice included, until then.
+class toxic_watch final : public late_stages {
+public:
+    toxic_watch(std::shared_ptr<toxic_set> toxics, fault_random connection,
+                std::uint64_t seen) noexcept
+        : toxics_(std::move(toxics)), connection_(connection), seen_(seen), latest_(seen) {}
+
+    bool changed() noexcept override {
+        latest_ = toxics_->version();
+        return latest_ != seen_;
+    }
+    stage_chain make(direction which) override {
+        auto runner = std::make_unique<toxic_runner>(toxics_, which, connection_);
+        stage_chain chain;
+        if (runner->any_applied()) {
+            chain.push_back(std::move(runner));
+        }
+        return chain;
+    }
+    void looked() noexcept override { seen_ = latest_; }
+    std::chrono::milliseconds look_every() const noexcept override {
+        return toxic_set::change_reach;
+    }
+
+private:
+    std::shared_ptr<toxic_set> toxics_;
+    fault_random connection_;
+    std::uint64_t seen_;   // the set's version at the last look
+    std::uint64_t latest_; // read by the last changed()
 };
 
 } // namespace detail
@@ -6459,6 +6527,7 @@ inline std::string toxic_runner::applied_names() const {
 inline stage_factory fault_stages(std::shared_ptr<toxic_set> toxics, std::uint64_t seed) {
     return [toxics = std::move(toxics), seed](const tunnel_info& tunnel, tunnel_stages& stages) {
         const fault_random connection = fault_random(seed).derive(tunnel.serial);
+        const std::uint64_t version = toxics->version(); // before the runners read the set
         auto up =
             std::make_unique<detail::toxic_runner>(toxics, direction::to_upstream, connection);
         auto down =
@@ -6470,10 +6539,13 @@ inline stage_factory fault_stages(std::shared_ptr<toxic_set> toxics, std::uint64
             stages.label = "none";
         }
         const bool live = !toxics->frozen();
-        if (live || up->any_applied()) {
+        if (live && !(up->any_applied() && down->any_applied())) {
+            stages.later = std::make_unique<detail::toxic_watch>(toxics, connection, version);
+        }
+        if (up->any_applied()) {
             stages.to_upstream.push_back(std::move(up));
         }
-        if (live || down->any_applied()) {
+        if (down->any_applied()) {
             stages.to_client.push_back(std::move(down));
         }
     };
@@ -6584,6 +6656,22 @@ public:
     /// be added to a live chain through stages() (a stage taken out of a live chain takes with
     /// it what it holds: drain it first).
     void set_stages(direction which, stage_chain chain);
+    /// Whether direction `which` can be given stages while it relays: it has none yet, its
+    /// source has not ended, nothing failed, and nothing waits in its splice pipe (those bytes
+    /// would pass the stages by; the pipe empties as the destination takes them).
+    bool can_take_stages(direction which) const noexcept {
+        const half& h = halves_[index(which)];
+        return !h.stages && !h.eof && !h.done && h.in_pipe == 0 && !failed() && !closed_by_stage_;
+    }
+    /// Whether direction `which` still carries bytes: its source has not ended.
+    bool direction_open(direction which) const noexcept {
+        const half& h = halves_[index(which)];
+        return !h.eof && !h.done && !failed() && !closed_by_stage_;
+    }
+    /// Gives a live direction its chain (can_take_stages() must say so) and starts it now:
+    /// what the direction reads from then on goes through it. Bytes it read before and the
+    /// destination has not taken yet go first.
+    void attach_stages(direction which, stage_chain chain, time_point now);
     /// The chain of direction `which`; null when it has none.
     stage_chain* stages(direction which) noexcept { return halves_[index(which)].stages.get(); }
     /// The most the stages of one direction hold before its source is no longer read
@@ -6839,6 +6927,20 @@ private:
 inline void relay::set_stages(direction which, stage_chain chain) {
     half& h = halves_[index(which)];
     h.stages = chain.empty() ? nullptr : std::make_unique<stage_chain>(std::move(chain));
+}
+
+inline void relay::attach_stages(direction which, stage_chain chain, time_point now) {
+    half& h = halves_[index(which)];
+    if (chain.empty() || !can_take_stages(which)) {
+        return;
+    }
+    h.stages = std::make_unique<stage_chain>(std::move(chain));
+    stage_output out(*this, h);
+    try {
+        h.stages->start(now, out); // a stage with a timer of its own sets it now
+    } catch (...) {                // as a stage that throws in a pump: both sides reset
+        fail_by_stage(make_error_code(errc::stage_failed), h.from);
+    }
 }
 
 inline time_point relay::next_wake() const noexcept {
@@ -7252,9 +7354,11 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
 // The contract between a concurrency policy and the proxy it runs: the Server and Session calls
 // a policy makes, stated once here, and the types they pass (clients, limits, results).
 
+#include <atomic>       // live byte counters
 #include <chrono>       // timeouts
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
+#include <memory>       // live byte counters, shared
 #include <string>       // a session's stages, named
 #include <system_error> // std::error_code
 
@@ -7323,6 +7427,12 @@ namespace tinyproxy {
 ///     const session_result& result() const noexcept;
 /// run_session (session/blocking.hpp) is the driver for one session on the calling thread.
 
+/// Bytes relayed so far, each way, by every tunnel that shares it (session_options::traffic).
+struct traffic_counters {
+    std::atomic<std::uint64_t> to_upstream{0}; ///< client to upstream
+    std::atomic<std::uint64_t> to_client{0};   ///< upstream to client
+};
+
 /// Limits every session keeps, whatever the policy.
 struct session_options {
     /// From the first connect attempt to the last address giving up.
@@ -7344,6 +7454,10 @@ struct session_options {
     /// (relay::stage_buffer_size): a delay's worth of the stream (100 ms at 100 MB/s is 10 MB).
     /// A bound, not an allocation: a tunnel holds what its stages hold at the time.
     std::size_t stage_buffer_size = 16 * 1024 * 1024;
+    /// When set, every tunnel adds the bytes it relays here as they move, not only as it ends
+    /// (session_result has those): live counters for a metrics endpoint, shared by the
+    /// sessions of a proxy. Unset, it costs one branch per pump.
+    std::shared_ptr<traffic_counters> traffic;
 };
 
 /// A client just accepted, before its session starts.
@@ -7714,6 +7828,7 @@ inline connect_status connector::on_deadline() noexcept {
 #include <chrono>       // the idle timeout
 #include <cstddef>      // std::size_t
 #include <cstdint>      // bytes
+#include <memory>       // late stages
 #include <optional>     // the relay, once started
 #include <system_error> // std::error_code
 #include <utility>      // std::move
@@ -7740,10 +7855,11 @@ public:
                const std::vector<std::uint8_t>& reply, byte_view to_upstream,
                const session_options& limits, time_point now);
 
-    /// Gives the relay its stages, before its first pump.
+    /// Gives the relay its stages, before its first pump, and keeps the late ones to look for.
     void set_stages(tunnel_stages stages) {
         relay_->set_stages(direction::to_upstream, std::move(stages.to_upstream));
         relay_->set_stages(direction::to_client, std::move(stages.to_client));
+        later_ = std::move(stages.later);
     }
 
     /// Moves what can move now (relay::pump) and restarts the idle clock if anything did. True
@@ -7768,15 +7884,28 @@ public:
     time_point deadline() const noexcept { return deadline_; }
     /// At the deadline: true when it is the relay's wake-up (pump with no readiness), false
     /// when the tunnel has been idle for its whole timeout.
-    bool relay_due(time_point now) const noexcept { return relay_->next_wake() <= now; }
+    bool relay_due(time_point now) const noexcept {
+        return relay_->next_wake() <= now || (later_ && next_look_ <= now);
+    }
     std::error_code error() const noexcept { return relay_->error(); }
 
     /// Ends the tunnel (if it started): its byte counts go to `result`, the upstream closes.
     void close(session_result& result) noexcept;
 
 private:
+    /// Late stages (tunnel_stages::later): a direction without stages takes them once they
+    /// have come and it can (relay::can_take_stages).
+    void look_for_stages(time_point now);
+    /// The bytes moved since the last count, to the shared live counters.
+    void count_traffic() noexcept;
+
     socket upstream_;
     std::optional<relay> relay_;
+    std::unique_ptr<late_stages> later_;
+    time_point next_look_ = time_point::max(); // with later_: an idle tunnel looks then
+    traffic_counters* traffic_ = nullptr;      // session_options::traffic, which outlives us
+    std::uint64_t counted_to_upstream_ = 0;    // of the relay's bytes, those in traffic_
+    std::uint64_t counted_to_client_ = 0;
     std::chrono::milliseconds idle_timeout_{0};
     time_point idle_deadline_ = time_point::max(); // no byte has moved since
     time_point deadline_ = time_point::max();      // the earlier of that and the relay's wake-up
@@ -7803,6 +7932,7 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
     relay_->prime_client(unsent);
     relay_->prime_client(reply);
     relay_->prime_upstream(to_upstream);
+    traffic_ = limits.traffic.get();
     idle_timeout_ = limits.idle_timeout;
     idle_deadline_ = deadline_after(now, idle_timeout_);
     deadline_ = idle_deadline_;
@@ -7811,11 +7941,18 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
 inline bool tunnel::pump(socket& client, short client_revents, short upstream_revents,
                          time_point now, std::uint8_t* scratch, std::size_t scratch_size,
                          int rounds) {
+    if (later_) {
+        look_for_stages(now);
+    }
     if (relay_->pump(now, scratch, scratch_size, client_revents, upstream_revents, rounds)) {
         idle_deadline_ = deadline_after(now, idle_timeout_);
     }
+    if (traffic_ != nullptr) {
+        count_traffic();
+    }
     // The relay's stages may need a pump before the idle timeout: whichever comes first.
-    const time_point wake = relay_->next_wake();
+    time_point wake = relay_->next_wake();
+    wake = later_ && next_look_ < wake ? next_look_ : wake;
     deadline_ = wake < idle_deadline_ ? wake : idle_deadline_;
     if (!relay_->finished()) {
         return false;
@@ -7828,7 +7965,58 @@ inline bool tunnel::pump(socket& client, short client_revents, short upstream_re
     return true;
 }
 
+inline void tunnel::look_for_stages(time_point now) {
+    if (next_look_ <= now || next_look_ == time_point::max()) { // the first pump, or due
+        next_look_ = deadline_after(now, later_->look_every());
+    }
+    if (!later_->changed()) {
+        return;
+    }
+    bool every_one_asked = true;
+    bool any_without = false;
+    for (direction which : {direction::to_upstream, direction::to_client}) {
+        if (relay_->stages(which) != nullptr) {
+            continue;
+        }
+        if (!relay_->can_take_stages(which)) {
+            // Its pipe still holds bytes (ask again at the next pump), or it has ended.
+            every_one_asked = every_one_asked && !relay_->direction_open(which);
+            any_without = any_without || relay_->direction_open(which);
+            continue;
+        }
+        stage_chain chain = later_->make(which);
+        if (chain.empty()) {
+            any_without = true;
+        } else {
+            relay_->attach_stages(which, std::move(chain), now);
+        }
+    }
+    if (every_one_asked) {
+        later_->looked();
+    }
+    if (!any_without) { // both directions have stages (or have ended): nothing more to look for
+        later_.reset();
+        next_look_ = time_point::max();
+    }
+}
+
+inline void tunnel::count_traffic() noexcept {
+    const std::uint64_t up = relay_->bytes_to_upstream();
+    const std::uint64_t down = relay_->bytes_to_client();
+    if (up != counted_to_upstream_) {
+        traffic_->to_upstream.fetch_add(up - counted_to_upstream_, std::memory_order_relaxed);
+        counted_to_upstream_ = up;
+    }
+    if (down != counted_to_client_) {
+        traffic_->to_client.fetch_add(down - counted_to_client_, std::memory_order_relaxed);
+        counted_to_client_ = down;
+    }
+}
+
 inline void tunnel::close(session_result& result) noexcept {
+    if (relay_ && traffic_ != nullptr) {
+        count_traffic();
+    }
     if (relay_) {
         result.bytes_to_upstream = relay_->bytes_to_upstream();
         result.bytes_to_client = relay_->bytes_to_client();

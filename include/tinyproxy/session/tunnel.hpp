@@ -6,6 +6,7 @@
 #include <chrono>       // the idle timeout
 #include <cstddef>      // std::size_t
 #include <cstdint>      // bytes
+#include <memory>       // late stages
 #include <optional>     // the relay, once started
 #include <system_error> // std::error_code
 #include <utility>      // std::move
@@ -32,10 +33,11 @@ public:
                const std::vector<std::uint8_t>& reply, byte_view to_upstream,
                const session_options& limits, time_point now);
 
-    /// Gives the relay its stages, before its first pump.
+    /// Gives the relay its stages, before its first pump, and keeps the late ones to look for.
     void set_stages(tunnel_stages stages) {
         relay_->set_stages(direction::to_upstream, std::move(stages.to_upstream));
         relay_->set_stages(direction::to_client, std::move(stages.to_client));
+        later_ = std::move(stages.later);
     }
 
     /// Moves what can move now (relay::pump) and restarts the idle clock if anything did. True
@@ -60,15 +62,28 @@ public:
     time_point deadline() const noexcept { return deadline_; }
     /// At the deadline: true when it is the relay's wake-up (pump with no readiness), false
     /// when the tunnel has been idle for its whole timeout.
-    bool relay_due(time_point now) const noexcept { return relay_->next_wake() <= now; }
+    bool relay_due(time_point now) const noexcept {
+        return relay_->next_wake() <= now || (later_ && next_look_ <= now);
+    }
     std::error_code error() const noexcept { return relay_->error(); }
 
     /// Ends the tunnel (if it started): its byte counts go to `result`, the upstream closes.
     void close(session_result& result) noexcept;
 
 private:
+    /// Late stages (tunnel_stages::later): a direction without stages takes them once they
+    /// have come and it can (relay::can_take_stages).
+    void look_for_stages(time_point now);
+    /// The bytes moved since the last count, to the shared live counters.
+    void count_traffic() noexcept;
+
     socket upstream_;
     std::optional<relay> relay_;
+    std::unique_ptr<late_stages> later_;
+    time_point next_look_ = time_point::max(); // with later_: an idle tunnel looks then
+    traffic_counters* traffic_ = nullptr;      // session_options::traffic, which outlives us
+    std::uint64_t counted_to_upstream_ = 0;    // of the relay's bytes, those in traffic_
+    std::uint64_t counted_to_client_ = 0;
     std::chrono::milliseconds idle_timeout_{0};
     time_point idle_deadline_ = time_point::max(); // no byte has moved since
     time_point deadline_ = time_point::max();      // the earlier of that and the relay's wake-up
@@ -95,6 +110,7 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
     relay_->prime_client(unsent);
     relay_->prime_client(reply);
     relay_->prime_upstream(to_upstream);
+    traffic_ = limits.traffic.get();
     idle_timeout_ = limits.idle_timeout;
     idle_deadline_ = deadline_after(now, idle_timeout_);
     deadline_ = idle_deadline_;
@@ -103,11 +119,18 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
 inline bool tunnel::pump(socket& client, short client_revents, short upstream_revents,
                          time_point now, std::uint8_t* scratch, std::size_t scratch_size,
                          int rounds) {
+    if (later_) {
+        look_for_stages(now);
+    }
     if (relay_->pump(now, scratch, scratch_size, client_revents, upstream_revents, rounds)) {
         idle_deadline_ = deadline_after(now, idle_timeout_);
     }
+    if (traffic_ != nullptr) {
+        count_traffic();
+    }
     // The relay's stages may need a pump before the idle timeout: whichever comes first.
-    const time_point wake = relay_->next_wake();
+    time_point wake = relay_->next_wake();
+    wake = later_ && next_look_ < wake ? next_look_ : wake;
     deadline_ = wake < idle_deadline_ ? wake : idle_deadline_;
     if (!relay_->finished()) {
         return false;
@@ -120,7 +143,58 @@ inline bool tunnel::pump(socket& client, short client_revents, short upstream_re
     return true;
 }
 
+inline void tunnel::look_for_stages(time_point now) {
+    if (next_look_ <= now || next_look_ == time_point::max()) { // the first pump, or due
+        next_look_ = deadline_after(now, later_->look_every());
+    }
+    if (!later_->changed()) {
+        return;
+    }
+    bool every_one_asked = true;
+    bool any_without = false;
+    for (direction which : {direction::to_upstream, direction::to_client}) {
+        if (relay_->stages(which) != nullptr) {
+            continue;
+        }
+        if (!relay_->can_take_stages(which)) {
+            // Its pipe still holds bytes (ask again at the next pump), or it has ended.
+            every_one_asked = every_one_asked && !relay_->direction_open(which);
+            any_without = any_without || relay_->direction_open(which);
+            continue;
+        }
+        stage_chain chain = later_->make(which);
+        if (chain.empty()) {
+            any_without = true;
+        } else {
+            relay_->attach_stages(which, std::move(chain), now);
+        }
+    }
+    if (every_one_asked) {
+        later_->looked();
+    }
+    if (!any_without) { // both directions have stages (or have ended): nothing more to look for
+        later_.reset();
+        next_look_ = time_point::max();
+    }
+}
+
+inline void tunnel::count_traffic() noexcept {
+    const std::uint64_t up = relay_->bytes_to_upstream();
+    const std::uint64_t down = relay_->bytes_to_client();
+    if (up != counted_to_upstream_) {
+        traffic_->to_upstream.fetch_add(up - counted_to_upstream_, std::memory_order_relaxed);
+        counted_to_upstream_ = up;
+    }
+    if (down != counted_to_client_) {
+        traffic_->to_client.fetch_add(down - counted_to_client_, std::memory_order_relaxed);
+        counted_to_client_ = down;
+    }
+}
+
 inline void tunnel::close(session_result& result) noexcept {
+    if (relay_ && traffic_ != nullptr) {
+        count_traffic();
+    }
     if (relay_) {
         result.bytes_to_upstream = relay_->bytes_to_upstream();
         result.bytes_to_client = relay_->bytes_to_client();
