@@ -7,16 +7,20 @@
 //             [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]
 //             [--max-connections N] [--allow CIDR]... [--verbose | --quiet]
 //             [--loops N] [--no-splice] [--toxic SPEC]... [--seed N]
+//   tinyproxy --api HOST:PORT [--config FILE] [--policy thread|poll] [--seed N] ...
 //
 // Prints "listening on HOST:PORT" once listening; SIGINT or SIGTERM stop it (exit 0); bad
-// arguments exit 2, a listener that cannot be opened exits 1. Each --toxic adds a Toxiproxy
-// fault (TYPE[,KEY=VALUE]..., as tinyproxy::parse_toxic reads it) to every connection, in the
-// order given; --seed makes their random decisions (jitter, slice sizes, toxicity) repeatable.
+// arguments exit 2, a listener that cannot be opened exits 1. With --api it serves
+// Toxiproxy's HTTP API there instead (and "listening on" names the API's address): the
+// proxies are made, changed and deleted through it, each with its toxics. Each --toxic adds a
+// Toxiproxy fault (TYPE[,KEY=VALUE]..., as tinyproxy::parse_toxic reads it) to every connection, in
+// the order given; --seed makes their random decisions (jitter, slice sizes, toxicity) repeatable.
 #include <tinyproxy/tinyproxy.hpp>
 
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <system_error>
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
@@ -41,6 +45,9 @@ constexpr const char* usage_text =
     "                 [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]\n"
     "                 [--max-connections N] [--allow CIDR]... [--verbose | --quiet]\n"
     "                 [--loops N] [--no-splice] [--toxic SPEC]... [--seed N]\n"
+    "       tinyproxy --api HOST:PORT [--config FILE] [--policy thread|poll] [--seed N]\n"
+    "                 [--connect-timeout SEC] [--idle-timeout SEC] [--max-connections N]\n"
+    "                 [--allow CIDR]... [--loops N] [--no-splice] [--verbose | --quiet]\n"
     "\n"
     "  --listen HOST:PORT     where to accept clients (default 127.0.0.1:1080; port 0 picks a\n"
     "                         free port; IPv6 as [::1]:PORT)\n"
@@ -72,6 +79,12 @@ constexpr const char* usage_text =
     "                         --toxic latency,latency=100,jitter=10\n"
     "  --seed N               seed the faults' random choices (jitter, slice sizes, toxicity)\n"
     "                         with N, 0 to 2^64-1 (default: a random seed)\n"
+    "  --api HOST:PORT        serve Toxiproxy's HTTP API there (Toxiproxy's port is 8474;\n"
+    "                         port 0 picks a free one) instead of one proxy: its clients make,\n"
+    "                         change and delete forward proxies and their toxics; GET /metrics\n"
+    "                         gives Prometheus metrics. No idle timeout unless --idle-timeout\n"
+    "  --config FILE          with --api: make the proxies of a Toxiproxy config file (a JSON\n"
+    "                         array, as POST /populate takes) at start\n"
     "  --help                 print this and exit\n";
 
 struct usage_error : std::runtime_error {
@@ -90,8 +103,12 @@ struct command_line {
     bool accept_proxy = false;
     tinyproxy::proxy_protocol_version send_proxy = tinyproxy::proxy_protocol_version::none;
     enum class verbosity { quiet, normal, verbose } talk = verbosity::normal;
-    std::vector<tinyproxy::toxic> toxics; // --toxic, in the order given
-    std::optional<std::uint64_t> seed;    // --seed; none: drawn from std::random_device
+    std::vector<tinyproxy::toxic> toxics;   // --toxic, in the order given
+    std::optional<std::uint64_t> seed;      // --seed; none: drawn from std::random_device
+    std::optional<tinyproxy::endpoint> api; // --api: the control API's address
+    std::string config;                     // --config FILE
+    bool idle_timeout_given = false;
+    std::vector<std::string> proxy_flags; // flags that make one proxy: not with --api
 };
 
 // The running proxy's stop(), for the signal handler (stop() is async-signal-safe, and so is
@@ -168,6 +185,10 @@ std::uint64_t parse_seed(const std::string& text) {
 
 /// Options that take a value, and what to do with it.
 void apply_value(command_line& cmd, const std::string& flag, const std::string& value) {
+    if (flag == "--listen" || flag == "--forward" || flag == "--user" || flag == "--send-proxy" ||
+        flag == "--toxic") {
+        cmd.proxy_flags.push_back(flag);
+    }
     if (flag == "--listen") {
         cmd.options.listen = parse_listen(value);
     } else if (flag == "--policy") {
@@ -194,6 +215,20 @@ void apply_value(command_line& cmd, const std::string& flag, const std::string& 
         cmd.options.connect_timeout = parse_seconds(flag, value);
     } else if (flag == "--idle-timeout") {
         cmd.options.idle_timeout = parse_seconds(flag, value);
+        cmd.idle_timeout_given = true;
+    } else if (flag == "--api") {
+        std::error_code ec;
+        auto where = tinyproxy::parse_host_port(value, ec);
+        std::vector<tinyproxy::endpoint> found;
+        if (!ec) {
+            found = tinyproxy::resolve(where, ec);
+        }
+        if (ec || found.empty()) {
+            throw usage_error("--api: cannot use address '" + value + "'");
+        }
+        cmd.api = found.front();
+    } else if (flag == "--config") {
+        cmd.config = value;
     } else if (flag == "--handshake-timeout") {
         cmd.options.handshake_timeout = parse_seconds(flag, value);
     } else if (flag == "--max-connections") {
@@ -255,6 +290,27 @@ void add_faults(command_line& cmd) {
         tinyproxy::fault_stages(std::move(toxics), cmd.seed ? *cmd.seed : random_seed());
 }
 
+/// --api serves Toxiproxy's forward proxies, made through the API: the flags that make the
+/// one proxy of the command line have no place there.
+void check_api_flags(const command_line& cmd) {
+    if (!cmd.api) {
+        if (!cmd.config.empty()) {
+            throw usage_error("--config: only with --api");
+        }
+        return;
+    }
+    if (!cmd.proxy_flags.empty()) {
+        throw usage_error(cmd.proxy_flags.front() +
+                          ": not with --api (its proxies and toxics are made through the API)");
+    }
+    if (cmd.policy == "fork") {
+        // A forked child has its own copy of the toxics: a change made through the API would
+        // never reach the connections it serves.
+        throw usage_error("--api: --policy thread or poll (a forked connection cannot see its "
+                          "toxics change)");
+    }
+}
+
 command_line parse(int argc, char** argv) {
     command_line cmd;
     for (int i = 1; i < argc; ++i) {
@@ -264,10 +320,13 @@ command_line parse(int argc, char** argv) {
             std::exit(0);
         } else if (flag == "--socks") {
             set_mode(cmd, mode_name::socks, flag);
+            cmd.proxy_flags.push_back(flag);
         } else if (flag == "--http-connect") {
             set_mode(cmd, mode_name::http_connect, flag);
+            cmd.proxy_flags.push_back(flag);
         } else if (flag == "--accept-proxy") {
             cmd.accept_proxy = true;
+            cmd.proxy_flags.push_back(flag);
         } else if (flag == "--no-splice") {
             cmd.options.splice = false;
         } else if (flag == "--verbose" || flag == "--quiet") {
@@ -292,7 +351,9 @@ command_line parse(int argc, char** argv) {
                                                      "--allow",
                                                      "--loops",
                                                      "--toxic",
-                                                     "--seed"};
+                                                     "--seed",
+                                                     "--api",
+                                                     "--config"};
             bool known = false;
             for (const char* name : with_value) {
                 known = known || flag == name;
@@ -312,6 +373,7 @@ command_line parse(int argc, char** argv) {
     if (cmd.user && cmd.mode == mode_name::forward) {
         throw usage_error("--user: a port forwarder has no handshake to check credentials in");
     }
+    check_api_flags(cmd);
     add_faults(cmd);
     return cmd;
 }
@@ -411,8 +473,96 @@ int serve(command_line cmd, Mode mode) {
     return 0;
 }
 
+/// Reads a whole file; false when it cannot.
+bool read_file(const std::string& path, std::string& text) {
+    std::FILE* file = std::fopen(path.c_str(), "rb");
+    if (file == nullptr) {
+        return false;
+    }
+    char chunk[4096];
+    std::size_t n = 0;
+    while ((n = std::fread(chunk, 1, sizeof chunk, file)) > 0 && text.size() < (64u << 20)) {
+        text.append(chunk, n);
+    }
+    const bool ok = std::ferror(file) == 0;
+    std::fclose(file);
+    return ok;
+}
+
+/// --api: Toxiproxy's HTTP API, and the proxies made through it.
+template <class Policy>
+int serve_api(command_line cmd) {
+    using server_type = tinyproxy::toxiproxy_server<Policy>;
+    static std::atomic<server_type*> running{nullptr};
+    tinyproxy::toxiproxy_options opts;
+    opts.http.listen = *cmd.api;
+    opts.proxies = cmd.options;
+    if (!cmd.idle_timeout_given) { // Toxiproxy has none: pooled connections sit idle for long
+        opts.proxies.idle_timeout = std::chrono::milliseconds::max();
+    }
+    if (cmd.talk == command_line::verbosity::verbose) {
+        opts.proxies.on_event = log_event;
+    }
+    opts.seed = cmd.seed ? *cmd.seed : random_seed();
+    const unsigned loops = cmd.loops == 0 ? 1 : cmd.loops;
+    server_type server(opts, [loops] {
+        Policy policy;
+        if constexpr (std::is_same<Policy, tinyproxy::poll_policy>::value) {
+            policy.loops = loops;
+        }
+        if constexpr (std::is_same<Policy, tinyproxy::thread_policy>::value) {
+            policy.stack_size = 256 * 1024; // as serve() says
+        }
+        return policy;
+    });
+    if (!cmd.config.empty()) {
+        std::string text;
+        if (!read_file(cmd.config, text)) {
+            std::cerr << "tinyproxy: --config: cannot read '" << cmd.config << "'\n";
+            return 2;
+        }
+        try {
+            server.populate(text);
+        } catch (const tinyproxy::api_error& e) {
+            std::cerr << "tinyproxy: --config " << cmd.config << ": " << e.what() << "\n";
+            return e.status == 400 ? 2 : 1; // a bad file, or a proxy that cannot listen
+        }
+    }
+    try {
+        server.listen();
+    } catch (const std::system_error& e) {
+        std::cerr << "tinyproxy: cannot listen on " << cmd.api->to_string() << ": "
+                  << e.code().message() << "\n";
+        return 1;
+    }
+    running = &server;
+    stop_running = [] {
+        if (auto* s = running.load()) {
+            s->stop();
+        }
+    };
+    struct sigaction action {};
+    action.sa_handler = on_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
+
+    std::cout << "listening on " << server.local_endpoint().to_string() << std::endl;
+    server.run();
+    stop_running = nullptr;
+    running = nullptr;
+    return 0;
+}
+
 template <class Policy>
 int serve_mode(const command_line& cmd) {
+    if (cmd.api) {
+        if constexpr (std::is_same<Policy, tinyproxy::fork_policy>::value) {
+            return 2; // not reached: check_api_flags() refused it
+        } else {
+            return serve_api<Policy>(cmd);
+        }
+    }
     switch (cmd.mode.value_or(mode_name::socks)) {
     case mode_name::forward:
         return serve<Policy>(cmd, tinyproxy::forward_mode(cmd.forward));

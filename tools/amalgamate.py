@@ -56,6 +56,12 @@ LAYERS = [
     "policy/*.hpp",
     "mode/*.hpp",
     "proxy.hpp",
+    "api/http.hpp",            # the control API: HTTP/1.1, sans-I/O, and a small server for it,
+    "api/http_server.hpp",
+    "api/prometheus.hpp",      # the metrics' text format,
+    "api/toxiproxy_json.hpp",  # Toxiproxy's JSON both ways,
+    "api/proxies.hpp",         # the named proxies it manages,
+    "api/toxiproxy.hpp",       # and its routes
     "tinyproxy.hpp",
 ]
 

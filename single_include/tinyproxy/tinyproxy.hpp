@@ -10708,4 +10708,2414 @@ stats proxy_server<Mode>::snapshot() const noexcept {
 
 } // namespace tinyproxy
 // ---- end tinyproxy/proxy.hpp ----
+// #include "tinyproxy/api/http.hpp"
+// ---- begin tinyproxy/api/http.hpp ----
+// HTTP/1.1 for a control API (RFC 9112): a sans-I/O request reader and a response writer.
+
+#include <cstddef>     // std::size_t
+#include <cstdint>     // bytes
+#include <string>      // requests, responses
+#include <string_view> // parsing
+#include <utility>     // std::move
+#include <vector>      // header fields
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/json.hpp"
+// #include "tinyproxy/protocol/http_connect.hpp"
+
+namespace tinyproxy {
+
+/// What one request may hold. Every limit fails on the first byte past it, so a reader's memory
+/// stays bounded by max_head plus max_body.
+struct http_limits {
+    /// The most bytes in the request line and header section (blank line and any empty lines
+    /// before the request line included); the same again for each chunk-size line (extensions
+    /// included) and for the trailer section of a chunked body.
+    std::size_t max_head = 16 * 1024;
+    /// The most header fields.
+    std::size_t max_headers = 64;
+    /// The most body bytes (after chunked decoding).
+    std::size_t max_body = 1024 * 1024;
+};
+
+struct http_header {
+    std::string name;  ///< as sent (compare with iequals: names are case-insensitive)
+    std::string value; ///< without the optional whitespace around it
+};
+
+/// One complete request, body decoded.
+struct http_request {
+    std::string method;    ///< case-sensitive, as sent ("GET")
+    std::string target;    ///< as sent: "/path?query", "*", or absolute form "http://h/path"
+    int minor_version = 1; ///< HTTP/1.<minor_version>
+    std::vector<http_header> headers;
+    std::string body;
+
+    /// The first field named `name` (case-insensitive), or null.
+    const std::string* header(std::string_view name) const noexcept;
+    /// The target's path: without "?query", and without "scheme://authority" in absolute form
+    /// ("/" when that form has no path).
+    std::string_view path() const noexcept;
+    /// What follows the first '?', without it ("" when there is none).
+    std::string_view query() const noexcept;
+    /// HTTP/1.1: true unless Connection lists "close"; HTTP/1.0: only if it lists "keep-alive".
+    bool keep_alive() const noexcept;
+    /// Whether a Connection field lists `option` (case-insensitive).
+    bool connection_has(std::string_view option) const noexcept;
+};
+
+/// Reads requests from a byte stream, one after another (keep-alive, pipelining). No I/O and
+/// no clock: the caller feeds what arrived, in any split (down to a byte at a time, with the same
+/// outcome), and keeps its own deadlines.
+///
+/// Accepted (RFC 9112): `method SP target SP HTTP/1.x`, CRLF or bare LF line ends, empty lines
+/// before the request line skipped; fields `token ":" OWS value OWS`; a body framed by
+/// Content-Length (repeated only with the same value) or by `Transfer-Encoding: chunked` (chunk
+/// extensions skipped, trailer fields read and dropped); no body otherwise.
+///
+/// Refused (error_status(), error_message(); the connection cannot be read further):
+///  - 400: a malformed request line, field line or chunk; a bare CR; a control character
+///    (NUL, CR, ...) in a field; obs-fold; whitespace before a field's colon; a target that is
+///    not origin, absolute or asterisk form; Content-Length not digits or two that differ; both
+///    Content-Length and Transfer-Encoding (the request smuggling pattern); Transfer-Encoding
+///    in HTTP/1.0 or chunked twice; an HTTP/1.1 request without exactly one Host field; a
+///    chunk-size line past max_head.
+///  - 413: a body (Content-Length or chunks so far) past max_body.
+///  - 431: the head past max_head, more than max_headers fields, the trailers past max_head.
+///  - 501: a transfer-coding other than chunked.
+///  - 505: a version other than HTTP/1.x.
+class http_request_reader {
+public:
+    enum class status { need_more, complete, failed };
+
+    explicit http_request_reader(http_limits limits = {}) : limits_(limits) {}
+
+    /// Feeds bytes, consuming what it can; `used` says how many. need_more: all were used;
+    /// complete: the request ends at `used` (what follows belongs to the next one: call take(),
+    /// then feed the rest); failed: stop reading. Once complete or failed, feeding again uses
+    /// nothing and answers the same until take().
+    [[nodiscard]] status feed(byte_view bytes, std::size_t& used);
+    /// After complete: the request. The reader then starts on the next one.
+    http_request take();
+
+    /// Some byte of a request (or an empty line before one) was read: a request is under way.
+    bool started() const noexcept { return phase_ != phase::idle; }
+    /// The head is complete and the body not yet.
+    bool reading_body() const noexcept;
+    /// The head asked "Expect: 100-continue" and the body is still to come: a server sends
+    /// "HTTP/1.1 100 Continue" now (once), or the client may wait for it before sending.
+    bool expects_continue() const noexcept { return expect_continue_ && reading_body(); }
+
+    /// After failed: 400, 413, 431, 501 or 505.
+    int error_status() const noexcept { return error_status_; }
+    /// After failed: what was wrong, in a few words.
+    const std::string& error_message() const noexcept { return error_message_; }
+
+private:
+    enum class phase {
+        idle,         // nothing of the next request yet
+        request_line, // reading the request line (or empty lines before it)
+        fields,       // header field lines
+        body,         // Content-Length bytes
+        chunk_size,   // a chunk-size line, extensions included
+        chunk_data,   // a chunk's bytes
+        chunk_end,    // the CRLF after a chunk's bytes
+        trailers,     // trailer field lines after the last chunk
+        complete,
+        failed
+    };
+
+    bool line_byte(std::uint8_t byte);
+    bool end_of_line();
+    bool request_line(std::string_view line);
+    bool field_line(std::string_view line);
+    bool end_of_head();
+    bool body_framing();
+    bool content_length(std::size_t& length);
+    bool transfer_coding();
+    bool chunk_size_line(std::string_view line);
+    bool trailer_line(std::string_view line);
+    std::size_t take_body(byte_view bytes);
+    bool chunk_end_byte(std::uint8_t byte);
+    bool finish();
+    bool fail(int code, const char* message);
+
+    http_limits limits_;
+    phase phase_ = phase::idle;
+    http_request request_;
+    std::string line_;                 // the line being read, without its LF (a CR before it kept)
+    std::size_t line_budget_used_ = 0; // bytes against max_head in this section (head or framing)
+    std::size_t body_left_ = 0;        // Content-Length or chunk bytes still to come
+    bool expect_continue_ = false;
+    int error_status_ = 0;
+    std::string error_message_;
+};
+
+/// A response to write.
+struct http_response {
+    int status = 200;
+    std::string content_type = "application/json"; ///< none written when empty or for 204
+    std::string body;
+    std::vector<http_header> headers; ///< extra fields, written after the framing ones
+    bool close = false;               ///< "Connection: close": the server closes after sending it
+};
+
+/// The reason phrase for `status` ("OK", "Not Found", ...), "" for a code it does not know (the
+/// status line then ends after the code, which RFC 9112 allows).
+std::string_view reason_phrase(int status) noexcept;
+/// The response as bytes: status line, Content-Type (unless 204 or empty), Content-Length (none
+/// for 1xx and 204), "Connection: close" when `close`, the extra fields, a blank line, the body
+/// (none for 1xx and 204). Control characters in field names and values are dropped, so no
+/// value can split the response.
+std::string format_response(const http_response& response);
+/// A response with Toxiproxy's error body, `{"error":"<message>","status":<status>}`.
+http_response json_error(int status, std::string_view message);
+
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+namespace http_api {
+
+/// Calls `each` with every element of a comma-separated list (RFC 9110 section 5.6.1), trimmed;
+/// empty elements are skipped, as the list rule allows.
+template <class Each>
+void for_each_list_element(std::string_view list, Each&& each) {
+    while (!list.empty()) {
+        std::size_t comma = list.find(',');
+        std::string_view element = http_head::trim_ows(list.substr(0, comma));
+        if (!element.empty()) {
+            each(element);
+        }
+        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+    }
+}
+
+/// Control characters (HTAB excepted) and DEL: never in a field, never in a response we write.
+inline bool is_control(std::uint8_t c) noexcept { return (c < 0x20 && c != '\t') || c == 0x7F; }
+
+inline int hex_value(char c) noexcept {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+/// `text` without control characters.
+inline std::string printable(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (char c : text) {
+        if (!is_control(static_cast<std::uint8_t>(c))) {
+            out += c;
+        }
+    }
+    return out;
+}
+
+} // namespace http_api
+} // namespace detail
+
+// --- http_request ----------------------------------------------------------------------------
+
+inline const std::string* http_request::header(std::string_view name) const noexcept {
+    for (const http_header& field : headers) {
+        if (detail::http_head::iequals(field.name, name)) {
+            return &field.value;
+        }
+    }
+    return nullptr;
+}
+
+inline std::string_view http_request::path() const noexcept {
+    std::string_view path = target;
+    path = path.substr(0, path.find('?'));
+    auto scheme_end = path.find("://");
+    if (!path.empty() && path.front() != '/' && scheme_end != std::string_view::npos) {
+        // Absolute form: the path starts at the first '/' after the authority.
+        auto slash = path.find('/', scheme_end + 3);
+        return slash == std::string_view::npos ? std::string_view("/") : path.substr(slash);
+    }
+    return path;
+}
+
+inline std::string_view http_request::query() const noexcept {
+    auto mark = target.find('?');
+    return mark == std::string::npos ? std::string_view{}
+                                     : std::string_view(target).substr(mark + 1);
+}
+
+inline bool http_request::connection_has(std::string_view option) const noexcept {
+    bool found = false;
+    for (const http_header& field : headers) {
+        if (detail::http_head::iequals(field.name, "connection")) {
+            detail::http_api::for_each_list_element(field.value, [&](std::string_view element) {
+                found = found || detail::http_head::iequals(element, option);
+            });
+        }
+    }
+    return found;
+}
+
+inline bool http_request::keep_alive() const noexcept {
+    return minor_version >= 1 ? !connection_has("close") : connection_has("keep-alive");
+}
+
+// --- http_request_reader -----------------------------------------------------------------------
+
+inline bool http_request_reader::reading_body() const noexcept {
+    return phase_ == phase::body || phase_ == phase::chunk_size || phase_ == phase::chunk_data ||
+           phase_ == phase::chunk_end || phase_ == phase::trailers;
+}
+
+inline http_request_reader::status http_request_reader::feed(byte_view bytes, std::size_t& used) {
+    used = 0;
+    while (used < bytes.size() && phase_ != phase::complete && phase_ != phase::failed) {
+        if (phase_ == phase::body || phase_ == phase::chunk_data) {
+            used += take_body(bytes.subview(used));
+            continue;
+        }
+        if (phase_ == phase::idle) {
+            phase_ = phase::request_line;
+        }
+        const std::uint8_t byte = bytes[used++];
+        if (phase_ == phase::chunk_end) {
+            chunk_end_byte(byte);
+        } else {
+            line_byte(byte);
+        }
+    }
+    if (phase_ == phase::complete) {
+        return status::complete;
+    }
+    return phase_ == phase::failed ? status::failed : status::need_more;
+}
+
+inline http_request http_request_reader::take() {
+    http_request out = std::move(request_);
+    request_ = http_request{};
+    phase_ = phase::idle;
+    line_.clear();
+    line_budget_used_ = 0;
+    body_left_ = 0;
+    expect_continue_ = false;
+    return out;
+}
+
+/// One byte of a line (request line, field, chunk size, trailer): checked as it comes, so a
+/// control character or an overlong section fails at once, without waiting for the line end.
+inline bool http_request_reader::line_byte(std::uint8_t byte) {
+    if (++line_budget_used_ > limits_.max_head) {
+        bool in_head = phase_ == phase::request_line || phase_ == phase::fields;
+        if (in_head || phase_ == phase::trailers) {
+            return fail(431,
+                        in_head ? "request header section too large" : "trailer section too large");
+        }
+        return fail(400, "chunk framing too large");
+    }
+    if (!line_.empty() && line_.back() == '\r' && byte != '\n') {
+        return fail(400, "bare CR");
+    }
+    if (byte == '\n') {
+        return end_of_line();
+    }
+    // HTAB is fine in field values and chunk extensions, but not in a request line; nor are
+    // bytes >= 0x80, which only field values may carry (obs-text).
+    bool control = detail::http_api::is_control(byte) && byte != '\r';
+    bool bad_in_request_line = phase_ == phase::request_line && (byte == '\t' || byte >= 0x80);
+    if (control || bad_in_request_line) {
+        return fail(400, "control character in request head");
+    }
+    line_.push_back(static_cast<char>(byte));
+    return true;
+}
+
+inline bool http_request_reader::end_of_line() {
+    std::string_view line = line_;
+    if (!line.empty() && line.back() == '\r') {
+        line.remove_suffix(1);
+    }
+    bool ok = true;
+    switch (phase_) {
+    case phase::request_line:
+        // Empty lines before a request line are skipped (RFC 9112 section 2.2): some clients
+        // send a CRLF after a POST body.
+        ok = line.empty() || request_line(line);
+        break;
+    case phase::fields:
+        ok = line.empty() ? end_of_head() : field_line(line);
+        break;
+    case phase::chunk_size:
+        ok = chunk_size_line(line);
+        break;
+    default: // trailers
+        ok = line.empty() ? finish() : trailer_line(line);
+        break;
+    }
+    line_.clear();
+    return ok;
+}
+
+inline bool http_request_reader::request_line(std::string_view line) {
+    namespace h = detail::http_head;
+    auto first_space = line.find(' ');
+    std::string_view method = line.substr(0, first_space);
+    std::string_view rest =
+        first_space == std::string_view::npos ? std::string_view{} : line.substr(first_space + 1);
+    auto second_space = rest.find(' ');
+    if (!h::is_token(method) || second_space == std::string_view::npos) {
+        return fail(400, "malformed request line");
+    }
+    std::string_view target = rest.substr(0, second_space);
+    std::string_view version = rest.substr(second_space + 1);
+    bool version_syntax = version.size() == 8 && version.substr(0, 5) == "HTTP/" &&
+                          version[5] >= '0' && version[5] <= '9' && version[6] == '.' &&
+                          version[7] >= '0' && version[7] <= '9';
+    bool origin_form = !target.empty() && target.front() == '/';
+    bool absolute_form = target.find("://") != std::string_view::npos &&
+                         h::is_tchar(static_cast<std::uint8_t>(target[0]));
+    if (!version_syntax || !(origin_form || absolute_form || target == "*")) {
+        return fail(400, "malformed request line");
+    }
+    if (version[5] != '1') {
+        return fail(505, "HTTP version not supported");
+    }
+    request_.method = std::string(method);
+    request_.target = std::string(target);
+    request_.minor_version = version[7] - '0';
+    phase_ = phase::fields;
+    return true;
+}
+
+inline bool http_request_reader::field_line(std::string_view line) {
+    namespace h = detail::http_head;
+    if (request_.headers.size() >= limits_.max_headers) {
+        return fail(431, "too many header fields");
+    }
+    // A line starting with whitespace is obs-fold; whitespace before the colon is refused too
+    // (RFC 9112 sections 5.1 and 5.2): both have been used to smuggle a field past a proxy.
+    auto colon = line.find(':');
+    if (line.front() == ' ' || line.front() == '\t' || colon == std::string_view::npos ||
+        !h::is_token(line.substr(0, colon))) {
+        return fail(400, "malformed header field");
+    }
+    request_.headers.push_back(
+        {std::string(line.substr(0, colon)), std::string(h::trim_ows(line.substr(colon + 1)))});
+    return true;
+}
+
+inline bool http_request_reader::end_of_head() {
+    namespace h = detail::http_head;
+    std::size_t hosts = 0;
+    for (const http_header& field : request_.headers) {
+        hosts += h::iequals(field.name, "host") ? 1 : 0;
+        if (h::iequals(field.name, "expect") && h::iequals(field.value, "100-continue")) {
+            expect_continue_ = true;
+        }
+    }
+    // RFC 9112 section 3.2: a 1.1 request has exactly one Host; 1.0 at most one.
+    if ((request_.minor_version >= 1 && hosts != 1) || hosts > 1) {
+        return fail(400, hosts == 0 ? "missing Host header" : "more than one Host header");
+    }
+    line_budget_used_ = 0; // a chunked body's framing gets a budget of its own
+    return body_framing();
+}
+
+/// Which body follows the head (RFC 9112 section 6.3).
+inline bool http_request_reader::body_framing() {
+    bool has_length = request_.header("content-length") != nullptr;
+    if (request_.header("transfer-encoding") != nullptr) {
+        if (has_length) {
+            return fail(400, "both Content-Length and Transfer-Encoding");
+        }
+        return transfer_coding();
+    }
+    std::size_t length = 0;
+    if (has_length && !content_length(length)) {
+        return false;
+    }
+    if (length == 0) {
+        return finish();
+    }
+    body_left_ = length;
+    phase_ = phase::body;
+    return true;
+}
+
+/// Every Content-Length field (and list element) must be the same run of digits.
+inline bool http_request_reader::content_length(std::size_t& length) {
+    bool seen = false;
+    bool valid = true;
+    std::string_view first;
+    for (const http_header& field : request_.headers) {
+        if (!detail::http_head::iequals(field.name, "content-length")) {
+            continue;
+        }
+        valid = valid && !field.value.empty();
+        detail::http_api::for_each_list_element(field.value, [&](std::string_view element) {
+            valid = valid && element.find_first_not_of("0123456789") == std::string_view::npos &&
+                    (!seen || element == first);
+            first = seen ? first : element;
+            seen = true;
+        });
+    }
+    if (!valid || !seen) {
+        return fail(400, "invalid Content-Length");
+    }
+    length = 0;
+    for (char digit : first) {
+        auto value = static_cast<std::size_t>(digit - '0');
+        if (value > limits_.max_body || length > (limits_.max_body - value) / 10) {
+            return fail(413, "request body too large");
+        }
+        length = length * 10 + value;
+    }
+    return true;
+}
+
+/// Only chunked, once, as the last and only coding; HTTP/1.0 has no transfer codings
+/// (RFC 9112 section 6.1 says its framing is then faulty).
+inline bool http_request_reader::transfer_coding() {
+    std::size_t chunked = 0;
+    bool other = false;
+    for (const http_header& field : request_.headers) {
+        if (detail::http_head::iequals(field.name, "transfer-encoding")) {
+            detail::http_api::for_each_list_element(field.value, [&](std::string_view coding) {
+                bool is_chunked = detail::http_head::iequals(coding, "chunked");
+                chunked += is_chunked ? 1 : 0;
+                other = other || !is_chunked;
+            });
+        }
+    }
+    if (request_.minor_version == 0) {
+        return fail(400, "Transfer-Encoding in an HTTP/1.0 request");
+    }
+    if (other) {
+        return fail(501, "transfer coding not implemented");
+    }
+    if (chunked != 1) {
+        return fail(400, "invalid Transfer-Encoding");
+    }
+    phase_ = phase::chunk_size;
+    return true;
+}
+
+/// chunk-size [ chunk-ext ]: hex digits, then anything from ';' on is an extension, skipped.
+inline bool http_request_reader::chunk_size_line(std::string_view line) {
+    std::size_t digits = 0;
+    std::size_t size = 0;
+    std::size_t room = limits_.max_body - request_.body.size();
+    for (; digits < line.size(); ++digits) {
+        int value = detail::http_api::hex_value(line[digits]);
+        if (value < 0) {
+            break;
+        }
+        auto digit = static_cast<std::size_t>(value);
+        if (digit > room || size > (room - digit) / 16) {
+            return fail(413, "request body too large");
+        }
+        size = size * 16 + digit;
+    }
+    std::string_view rest = detail::http_head::trim_ows(line.substr(digits));
+    if (digits == 0 || (!rest.empty() && rest.front() != ';')) {
+        return fail(400, "malformed chunk size");
+    }
+    if (size == 0) {
+        phase_ = phase::trailers;
+        line_budget_used_ = 0; // trailers get a budget of their own
+        return true;
+    }
+    body_left_ = size;
+    phase_ = phase::chunk_data;
+    return true;
+}
+
+inline bool http_request_reader::trailer_line(std::string_view line) {
+    auto colon = line.find(':');
+    if (line.front() == ' ' || line.front() == '\t' || colon == std::string_view::npos ||
+        !detail::http_head::is_token(line.substr(0, colon))) {
+        return fail(400, "malformed trailer field");
+    }
+    return true; // dropped: nothing here needs a trailer
+}
+
+inline std::size_t http_request_reader::take_body(byte_view bytes) {
+    std::size_t count = bytes.size() < body_left_ ? bytes.size() : body_left_;
+    request_.body.append(reinterpret_cast<const char*>(bytes.data()), count);
+    body_left_ -= count;
+    if (body_left_ == 0) {
+        if (phase_ == phase::body) {
+            finish();
+        } else {
+            phase_ = phase::chunk_end;
+        }
+    }
+    return count;
+}
+
+/// The line end after a chunk's data: CRLF, or a bare LF.
+inline bool http_request_reader::chunk_end_byte(std::uint8_t byte) {
+    if (byte == '\r' && line_.empty()) {
+        line_.push_back('\r');
+        return true;
+    }
+    if (byte != '\n') {
+        return fail(400, "malformed chunk end");
+    }
+    line_.clear();
+    line_budget_used_ = 0; // each chunk-size line may take up to max_head
+    phase_ = phase::chunk_size;
+    return true;
+}
+
+inline bool http_request_reader::finish() {
+    phase_ = phase::complete;
+    line_.clear();
+    return true;
+}
+
+inline bool http_request_reader::fail(int code, const char* message) {
+    phase_ = phase::failed;
+    error_status_ = code;
+    error_message_ = message;
+    line_.clear();
+    line_.shrink_to_fit();
+    return false;
+}
+
+// --- responses ---------------------------------------------------------------------------------
+
+inline std::string_view reason_phrase(int status) noexcept {
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 422:
+        return "Unprocessable Content";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "";
+    }
+}
+
+inline std::string format_response(const http_response& response) {
+    using detail::http_api::printable;
+    // 1xx and 204 have no content (RFC 9110 sections 15.2 and 15.3.5), so no framing either.
+    bool no_content = response.status == 204 || (response.status >= 100 && response.status < 200);
+    std::string out = "HTTP/1.1 " + std::to_string(response.status) + " ";
+    out += reason_phrase(response.status);
+    out += "\r\n";
+    if (!no_content && !response.content_type.empty()) {
+        out += "Content-Type: " + printable(response.content_type) + "\r\n";
+    }
+    if (!no_content) {
+        out += "Content-Length: " + std::to_string(response.body.size()) + "\r\n";
+    }
+    if (response.close) {
+        out += "Connection: close\r\n";
+    }
+    for (const http_header& field : response.headers) {
+        out += printable(field.name) + ": " + printable(field.value) + "\r\n";
+    }
+    out += "\r\n";
+    if (!no_content) {
+        out += response.body;
+    }
+    return out;
+}
+
+inline http_response json_error(int status, std::string_view message) {
+    json_value body = json_value::object();
+    body.set("error", json_value(std::string(message)));
+    body.set("status", json_value(static_cast<std::int64_t>(status)));
+    http_response response;
+    response.status = status;
+    response.body = body.dump();
+    return response;
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/api/http.hpp ----
+// #include "tinyproxy/api/http_server.hpp"
+// ---- begin tinyproxy/api/http_server.hpp ----
+// A small HTTP/1.1 server on one thread, for a control API: poll(2) over a listener, a stop pipe
+// and the clients, each with keep-alive, pipelining, back-pressure and deadlines.
+
+#include <algorithm>    // std::min, std::remove_if
+#include <atomic>       // the stop pipe's write end, the stop flag
+#include <chrono>       // timeouts
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <exception>    // a handler's exception
+#include <functional>   // the handler
+#include <memory>       // clients at stable addresses
+#include <optional>     // a request refused before the handler
+#include <string>       // buffers
+#include <string_view>  // Host and User-Agent checks
+#include <system_error> // std::system_error
+#include <utility>      // std::move
+#include <vector>       // clients, poll entries
+
+#include <poll.h> // pollfd, POLLIN, POLLOUT
+
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/socket.hpp"
+// #include "tinyproxy/api/http.hpp"
+
+namespace tinyproxy {
+
+struct http_server_options {
+    /// Loopback unless told otherwise: the API controls the proxies.
+    endpoint listen{ip_address::loopback_v4(), 8474};
+    http_limits limits;
+    /// Clients served at once; one accepted past it is closed at once.
+    std::size_t max_clients = 256;
+    /// A client that sends nothing (between requests, or in the middle of a body) and takes
+    /// nothing of what it was sent for this long is closed.
+    std::chrono::milliseconds idle_timeout{60000};
+    /// From a request's first byte to the end of its head: past it the client gets 408 and is
+    /// closed (a slow head holds a client slot; a slow body is bounded by idle_timeout).
+    std::chrono::milliseconds head_timeout{10000};
+    /// 403 to a User-Agent starting with "Mozilla/": a web page must not drive the API (the rule
+    /// Toxiproxy has).
+    bool refuse_browsers = true;
+    /// 403 unless Host is an IP literal (v4, or v6 in brackets) or "localhost", with any port: a
+    /// page that rebinds its DNS name to 127.0.0.1 still sends its own name.
+    bool check_host = true;
+};
+
+/// Serves requests with `handler`, one at a time, on the thread that calls run(). Responses go
+/// out in the order of the requests (pipelining); a client whose responses are not yet taken is
+/// not read (back-pressure), so a client's memory stays bounded by the limits and one read.
+///
+/// Answered without the handler: a request the reader refuses (its status, Connection: close),
+/// a browser or a foreign Host when the options say so (403), a head past head_timeout (408),
+/// all with Toxiproxy's error body `{"error":"<message>","status":<code>}`; a handler that
+/// throws gives 500 with that body. "Expect: 100-continue" is answered with 100 Continue
+/// before the body is read; HEAD gets the response without its body.
+class http_server {
+public:
+    using handler = std::function<http_response(const http_request&)>;
+
+    http_server(http_server_options options, handler on_request)
+        : options_(std::move(options)), on_request_(std::move(on_request)) {}
+    http_server(const http_server&) = delete;
+    http_server& operator=(const http_server&) = delete;
+    ~http_server() { detail::close_fd(stop_write_.exchange(-1)); }
+
+    /// Binds and listens (port 0 picks one); throws std::system_error naming the address.
+    void listen();
+    void listen(std::error_code& ec) noexcept;
+    /// The address listened on (the port port 0 picked), once listening.
+    endpoint local_endpoint() const noexcept { return listener_.local_endpoint(); }
+    /// Serves until stop() (listening first if listen() was not called); closes every client and
+    /// the listener before it returns. A server runs once. Throws std::system_error when poll(2)
+    /// fails.
+    void run();
+    /// Ends run() soon, from any thread or a signal handler (an atomic exchange and a close(2));
+    /// before run(), run() then returns at once.
+    void stop() noexcept {
+        stopping_.store(true, std::memory_order_release);
+        detail::close_fd(stop_write_.exchange(-1));
+    }
+
+private:
+    struct client {
+        socket connection;
+        http_request_reader reader;
+        std::string in;  // bytes read but not yet fed: requests pipelined past back-pressure
+        std::string out; // responses not yet sent, in order
+        std::size_t out_sent = 0;
+        bool continue_sent = false; // 100 Continue went out for the request being read
+        bool peer_closed = false;   // the client sent its FIN
+        bool close_after_send = false;
+        bool draining = false; // our FIN sent: reading and dropping until the client's
+        bool dead = false;
+        std::size_t drained = 0;
+        time_point last_activity;
+        time_point head_deadline = time_point::max();
+        time_point drain_deadline = time_point::max();
+
+        explicit client(socket s, http_limits limits, time_point now)
+            : connection(std::move(s)), reader(limits), last_activity(now) {}
+        std::size_t unsent() const noexcept { return out.size() - out_sent; }
+    };
+
+    /// Pipelined requests are answered until this much is unsent; the rest wait in `in`.
+    static constexpr std::size_t pipeline_limit = 64 * 1024;
+    /// How long, and how much, a closing client is read (and dropped) after our FIN, so that
+    /// its unread bytes do not turn our close into a reset that destroys the response.
+    static constexpr std::chrono::milliseconds drain_time{1000};
+    static constexpr std::size_t drain_limit = 1024 * 1024;
+
+    short events_of(const client& c) const noexcept;
+    time_point next_deadline() const noexcept;
+    void accept_clients(time_point now);
+    void on_ready(client& c, short revents, time_point now);
+    void read_from(client& c, time_point now);
+    void drain(client& c);
+    void settle(client& c, time_point now);
+    void serve_input(client& c, time_point now);
+    void flush(client& c, time_point now);
+    void begin_close(client& c, time_point now);
+    void check_deadlines(client& c, time_point now);
+    void respond(client& c, const http_request& request);
+    void refuse(client& c, http_response response);
+    http_response answer(const http_request& request);
+    std::optional<http_response> screen(const http_request& request) const;
+
+    http_server_options options_;
+    handler on_request_;
+    listener listener_;
+    unique_fd stop_read_;
+    std::atomic<int> stop_write_{-1};
+    std::atomic<bool> stopping_{false};
+    std::vector<std::unique_ptr<client>> clients_;
+    std::vector<pollfd> poll_entries_;
+    time_point accept_resume_ = time_point::min(); // out of descriptors: rest until then
+    char scratch_[16 * 1024];
+};
+
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+namespace http_api {
+
+/// "1.2.3.4", "[::1]", "localhost", each with an optional ":port"; names other than localhost
+/// are what a DNS-rebinding page would send.
+inline bool is_local_host_field(std::string_view host) {
+    std::string_view name = host;
+    std::string_view port;
+    if (!host.empty() && host.front() == '[') {
+        auto close = host.find(']');
+        if (close == std::string_view::npos) {
+            return false;
+        }
+        name = host.substr(1, close - 1);
+        std::string_view after = host.substr(close + 1);
+        if (!after.empty() && after.front() != ':') {
+            return false;
+        }
+        port = after.empty() ? after : after.substr(1);
+        auto address =
+            name.find('%') == std::string_view::npos ? ip_address::parse(name) : std::nullopt;
+        if (!address || !address->is_v6()) {
+            return false;
+        }
+    } else {
+        auto colon = host.find(':');
+        name = host.substr(0, colon);
+        port = colon == std::string_view::npos ? std::string_view{} : host.substr(colon + 1);
+        if (colon != std::string_view::npos && port.empty()) {
+            return false;
+        }
+        auto address = ip_address::parse(name);
+        if (!http_head::iequals(name, "localhost") && !(address && address->is_v4())) {
+            return false;
+        }
+    }
+    std::uint16_t number = 0;
+    return port.empty() || parse_port(port, number);
+}
+
+/// Whether a response to this status carries content (not 1xx, 204).
+inline bool has_content(int status) noexcept {
+    return status != 204 && !(status >= 100 && status < 200);
+}
+
+} // namespace http_api
+} // namespace detail
+
+inline void http_server::listen() {
+    std::error_code ec;
+    listen(ec);
+    if (ec) {
+        throw std::system_error(ec, "cannot listen on " + options_.listen.to_string());
+    }
+}
+
+inline void http_server::listen(std::error_code& ec) noexcept {
+    ec.clear();
+    int fds[2] = {-1, -1};
+    if (!detail::make_pipe(fds, ec)) {
+        return;
+    }
+    stop_read_.reset(fds[0]);
+    detail::close_fd(stop_write_.exchange(fds[1]));
+    if (stopping_.load(std::memory_order_acquire)) {
+        detail::close_fd(stop_write_.exchange(-1)); // stop() came first
+    }
+    listener_ = listener::open(options_.listen, 128, ec);
+    if (!ec) {
+        listener_.set_nonblocking(true, ec);
+    }
+    if (ec) {
+        listener_.close();
+    }
+}
+
+inline void http_server::run() {
+    if (!listener_) {
+        listen();
+    }
+    std::error_code ec;
+    while (!ec) {
+        time_point now = steady_clock::now();
+        poll_entries_.clear();
+        poll_entries_.push_back({stop_read_.get(), POLLIN, 0});
+        bool accepting = now >= accept_resume_;
+        poll_entries_.push_back({accepting ? listener_.native_handle() : -1, POLLIN, 0});
+        for (const auto& c : clients_) {
+            poll_entries_.push_back({c->connection.native_handle(), events_of(*c), 0});
+        }
+        time_point until = accepting ? next_deadline() : std::min(next_deadline(), accept_resume_);
+        detail::poll_fds(poll_entries_.data(), static_cast<nfds_t>(poll_entries_.size()), until,
+                         ec);
+        if (ec || poll_entries_[0].revents != 0) {
+            break; // the stop pipe: readable (end of file) once stop() closed its write end
+        }
+        now = steady_clock::now();
+        for (std::size_t i = 0; i < clients_.size(); ++i) {
+            on_ready(*clients_[i], poll_entries_[i + 2].revents, now);
+            check_deadlines(*clients_[i], now);
+        }
+        clients_.erase(
+            std::remove_if(clients_.begin(), clients_.end(), [](const auto& c) { return c->dead; }),
+            clients_.end());
+        if (poll_entries_[1].revents != 0) {
+            accept_clients(now);
+        }
+    }
+    clients_.clear();
+    listener_.close();
+    stop_read_.reset();
+    detail::close_fd(stop_write_.exchange(-1));
+    if (ec) {
+        throw std::system_error(ec, "http_server: poll");
+    }
+}
+
+/// Read only when everything before is answered and sent: back-pressure on a client that does
+/// not take its responses, and no unbounded pile of pipelined requests.
+inline short http_server::events_of(const client& c) const noexcept {
+    short events = 0;
+    bool idle_input = c.in.empty() && c.unsent() == 0 && !c.close_after_send;
+    if (c.draining || (!c.peer_closed && idle_input)) {
+        events |= POLLIN;
+    }
+    if (c.unsent() > 0) {
+        events |= POLLOUT;
+    }
+    return events;
+}
+
+inline time_point http_server::next_deadline() const noexcept {
+    time_point next = time_point::max();
+    for (const auto& c : clients_) {
+        next = std::min({next, c->head_deadline, c->drain_deadline,
+                         detail::deadline_after(c->last_activity, options_.idle_timeout)});
+    }
+    return next;
+}
+
+inline void http_server::accept_clients(time_point now) {
+    // A bounded batch: a flood of connections cannot starve the clients already here.
+    for (int batch = 0; batch < 64; ++batch) {
+        std::error_code ec;
+        endpoint peer;
+        socket s = listener_.accept(peer, true, ec);
+        if (ec) {
+            if (ec == std::errc::too_many_files_open ||
+                ec == std::errc::too_many_files_open_in_system) {
+                accept_resume_ = now + std::chrono::milliseconds(100); // poll would spin
+            }
+            return;
+        }
+        if (clients_.size() >= options_.max_clients) {
+            continue; // closed at once, as `s` goes
+        }
+        std::error_code ignored;
+        s.set_nodelay(true, ignored); // small responses go out at once
+        clients_.push_back(std::make_unique<client>(std::move(s), options_.limits, now));
+    }
+}
+
+inline void http_server::on_ready(client& c, short revents, time_point now) {
+    if (revents == 0 || c.dead) {
+        return;
+    }
+    if ((revents & (POLLERR | POLLNVAL)) != 0) {
+        c.dead = true;
+        return;
+    }
+    if ((revents & (POLLIN | POLLHUP)) != 0 && (events_of(c) & POLLIN) != 0) {
+        c.draining ? drain(c) : read_from(c, now);
+    } else if ((revents & POLLHUP) != 0) {
+        c.dead = true; // gone both ways: what is unsent cannot be sent
+        return;
+    }
+    settle(c, now);
+}
+
+inline void http_server::read_from(client& c, time_point now) {
+    std::error_code ec;
+    std::size_t n = c.connection.receive(scratch_, sizeof scratch_, ec);
+    if (ec) {
+        c.dead = !detail::would_block(ec);
+        return;
+    }
+    if (n == 0) {
+        c.peer_closed = true; // answer what came before the FIN, then close
+        return;
+    }
+    c.last_activity = now;
+    c.in.append(scratch_, n);
+}
+
+inline void http_server::drain(client& c) {
+    std::error_code ec;
+    std::size_t n = c.connection.receive(scratch_, sizeof scratch_, ec);
+    c.drained += n;
+    if ((ec && !detail::would_block(ec)) || (!ec && n == 0) || c.drained > drain_limit) {
+        c.dead = true;
+    }
+}
+
+/// Answers what can be answered, sends what can be sent, and starts closing when the client is
+/// done. Loops because sending everything may free the way for pipelined requests still in `in`.
+inline void http_server::settle(client& c, time_point now) {
+    while (!c.dead) {
+        serve_input(c, now);
+        flush(c, now);
+        if (c.dead || c.unsent() > 0 || c.in.empty() || c.close_after_send) {
+            break;
+        }
+    }
+    bool done = c.close_after_send || (c.peer_closed && c.in.empty());
+    if (!c.dead && !c.draining && c.unsent() == 0 && done) {
+        begin_close(c, now);
+    }
+}
+
+inline void http_server::serve_input(client& c, time_point now) {
+    std::size_t at = 0;
+    while (at < c.in.size() && !c.close_after_send && c.unsent() < pipeline_limit) {
+        std::size_t used = 0;
+        auto state = c.reader.feed(byte_view(std::string_view(c.in).substr(at)), used);
+        at += used;
+        if (state == http_request_reader::status::complete) {
+            c.continue_sent = false;
+            respond(c, c.reader.take());
+        } else if (state == http_request_reader::status::failed) {
+            http_response refusal = json_error(c.reader.error_status(), c.reader.error_message());
+            refuse(c, std::move(refusal));
+        } else if (c.reader.expects_continue() && !c.continue_sent) {
+            // Sent after every earlier response (they are already queued), as RFC 9110
+            // section 10.1.1 allows; curl waits for it before a body past 1 KiB.
+            c.out += "HTTP/1.1 100 Continue\r\n\r\n";
+            c.continue_sent = true;
+        }
+    }
+    c.in.erase(0, at);
+    bool in_head = c.reader.started() && !c.reader.reading_body() && !c.close_after_send;
+    if (!in_head) {
+        c.head_deadline = time_point::max();
+    } else if (c.head_deadline == time_point::max()) {
+        c.head_deadline = detail::deadline_after(now, options_.head_timeout);
+    }
+}
+
+inline void http_server::flush(client& c, time_point now) {
+    while (c.unsent() > 0) {
+        std::error_code ec;
+        std::size_t n = c.connection.send(c.out.data() + c.out_sent, c.unsent(), ec);
+        if (ec) {
+            c.dead = !detail::would_block(ec);
+            return;
+        }
+        c.out_sent += n;
+        c.last_activity = now;
+    }
+    c.out.clear();
+    c.out_sent = 0;
+}
+
+/// Our FIN, then a short read of whatever the client still sends: closing with unread bytes
+/// would send a reset, which can destroy the response before the client reads it.
+inline void http_server::begin_close(client& c, time_point now) {
+    std::error_code ec;
+    c.in.clear();
+    c.connection.shutdown_write(ec);
+    if (ec || c.peer_closed) {
+        c.dead = true;
+        return;
+    }
+    c.draining = true;
+    c.head_deadline = time_point::max();
+    c.drain_deadline = detail::deadline_after(now, drain_time);
+}
+
+inline void http_server::check_deadlines(client& c, time_point now) {
+    if (c.dead) {
+        return;
+    }
+    if (now >= c.drain_deadline ||
+        now >= detail::deadline_after(c.last_activity, options_.idle_timeout)) {
+        c.dead = true;
+        return;
+    }
+    if (now >= c.head_deadline) {
+        c.head_deadline = time_point::max();
+        refuse(c, json_error(408, "request head not received in time"));
+        settle(c, now);
+    }
+}
+
+inline void http_server::respond(client& c, const http_request& request) {
+    http_response response = answer(request);
+    response.close = response.close || !request.keep_alive();
+    if (!response.close && request.minor_version == 0) {
+        response.headers.push_back({"Connection", "keep-alive"}); // 1.0 closes unless told
+    }
+    std::string bytes = format_response(response);
+    if (request.method == "HEAD" && detail::http_api::has_content(response.status)) {
+        bytes.resize(bytes.size() - response.body.size()); // the head a GET would get
+    }
+    c.out += bytes;
+    c.close_after_send = c.close_after_send || response.close;
+}
+
+/// A response that ends the connection: nothing after the refused request is read.
+inline void http_server::refuse(client& c, http_response response) {
+    response.close = true;
+    c.out += format_response(response);
+    c.close_after_send = true;
+    c.in.clear();
+}
+
+inline http_response http_server::answer(const http_request& request) {
+    if (std::optional<http_response> refusal = screen(request)) {
+        return std::move(*refusal);
+    }
+    try {
+        return on_request_(request);
+    } catch (const std::exception& error) {
+        return json_error(500, error.what());
+    } catch (...) {
+        return json_error(500, "internal error");
+    }
+}
+
+inline std::optional<http_response> http_server::screen(const http_request& request) const {
+    const std::string* agent = request.header("user-agent");
+    if (options_.refuse_browsers && agent != nullptr && agent->rfind("Mozilla/", 0) == 0) {
+        return json_error(403, "User agent not allowed");
+    }
+    // HTTP/1.0 may come without Host (the reader refuses a 1.1 request without one); a page in
+    // a browser always sends one.
+    const std::string* host = request.header("host");
+    if (options_.check_host && host != nullptr && !detail::http_api::is_local_host_field(*host)) {
+        return json_error(403, "Host not allowed");
+    }
+    return std::nullopt;
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/api/http_server.hpp ----
+// #include "tinyproxy/api/prometheus.hpp"
+// ---- begin tinyproxy/api/prometheus.hpp ----
+// Prometheus's text exposition format (version 0.0.4): metric families with their HELP and
+// TYPE lines, samples with labels, label values escaped. Sans-I/O: it builds a string.
+
+#include <cstdint>     // sample values
+#include <string>      // the text
+#include <string_view> // names, labels
+#include <utility>     // std::pair: a label
+#include <vector>      // a sample's labels
+
+namespace tinyproxy {
+
+/// One label of a sample: name and value (the value is escaped on output).
+using metric_label = std::pair<std::string_view, std::string_view>;
+
+/// Builds an exposition: call family() once per metric, then sample() for each of its series.
+class prometheus_text {
+public:
+    /// The content type a scraper expects for this text.
+    static constexpr std::string_view content_type = "text/plain; version=0.0.4; charset=utf-8";
+
+    /// Starts a family: `type` is "counter" or "gauge".
+    void family(std::string_view name, std::string_view type, std::string_view help);
+    void sample(std::string_view name, const std::vector<metric_label>& labels,
+                std::uint64_t value);
+    const std::string& text() const noexcept { return text_; }
+
+private:
+    std::string text_;
+};
+
+/// A label value as the format writes it: backslash, double quote and line feed escaped.
+inline std::string escape_label_value(std::string_view value) {
+    std::string out;
+    out.reserve(value.size());
+    for (char c : value) {
+        if (c == '\\' || c == '"') {
+            out += '\\';
+            out += c;
+        } else if (c == '\n') {
+            out += "\\n";
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
+inline void prometheus_text::family(std::string_view name, std::string_view type,
+                                    std::string_view help) {
+    // HELP text escapes backslash and line feed (not quotes).
+    std::string escaped;
+    for (char c : help) {
+        escaped += c == '\\'   ? std::string("\\\\")
+                   : c == '\n' ? std::string("\\n")
+                               : std::string(1, c);
+    }
+    text_.append("# HELP ").append(name).append(" ").append(escaped).append("\n");
+    text_.append("# TYPE ").append(name).append(" ").append(type).append("\n");
+}
+
+inline void prometheus_text::sample(std::string_view name, const std::vector<metric_label>& labels,
+                                    std::uint64_t value) {
+    text_.append(name);
+    if (!labels.empty()) {
+        text_ += '{';
+        for (std::size_t i = 0; i < labels.size(); ++i) {
+            text_.append(i == 0 ? "" : ",").append(labels[i].first).append("=\"");
+            text_.append(escape_label_value(labels[i].second)).append("\"");
+        }
+        text_ += '}';
+    }
+    text_.append(" ").append(std::to_string(value)).append("\n");
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/api/prometheus.hpp ----
+// #include "tinyproxy/api/toxiproxy_json.hpp"
+// ---- begin tinyproxy/api/toxiproxy_json.hpp ----
+// Toxiproxy's JSON, both ways: a toxic and a proxy as its API writes them, and the bodies its
+// API reads (a new toxic, a toxic's partial update, a proxy, a populate list), checked with
+// the errors and status codes Toxiproxy gives. Sans-I/O.
+
+#include <cstdint>     // attributes
+#include <optional>    // fields a body may leave out
+#include <stdexcept>   // api_error
+#include <string>      // messages
+#include <string_view> // names
+#include <vector>      // toxics, proxies
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/json.hpp"
+// #include "tinyproxy/fault/toxic.hpp"
+
+namespace tinyproxy {
+
+/// An error as the API answers it: {"error": what(), "status": status}.
+struct api_error : std::runtime_error {
+    api_error(int code, const std::string& message) : std::runtime_error(message), status(code) {}
+    int status;
+};
+
+/// The error body Toxiproxy writes: {"error":"...","status":N}.
+json_value api_error_body(int status, std::string_view message);
+
+/// A toxic as Toxiproxy writes it: {"attributes":{...},"name","type","stream","toxicity"},
+/// every attribute of its type given.
+json_value toxic_to_json(const toxic& fault);
+/// A new toxic from a request body, as Toxiproxy reads one: stream "downstream" and toxicity 1
+/// unless given, the name TYPE_STREAM unless given, attributes its type does not have ignored.
+/// Throws api_error: 400 for a bad body, stream or type, or a toxic check_toxic() refuses.
+toxic toxic_from_json(const json_value& body);
+/// `current` with a partial update applied: the attributes given, and toxicity (Toxiproxy's
+/// update takes nothing else). Throws api_error 400 as toxic_from_json does.
+toxic toxic_updated(const toxic& current, const json_value& body);
+
+/// A proxy as a request body gives it; a field left out stays nullopt.
+struct proxy_fields {
+    std::optional<std::string> name;
+    std::optional<std::string> listen;
+    std::optional<std::string> upstream;
+    std::optional<bool> enabled;
+};
+/// Throws api_error 400 ("bad request body: ...") when `body` is not an object of those fields
+/// with the right types (others are ignored).
+proxy_fields proxy_fields_from_json(const json_value& body);
+
+/// Parses a request body; throws api_error 400 "bad request body: <why>".
+json_value parse_body(std::string_view text);
+
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+
+[[noreturn]] inline void bad_body(const std::string& why) {
+    throw api_error(400, "bad request body: " + why);
+}
+
+inline const json_value* field(const json_value& body, std::string_view key, json_value::kind want,
+                               std::string_view what) {
+    const json_value* found = body.find(key);
+    if (found == nullptr || found->is_null()) { // null is "not given", as Go reads it
+        return nullptr;
+    }
+    if (found->type() != want) {
+        bad_body(std::string(key) + " must be " + std::string(what));
+    }
+    return found;
+}
+
+inline std::optional<std::string> string_field(const json_value& body, std::string_view key) {
+    const json_value* found = field(body, key, json_value::kind::string, "a string");
+    return found ? std::optional<std::string>(found->text()) : std::nullopt;
+}
+
+/// The attributes given in `body` ("attributes": {...}) over those of `fault`.
+inline void merge_attributes(toxic& fault, const json_value& body) {
+    const json_value* attributes = field(body, "attributes", json_value::kind::object, "an object");
+    if (attributes == nullptr) {
+        return;
+    }
+    std::size_t count = 0;
+    const toxic_attribute* known = attributes_of(fault.type, count);
+    for (std::size_t i = 0; i < count; ++i) {
+        const json_value* value = attributes->find(known[i].key);
+        if (value == nullptr || value->is_null()) {
+            continue;
+        }
+        std::int64_t number = 0;
+        if (!value->is_number() || !value->as_int64(number)) {
+            bad_body("attribute " + std::string(known[i].key) + " must be a whole number");
+        }
+        fault.*(known[i].field) = number;
+    }
+}
+
+inline void merge_toxicity(toxic& fault, const json_value& body) {
+    if (const json_value* value = field(body, "toxicity", json_value::kind::number, "a number")) {
+        double toxicity = 0;
+        if (!value->as_double(toxicity)) {
+            bad_body("toxicity must be a number");
+        }
+        fault.toxicity = toxicity;
+    }
+}
+
+inline void check_or_throw(const toxic& fault) {
+    const std::string problem = check_toxic(fault);
+    if (!problem.empty()) {
+        bad_body(problem);
+    }
+}
+
+} // namespace detail
+
+inline json_value api_error_body(int status, std::string_view message) {
+    json_value body = json_value::object();
+    body.set("error", std::string(message));
+    body.set("status", status);
+    return body;
+}
+
+inline json_value toxic_to_json(const toxic& fault) {
+    json_value attributes = json_value::object();
+    std::size_t count = 0;
+    const toxic_attribute* known = attributes_of(fault.type, count);
+    for (std::size_t i = 0; i < count; ++i) {
+        attributes.set(std::string(known[i].key), fault.*(known[i].field));
+    }
+    json_value out = json_value::object();
+    out.set("attributes", std::move(attributes));
+    out.set("name", name_of(fault));
+    out.set("type", std::string(type_name(fault.type)));
+    out.set("stream", std::string(stream_name(fault.stream)));
+    out.set("toxicity", fault.toxicity);
+    return out;
+}
+
+inline toxic toxic_from_json(const json_value& body) {
+    if (!body.is_object()) {
+        detail::bad_body("expected an object");
+    }
+    toxic fault;
+    const std::optional<std::string> stream = detail::string_field(body, "stream");
+    if (stream && !stream->empty() && !parse_stream(*stream, fault.stream)) {
+        throw api_error(400, "stream was invalid, can be either upstream or downstream");
+    }
+    const std::optional<std::string> type = detail::string_field(body, "type");
+    fault.name = detail::string_field(body, "name").value_or("");
+    if (!type || !parse_toxic_type(*type, fault.type)) {
+        throw api_error(400, "invalid toxic type");
+    }
+    detail::merge_toxicity(fault, body);
+    detail::merge_attributes(fault, body);
+    detail::check_or_throw(fault);
+    return fault;
+}
+
+inline toxic toxic_updated(const toxic& current, const json_value& body) {
+    if (!body.is_object()) {
+        detail::bad_body("expected an object");
+    }
+    toxic fault = current;
+    detail::merge_toxicity(fault, body);
+    detail::merge_attributes(fault, body);
+    detail::check_or_throw(fault);
+    return fault;
+}
+
+inline proxy_fields proxy_fields_from_json(const json_value& body) {
+    if (!body.is_object()) {
+        detail::bad_body("expected an object");
+    }
+    proxy_fields out;
+    out.name = detail::string_field(body, "name");
+    out.listen = detail::string_field(body, "listen");
+    out.upstream = detail::string_field(body, "upstream");
+    if (const json_value* enabled =
+            detail::field(body, "enabled", json_value::kind::boolean, "true or false")) {
+        out.enabled = enabled->as_bool();
+    }
+    return out;
+}
+
+inline json_value parse_body(std::string_view text) {
+    std::string error;
+    std::optional<json_value> body = parse_json(text, error);
+    if (!body) {
+        detail::bad_body(text.empty() ? std::string("empty body") : error);
+    }
+    return std::move(*body);
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/api/toxiproxy_json.hpp ----
+// #include "tinyproxy/api/proxies.hpp"
+// ---- begin tinyproxy/api/proxies.hpp ----
+// The proxies a control API manages, as Toxiproxy has them: named port forwarders (listen ->
+// upstream), each with a live toxic set and counters that outlive its restarts, created,
+// changed, started, stopped and deleted while the others run. Each runs its Policy on a thread
+// of its own.
+
+#include <atomic>       // counters
+#include <cstdint>      // counters, seeds
+#include <functional>   // the policy factory, the event hook
+#include <map>          // the proxies, by name
+#include <memory>       // shared counters and toxic sets
+#include <mutex>        // the collection, changed from any thread
+#include <stdexcept>    // std::invalid_argument: a bad address
+#include <string>       // names, addresses
+#include <string_view>  // names
+#include <system_error> // listen failures
+#include <thread>       // a proxy's own thread
+#include <utility>      // std::move
+#include <vector>       // a snapshot of the proxies
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/faults.hpp"
+// #include "tinyproxy/server.hpp"
+// #include "tinyproxy/mode/forward.hpp"
+// #include "tinyproxy/proxy.hpp"
+
+namespace tinyproxy {
+
+/// What a Toxiproxy "proxy" is.
+struct proxy_spec {
+    std::string name;
+    /// HOST:PORT to accept clients on; port 0 picks a free one (and the proxy then reports
+    /// the real one); empty means 127.0.0.1:0.
+    std::string listen;
+    /// HOST:PORT every client is forwarded to; a name is resolved as each client connects.
+    std::string upstream;
+    bool enabled = true;
+};
+
+/// How a connection through a managed proxy ended, for the metrics.
+enum class close_reason {
+    clean,       ///< both directions finished
+    reset,       ///< a peer reset it, or a write failed
+    timeout,     ///< idle for the idle timeout
+    unreachable, ///< the upstream refused, did not resolve or timed out
+    fault,       ///< a toxic (reset_peer, or a stage that failed) ended it
+    stopped,     ///< the proxy was disabled, changed or deleted
+    error,       ///< anything else
+};
+inline constexpr std::size_t close_reason_count = 7;
+/// "clean", "reset", "timeout", "unreachable", "fault", "stopped", "error".
+std::string_view close_reason_name(close_reason reason) noexcept;
+close_reason classify_close(const session_result& result) noexcept;
+
+/// A managed proxy's counts since it was created, across its restarts; readable from any thread.
+struct proxy_counters {
+    std::shared_ptr<traffic_counters> traffic = std::make_shared<traffic_counters>();
+    std::atomic<std::uint64_t> accepted{0}; ///< clients let in (a session started)
+    std::atomic<std::uint64_t> rejected{0}; ///< closed at once (max_connections, allow)
+    std::atomic<std::uint64_t> closed[close_reason_count]{};
+    std::uint64_t closed_total() const noexcept {
+        std::uint64_t total = 0;
+        for (const auto& count : closed) {
+            total += count.load(std::memory_order_relaxed);
+        }
+        return total;
+    }
+};
+
+/// A proxy with its name, its toxics and its counters, started and stopped at will. Not
+/// thread-safe by itself: proxy_collection serialises the calls.
+template <class Policy>
+class managed_proxy {
+public:
+    using proxy_type = basic_proxy<Policy, forward_mode>;
+
+    /// `base`: the options every proxy of a collection shares (timeouts, limits, the event hook);
+    /// `seed`: the seed of this proxy's faults; `make_policy` makes a Policy for each start.
+    managed_proxy(proxy_spec spec, options base, std::uint64_t seed,
+                  std::function<Policy()> make_policy)
+        : spec_(std::move(spec)), base_(std::move(base)), seed_(seed),
+          make_policy_(std::move(make_policy)) {
+        spec_.enabled = false; // until start()
+    }
+    managed_proxy(const managed_proxy&) = delete;
+    managed_proxy& operator=(const managed_proxy&) = delete;
+    ~managed_proxy() { stop(); }
+
+    /// Its spec; while it runs, `listen` is the address it is bound to, with the real port.
+    const proxy_spec& spec() const noexcept { return spec_; }
+    bool running() const noexcept { return static_cast<bool>(proxy_); }
+    toxic_set& toxics() noexcept { return *toxics_; }
+    const toxic_set& toxics() const noexcept { return *toxics_; }
+    const proxy_counters& counters() const noexcept { return *counters_; }
+    /// Sessions running now.
+    std::uint64_t active() const noexcept {
+        const std::uint64_t ended = counters_->closed_total();
+        const std::uint64_t accepted = counters_->accepted.load(std::memory_order_relaxed);
+        return accepted > ended ? accepted - ended : 0;
+    }
+
+    /// Binds its listen address and serves on a thread of its own. Throws std::system_error
+    /// when it cannot listen; nothing to do when it runs already.
+    void start();
+    /// Closes its listener and every connection through it, and joins its thread.
+    void stop() noexcept;
+    /// Takes a new listen and upstream (the proxy must not be running): both are checked
+    /// first, std::invalid_argument saying what is wrong.
+    void retarget(std::string listen, std::string upstream);
+
+private:
+    options make_options(const endpoint& listen) const;
+
+    proxy_spec spec_;
+    options base_;
+    std::uint64_t seed_;
+    std::function<Policy()> make_policy_;
+    std::shared_ptr<toxic_set> toxics_ = std::make_shared<toxic_set>();
+    std::shared_ptr<proxy_counters> counters_ = std::make_shared<proxy_counters>();
+    std::unique_ptr<proxy_type> proxy_;
+    std::thread thread_;
+};
+
+/// The listen address a spec means: HOST:PORT resolved (a name, as "localhost:0", too); an
+/// empty one is 127.0.0.1:0. Throws std::invalid_argument naming it.
+endpoint listen_address(const std::string& text);
+/// The upstream a spec means: HOST:PORT with a port, not resolved. Throws
+/// std::invalid_argument naming it.
+host_port upstream_address(const std::string& text);
+
+/// The named proxies of one control API: thread-safe.
+template <class Policy>
+class proxy_collection {
+public:
+    using proxy_type = managed_proxy<Policy>;
+
+    /// `base`: the options every proxy shares; `seed`: the faults' seed, each proxy's derived
+    /// from it and its name.
+    explicit proxy_collection(
+        options base = options(), std::uint64_t seed = 0,
+        std::function<Policy()> make_policy = [] { return Policy(); })
+        : base_(std::move(base)), seed_(seed), make_policy_(std::move(make_policy)) {}
+    ~proxy_collection() { clear(); }
+
+    /// Calls `fn(collection)` with the collection locked: every change and every read of a
+    /// proxy goes through it, so they are seen whole.
+    template <class Fn>
+    auto with_lock(Fn&& fn) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return fn(*this);
+    }
+
+    // --- under with_lock ---------------------------------------------------------------
+    /// The proxy called `name`, or null.
+    proxy_type* find(std::string_view name) noexcept;
+    /// Makes a proxy (checking its addresses, std::invalid_argument) and starts it when
+    /// `spec.enabled` (std::system_error when it cannot listen: then it is not added).
+    /// The name must be free.
+    proxy_type& add(const proxy_spec& spec);
+    /// Replaces the proxy of the same name, stopping it first, or adds it.
+    proxy_type& replace(const proxy_spec& spec);
+    bool remove(std::string_view name) noexcept;
+    void clear() noexcept;
+    /// Every proxy, by name.
+    const std::map<std::string, std::unique_ptr<proxy_type>, std::less<>>& all() const noexcept {
+        return proxies_;
+    }
+
+private:
+    std::unique_ptr<proxy_type> make(const proxy_spec& spec) const;
+
+    options base_;
+    std::uint64_t seed_;
+    std::function<Policy()> make_policy_;
+    std::mutex mutex_;
+    std::map<std::string, std::unique_ptr<proxy_type>, std::less<>> proxies_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline std::string_view close_reason_name(close_reason reason) noexcept {
+    static constexpr std::string_view names[close_reason_count] = {
+        "clean", "reset", "timeout", "unreachable", "fault", "stopped", "error"};
+    return names[static_cast<std::size_t>(reason)];
+}
+
+inline close_reason classify_close(const session_result& result) noexcept {
+    const std::error_code& why = result.error;
+    if (!why) {
+        return close_reason::clean;
+    }
+    if (why == errc::stopped) {
+        return close_reason::stopped;
+    }
+    if (why == errc::reset_by_stage || why == errc::stage_failed) {
+        return close_reason::fault;
+    }
+    if (result.stage == session_result::stage_type::connect) {
+        return close_reason::unreachable;
+    }
+    if (why == errc::idle_timeout) {
+        return close_reason::timeout;
+    }
+    if (why == std::errc::connection_reset || why == std::errc::broken_pipe ||
+        why == std::errc::connection_aborted) {
+        return close_reason::reset;
+    }
+    return close_reason::error;
+}
+
+inline endpoint listen_address(const std::string& text) {
+    if (text.empty()) {
+        return endpoint{ip_address::loopback_v4(), 0};
+    }
+    std::error_code ec;
+    const host_port where = parse_host_port(text, ec);
+    if (!ec) {
+        const std::vector<endpoint> found = resolve(where, ec);
+        if (!ec && !found.empty()) {
+            return found.front();
+        }
+    }
+    throw std::invalid_argument("listen: cannot use address '" + text + "'");
+}
+
+inline host_port upstream_address(const std::string& text) {
+    std::error_code ec;
+    host_port where = parse_host_port(text, ec);
+    if (ec || where.port == 0) {
+        throw std::invalid_argument("upstream: cannot use address '" + text + "'");
+    }
+    return where;
+}
+
+namespace detail {
+
+/// FNV-1a of a name: each proxy's faults get a seed of their own, the same every run.
+inline std::uint64_t name_hash(std::string_view name) noexcept {
+    std::uint64_t hash = 0xcbf29ce484222325ULL;
+    for (char c : name) {
+        hash = (hash ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
+    }
+    return hash;
+}
+
+} // namespace detail
+
+template <class Policy>
+options managed_proxy<Policy>::make_options(const endpoint& listen) const {
+    options opts = base_;
+    opts.listen = listen;
+    opts.stages = fault_stages(toxics_, seed_);
+    opts.traffic = counters_->traffic;
+    // Counted here, in the counters that outlive this run; then the shared hook, if any.
+    opts.on_event = [counters = counters_, hook = base_.on_event](const session_event& event) {
+        switch (event.what) {
+        case session_event::kind::opened:
+            counters->accepted.fetch_add(1, std::memory_order_relaxed);
+            break;
+        case session_event::kind::rejected:
+            counters->rejected.fetch_add(1, std::memory_order_relaxed);
+            break;
+        case session_event::kind::closed: {
+            const auto reason = static_cast<std::size_t>(classify_close(*event.result));
+            counters->closed[reason].fetch_add(1, std::memory_order_relaxed);
+            break;
+        }
+        }
+        if (hook) {
+            hook(event);
+        }
+    };
+    return opts;
+}
+
+template <class Policy>
+void managed_proxy<Policy>::start() {
+    if (proxy_) {
+        return;
+    }
+    auto proxy = std::make_unique<proxy_type>(make_options(listen_address(spec_.listen)),
+                                              forward_mode(upstream_address(spec_.upstream)),
+                                              make_policy_());
+    std::error_code ec;
+    proxy->listen(ec);
+    if (ec) {
+        throw std::system_error(ec, "listen tcp " + spec_.listen);
+    }
+    proxy_type* serving = proxy.get();
+    thread_ = std::thread([serving] {
+        try {
+            serving->run();
+        } catch (...) { // the policy could not start (no descriptor): the proxy stays down
+        }
+    });
+    spec_.listen = proxy->local_endpoint().to_string();
+    spec_.enabled = true;
+    proxy_ = std::move(proxy);
+}
+
+template <class Policy>
+void managed_proxy<Policy>::stop() noexcept {
+    if (proxy_) {
+        proxy_->stop();
+        if (thread_.joinable()) {
+            thread_.join();
+        }
+        proxy_.reset();
+    }
+    spec_.enabled = false;
+}
+
+template <class Policy>
+void managed_proxy<Policy>::retarget(std::string listen, std::string upstream) {
+    (void)listen_address(listen);
+    (void)upstream_address(upstream);
+    spec_.listen = std::move(listen);
+    spec_.upstream = std::move(upstream);
+}
+
+template <class Policy>
+std::unique_ptr<managed_proxy<Policy>>
+proxy_collection<Policy>::make(const proxy_spec& spec) const {
+    (void)listen_address(spec.listen); // checked before anything starts
+    (void)upstream_address(spec.upstream);
+    auto made = std::make_unique<proxy_type>(spec, base_, seed_ ^ detail::name_hash(spec.name),
+                                             make_policy_);
+    if (spec.enabled) {
+        made->start();
+    }
+    return made;
+}
+
+template <class Policy>
+managed_proxy<Policy>* proxy_collection<Policy>::find(std::string_view name) noexcept {
+    auto it = proxies_.find(name);
+    return it == proxies_.end() ? nullptr : it->second.get();
+}
+
+template <class Policy>
+managed_proxy<Policy>& proxy_collection<Policy>::add(const proxy_spec& spec) {
+    auto made = make(spec);
+    proxy_type& added = *made;
+    proxies_.emplace(spec.name, std::move(made));
+    return added;
+}
+
+template <class Policy>
+managed_proxy<Policy>& proxy_collection<Policy>::replace(const proxy_spec& spec) {
+    if (proxy_type* existing = find(spec.name)) {
+        existing->stop(); // its port is free for the new one
+        proxies_.erase(proxies_.find(spec.name));
+    }
+    return add(spec);
+}
+
+template <class Policy>
+bool proxy_collection<Policy>::remove(std::string_view name) noexcept {
+    auto it = proxies_.find(name);
+    if (it == proxies_.end()) {
+        return false;
+    }
+    proxies_.erase(it); // stops it
+    return true;
+}
+
+template <class Policy>
+void proxy_collection<Policy>::clear() noexcept {
+    proxies_.clear();
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/api/proxies.hpp ----
+// #include "tinyproxy/api/toxiproxy.hpp"
+// ---- begin tinyproxy/api/toxiproxy.hpp ----
+// A Toxiproxy-compatible control server: Toxiproxy 2.12's HTTP API (its routes, bodies and
+// status codes) over a proxy_collection, so Toxiproxy's own clients drive it, and a /metrics
+// endpoint in Prometheus's text format. toxiproxy_api answers one request (sans-I/O);
+// toxiproxy_server serves it over HTTP.
+
+#include <cstdint>      // counters
+#include <exception>    // std::exception: an error not the API's own
+#include <functional>   // the policy factory
+#include <string>       // bodies, names
+#include <string_view>  // paths
+#include <system_error> // a listener that cannot be opened
+#include <utility>      // std::move
+#include <vector>       // path segments, toxics
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/json.hpp"
+// #include "tinyproxy/faults.hpp"
+// #include "tinyproxy/proxy.hpp"
+// #include "tinyproxy/api/http.hpp"
+// #include "tinyproxy/api/http_server.hpp"
+// #include "tinyproxy/api/prometheus.hpp"
+// #include "tinyproxy/api/toxiproxy_json.hpp"
+// #include "tinyproxy/api/proxies.hpp"
+
+namespace tinyproxy {
+
+/// The Toxiproxy version /version reports: the API this server speaks (clients choose what to
+/// send by it: Ruby's picks PATCH from 2.6 on).
+inline constexpr std::string_view toxiproxy_api_version = "2.12.0";
+
+/// Answers Toxiproxy API requests over a collection of proxies. Thread-safe (the collection
+/// is); one request at a time is the usual use.
+template <class Policy>
+class toxiproxy_api {
+public:
+    explicit toxiproxy_api(proxy_collection<Policy>& proxies) : proxies_(proxies) {}
+
+    /// The response to one request: never throws an api_error (it becomes its response).
+    http_response handle(const http_request& request);
+
+    /// POST /populate's work: makes or replaces the proxies of a JSON array, all checked
+    /// before any is made, keeping those that are already as given. Returns the proxies
+    /// as JSON; throws api_error (with what was made so far in `made`).
+    json_value populate(const json_value& list, json_value& made);
+
+    /// The metrics of every proxy, in Prometheus's text format.
+    std::string metrics();
+
+private:
+    using proxy_type = managed_proxy<Policy>;
+
+    http_response route(const http_request& request, const std::vector<std::string>& path);
+    http_response proxy_index();
+    http_response proxy_create(const http_request& request);
+    http_response proxy_show(const std::string& name);
+    http_response proxy_update(const std::string& name, const http_request& request);
+    http_response proxy_delete(const std::string& name);
+    http_response toxic_index(const std::string& proxy);
+    http_response toxic_create(const std::string& proxy, const http_request& request);
+    http_response toxic_show(const std::string& proxy, const std::string& name);
+    http_response toxic_update(const std::string& proxy, const std::string& name,
+                               const http_request& request);
+    http_response toxic_delete(const std::string& proxy, const std::string& name);
+    http_response populate_request(const http_request& request);
+    http_response reset();
+
+    /// The proxy called `name` (the collection must be locked); api_error 404 if none.
+    proxy_type& existing(proxy_collection<Policy>& all, const std::string& name);
+    static json_value proxy_json(const proxy_type& proxy);
+    static json_value toxics_json(const toxic_set& toxics);
+    /// Starts `proxy`, an api_error 500 with the reason when it cannot listen.
+    static void start_or_throw(proxy_type& proxy);
+
+    proxy_collection<Policy>& proxies_;
+};
+
+/// What a toxiproxy_server is told: where its API listens (loopback, Toxiproxy's port, by
+/// default), the HTTP limits and checks, and what every proxy it makes shares.
+struct toxiproxy_options {
+    http_server_options http;
+    /// Timeouts, limits and the event hook every proxy shares (`listen` is ignored). No idle
+    /// timeout by default: Toxiproxy has none, and a test suite's pooled connections sit idle.
+    options proxies = [] {
+        options base;
+        base.idle_timeout = std::chrono::milliseconds::max();
+        return base;
+    }();
+    /// The seed of every proxy's faults (each proxy's derived from it and its name).
+    std::uint64_t seed = 0;
+};
+
+/// A Toxiproxy-compatible server: the control API on HTTP, and the proxies it makes, each on
+/// a thread of its own with `Policy` (poll_policy: one event loop a proxy).
+///
+///     tinyproxy::toxiproxy_server<> server(options); // API on 127.0.0.1:8474
+///     server.listen();
+///     server.run(); // until server.stop() from another thread or a signal handler
+template <class Policy = poll_policy>
+class toxiproxy_server {
+public:
+    explicit toxiproxy_server(
+        toxiproxy_options opts = toxiproxy_options(),
+        std::function<Policy()> make_policy = [] { return Policy(); })
+        : proxies_(opts.proxies, opts.seed, std::move(make_policy)), api_(proxies_),
+          http_(opts.http, [this](const http_request& request) { return api_.handle(request); }) {}
+
+    /// Binds the API's address (port 0 picks one). Throws std::system_error naming it.
+    void listen() { http_.listen(); }
+    endpoint local_endpoint() const noexcept { return http_.local_endpoint(); }
+    /// Serves the API until stop(); then deletes every proxy (closing their connections).
+    void run() {
+        http_.run();
+        proxies_.with_lock([](proxy_collection<Policy>& all) { all.clear(); });
+    }
+    /// Thread-safe and async-signal-safe.
+    void stop() noexcept { http_.stop(); }
+
+    /// Loads a Toxiproxy config file's text (a JSON array, as POST /populate takes). Throws
+    /// api_error saying what is wrong.
+    void populate(std::string_view json_text) {
+        json_value made;
+        (void)api_.populate(parse_body(json_text), made);
+    }
+    proxy_collection<Policy>& proxies() noexcept { return proxies_; }
+    toxiproxy_api<Policy>& api() noexcept { return api_; }
+
+private:
+    proxy_collection<Policy> proxies_;
+    toxiproxy_api<Policy> api_;
+    http_server http_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+
+inline http_response json_response(int status, const json_value& body) {
+    http_response response;
+    response.status = status;
+    response.body = body.dump();
+    return response;
+}
+
+inline http_response no_content() {
+    http_response response;
+    response.status = 204;
+    return response;
+}
+
+inline int hex_digit(char c) noexcept {
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/// A path's segments, each percent-decoded ("/proxies/my%20db" -> {"proxies", "my db"}); an
+/// empty segment (a trailing slash) is kept, so "/proxies/" matches no route.
+inline std::vector<std::string> path_segments(std::string_view path) {
+    std::vector<std::string> segments;
+    if (path.empty() || path.front() != '/') {
+        return segments;
+    }
+    path.remove_prefix(1);
+    for (;;) {
+        const std::size_t slash = path.find('/');
+        const std::string_view raw = path.substr(0, slash);
+        std::string segment;
+        for (std::size_t i = 0; i < raw.size(); ++i) {
+            const int high = raw[i] == '%' && i + 2 < raw.size() ? hex_digit(raw[i + 1]) : -1;
+            const int low = high >= 0 ? hex_digit(raw[i + 2]) : -1;
+            if (low >= 0) {
+                segment += static_cast<char>(high * 16 + low);
+                i += 2;
+            } else {
+                segment += raw[i];
+            }
+        }
+        segments.push_back(std::move(segment));
+        if (slash == std::string_view::npos) {
+            return segments;
+        }
+        path.remove_prefix(slash + 1);
+    }
+}
+
+/// The proxy the body of a create names: name and upstream required, as Toxiproxy says.
+inline proxy_spec new_proxy_spec(const proxy_fields& fields, const std::string& where) {
+    if (!fields.name || fields.name->empty()) {
+        throw api_error(400, "missing required field: name" + where);
+    }
+    if (!fields.upstream || fields.upstream->empty()) {
+        throw api_error(400, "missing required field: upstream" + where);
+    }
+    proxy_spec spec{*fields.name, fields.listen.value_or(""), *fields.upstream,
+                    fields.enabled.value_or(true)};
+    try {
+        (void)listen_address(spec.listen);
+        (void)upstream_address(spec.upstream);
+    } catch (const std::invalid_argument& e) {
+        throw api_error(400, std::string("bad request body: ") + e.what() + where);
+    }
+    return spec;
+}
+
+} // namespace detail
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::handle(const http_request& request) {
+    try {
+        return route(request, detail::path_segments(request.path()));
+    } catch (const api_error& e) {
+        return detail::json_response(e.status, api_error_body(e.status, e.what()));
+    } catch (const std::system_error& e) { // a listener that could not be opened
+        return detail::json_response(500, api_error_body(500, e.what()));
+    } catch (const std::invalid_argument& e) {
+        return detail::json_response(400, api_error_body(400, e.what()));
+    }
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::route(const http_request& request,
+                                           const std::vector<std::string>& path) {
+    const std::string& method = request.method;
+    const bool get = method == "GET";
+    const bool post = method == "POST";
+    const bool change = post || method == "PATCH"; // updates take both, as Toxiproxy's do
+    const bool del = method == "DELETE";
+    const std::size_t n = path.size();
+    bool known = true; // the path is one of the API's, whatever the method
+    if (n == 1 && path[0] == "version") {
+        if (get) {
+            json_value body = json_value::object();
+            body.set("version", std::string(toxiproxy_api_version));
+            return detail::json_response(200, body);
+        }
+    } else if (n == 1 && path[0] == "metrics") {
+        if (get) {
+            http_response response;
+            response.content_type = std::string(prometheus_text::content_type);
+            response.body = metrics();
+            return response;
+        }
+    } else if (n == 1 && path[0] == "reset") {
+        if (post) {
+            return reset();
+        }
+    } else if (n == 1 && path[0] == "populate") {
+        if (post) {
+            return populate_request(request);
+        }
+    } else if (n == 1 && path[0] == "proxies") {
+        if (get) {
+            return proxy_index();
+        }
+        if (post) {
+            return proxy_create(request);
+        }
+    } else if (n == 2 && path[0] == "proxies") {
+        if (get) {
+            return proxy_show(path[1]);
+        }
+        if (change) {
+            return proxy_update(path[1], request);
+        }
+        if (del) {
+            return proxy_delete(path[1]);
+        }
+    } else if (n == 3 && path[0] == "proxies" && path[2] == "toxics") {
+        if (get) {
+            return toxic_index(path[1]);
+        }
+        if (post) {
+            return toxic_create(path[1], request);
+        }
+    } else if (n == 4 && path[0] == "proxies" && path[2] == "toxics") {
+        if (get) {
+            return toxic_show(path[1], path[3]);
+        }
+        if (change) {
+            return toxic_update(path[1], path[3], request);
+        }
+        if (del) {
+            return toxic_delete(path[1], path[3]);
+        }
+    } else {
+        known = false;
+    }
+    if (known) {
+        throw api_error(405, "method not allowed");
+    }
+    throw api_error(404, "not found");
+}
+
+template <class Policy>
+managed_proxy<Policy>& toxiproxy_api<Policy>::existing(proxy_collection<Policy>& all,
+                                                       const std::string& name) {
+    proxy_type* proxy = all.find(name);
+    if (proxy == nullptr) {
+        throw api_error(404, "proxy not found");
+    }
+    return *proxy;
+}
+
+template <class Policy>
+json_value toxiproxy_api<Policy>::toxics_json(const toxic_set& toxics) {
+    // Toxiproxy lists the upstream chain first, then the downstream one, each in its order.
+    json_value list = json_value::array();
+    const std::vector<toxic> all = toxics.list();
+    for (direction stream : {direction::to_upstream, direction::to_client}) {
+        for (const toxic& fault : all) {
+            if (fault.stream == stream) {
+                list.push_back(toxic_to_json(fault));
+            }
+        }
+    }
+    return list;
+}
+
+template <class Policy>
+json_value toxiproxy_api<Policy>::proxy_json(const proxy_type& proxy) {
+    const proxy_spec& spec = proxy.spec();
+    json_value out = json_value::object();
+    out.set("name", spec.name);
+    out.set("listen", spec.listen);
+    out.set("upstream", spec.upstream);
+    out.set("enabled", spec.enabled);
+    out.set("toxics", toxics_json(proxy.toxics()));
+    return out;
+}
+
+template <class Policy>
+void toxiproxy_api<Policy>::start_or_throw(proxy_type& proxy) {
+    try {
+        proxy.start();
+    } catch (const std::system_error& e) {
+        throw api_error(500, e.what());
+    }
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::proxy_index() {
+    return proxies_.with_lock([](proxy_collection<Policy>& all) {
+        json_value out = json_value::object();
+        for (const auto& named : all.all()) {
+            out.set(named.first, proxy_json(*named.second));
+        }
+        return detail::json_response(200, out);
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::proxy_create(const http_request& request) {
+    const proxy_spec spec =
+        detail::new_proxy_spec(proxy_fields_from_json(parse_body(request.body)), "");
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        if (all.find(spec.name) != nullptr) {
+            throw api_error(409, "proxy already exists");
+        }
+        try {
+            return detail::json_response(201, proxy_json(all.add(spec)));
+        } catch (const std::system_error& e) {
+            throw api_error(500, e.what());
+        }
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::proxy_show(const std::string& name) {
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        return detail::json_response(200, proxy_json(existing(all, name)));
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::proxy_update(const std::string& name,
+                                                  const http_request& request) {
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        proxy_type& proxy = existing(all, name);
+        const proxy_fields fields = proxy_fields_from_json(parse_body(request.body));
+        const proxy_spec current = proxy.spec();
+        const std::string listen = fields.listen.value_or(current.listen);
+        const std::string upstream = fields.upstream.value_or(current.upstream);
+        const bool enabled = fields.enabled.value_or(current.enabled);
+        std::string resolved;
+        try {
+            resolved = listen_address(listen).to_string();
+            (void)upstream_address(upstream);
+        } catch (const std::invalid_argument& e) {
+            throw api_error(400, std::string("bad request body: ") + e.what());
+        }
+        // A new address restarts the proxy (its connections end), as Toxiproxy's does.
+        if (resolved != current.listen || upstream != current.upstream) {
+            proxy.stop();
+            proxy.retarget(listen, upstream);
+        }
+        if (enabled && !proxy.running()) {
+            start_or_throw(proxy);
+        } else if (!enabled) {
+            proxy.stop();
+        }
+        return detail::json_response(200, proxy_json(proxy));
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::proxy_delete(const std::string& name) {
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        if (!all.remove(name)) {
+            throw api_error(404, "proxy not found");
+        }
+        return detail::no_content();
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::toxic_index(const std::string& proxy) {
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        return detail::json_response(200, toxics_json(existing(all, proxy).toxics()));
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::toxic_create(const std::string& proxy,
+                                                  const http_request& request) {
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        toxic_set& toxics = existing(all, proxy).toxics();
+        const toxic fault = toxic_from_json(parse_body(request.body));
+        toxic same;
+        if (toxics.find(name_of(fault), same)) {
+            throw api_error(409, "toxic already exists");
+        }
+        toxics.add(fault);
+        return detail::json_response(200, toxic_to_json(fault));
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::toxic_show(const std::string& proxy, const std::string& name) {
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        toxic fault;
+        if (!existing(all, proxy).toxics().find(name, fault)) {
+            throw api_error(404, "toxic not found");
+        }
+        return detail::json_response(200, toxic_to_json(fault));
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::toxic_update(const std::string& proxy, const std::string& name,
+                                                  const http_request& request) {
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        toxic_set& toxics = existing(all, proxy).toxics();
+        toxic current;
+        if (!toxics.find(name, current)) {
+            throw api_error(404, "toxic not found");
+        }
+        const toxic updated = toxic_updated(current, parse_body(request.body));
+        toxics.update(name, updated);
+        return detail::json_response(200, toxic_to_json(updated));
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::toxic_delete(const std::string& proxy,
+                                                  const std::string& name) {
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        if (!existing(all, proxy).toxics().remove(name)) {
+            throw api_error(404, "toxic not found");
+        }
+        return detail::no_content();
+    });
+}
+
+template <class Policy>
+json_value toxiproxy_api<Policy>::populate(const json_value& list, json_value& made) {
+    made = json_value::array();
+    if (!list.is_array()) {
+        detail::bad_body("expected an array of proxies");
+    }
+    // Every entry is checked before any proxy is made or changed.
+    std::vector<proxy_spec> specs;
+    for (std::size_t i = 0; i < list.items().size(); ++i) {
+        const std::string where = " at proxy " + std::to_string(i + 1);
+        specs.push_back(detail::new_proxy_spec(proxy_fields_from_json(list.items()[i]), where));
+    }
+    return proxies_.with_lock([&](proxy_collection<Policy>& all) {
+        for (const proxy_spec& spec : specs) {
+            proxy_type* now = all.find(spec.name);
+            const bool same = now != nullptr &&
+                              listen_address(spec.listen).to_string() == now->spec().listen &&
+                              spec.upstream == now->spec().upstream;
+            if (!same) { // an identical one is kept as it is, toxics, connections and all
+                try {
+                    now = &all.replace(spec);
+                } catch (const std::system_error& e) {
+                    throw api_error(500, e.what());
+                }
+            }
+            made.push_back(proxy_json(*now));
+        }
+        return made;
+    });
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::populate_request(const http_request& request) {
+    json_value made = json_value::array();
+    json_value body = json_value::object();
+    try {
+        populate(parse_body(request.body), made);
+    } catch (const api_error& e) {
+        body.set("error", std::string(e.what()));
+        body.set("status", e.status);
+        body.set("proxies", std::move(made));
+        return detail::json_response(e.status, body);
+    }
+    body.set("proxies", std::move(made));
+    return detail::json_response(201, body);
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::reset() {
+    return proxies_.with_lock([](proxy_collection<Policy>& all) {
+        for (const auto& named : all.all()) {
+            start_or_throw(*named.second);
+            named.second->toxics().clear();
+        }
+        return detail::no_content();
+    });
+}
+
+template <class Policy>
+std::string toxiproxy_api<Policy>::metrics() {
+    return proxies_.with_lock([](proxy_collection<Policy>& all) {
+        prometheus_text out;
+        const auto each = [&](auto&& sample) {
+            for (const auto& named : all.all()) {
+                sample(named.first, *named.second);
+            }
+        };
+        out.family("tinyproxy_proxy_enabled", "gauge",
+                   "1 while the proxy listens, 0 when disabled.");
+        each([&](const std::string& name, const proxy_type& p) {
+            out.sample("tinyproxy_proxy_enabled", {{"proxy", name}}, p.running() ? 1 : 0);
+        });
+        out.family("tinyproxy_proxy_bytes_total", "counter",
+                   "Bytes relayed, counted as they move; upstream: client to server.");
+        each([&](const std::string& name, const proxy_type& p) {
+            const traffic_counters& t = *p.counters().traffic;
+            out.sample("tinyproxy_proxy_bytes_total", {{"proxy", name}, {"direction", "upstream"}},
+                       t.to_upstream.load(std::memory_order_relaxed));
+            out.sample("tinyproxy_proxy_bytes_total",
+                       {{"proxy", name}, {"direction", "downstream"}},
+                       t.to_client.load(std::memory_order_relaxed));
+        });
+        out.family("tinyproxy_proxy_connections_accepted_total", "counter",
+                   "Client connections accepted and served.");
+        each([&](const std::string& name, const proxy_type& p) {
+            out.sample("tinyproxy_proxy_connections_accepted_total", {{"proxy", name}},
+                       p.counters().accepted.load(std::memory_order_relaxed));
+        });
+        out.family("tinyproxy_proxy_connections_active", "gauge", "Connections open now.");
+        each([&](const std::string& name, const proxy_type& p) {
+            out.sample("tinyproxy_proxy_connections_active", {{"proxy", name}}, p.active());
+        });
+        out.family("tinyproxy_proxy_connections_closed_total", "counter",
+                   "Connections ended, by how they ended.");
+        each([&](const std::string& name, const proxy_type& p) {
+            for (std::size_t r = 0; r < close_reason_count; ++r) {
+                const std::string_view reason = close_reason_name(static_cast<close_reason>(r));
+                out.sample("tinyproxy_proxy_connections_closed_total",
+                           {{"proxy", name}, {"reason", reason}},
+                           p.counters().closed[r].load(std::memory_order_relaxed));
+            }
+        });
+        out.family("tinyproxy_proxy_connections_rejected_total", "counter",
+                   "Clients closed at once: past --max-connections or outside --allow.");
+        each([&](const std::string& name, const proxy_type& p) {
+            out.sample("tinyproxy_proxy_connections_rejected_total", {{"proxy", name}},
+                       p.counters().rejected.load(std::memory_order_relaxed));
+        });
+        out.family("tinyproxy_proxy_toxics_applied_total", "counter",
+                   "Times a toxic applied to a connection (its toxicity roll said so), by type.");
+        each([&](const std::string& name, const proxy_type& p) {
+            for (int t = 0; t <= static_cast<int>(toxic_type::limit_data); ++t) {
+                const auto type = static_cast<toxic_type>(t);
+                out.sample("tinyproxy_proxy_toxics_applied_total",
+                           {{"proxy", name}, {"type", type_name(type)}}, p.toxics().applied(type));
+            }
+        });
+        out.family("tinyproxy_proxy_toxics", "gauge", "Toxics the proxy has now.");
+        each([&](const std::string& name, const proxy_type& p) {
+            out.sample("tinyproxy_proxy_toxics", {{"proxy", name}}, p.toxics().list().size());
+        });
+        return out.text();
+    });
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/api/toxiproxy.hpp ----
 // ---- end tinyproxy/tinyproxy.hpp ----
