@@ -97,7 +97,7 @@ private:
     std::uint64_t next_id_ = 1;
     std::atomic<std::uint64_t> version_{0};
     std::atomic<bool> frozen_{false};
-    std::atomic<std::uint64_t> applied_[7]{}; // by toxic_type
+    std::atomic<std::uint64_t> applied_[toxic_type_count]{}; // by toxic_type
     void count_applied(toxic_type type) noexcept {
         applied_[static_cast<std::size_t>(type)].fetch_add(1, std::memory_order_relaxed);
     }
@@ -401,8 +401,10 @@ inline std::unique_ptr<relay_stage> make_fault_stage(const toxic& fault, fault_r
         return std::make_unique<reset_peer_stage>(milliseconds(fault.timeout));
     case toxic_type::limit_data:
         return std::make_unique<limit_data_stage>(static_cast<std::uint64_t>(fault.bytes), passed);
+    case toxic_type::noop:
+        break;
     }
-    return std::make_unique<relay_stage>(); // not reached: every type is above
+    return std::make_unique<relay_stage>(); // noop: the base stage passes everything as it comes
 }
 
 namespace detail {

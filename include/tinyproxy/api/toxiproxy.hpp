@@ -5,6 +5,7 @@
 // toxiproxy_server serves it over HTTP.
 #pragma once
 
+#include <atomic>       // the request count
 #include <cstdint>      // counters
 #include <exception>    // std::exception: an error not the API's own
 #include <functional>   // the policy factory
@@ -38,6 +39,7 @@ public:
     explicit toxiproxy_api(proxy_collection<Policy>& proxies) : proxies_(proxies) {}
 
     /// The response to one request: never throws an api_error (it becomes its response).
+    /// Each carries an X-Toxiproxy-Request-Id, as Toxiproxy's do, unique in this process.
     http_response handle(const http_request& request);
 
     /// POST /populate's work: makes or replaces the proxies of a JSON array, all checked
@@ -51,6 +53,7 @@ public:
 private:
     using proxy_type = managed_proxy<Policy>;
 
+    http_response answer(const http_request& request);
     http_response route(const http_request& request, const std::vector<std::string>& path);
     http_response proxy_index();
     http_response proxy_create(const http_request& request);
@@ -74,6 +77,7 @@ private:
     static void start_or_throw(proxy_type& proxy);
 
     proxy_collection<Policy>& proxies_;
+    std::atomic<std::uint64_t> requests_{0}; ///< answered so far: the next request id
 };
 
 /// What a toxiproxy_server is told: where its API listens (loopback, Toxiproxy's port, by
@@ -205,10 +209,27 @@ inline proxy_spec new_proxy_spec(const proxy_fields& fields, const std::string& 
     return spec;
 }
 
+/// A request id: `number` as 16 hex digits (Toxiproxy's are xids; clients only pass them on).
+inline std::string request_id(std::uint64_t number) {
+    std::string id(16, '0');
+    for (std::size_t i = id.size(); i-- > 0; number >>= 4) {
+        id[i] = "0123456789abcdef"[number & 0xF];
+    }
+    return id;
+}
+
 } // namespace detail
 
 template <class Policy>
 http_response toxiproxy_api<Policy>::handle(const http_request& request) {
+    http_response response = answer(request);
+    const std::uint64_t number = requests_.fetch_add(1, std::memory_order_relaxed) + 1;
+    response.headers.push_back({"X-Toxiproxy-Request-Id", detail::request_id(number)});
+    return response;
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::answer(const http_request& request) {
     try {
         return route(request, detail::path_segments(request.path()));
     } catch (const api_error& e) {
@@ -585,7 +606,7 @@ std::string toxiproxy_api<Policy>::metrics() {
         out.family("tinyproxy_proxy_toxics_applied_total", "counter",
                    "Times a toxic applied to a connection (its toxicity roll said so), by type.");
         each([&](const std::string& name, const proxy_type& p) {
-            for (int t = 0; t <= static_cast<int>(toxic_type::limit_data); ++t) {
+            for (std::size_t t = 0; t < toxic_type_count; ++t) {
                 const auto type = static_cast<toxic_type>(t);
                 out.sample("tinyproxy_proxy_toxics_applied_total",
                            {{"proxy", name}, {"type", type_name(type)}}, p.toxics().applied(type));

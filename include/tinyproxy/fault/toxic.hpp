@@ -5,6 +5,7 @@
 
 #include <charconv>    // toxicity, read and written in every locale
 #include <cmath>       // std::isfinite: toxicity
+#include <cstddef>     // std::size_t: the number of types
 #include <cstdint>     // attributes
 #include <stdexcept>   // std::invalid_argument: a bad spec
 #include <string>      // names, messages
@@ -15,8 +16,20 @@
 
 namespace tinyproxy {
 
-/// Toxiproxy's toxic types, each a built-in stage (fault/*.hpp).
-enum class toxic_type { latency, bandwidth, slicer, slow_close, timeout, reset_peer, limit_data };
+/// Toxiproxy's toxic types, each a built-in stage (fault/*.hpp); noop passes every byte as it
+/// comes (Toxiproxy has it; its own tests add it).
+enum class toxic_type {
+    latency,
+    bandwidth,
+    slicer,
+    slow_close,
+    timeout,
+    reset_peer,
+    limit_data,
+    noop
+};
+/// How many toxic types there are (for tables indexed by type).
+constexpr std::size_t toxic_type_count = 8;
 
 /// One fault. The attributes keep Toxiproxy's names and units; those its type does not have
 /// stay 0.
@@ -71,8 +84,10 @@ std::string to_spec(const toxic& fault);
 namespace detail {
 
 inline constexpr std::string_view toxic_type_names[] = {
-    "latency", "bandwidth", "slicer", "slow_close", "timeout", "reset_peer", "limit_data",
+    "latency", "bandwidth", "slicer", "slow_close", "timeout", "reset_peer", "limit_data", "noop",
 };
+static_assert(sizeof(toxic_type_names) / sizeof(toxic_type_names[0]) == toxic_type_count,
+              "a name for every toxic_type");
 
 /// Whole number from 0 to `max`, every character a digit.
 inline bool parse_count(std::string_view text, std::int64_t max, std::int64_t& value) noexcept {
@@ -134,7 +149,7 @@ inline std::string_view type_name(toxic_type type) noexcept {
 }
 
 inline bool parse_toxic_type(std::string_view name, toxic_type& type) noexcept {
-    for (int i = 0; i < 7; ++i) {
+    for (std::size_t i = 0; i < toxic_type_count; ++i) {
         if (detail::toxic_type_names[i] == name) {
             type = static_cast<toxic_type>(i);
             return true;
@@ -185,6 +200,8 @@ inline const toxic_attribute* attributes_of(toxic_type type, std::size_t& count)
     case toxic_type::limit_data:
         count = 1;
         return limit_data;
+    case toxic_type::noop:
+        break;
     }
     count = 0;
     return nullptr;
@@ -229,7 +246,7 @@ inline toxic parse_toxic(std::string_view spec) {
     if (!parse_toxic_type(type, fault.type)) {
         throw std::invalid_argument("unknown toxic type " + detail::quoted(type) +
                                     " (expected latency, bandwidth, slicer, slow_close, timeout, "
-                                    "reset_peer or limit_data)");
+                                    "reset_peer, limit_data or noop)");
     }
     std::size_t attribute_count = 0;
     const toxic_attribute* attributes = attributes_of(fault.type, attribute_count);
