@@ -260,4 +260,39 @@ TEST_CASE("toxiproxy api: /version, /metrics and the routes that are not there")
     CHECK(text.find(R"(tinyproxy_proxy_connections_active{proxy="m\"x"} 0)") != std::string::npos);
 }
 
+TEST_CASE("toxiproxy api: a noop toxic is taken and passes every byte, and every answer carries "
+          "its own X-Toxiproxy-Request-Id, errors too") {
+    upstream echo_server(echo);
+    api_rig rig;
+    auto created = rig.call("POST", "/proxies",
+                            R"({"name":"n","listen":"127.0.0.1:0","upstream":")" +
+                                echo_server.where().to_string() + R"("})");
+    REQUIRE(created.status == 201);
+    auto noop = rig.call("POST", "/proxies/n/toxics", R"({"type":"noop"})");
+    REQUIRE(noop.status == 200);
+    CHECK(rig.text(noop, "name") == "noop_downstream");
+    CHECK(rig.json(noop).find("attributes")->members().empty());
+
+    auto client = connect_to(tinyproxy::parse_endpoint(rig.text(created, "listen")));
+    REQUIRE(client);
+    REQUIRE(send_all(client, as_vector("through noop")));
+    shutdown_write(client);
+    CHECK(read_to_end(client) == as_vector("through noop"));
+
+    auto id_of = [](const tinyproxy::http_response& response) {
+        for (const auto& field : response.headers) {
+            if (field.name == "X-Toxiproxy-Request-Id") {
+                return field.value;
+            }
+        }
+        return std::string();
+    };
+    auto missing = rig.call("GET", "/proxies/absent");
+    CHECK(missing.status == 404);
+    CHECK_FALSE(id_of(created).empty());
+    CHECK_FALSE(id_of(missing).empty());
+    CHECK(id_of(created) != id_of(noop));
+    CHECK(id_of(noop) != id_of(missing));
+}
+
 TEST_SUITE_END();

@@ -4944,6 +4944,7 @@ private:
 
 #include <charconv>    // toxicity, read and written in every locale
 #include <cmath>       // std::isfinite: toxicity
+#include <cstddef>     // std::size_t: the number of types
 #include <cstdint>     // attributes
 #include <stdexcept>   // std::invalid_argument: a bad spec
 #include <string>      // names, messages
@@ -4954,8 +4955,20 @@ private:
 
 namespace tinyproxy {
 
-/// Toxiproxy's toxic types, each a built-in stage (fault/*.hpp).
-enum class toxic_type { latency, bandwidth, slicer, slow_close, timeout, reset_peer, limit_data };
+/// Toxiproxy's toxic types, each a built-in stage (fault/*.hpp); noop passes every byte as it
+/// comes (Toxiproxy has it; its own tests add it).
+enum class toxic_type {
+    latency,
+    bandwidth,
+    slicer,
+    slow_close,
+    timeout,
+    reset_peer,
+    limit_data,
+    noop
+};
+/// How many toxic types there are (for tables indexed by type).
+constexpr std::size_t toxic_type_count = 8;
 
 /// One fault. The attributes keep Toxiproxy's names and units; those its type does not have
 /// stay 0.
@@ -5010,8 +5023,10 @@ std::string to_spec(const toxic& fault);
 namespace detail {
 
 inline constexpr std::string_view toxic_type_names[] = {
-    "latency", "bandwidth", "slicer", "slow_close", "timeout", "reset_peer", "limit_data",
+    "latency", "bandwidth", "slicer", "slow_close", "timeout", "reset_peer", "limit_data", "noop",
 };
+static_assert(sizeof(toxic_type_names) / sizeof(toxic_type_names[0]) == toxic_type_count,
+              "a name for every toxic_type");
 
 /// Whole number from 0 to `max`, every character a digit.
 inline bool parse_count(std::string_view text, std::int64_t max, std::int64_t& value) noexcept {
@@ -5073,7 +5088,7 @@ inline std::string_view type_name(toxic_type type) noexcept {
 }
 
 inline bool parse_toxic_type(std::string_view name, toxic_type& type) noexcept {
-    for (int i = 0; i < 7; ++i) {
+    for (std::size_t i = 0; i < toxic_type_count; ++i) {
         if (detail::toxic_type_names[i] == name) {
             type = static_cast<toxic_type>(i);
             return true;
@@ -5124,6 +5139,8 @@ inline const toxic_attribute* attributes_of(toxic_type type, std::size_t& count)
     case toxic_type::limit_data:
         count = 1;
         return limit_data;
+    case toxic_type::noop:
+        break;
     }
     count = 0;
     return nullptr;
@@ -5168,7 +5185,7 @@ inline toxic parse_toxic(std::string_view spec) {
     if (!parse_toxic_type(type, fault.type)) {
         throw std::invalid_argument("unknown toxic type " + detail::quoted(type) +
                                     " (expected latency, bandwidth, slicer, slow_close, timeout, "
-                                    "reset_peer or limit_data)");
+                                    "reset_peer, limit_data or noop)");
     }
     std::size_t attribute_count = 0;
     const toxic_attribute* attributes = attributes_of(fault.type, attribute_count);
@@ -6122,7 +6139,7 @@ private:
     std::uint64_t next_id_ = 1;
     std::atomic<std::uint64_t> version_{0};
     std::atomic<bool> frozen_{false};
-    std::atomic<std::uint64_t> applied_[7]{}; // by toxic_type
+    std::atomic<std::uint64_t> applied_[toxic_type_count]{}; // by toxic_type
     void count_applied(toxic_type type) noexcept {
         applied_[static_cast<std::size_t>(type)].fetch_add(1, std::memory_order_relaxed);
     }
@@ -6426,8 +6443,10 @@ inline std::unique_ptr<relay_stage> make_fault_stage(const toxic& fault, fault_r
         return std::make_unique<reset_peer_stage>(milliseconds(fault.timeout));
     case toxic_type::limit_data:
         return std::make_unique<limit_data_stage>(static_cast<std::uint64_t>(fault.bytes), passed);
+    case toxic_type::noop:
+        break;
     }
-    return std::make_unique<relay_stage>(); // not reached: every type is above
+    return std::make_unique<relay_stage>(); // noop: the base stage passes everything as it comes
 }
 
 namespace detail {
@@ -12522,6 +12541,7 @@ void proxy_collection<Policy>::clear() noexcept {
 // endpoint in Prometheus's text format. toxiproxy_api answers one request (sans-I/O);
 // toxiproxy_server serves it over HTTP.
 
+#include <atomic>       // the request count
 #include <cstdint>      // counters
 #include <exception>    // std::exception: an error not the API's own
 #include <functional>   // the policy factory
@@ -12555,6 +12575,7 @@ public:
     explicit toxiproxy_api(proxy_collection<Policy>& proxies) : proxies_(proxies) {}
 
     /// The response to one request: never throws an api_error (it becomes its response).
+    /// Each carries an X-Toxiproxy-Request-Id, as Toxiproxy's do, unique in this process.
     http_response handle(const http_request& request);
 
     /// POST /populate's work: makes or replaces the proxies of a JSON array, all checked
@@ -12568,6 +12589,7 @@ public:
 private:
     using proxy_type = managed_proxy<Policy>;
 
+    http_response answer(const http_request& request);
     http_response route(const http_request& request, const std::vector<std::string>& path);
     http_response proxy_index();
     http_response proxy_create(const http_request& request);
@@ -12591,6 +12613,7 @@ private:
     static void start_or_throw(proxy_type& proxy);
 
     proxy_collection<Policy>& proxies_;
+    std::atomic<std::uint64_t> requests_{0}; ///< answered so far: the next request id
 };
 
 /// What a toxiproxy_server is told: where its API listens (loopback, Toxiproxy's port, by
@@ -12722,10 +12745,27 @@ inline proxy_spec new_proxy_spec(const proxy_fields& fields, const std::string& 
     return spec;
 }
 
+/// A request id: `number` as 16 hex digits (Toxiproxy's are xids; clients only pass them on).
+inline std::string request_id(std::uint64_t number) {
+    std::string id(16, '0');
+    for (std::size_t i = id.size(); i-- > 0; number >>= 4) {
+        id[i] = "0123456789abcdef"[number & 0xF];
+    }
+    return id;
+}
+
 } // namespace detail
 
 template <class Policy>
 http_response toxiproxy_api<Policy>::handle(const http_request& request) {
+    http_response response = answer(request);
+    const std::uint64_t number = requests_.fetch_add(1, std::memory_order_relaxed) + 1;
+    response.headers.push_back({"X-Toxiproxy-Request-Id", detail::request_id(number)});
+    return response;
+}
+
+template <class Policy>
+http_response toxiproxy_api<Policy>::answer(const http_request& request) {
     try {
         return route(request, detail::path_segments(request.path()));
     } catch (const api_error& e) {
@@ -13102,7 +13142,7 @@ std::string toxiproxy_api<Policy>::metrics() {
         out.family("tinyproxy_proxy_toxics_applied_total", "counter",
                    "Times a toxic applied to a connection (its toxicity roll said so), by type.");
         each([&](const std::string& name, const proxy_type& p) {
-            for (int t = 0; t <= static_cast<int>(toxic_type::limit_data); ++t) {
+            for (std::size_t t = 0; t < toxic_type_count; ++t) {
                 const auto type = static_cast<toxic_type>(t);
                 out.sample("tinyproxy_proxy_toxics_applied_total",
                            {{"proxy", name}, {"type", type_name(type)}}, p.toxics().applied(type));
