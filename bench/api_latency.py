@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """bench/api_latency.py --api HOST:PORT [--proxy b] [--pairs 200] [--hold-ms 20] [--gap-ms 20]
 
-First times --gets (50) calls of GET /version, which change nothing: the API's own round trip.
+First times --gets (50) calls of GET /version, which change nothing: the API's own round trip,
+each after --gap-ms as the others.
 Then times the Toxiproxy API calls that add a toxic to a proxy (POST /proxies/NAME/toxics) and
 remove it (DELETE /proxies/NAME/toxics/TOXIC), --pairs times, on one keep-alive connection, as
 a test suite's client does. The pairs alternate a latency toxic of 1 ms (downstream) and a
@@ -109,8 +110,10 @@ def main():
     api = Api(host, int(port), a.timeout)
 
     # A call that changes nothing first: the API's own round trip, the floor of the others.
+    # Each after the same pause as theirs: a call on a CPU woken from sleep takes longer.
     gets = []
     for _ in range(a.gets):
+        time.sleep(a.gap_ms / 1000)
         status, seconds, _ = api.call("GET", "/version")
         if status == 200:
             gets.append(seconds)

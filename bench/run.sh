@@ -31,10 +31,11 @@
 # --api [--quick] measures the Toxiproxy-compatible API (issue 14): a proxy made through
 # `tinyproxy --api` (POST /proxies, no toxic) against `tinyproxy --forward`, both poll, on
 # connection rate, pinned request/response latency and iperf3 bulk, API_ROUNDS (6; 2 quick)
-# rounds, A B then B A; then the time of each HTTP call that adds a toxic to that proxy and
-# removes it (bench/api_latency.py, API_PAIRS pairs), idle and beside 1,000 tunnels through it
-# pinging every 200 ms, and whether any tunnel broke; prints the tables and writes
-# bench/results/<date>-<HHMM>-api[-quick].json: about 3 minutes, or 1 with --quick.
+# rounds, A B then B A, and on 1,000 tunnels pinging (round trips, memory per tunnel); then
+# the time of each HTTP call that adds a toxic to that proxy and removes it
+# (bench/api_latency.py, API_PAIRS pairs), idle and beside 1,000 tunnels through it pinging
+# every 200 ms, and whether any tunnel broke; prints the tables and writes
+# bench/results/<date>-<HHMM>-api[-quick].json: about 3 minutes, under 1 with --quick.
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
@@ -59,7 +60,7 @@ for arg in "$@"; do
     --faults) FAULTS=1 ;;
     --api) API=1 ;;
     -h | --help)
-        sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -915,7 +916,7 @@ BW_RATES=(10 1000 100000) # KB/s, 1 KB = 1000 B (Toxiproxy's unit)
 phase_faults_delay() {
     log "delay: $DELAY_N tunnels, 16 B every 200 ms each, ${DELAY_TIME} s; direct, tp-poll, tp-lat (--toxic latency,latency=100)"
     start_upstream echo
-    local echo_pid=$UP_PID echo_port=$UP_PORT name idle held out file client n subtract
+    local echo_pid=$UP_PID echo_port=$UP_PORT name subtract
     for name in direct tp-poll tp-lat; do
         start_target "$name" "$name" "$echo_port" || {
             log "$name: ${MISSING[$name]}"
@@ -923,54 +924,61 @@ phase_faults_delay() {
         }
         subtract=0
         [ "$name" = tp-lat ] && subtract=100000
-        idle=
-        [ -n "${PID_OF[$name]}" ] && sleep 0.2 && idle=$("$LOAD" proc "${PID_OF[$name]}")
-        file=$WORK/delay-$name.out
-        "$LOAD" delay "$DELAY_N" --port "${PORT_OF[$name]}" --time "$DELAY_TIME" \
-            --subtract-us "$subtract" --open-time 30 >"$file" 2>&1 &
-        client=$!
-        for ((n = 0; n < 350; n++)); do # opened (at most 30 s)
-            grep -q '^open' "$file" 2>/dev/null && break
-            [ -d "/proc/$client" ] || break
-            sleep 0.1
-        done
-        sleep "$(awk -v t="$DELAY_TIME" 'BEGIN { print t / 2 }')" # every tunnel pinging
-        held=
-        [ -n "$idle" ] && held=$("$LOAD" proc "${PID_OF[$name]}" 2>/dev/null)
-        for ((n = 0; n < (DELAY_TIME + 10) * 10; n++)); do
-            [ -d "/proc/$client" ] || break
-            sleep 0.1
-        done
-        stop_tree "$client"
+        delay_sample "$name" "$DELAY_N" "$DELAY_TIME" "$subtract"
         stop_target "$name"
-        out=$(grep '^count' "$file")
-        if [ -z "$out" ]; then
-            log "delay through $name failed: $(tr '\n' ' ' <"$file" | head -c 200)"
-            record "$name" delay_failed 1
-            continue
-        fi
-        set -- $out # count N p50_us A p99_us B max_us C min_us D open K missing M lost L
-        record "$name" delay_count "$2"
-        record "$name" delay_p50_us "$4"
-        record "$name" delay_p99_us "$6"
-        record "$name" delay_max_us "$8"
-        record "$name" delay_open "${12}"
-        record "$name" delay_missing "${14}"
-        record "$name" delay_lost "${16}"
-        local line="  $name  p50 $4 us  p99 $6 us  max $8 us  ($2 round trips, ${12} tunnels)"
-        ((subtract)) && line+="  (less $subtract us)"
-        if [ -n "$idle" ] && [ -n "$held" ]; then
-            local idle_kb held_kb
-            idle_kb=$(awk '{print $4}' <<<"$idle") held_kb=$(awk '{print $4}' <<<"$held")
-            record "$name" delay_idle_rss_kb "$idle_kb"
-            record "$name" delay_held_rss_kb "$held_kb"
-            record "$name" delay_kb_per_tunnel \
-                "$(awk -v a="$held_kb" -v b="$idle_kb" -v n="${12}" 'BEGIN{print (a-b)/n}')"
-            line+="  rss $idle_kb -> $held_kb KB"
-        fi
-        log "$line"
     done
     stop_tree "$echo_pid"
+}
+
+# delay_sample NAME TUNNELS SECONDS SUBTRACT_US: `load delay` through NAME (started, to an
+# echo), each tunnel pinging 16 B every 200 ms for SECONDS; records the round trips less
+# SUBTRACT_US, and the proxy's RSS before the tunnels and halfway through, per tunnel.
+delay_sample() {
+    local name=$1 tunnels=$2 seconds=$3 subtract=$4 idle='' held='' out file client n
+    [ -n "${PID_OF[$name]}" ] && sleep 0.2 && idle=$("$LOAD" proc "${PID_OF[$name]}")
+    SEQ=$((SEQ + 1))
+    file=$WORK/$SEQ-delay-$name.out
+    "$LOAD" delay "$tunnels" --port "${PORT_OF[$name]}" --time "$seconds" \
+        --subtract-us "$subtract" --open-time 30 >"$file" 2>&1 &
+    client=$!
+    for ((n = 0; n < 350; n++)); do # opened (at most 30 s)
+        grep -q '^open' "$file" 2>/dev/null && break
+        [ -d "/proc/$client" ] || break
+        sleep 0.1
+    done
+    sleep "$(awk -v t="$seconds" 'BEGIN { print t / 2 }')" # every tunnel pinging
+    [ -n "$idle" ] && held=$("$LOAD" proc "${PID_OF[$name]}" 2>/dev/null)
+    for ((n = 0; n < (seconds + 10) * 10; n++)); do
+        [ -d "/proc/$client" ] || break
+        sleep 0.1
+    done
+    stop_tree "$client"
+    out=$(grep '^count' "$file")
+    if [ -z "$out" ]; then
+        log "delay through $name failed: $(tr '\n' ' ' <"$file" | head -c 200)"
+        record "$name" delay_failed 1
+        return 1
+    fi
+    set -- $out # count N p50_us A p99_us B max_us C min_us D open K missing M lost L
+    record "$name" delay_count "$2"
+    record "$name" delay_p50_us "$4"
+    record "$name" delay_p99_us "$6"
+    record "$name" delay_max_us "$8"
+    record "$name" delay_open "${12}"
+    record "$name" delay_missing "${14}"
+    record "$name" delay_lost "${16}"
+    local line="  $name  p50 $4 us  p99 $6 us  max $8 us  ($2 round trips, ${12} tunnels)"
+    ((subtract)) && line+="  (less $subtract us)"
+    if [ -n "$idle" ] && [ -n "$held" ]; then
+        local idle_kb held_kb
+        idle_kb=$(awk '{print $4}' <<<"$idle") held_kb=$(awk '{print $4}' <<<"$held")
+        record "$name" delay_idle_rss_kb "$idle_kb"
+        record "$name" delay_held_rss_kb "$held_kb"
+        record "$name" delay_kb_per_tunnel \
+            "$(awk -v a="$held_kb" -v b="$idle_kb" -v n="${12}" 'BEGIN{print (a-b)/n}')"
+        line+="  rss $idle_kb -> $held_kb KB"
+    fi
+    log "$line"
 }
 
 # 2. One load bulk stream to a sink through 100 ms of latency on the client-to-server stream
@@ -1180,10 +1188,10 @@ PY
 # POST /proxies on `tinyproxy --api`: the same build, poll policy, no toxic.
 if [ "$MODE" = quick ]; then
     API_ROUNDS=${API_ROUNDS:-2} API_TIME=2 API_RR_COUNT=5000 API_STREAMS=(1)
-    API_IDLE_PAIRS=50 API_PAIRS=${API_PAIRS:-100}
+    API_DELAY_ROUNDS=1 API_DELAY_TIME=3 API_IDLE_PAIRS=50 API_PAIRS=${API_PAIRS:-100}
 else
     API_ROUNDS=${API_ROUNDS:-6} API_TIME=3 API_RR_COUNT=10000 API_STREAMS=(1 4)
-    API_IDLE_PAIRS=200 API_PAIRS=${API_PAIRS:-200}
+    API_DELAY_ROUNDS=2 API_DELAY_TIME=6 API_IDLE_PAIRS=200 API_PAIRS=${API_PAIRS:-200}
 fi
 # Each tunnel pings every API_INTERVAL_MS: lower it for a heavier load beside the calls.
 API_TUNNELS=1000 API_INTERVAL_MS=${API_INTERVAL_MS:-200} API_HOLD_MS=20 API_GAP_MS=20
@@ -1269,6 +1277,28 @@ phase_api_parity() {
     stop_tree "$iperf_pid"
 }
 
+# 2. API_TUNNELS tunnels pinging 16 B every 200 ms through each (a fresh proxy per run): round
+# trips, and the proxy's memory per tunnel; API_DELAY_ROUNDS rounds, alternating.
+phase_api_tunnels() {
+    local rep name order
+    log "API proxy against --forward: $API_TUNNELS tunnels, 16 B every 200 ms each, ${API_DELAY_TIME} s, $API_DELAY_ROUNDS round(s)"
+    start_upstream echo
+    local echo_pid=$UP_PID echo_port=$UP_PORT
+    for ((rep = 1; rep <= API_DELAY_ROUNDS; rep++)); do
+        # shellcheck disable=SC2207
+        order=($(api_order "$rep"))
+        for name in "${order[@]}"; do
+            start_target "$name" "$name" "$echo_port" || {
+                log "$name: ${MISSING[$name]}"
+                continue
+            }
+            delay_sample "$name" "$API_TUNNELS" "$API_DELAY_TIME" 0
+            stop_target "$name"
+        done
+    done
+    stop_tree "$echo_pid"
+}
+
 # api_churn NAME PAIRS: bench/api_latency.py against tp-api's API, PAIRS toxics added and
 # removed; records its KEY VALUE pairs as NAME's. Fails when it printed none.
 api_churn() {
@@ -1292,7 +1322,7 @@ api_churn() {
             v["remove_p50_us"] / 1e3, v["remove_p99_us"] / 1e3, v["remove_max_us"] / 1e3 }' <<<"$out")"
 }
 
-# 2. The toxic calls' HTTP times: API_IDLE_PAIRS pairs with no connection through the proxy,
+# 3. The toxic calls' HTTP times: API_IDLE_PAIRS pairs with no connection through the proxy,
 # then API_PAIRS beside API_TUNNELS tunnels through it to an echo, each pinging 16 B every
 # API_INTERVAL_MS (load delay, as --faults' delay phase), which must all come through unbroken.
 phase_api_toxics() {
@@ -1361,7 +1391,7 @@ api_report() {
         BENCH_CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) \
         BENCH_LOAD_BEFORE=$LOAD_BEFORE BENCH_LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg) \
         BENCH_SECONDS=$(($(date +%s) - T0)) BENCH_FD_LIMIT=$FD_LIMIT \
-        BENCH_SETTINGS="API_ROUNDS=$API_ROUNDS API_TIME=$API_TIME API_RR_COUNT=$API_RR_COUNT API_STREAMS=${API_STREAMS[*]} RATE_THREADS=$RATE_THREADS API_IDLE_PAIRS=$API_IDLE_PAIRS API_PAIRS=$API_PAIRS API_TUNNELS=$API_TUNNELS API_INTERVAL_MS=$API_INTERVAL_MS API_HOLD_MS=$API_HOLD_MS API_GAP_MS=$API_GAP_MS" \
+        BENCH_SETTINGS="API_ROUNDS=$API_ROUNDS API_TIME=$API_TIME API_RR_COUNT=$API_RR_COUNT API_STREAMS=${API_STREAMS[*]} RATE_THREADS=$RATE_THREADS API_DELAY_ROUNDS=$API_DELAY_ROUNDS API_DELAY_TIME=$API_DELAY_TIME API_IDLE_PAIRS=$API_IDLE_PAIRS API_PAIRS=$API_PAIRS API_TUNNELS=$API_TUNNELS API_INTERVAL_MS=$API_INTERVAL_MS API_HOLD_MS=$API_HOLD_MS API_GAP_MS=$API_GAP_MS" \
         BENCH_TUNNELS=$API_TUNNELS BENCH_INTERVAL_MS=$API_INTERVAL_MS \
         BENCH_VERSIONS="iperf3=$(dpkg-query -W -f='${Version}' iperf3 2>/dev/null || echo unknown) python3=$(python3 -c 'import platform; print(platform.python_version())') tinyproxy=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- include examples 2>/dev/null || echo +dirty)" \
         python3 - "$RAW" "$1" <<'PY'
@@ -1384,7 +1414,10 @@ rows = (("rate_cps", "conn/s (8 workers)", "{:,.0f}"),
         ("bulk1_gbps", "iperf3 1 stream, Gbit/s", "{:.2f}"),
         ("bulk1_cpu_s_per_gb", "CPU s/GB, 1 stream", "{:.3f}"),
         ("bulk4_gbps", "iperf3 4 streams, Gbit/s", "{:.2f}"),
-        ("bulk4_cpu_s_per_gb", "CPU s/GB, 4 streams", "{:.3f}"))
+        ("bulk4_cpu_s_per_gb", "CPU s/GB, 4 streams", "{:.3f}"),
+        ("delay_p50_us", f"{int(os.environ['BENCH_TUNNELS']):,} tunnels, 16 B every 200 ms: p50 µs", "{:,.1f}"),
+        ("delay_p99_us", f"{int(os.environ['BENCH_TUNNELS']):,} tunnels: p99 µs", "{:,.1f}"),
+        ("delay_kb_per_tunnel", "proxy KB/tunnel", "{:.2f}"))
 ratio = {}
 for metric, title, fmt in rows:
     a, b = med("tp-poll", metric), med("tp-api", metric)
@@ -1419,8 +1452,9 @@ if ok(med("api-load", "pairs")):
     closed = {r: med("api-load", f"closed_{r}") for r in
               ("clean", "reset", "timeout", "unreachable", "fault", "stopped", "error")}
     lost, missing, opened = (med("api-load", m) for m in ("tunnels_lost", "tunnels_missing", "tunnels_open"))
-    errors = med("api-load", "errors") + med("api-idle", "errors")
-    slowest = max(med(n, f"{p}max_us") for n in ("api-idle", "api-load") for p in ("add_", "remove_"))
+    errors = sum(v for v in (med(n, "errors") for n in ("api-idle", "api-load")) if ok(v))
+    slowest = max([v for v in (med(n, f"{p}max_us") for n in ("api-idle", "api-load")
+                               for p in ("add_", "remove_")) if ok(v)] or [float("nan")])
     out(f"Beside the tunnels (16 B every {interval} ms each): {med('api-load', 'pairs'):,.0f} pairs in {med('api-load', 'seconds'):.1f} s; "
         f"tunnels open {opened:,.0f} of {tunnels:,} (the proxy counted {med('api-load', 'active_before'):,.0f} "
         f"active before the calls, {med('api-load', 'active_after'):,.0f} after); "
@@ -1434,9 +1468,14 @@ if ok(med("api-load", "pairs")):
     out("")
     unbroken = (opened == tunnels and lost == 0 and missing == 0 and ok(sum(closed.values()))
                 and sum(closed.values()) == 0)
+    if ok(med("api-load", "metrics_failed")):
+        out("(GET /metrics could not be read: the proxy's own counts are missing.)")
+        out("")
     out(f"No tunnel broke while toxics came and went: {verdict(unbroken)}. "
         f"Every call answered, no HTTP error: {verdict(errors == 0)}; "
         f"the slowest add or remove: {slowest / 1e3:,.2f} ms (Toxiproxy users report 25 s hangs).")
+else:
+    out("Toxic calls beside the tunnels: failed (see the log).")
 table = "\n".join(lines)
 print(table)
 
@@ -1527,6 +1566,7 @@ if ((API)); then
     LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
     log "api ($MODE), $(nproc) CPUs, load average $LOAD_BEFORE, ulimit -n $FD_LIMIT"
     phase_api_parity
+    phase_api_tunnels
     phase_api_toxics
     mkdir -p bench/results
     OUT=bench/results/$(date -u +%Y-%m-%d-%H%M)-api$([ "$MODE" = quick ] && echo -quick).json
