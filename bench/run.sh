@@ -1468,6 +1468,9 @@ if ok(med("api-load", "pairs")):
     out("")
     unbroken = (opened == tunnels and lost == 0 and missing == 0 and ok(sum(closed.values()))
                 and sum(closed.values()) == 0)
+    if med("api-load", "churn_beside_tunnels") == 0:
+        out("(The tunnels had ended before the last call: some calls ran without them.)")
+        out("")
     if ok(med("api-load", "metrics_failed")):
         out("(GET /metrics could not be read: the proxy's own counts are missing.)")
         out("")
