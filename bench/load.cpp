@@ -928,7 +928,11 @@ int cmd_delay(const args& a) {
             ++c.sent;
             ++outstanding;
         }
-        int timeout = ms_until(due < sending_ends ? due : waiting_ends);
+        // Past the last send, wake at the end of sending even if nothing arrives: the last
+        // echo may be back already, and then only the clock says the run is over.
+        int timeout = ms_until(due < sending_ends   ? due
+                               : now < sending_ends ? sending_ends
+                                                    : waiting_ends);
         int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), timeout);
         for (int i = 0; i < n; ++i) {
             delayed_connection& c = conns[events[static_cast<std::size_t>(i)].data.u64];

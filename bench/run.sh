@@ -28,6 +28,14 @@
 # none (iperf3 1 and 4 streams, conn/s; poll and thread), FAULT_ROUNDS (4) rounds, A B then B A;
 # prints the tables and writes bench/results/<date>-<HHMM>-faults.json: about 5 minutes. With
 # --quick, each phase briefly and the stage on poll only, to -faults-quick.json: under a minute.
+# --api [--quick] measures the Toxiproxy-compatible API (issue 14): a proxy made through
+# `tinyproxy --api` (POST /proxies, no toxic) against `tinyproxy --forward`, both poll, on
+# connection rate, pinned request/response latency and iperf3 bulk, API_ROUNDS (6; 2 quick)
+# rounds, A B then B A, and on 1,000 tunnels pinging (round trips, memory per tunnel); then
+# the time of each HTTP call that adds a toxic to that proxy and removes it
+# (bench/api_latency.py, API_PAIRS pairs), idle and beside 1,000 tunnels through it pinging
+# every 200 ms, and whether any tunnel broke; prints the tables and writes
+# bench/results/<date>-<HHMM>-api[-quick].json: about 3 minutes, under 1 with --quick.
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
@@ -40,6 +48,7 @@ AB=0
 MIXED=0
 FLOOR=0
 FAULTS=0
+API=0
 for arg in "$@"; do
     case "$arg" in
     --quick) MODE=quick ;;
@@ -49,12 +58,13 @@ for arg in "$@"; do
     --mixed) MIXED=1 ;;
     --floor) FLOOR=1 ;;
     --faults) FAULTS=1 ;;
+    --api) API=1 ;;
     -h | --help)
-        sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls, --ab, --mixed, --floor and --faults)" >&2
+        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls, --ab, --mixed, --floor, --faults and --api)" >&2
         exit 2
         ;;
     esac
@@ -75,7 +85,7 @@ log() { printf '[%4ds] %s\n' $(($(date +%s) - T0)) "$*" >&2; }
 WORK=$(mktemp -d /tmp/tinyproxy-bench.XXXXXX)
 RAW=$WORK/raw.tsv
 : >"$RAW"
-declare -A PORT_OF=() PID_OF=() MISSING=()
+declare -A PORT_OF=() PID_OF=() MISSING=() API_OF=()
 
 # PID and all its descendants, one per line (from /proc; no tools needed).
 tree_pids() {
@@ -153,6 +163,7 @@ install_missing() {
     command -v microsocks >/dev/null 2>&1 || want+=(microsocks)
     command -v iperf3 >/dev/null 2>&1 || want+=(iperf3)
     command -v python3 >/dev/null 2>&1 || want+=(python3)
+    command -v curl >/dev/null 2>&1 || want+=(curl)
     command -v cmake >/dev/null 2>&1 || want+=(cmake)
     command -v g++ >/dev/null 2>&1 || want+=(g++)
     command -v make >/dev/null 2>&1 || want+=(make)
@@ -260,6 +271,28 @@ fi
 
 free_port() { "$LOAD" ports 1; }
 
+# The port of the "listening on 127.0.0.1:PORT" line tinyproxy prints to FILE, waiting up to 5 s.
+listening_port() {
+    local file=$1 n port
+    for ((n = 0; n < 100; n++)); do
+        port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$file" 2>/dev/null)
+        [ -n "$port" ] && echo "$port" && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# api_create_proxy API UPSTREAM ANSWER: makes proxy "b" (127.0.0.1:0 -> 127.0.0.1:UPSTREAM)
+# through the Toxiproxy API at API, keeps the answer in ANSWER and prints the port it listens on.
+api_create_proxy() {
+    local api=$1 upstream=$2 answer=$3 port
+    curl -sS --max-time 5 -X POST "http://$api/proxies" \
+        -d "{\"name\":\"b\",\"listen\":\"127.0.0.1:0\",\"upstream\":\"127.0.0.1:$upstream\"}" \
+        >"$answer" 2>&1 || return 1
+    port=$(sed -n 's/.*"listen":"127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$answer")
+    [ -n "$port" ] && "$LOAD" waitport "$port" 5 && echo "$port"
+}
+
 # Starts NAME as KEY, forwarding to 127.0.0.1:UPSTREAM (SOCKS targets ignore it); sets
 # PORT_OF[KEY] and PID_OF[KEY], or marks NAME missing.
 SEQ=0
@@ -332,6 +365,21 @@ EOF
         port=$(free_port)
         microsocks -i 127.0.0.1 -p "$port" >"$dir/out" 2>"$dir/err" &
         ;;
+    tp-api) # --api: the CLI serving Toxiproxy's API, and proxy "b" made through it
+        "$TP" --api 127.0.0.1:0 --policy poll --quiet >"$dir/out" 2>"$dir/err" &
+        PID_OF[$key]=$!
+        local api_port
+        if ! api_port=$(listening_port "$dir/out") ||
+            ! port=$(api_create_proxy "127.0.0.1:$api_port" "$upstream" "$dir/proxy.json"); then
+            MISSING[$name]="did not start: $(cat "$dir/err" "$dir/proxy.json" 2>/dev/null | head -c 200 | tr '\n' ' ')"
+            stop_tree "${PID_OF[$key]}"
+            PID_OF[$key]=
+            return 1
+        fi
+        API_OF[$key]=127.0.0.1:$api_port
+        PORT_OF[$key]=$port
+        return 0
+        ;;
     tp-* | tpb-* | floor* | sp-*)
         local policy=${name##*-} how=(--forward "127.0.0.1:$upstream") program=$TP more=()
         [[ $name == tp*-socks-* ]] && how=(--socks)
@@ -356,13 +404,7 @@ EOF
         "$program" --listen 127.0.0.1:0 "${how[@]}" --policy "$policy" "${more[@]}" --quiet \
             >"$dir/out" 2>"$dir/err" &
         PID_OF[$key]=$!
-        local n
-        for ((n = 0; n < 100; n++)); do
-            port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$dir/out" 2>/dev/null)
-            [ -n "$port" ] && break
-            sleep 0.05
-        done
-        if [ -z "$port" ]; then
+        if ! port=$(listening_port "$dir/out"); then
             MISSING[$name]="did not start: $(head -c 200 "$dir/err")"
             stop_tree "${PID_OF[$key]}"
             return 1
@@ -874,7 +916,7 @@ BW_RATES=(10 1000 100000) # KB/s, 1 KB = 1000 B (Toxiproxy's unit)
 phase_faults_delay() {
     log "delay: $DELAY_N tunnels, 16 B every 200 ms each, ${DELAY_TIME} s; direct, tp-poll, tp-lat (--toxic latency,latency=100)"
     start_upstream echo
-    local echo_pid=$UP_PID echo_port=$UP_PORT name idle held out file client n subtract
+    local echo_pid=$UP_PID echo_port=$UP_PORT name subtract
     for name in direct tp-poll tp-lat; do
         start_target "$name" "$name" "$echo_port" || {
             log "$name: ${MISSING[$name]}"
@@ -882,54 +924,61 @@ phase_faults_delay() {
         }
         subtract=0
         [ "$name" = tp-lat ] && subtract=100000
-        idle=
-        [ -n "${PID_OF[$name]}" ] && sleep 0.2 && idle=$("$LOAD" proc "${PID_OF[$name]}")
-        file=$WORK/delay-$name.out
-        "$LOAD" delay "$DELAY_N" --port "${PORT_OF[$name]}" --time "$DELAY_TIME" \
-            --subtract-us "$subtract" --open-time 30 >"$file" 2>&1 &
-        client=$!
-        for ((n = 0; n < 350; n++)); do # opened (at most 30 s)
-            grep -q '^open' "$file" 2>/dev/null && break
-            [ -d "/proc/$client" ] || break
-            sleep 0.1
-        done
-        sleep "$(awk -v t="$DELAY_TIME" 'BEGIN { print t / 2 }')" # every tunnel pinging
-        held=
-        [ -n "$idle" ] && held=$("$LOAD" proc "${PID_OF[$name]}" 2>/dev/null)
-        for ((n = 0; n < (DELAY_TIME + 10) * 10; n++)); do
-            [ -d "/proc/$client" ] || break
-            sleep 0.1
-        done
-        stop_tree "$client"
+        delay_sample "$name" "$DELAY_N" "$DELAY_TIME" "$subtract"
         stop_target "$name"
-        out=$(grep '^count' "$file")
-        if [ -z "$out" ]; then
-            log "delay through $name failed: $(tr '\n' ' ' <"$file" | head -c 200)"
-            record "$name" delay_failed 1
-            continue
-        fi
-        set -- $out # count N p50_us A p99_us B max_us C min_us D open K missing M lost L
-        record "$name" delay_count "$2"
-        record "$name" delay_p50_us "$4"
-        record "$name" delay_p99_us "$6"
-        record "$name" delay_max_us "$8"
-        record "$name" delay_open "${12}"
-        record "$name" delay_missing "${14}"
-        record "$name" delay_lost "${16}"
-        local line="  $name  p50 $4 us  p99 $6 us  max $8 us  ($2 round trips, ${12} tunnels)"
-        ((subtract)) && line+="  (less $subtract us)"
-        if [ -n "$idle" ] && [ -n "$held" ]; then
-            local idle_kb held_kb
-            idle_kb=$(awk '{print $4}' <<<"$idle") held_kb=$(awk '{print $4}' <<<"$held")
-            record "$name" delay_idle_rss_kb "$idle_kb"
-            record "$name" delay_held_rss_kb "$held_kb"
-            record "$name" delay_kb_per_tunnel \
-                "$(awk -v a="$held_kb" -v b="$idle_kb" -v n="${12}" 'BEGIN{print (a-b)/n}')"
-            line+="  rss $idle_kb -> $held_kb KB"
-        fi
-        log "$line"
     done
     stop_tree "$echo_pid"
+}
+
+# delay_sample NAME TUNNELS SECONDS SUBTRACT_US: `load delay` through NAME (started, to an
+# echo), each tunnel pinging 16 B every 200 ms for SECONDS; records the round trips less
+# SUBTRACT_US, and the proxy's RSS before the tunnels and halfway through, per tunnel.
+delay_sample() {
+    local name=$1 tunnels=$2 seconds=$3 subtract=$4 idle='' held='' out file client n
+    [ -n "${PID_OF[$name]}" ] && sleep 0.2 && idle=$("$LOAD" proc "${PID_OF[$name]}")
+    SEQ=$((SEQ + 1))
+    file=$WORK/$SEQ-delay-$name.out
+    "$LOAD" delay "$tunnels" --port "${PORT_OF[$name]}" --time "$seconds" \
+        --subtract-us "$subtract" --open-time 30 >"$file" 2>&1 &
+    client=$!
+    for ((n = 0; n < 350; n++)); do # opened (at most 30 s)
+        grep -q '^open' "$file" 2>/dev/null && break
+        [ -d "/proc/$client" ] || break
+        sleep 0.1
+    done
+    sleep "$(awk -v t="$seconds" 'BEGIN { print t / 2 }')" # every tunnel pinging
+    [ -n "$idle" ] && held=$("$LOAD" proc "${PID_OF[$name]}" 2>/dev/null)
+    for ((n = 0; n < (seconds + 10) * 10; n++)); do
+        [ -d "/proc/$client" ] || break
+        sleep 0.1
+    done
+    stop_tree "$client"
+    out=$(grep '^count' "$file")
+    if [ -z "$out" ]; then
+        log "delay through $name failed: $(tr '\n' ' ' <"$file" | head -c 200)"
+        record "$name" delay_failed 1
+        return 1
+    fi
+    set -- $out # count N p50_us A p99_us B max_us C min_us D open K missing M lost L
+    record "$name" delay_count "$2"
+    record "$name" delay_p50_us "$4"
+    record "$name" delay_p99_us "$6"
+    record "$name" delay_max_us "$8"
+    record "$name" delay_open "${12}"
+    record "$name" delay_missing "${14}"
+    record "$name" delay_lost "${16}"
+    local line="  $name  p50 $4 us  p99 $6 us  max $8 us  ($2 round trips, ${12} tunnels)"
+    ((subtract)) && line+="  (less $subtract us)"
+    if [ -n "$idle" ] && [ -n "$held" ]; then
+        local idle_kb held_kb
+        idle_kb=$(awk '{print $4}' <<<"$idle") held_kb=$(awk '{print $4}' <<<"$held")
+        record "$name" delay_idle_rss_kb "$idle_kb"
+        record "$name" delay_held_rss_kb "$held_kb"
+        record "$name" delay_kb_per_tunnel \
+            "$(awk -v a="$held_kb" -v b="$idle_kb" -v n="${12}" 'BEGIN{print (a-b)/n}')"
+        line+="  rss $idle_kb -> $held_kb KB"
+    fi
+    log "$line"
 }
 
 # 2. One load bulk stream to a sink through 100 ms of latency on the client-to-server stream
@@ -1133,6 +1182,315 @@ with open(sys.argv[2], "w") as f:
 PY
 }
 
+# ---------------------------------------------------------------- Toxiproxy API (--api)
+# What issue 14's control API costs a proxy made through it, and how long its toxic calls take
+# while that proxy carries traffic. tp-poll is `tinyproxy --forward`, tp-api a proxy made with
+# POST /proxies on `tinyproxy --api`: the same build, poll policy, no toxic.
+if [ "$MODE" = quick ]; then
+    API_ROUNDS=${API_ROUNDS:-2} API_TIME=2 API_RR_COUNT=5000 API_STREAMS=(1)
+    API_DELAY_ROUNDS=1 API_DELAY_TIME=3 API_IDLE_PAIRS=50 API_PAIRS=${API_PAIRS:-100}
+else
+    API_ROUNDS=${API_ROUNDS:-6} API_TIME=3 API_RR_COUNT=10000 API_STREAMS=(1 4)
+    API_DELAY_ROUNDS=2 API_DELAY_TIME=6 API_IDLE_PAIRS=200 API_PAIRS=${API_PAIRS:-200}
+fi
+# Each tunnel pings every API_INTERVAL_MS: lower it for a heavier load beside the calls.
+API_TUNNELS=1000 API_INTERVAL_MS=${API_INTERVAL_MS:-200} API_HOLD_MS=20 API_GAP_MS=20
+
+api_order() { # api_order ROUND: the pair in this round's order, A B then B A
+    if (($1 % 2)); then echo "tp-poll tp-api"; else echo "tp-api tp-poll"; fi
+}
+
+# 1. conn/s (8 workers), pinned 64 B ping-pong and iperf3 through each, alternating.
+phase_api_parity() {
+    local rep name out order
+    log "API proxy against --forward: conn/s, pinned RR, iperf3 ${API_STREAMS[*]} stream(s); $API_ROUNDS rounds of ${API_TIME} s"
+    start_upstream server
+    local server_pid=$UP_PID server_port=$UP_PORT
+    start_all "$server_port" tp-poll tp-api
+    for ((rep = 1; rep <= API_ROUNDS; rep++)); do
+        # shellcheck disable=SC2207
+        order=($(api_order "$rep"))
+        for name in "${order[@]}"; do
+            up "$name" || continue
+            out=$(rate_sample "$name" "$server_port" "$API_TIME") || {
+                log "rate through $name failed"
+                continue
+            }
+            log "  round $rep  $name  ${out%% *} conn/s (${out#* } errors)"
+        done
+    done
+    stop_all
+    stop_tree "$server_pid"
+
+    start_upstream echo
+    local echo_pid=$UP_PID echo_port=$UP_PORT
+    start_all "$echo_port" tp-poll tp-api
+    pin_tree "$echo_pid" 0
+    for name in tp-poll tp-api; do
+        [ -n "${PID_OF[$name]:-}" ] && pin_tree "${PID_OF[$name]}" 0
+    done
+    for ((rep = 1; rep <= API_ROUNDS; rep++)); do
+        # shellcheck disable=SC2207
+        order=($(api_order "$rep"))
+        for name in "${order[@]}"; do
+            up "$name" || continue
+            out=$(timeout 90 taskset -c 0 "$LOAD" rr --port "${PORT_OF[$name]}" \
+                --count "$API_RR_COUNT" --time 60 2>/dev/null)
+            if [[ $out != count* ]]; then
+                log "pinned rr through $name failed"
+                continue
+            fi
+            set -- $out # count N p50_us A p99_us B max_us C
+            record "$name" rrpin_p50_us "$4"
+            record "$name" rrpin_p99_us "$6"
+            log "  round $rep  pinned rr  $name  p50 $4 us  p99 $6 us"
+        done
+    done
+    stop_all
+    stop_tree "$echo_pid"
+
+    command -v iperf3 >/dev/null 2>&1 || {
+        log "iperf3 missing: no bulk numbers"
+        return 0
+    }
+    local iperf_port iperf_pid streams
+    iperf_port=$(free_port)
+    iperf3 -s -B 127.0.0.1 -p "$iperf_port" >"$WORK/iperf3-server.log" 2>&1 &
+    iperf_pid=$!
+    "$LOAD" waitport "$iperf_port" 5 || log "iperf3 server did not start"
+    start_all "$iperf_port" tp-poll tp-api
+    for ((rep = 1; rep <= API_ROUNDS; rep++)); do
+        for streams in "${API_STREAMS[@]}"; do
+            # shellcheck disable=SC2207
+            order=($(api_order "$rep"))
+            for name in "${order[@]}"; do
+                up "$name" || continue
+                out=$(BULK_TIME=$API_TIME iperf_sample "$name" "$name" "$streams") || {
+                    log "iperf3 through $name (-P $streams) failed"
+                    continue
+                }
+                log "  round $rep  -P $streams  $name  $out Gbit/s"
+            done
+        done
+    done
+    stop_all
+    stop_tree "$iperf_pid"
+}
+
+# 2. API_TUNNELS tunnels pinging 16 B every 200 ms through each (a fresh proxy per run): round
+# trips, and the proxy's memory per tunnel; API_DELAY_ROUNDS rounds, alternating.
+phase_api_tunnels() {
+    local rep name order
+    log "API proxy against --forward: $API_TUNNELS tunnels, 16 B every 200 ms each, ${API_DELAY_TIME} s, $API_DELAY_ROUNDS round(s)"
+    start_upstream echo
+    local echo_pid=$UP_PID echo_port=$UP_PORT
+    for ((rep = 1; rep <= API_DELAY_ROUNDS; rep++)); do
+        # shellcheck disable=SC2207
+        order=($(api_order "$rep"))
+        for name in "${order[@]}"; do
+            start_target "$name" "$name" "$echo_port" || {
+                log "$name: ${MISSING[$name]}"
+                continue
+            }
+            delay_sample "$name" "$API_TUNNELS" "$API_DELAY_TIME" 0
+            stop_target "$name"
+        done
+    done
+    stop_tree "$echo_pid"
+}
+
+# api_churn NAME PAIRS: bench/api_latency.py against tp-api's API, PAIRS toxics added and
+# removed; records its KEY VALUE pairs as NAME's. Fails when it printed none.
+api_churn() {
+    local name=$1 pairs=$2 out
+    out=$(timeout 120 python3 bench/api_latency.py --api "${API_OF[tp-api]}" --proxy b \
+        --pairs "$pairs" --hold-ms "$API_HOLD_MS" --gap-ms "$API_GAP_MS" --time-limit 100 \
+        2>"$WORK/api-latency-$name.err")
+    [[ $out == pairs* ]] || {
+        log "api_latency.py ($name) failed: $(head -c 300 "$WORK/api-latency-$name.err")"
+        return 1
+    }
+    [ -s "$WORK/api-latency-$name.err" ] && log "  api_latency.py: $(head -c 300 "$WORK/api-latency-$name.err")"
+    set -- $out # KEY VALUE ...
+    while (($# >= 2)); do
+        record "$name" "$1" "$2"
+        shift 2
+    done
+    log "  $name  $(awk '{ for (i = 1; i < NF; i += 2) v[$i] = $(i + 1)
+        printf "%d pairs, %d errors: add p50 %.2f ms p99 %.2f ms max %.2f ms; remove p50 %.2f ms p99 %.2f ms max %.2f ms",
+            v["pairs"], v["errors"], v["add_p50_us"] / 1e3, v["add_p99_us"] / 1e3, v["add_max_us"] / 1e3,
+            v["remove_p50_us"] / 1e3, v["remove_p99_us"] / 1e3, v["remove_max_us"] / 1e3 }' <<<"$out")"
+}
+
+# 3. The toxic calls' HTTP times: API_IDLE_PAIRS pairs with no connection through the proxy,
+# then API_PAIRS beside API_TUNNELS tunnels through it to an echo, each pinging 16 B every
+# API_INTERVAL_MS (load delay, as --faults' delay phase), which must all come through unbroken.
+phase_api_toxics() {
+    log "toxic API calls: $API_IDLE_PAIRS add/remove pairs idle, $API_PAIRS beside $API_TUNNELS tunnels pinging every $API_INTERVAL_MS ms (each toxic held ${API_HOLD_MS} ms)"
+    start_upstream echo
+    local echo_pid=$UP_PID echo_port=$UP_PORT file client n seconds out
+    start_target tp-api tp-api "$echo_port" || {
+        log "tp-api: ${MISSING[tp-api]}"
+        stop_tree "$echo_pid"
+        return 0
+    }
+    api_churn api-idle "$API_IDLE_PAIRS"
+    # The tunnels ping for the churn's expected length (each pair about hold + gap + 2 ms)
+    # and 3 s more, so that every call is made while they run.
+    seconds=$(((API_PAIRS * (API_HOLD_MS + API_GAP_MS + 2) + 999) / 1000 + 3))
+    file=$WORK/api-delay.out
+    "$LOAD" delay "$API_TUNNELS" --port "${PORT_OF[tp-api]}" --time "$seconds" --open-time 30 \
+        --interval-ms "$API_INTERVAL_MS" >"$file" 2>&1 &
+    client=$!
+    for ((n = 0; n < 350; n++)); do # opened (at most 30 s)
+        grep -q '^open' "$file" 2>/dev/null && break
+        [ -d "/proc/$client" ] || break
+        sleep 0.1
+    done
+    sleep 1 # every tunnel pinging
+    if api_churn api-load "$API_PAIRS"; then
+        if [ -d "/proc/$client" ]; then
+            record api-load churn_beside_tunnels 1
+        else
+            record api-load churn_beside_tunnels 0
+            log "  the tunnels ended before the calls did: raise their time"
+        fi
+    fi
+    for ((n = 0; n < (seconds + 10) * 10; n++)); do
+        [ -d "/proc/$client" ] || break
+        sleep 0.1
+    done
+    stop_tree "$client"
+    stop_target tp-api
+    stop_tree "$echo_pid"
+    out=$(grep '^count' "$file")
+    if [ -z "$out" ]; then
+        log "the tunnels through tp-api failed: $(tr '\n' ' ' <"$file" | head -c 200)"
+        record api-load tunnels_failed 1
+        return 0
+    fi
+    local opened
+    opened=$(grep '^open' "$file")
+    set -- $opened # open K failed F seconds S
+    record api-load tunnels_open_failed "$4"
+    set -- $out # count N p50_us A p99_us B max_us C min_us D open K missing M lost L
+    record api-load ping_count "$2"
+    record api-load ping_p50_us "$4"
+    record api-load ping_p99_us "$6"
+    record api-load ping_max_us "$8"
+    record api-load tunnels_open "${12}"
+    record api-load tunnels_missing "${14}"
+    record api-load tunnels_lost "${16}"
+    log "  $API_TUNNELS tunnels: ${12} open, ${14} echoes missing, ${16} lost; pings p50 $4 us p99 $6 us max $8 us ($2 round trips)"
+}
+
+# Prints the --api tables and writes them, every sample and the run's facts to $1.
+api_report() {
+    BENCH_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) BENCH_MODE=$MODE BENCH_COMMAND=$COMMAND \
+        BENCH_NPROC=$(nproc) BENCH_KERNEL=$(uname -r) \
+        BENCH_CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) \
+        BENCH_LOAD_BEFORE=$LOAD_BEFORE BENCH_LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg) \
+        BENCH_SECONDS=$(($(date +%s) - T0)) BENCH_FD_LIMIT=$FD_LIMIT \
+        BENCH_SETTINGS="API_ROUNDS=$API_ROUNDS API_TIME=$API_TIME API_RR_COUNT=$API_RR_COUNT API_STREAMS=${API_STREAMS[*]} RATE_THREADS=$RATE_THREADS API_DELAY_ROUNDS=$API_DELAY_ROUNDS API_DELAY_TIME=$API_DELAY_TIME API_IDLE_PAIRS=$API_IDLE_PAIRS API_PAIRS=$API_PAIRS API_TUNNELS=$API_TUNNELS API_INTERVAL_MS=$API_INTERVAL_MS API_HOLD_MS=$API_HOLD_MS API_GAP_MS=$API_GAP_MS" \
+        BENCH_TUNNELS=$API_TUNNELS BENCH_INTERVAL_MS=$API_INTERVAL_MS \
+        BENCH_VERSIONS="iperf3=$(dpkg-query -W -f='${Version}' iperf3 2>/dev/null || echo unknown) python3=$(python3 -c 'import platform; print(platform.python_version())') tinyproxy=$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet HEAD -- include examples 2>/dev/null || echo +dirty)" \
+        python3 - "$RAW" "$1" <<'PY'
+import json, os, sys
+sys.path.insert(0, "bench")
+from report import load_samples, median_of
+samples = load_samples(sys.argv[1])
+med = lambda name, metric: median_of(samples, name, metric)
+ok = lambda v: v == v  # not NaN
+lines = []
+out = lines.append
+verdict = lambda good: "**yes**" if good else "**no**"
+
+out("| through the proxy (poll, no toxic) | `--forward` | made by the API | API / forward |")
+out("|---|---|---|---|")
+rows = (("rate_cps", "conn/s (8 workers)", "{:,.0f}"),
+        ("rate_cpu_us_per_conn", "CPU µs/conn", "{:.1f}"),
+        ("rrpin_p50_us", "pinned RR p50 µs", "{:.1f}"),
+        ("rrpin_p99_us", "pinned RR p99 µs", "{:.1f}"),
+        ("bulk1_gbps", "iperf3 1 stream, Gbit/s", "{:.2f}"),
+        ("bulk1_cpu_s_per_gb", "CPU s/GB, 1 stream", "{:.3f}"),
+        ("bulk4_gbps", "iperf3 4 streams, Gbit/s", "{:.2f}"),
+        ("bulk4_cpu_s_per_gb", "CPU s/GB, 4 streams", "{:.3f}"),
+        ("delay_p50_us", f"{int(os.environ['BENCH_TUNNELS']):,} tunnels, 16 B every 200 ms: p50 µs", "{:,.1f}"),
+        ("delay_p99_us", f"{int(os.environ['BENCH_TUNNELS']):,} tunnels: p99 µs", "{:,.1f}"),
+        ("delay_kb_per_tunnel", "proxy KB/tunnel", "{:.2f}"))
+ratio = {}
+for metric, title, fmt in rows:
+    a, b = med("tp-poll", metric), med("tp-api", metric)
+    if ok(a) or ok(b):
+        ratio[metric] = b / a if ok(a) and ok(b) and a else float("nan")
+        out(f"| {title} | {fmt.format(a) if ok(a) else 'failed'} | "
+            f"{fmt.format(b) if ok(b) else 'failed'} | {ratio[metric]:.3f} |")
+if all(ok(ratio.get(m, float("nan"))) for m in ("rate_cps", "rrpin_p50_us", "bulk1_gbps")):
+    out("")
+    out(f"Target (issue 14): level with `--forward` (within 5 %): conn/s {verdict(ratio['rate_cps'] >= 0.95)}, "
+        f"pinned RR p50 {verdict(ratio['rrpin_p50_us'] <= 1.05)}, "
+        f"iperf3 1 stream {verdict(ratio['bulk1_gbps'] >= 0.95)}.")
+out("")
+
+tunnels = int(os.environ["BENCH_TUNNELS"])
+out("| HTTP call (keep-alive) | calls | p50 ms | p99 ms | max ms |")
+out("|---|---|---|---|---|")
+calls = (("get_", "GET /version (changes nothing)"),
+         ("add_", "POST /proxies/b/toxics (add)"), ("remove_", "DELETE /proxies/b/toxics/NAME (remove)"),
+         ("latency_add_", "add `latency=1`"), ("latency_remove_", "remove `latency=1`"),
+         ("bandwidth_add_", "add `bandwidth,rate=10000`"), ("bandwidth_remove_", "remove `bandwidth,rate=10000`"))
+interval = int(os.environ["BENCH_INTERVAL_MS"])
+for name, when in (("api-idle", "idle"), ("api-load", f"beside {tunnels:,} tunnels")):
+    for prefix, title in calls:
+        n = med(name, prefix + "count")
+        if not ok(n) or n == 0:
+            continue
+        cells = " | ".join(f"{med(name, prefix + q) / 1e3:,.2f}" for q in ("p50_us", "p99_us", "max_us"))
+        out(f"| {when}: {title} | {n:,.0f} | {cells} |")
+out("")
+if ok(med("api-load", "pairs")):
+    closed = {r: med("api-load", f"closed_{r}") for r in
+              ("clean", "reset", "timeout", "unreachable", "fault", "stopped", "error")}
+    lost, missing, opened = (med("api-load", m) for m in ("tunnels_lost", "tunnels_missing", "tunnels_open"))
+    errors = sum(v for v in (med(n, "errors") for n in ("api-idle", "api-load")) if ok(v))
+    slowest = max([v for v in (med(n, f"{p}max_us") for n in ("api-idle", "api-load")
+                               for p in ("add_", "remove_")) if ok(v)] or [float("nan")])
+    out(f"Beside the tunnels (16 B every {interval} ms each): {med('api-load', 'pairs'):,.0f} pairs in {med('api-load', 'seconds'):.1f} s; "
+        f"tunnels open {opened:,.0f} of {tunnels:,} (the proxy counted {med('api-load', 'active_before'):,.0f} "
+        f"active before the calls, {med('api-load', 'active_after'):,.0f} after); "
+        f"connections the proxy closed meanwhile: "
+        + ", ".join(f"{r} {v:.0f}" for r, v in closed.items())
+        + f"; toxics applied to connections: latency {med('api-load', 'applied_latency'):,.0f}, "
+        f"bandwidth {med('api-load', 'applied_bandwidth'):,.0f}; toxics left after: "
+        f"{med('api-load', 'toxics_left'):.0f}. Pings meanwhile (some through the 1 ms latency): "
+        f"p50 {med('api-load', 'ping_p50_us') / 1e3:.2f} ms, p99 {med('api-load', 'ping_p99_us') / 1e3:.2f} ms, "
+        f"max {med('api-load', 'ping_max_us') / 1e3:.2f} ms; echoes missing {missing:.0f}, lost {lost:.0f}.")
+    out("")
+    unbroken = (opened == tunnels and lost == 0 and missing == 0 and ok(sum(closed.values()))
+                and sum(closed.values()) == 0)
+    if med("api-load", "churn_beside_tunnels") == 0:
+        out("(The tunnels had ended before the last call: some calls ran without them.)")
+        out("")
+    if ok(med("api-load", "metrics_failed")):
+        out("(GET /metrics could not be read: the proxy's own counts are missing.)")
+        out("")
+    out(f"No tunnel broke while toxics came and went: {verdict(unbroken)}. "
+        f"Every call answered, no HTTP error: {verdict(errors == 0)}; "
+        f"the slowest add or remove: {slowest / 1e3:,.2f} ms (Toxiproxy users report 25 s hangs).")
+else:
+    out("Toxic calls beside the tunnels: failed (see the log).")
+table = "\n".join(lines)
+print(table)
+
+env = {k[6:].lower(): v for k, v in os.environ.items() if k.startswith("BENCH_")}
+medians = {name: {m: median_of(samples, name, m) for m in metrics} for name, metrics in samples.items()}
+with open(sys.argv[2], "w") as f:
+    json.dump({**env, "samples": samples, "medians": medians, "table": table}, f, indent=1,
+              sort_keys=True, allow_nan=True)
+    f.write("\n")
+PY
+}
+
 # ---------------------------------------------------------------- run
 if ((SYSCALLS)); then
     phase_syscalls
@@ -1204,6 +1562,18 @@ if ((FAULTS)); then
     mkdir -p bench/results
     OUT=bench/results/$(date -u +%Y-%m-%d-%H%M)-faults$([ "$MODE" = quick ] && echo -quick).json
     faults_report "$OUT" || exit 1
+    log "done in $(($(date +%s) - T0)) s; results in $OUT"
+    exit 0
+fi
+if ((API)); then
+    LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+    log "api ($MODE), $(nproc) CPUs, load average $LOAD_BEFORE, ulimit -n $FD_LIMIT"
+    phase_api_parity
+    phase_api_tunnels
+    phase_api_toxics
+    mkdir -p bench/results
+    OUT=bench/results/$(date -u +%Y-%m-%d-%H%M)-api$([ "$MODE" = quick ] && echo -quick).json
+    api_report "$OUT" || exit 1
     log "done in $(($(date +%s) - T0)) s; results in $OUT"
     exit 0
 fi
