@@ -43,7 +43,7 @@ try {
     client = require("toxiproxy-node-client");
 } catch (e) {
     fail_setup(`toxiproxy-node-client is not installed in ${path.join(__dirname, "node_modules")}` +
-               ` (run \`npm ci\` in ${__dirname}; tools/test.sh does): ${e.message}`);
+               ` (run \`npm ci\` in ${__dirname}; tools/test.sh does): ${e.message.split("\n")[0]}`);
 }
 const { Toxiproxy } = client;
 
