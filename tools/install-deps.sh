@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, with apt, what building tinyproxy needs (cmake, g++, make) and, with --tests, what
-# its tests need as well (doctest-dev, python3). Each package is checked first, so a machine that
-# has everything runs no apt at all. Used by tools/build.sh and tools/test.sh.
+# its tests need as well (doctest-dev, python3, and nodejs and npm for the test that drives the
+# API with Toxiproxy's Node client, tests/api/node). Each package is checked first, so a machine
+# that has everything runs no apt at all. Used by tools/build.sh and tools/test.sh.
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,8 @@ command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 if [ "${1:-}" = "--tests" ]; then
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
     if command -v dpkg >/dev/null 2>&1; then
         dpkg -s doctest-dev >/dev/null 2>&1 || missing+=(doctest-dev)
     fi
