@@ -519,6 +519,51 @@ check("a toxic of an unknown type, or with a bad attribute, is refused with 400"
     await proxy.remove();
 });
 
+check("a toxic takes Toxiproxy's defaults (the README's body); a second one of the same name, or " +
+      "a second proxy of the same name, is refused with 409", async () => {
+    const proxy = await new_proxy("defaults");
+    const toxic = await proxy.addToxic({ attributes: { rate: 1000 }, type: "bandwidth" });
+    assert.equal(toxic.name, "bandwidth_downstream");
+    assert.equal(toxic.stream, "downstream");
+    assert.equal(toxic.toxicity, 1);
+    assert.deepEqual(toxic.attributes, { rate: 1000 });
+    await assert.rejects(proxy.addToxic({ attributes: { rate: 10 }, type: "bandwidth" }),
+                         /status code 409/);
+    await assert.rejects(
+        toxiproxy.createProxy({ name: proxy.name, listen: "127.0.0.1:0", upstream: echo.address }),
+        /status code 409/);
+    const conn = await connection.open(proxy.port);
+    await conn.echo(payload(1000));
+    conn.close();
+    await proxy.remove();
+});
+
+check("an upstream toxic delays what the client sends", async () => {
+    const proxy = await new_proxy("upstream");
+    const conn = await connection.open(proxy.port);
+    await conn.echo(payload(100));
+    const toxic = await add_toxic(proxy, "latency", { latency: 400, jitter: 0 }, "upstream");
+    const slow = await conn.echo(payload(100));
+    assert.ok(slow >= 380, `upstream latency 400 ms: echo took ${slow} ms`);
+    await remove_toxic(proxy, toxic);
+    conn.close();
+    await proxy.remove();
+});
+
+check("an update to a new listen address moves the proxy there", async () => {
+    const proxy = await new_proxy("moved");
+    const moved = await proxy.update({ listen: "127.0.0.1:0", upstream: proxy.upstream,
+                                       enabled: true });
+    const port = port_of(moved.listen);
+    assert.notEqual(port, proxy.port);
+    assert.equal((await toxiproxy.get(proxy.name)).listen, moved.listen);
+    await assert_refused(proxy.port);
+    const conn = await connection.open(port);
+    await conn.echo(payload(100));
+    conn.close();
+    await moved.remove();
+});
+
 check("a disabled proxy refuses connections and ends its own; enabled again, it serves",
       async () => {
     const proxy = await new_proxy("enable");
