@@ -509,6 +509,8 @@ int serve_api(command_line cmd) {
         Policy policy;
         if constexpr (std::is_same<Policy, tinyproxy::poll_policy>::value) {
             policy.loops = loops;
+        } else {
+            (void)loops; // only the poll policy has loops (clang warns of an unused capture)
         }
         if constexpr (std::is_same<Policy, tinyproxy::thread_policy>::value) {
             policy.stack_size = 256 * 1024; // as serve() says
