@@ -504,6 +504,22 @@ check("limit_data closes after N bytes; an update moves the limit live (the coun
     await proxy.remove();
 });
 
+check("noop passes every byte (a Toxiproxy type the client's typings lack); an update and " +
+      "removal keep the connection as it was", async () => {
+    const proxy = await new_proxy("noop");
+    const conn = await connection.open(proxy.port);
+    await conn.echo(payload(1000));
+    const toxic = await add_toxic(proxy, "noop", {});
+    await conn.echo(payload(100000));
+    const updated = await toxic.update({ ...toxic.toJson(), toxicity: 0.5 });
+    assert.equal(updated.toxicity, 0.5);
+    await conn.echo(payload(100000));
+    await remove_toxic(proxy, updated);
+    await conn.echo(payload(100000));
+    conn.close();
+    await proxy.remove();
+});
+
 check("a toxic of an unknown type, or with a bad attribute, is refused with 400", async () => {
     const proxy = await new_proxy("refused");
     await assert.rejects(proxy.addToxic({ name: "x", type: "no_such_type", stream: "downstream",
