@@ -121,6 +121,15 @@ extern "C" void on_signal(int) {
     }
 }
 
+/// SIGINT and SIGTERM call stop_running (set it first).
+void stop_on_signals() {
+    struct sigaction action {};
+    action.sa_handler = on_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, nullptr);
+    sigaction(SIGTERM, &action, nullptr);
+}
+
 std::chrono::milliseconds parse_seconds(std::string_view flag, const std::string& text) {
     char* end = nullptr;
     double seconds = std::strtod(text.c_str(), &end);
@@ -457,11 +466,7 @@ int serve(command_line cmd, Mode mode) {
             p->stop();
         }
     };
-    struct sigaction action {};
-    action.sa_handler = on_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, nullptr);
-    sigaction(SIGTERM, &action, nullptr);
+    stop_on_signals();
 
     std::cout << "listening on " << proxy.local_endpoint().to_string() << std::endl;
     proxy.run();
@@ -543,11 +548,7 @@ int serve_api(command_line cmd) {
             s->stop();
         }
     };
-    struct sigaction action {};
-    action.sa_handler = on_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, nullptr);
-    sigaction(SIGTERM, &action, nullptr);
+    stop_on_signals();
 
     std::cout << "listening on " << server.local_endpoint().to_string() << std::endl;
     server.run();
