@@ -4,7 +4,7 @@
 #pragma once
 
 #include <algorithm>    // std::min
-#include <atomic>       // stop flag, counters
+#include <atomic>       // counters
 #include <cerrno>       // accept errors
 #include <cstdint>      // counters
 #include <functional>   // the event hook
@@ -89,7 +89,6 @@ public:
     proxy_server(options opts, Mode mode) : options_(std::move(opts)), mode_(std::move(mode)) {}
     proxy_server(const proxy_server&) = delete;
     proxy_server& operator=(const proxy_server&) = delete;
-    ~proxy_server() { detail::close_fd(stop_write_.exchange(-1)); }
 
     // --- set-up, by basic_proxy ------------------------------------------------------------
 
@@ -97,17 +96,14 @@ public:
     endpoint local_endpoint() const noexcept { return listener_.local_endpoint(); }
     bool listening() const noexcept { return static_cast<bool>(listener_); }
     /// Async-signal-safe: an atomic exchange and a close(2).
-    void request_stop() noexcept {
-        stopping_.store(true, std::memory_order_release);
-        detail::close_fd(stop_write_.exchange(-1));
-    }
+    void request_stop() noexcept { stop_.request(); }
 
     // --- the Server interface policies call --------------------------------------------------
 
-    bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+    bool stopping() const noexcept { return stop_.requested(); }
     /// Turns readable (end of file) once stop is requested, in this process and in forked
     /// children alike: every wait in the library includes it.
-    int stop_fd() const noexcept { return stop_read_.get(); }
+    int stop_fd() const noexcept { return stop_.fd(); }
     int listener_fd() const noexcept { return listener_.native_handle(); }
     const session_options& limits() const noexcept { return options_; }
 
@@ -133,13 +129,12 @@ public:
     /// After run(): closes the listener and the stop signal (the proxy runs once).
     void close() noexcept {
         listener_.close();
-        stop_read_.reset();
-        detail::close_fd(stop_write_.exchange(-1));
+        stop_.close();
     }
     /// Called in a freshly forked child: drops the parent's listener and stop-signal writer.
     void enter_child() noexcept {
         listener_.close();
-        detail::close_fd(stop_write_.exchange(-1));
+        stop_.close_writer();
     }
 
     stats snapshot() const noexcept;
@@ -152,9 +147,7 @@ private:
     listener listener_;
     /// try_accept() takes every client non-blocking; listen() adds Nagle off where it can.
     client_socket_setup client_setup_{true, false};
-    unique_fd stop_read_;
-    std::atomic<int> stop_write_{-1};
-    std::atomic<bool> stopping_{false};
+    detail::stop_signal stop_;
     /// Applies allow and max_connections to a client just accepted; false: it was closed.
     bool admit(accepted_client& client) noexcept;
     void report(const session_event& event) const noexcept {
@@ -252,14 +245,8 @@ using fork_forward_proxy = basic_proxy<fork_policy, forward_mode>;
 template <class Mode>
 void proxy_server<Mode>::listen(std::error_code& ec) noexcept {
     ec.clear();
-    int fds[2] = {-1, -1};
-    if (!detail::make_pipe(fds, ec)) {
+    if (!stop_.open(ec)) {
         return;
-    }
-    stop_read_.reset(fds[0]);
-    detail::close_fd(stop_write_.exchange(fds[1]));
-    if (stopping()) {
-        detail::close_fd(stop_write_.exchange(-1)); // stop() came first
     }
     listener_ = listener::open(options_.listen, options_.backlog, ec);
     if (!ec) {

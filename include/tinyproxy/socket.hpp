@@ -2,6 +2,7 @@
 // RAII descriptors and TCP sockets: listen, accept, connect with a deadline, send, receive.
 #pragma once
 
+#include <atomic>       // the stop signal, set from any thread or a signal handler
 #include <cstddef>      // std::size_t
 #include <string>       // error messages
 #include <system_error> // error reporting
@@ -41,6 +42,54 @@ public:
 private:
     int fd_ = -1;
 };
+
+namespace detail {
+
+/// A stop request that any thread, a signal handler or a forked child's parent can make, and
+/// that a poll(2) sees: the read end of a pipe turns readable (end of file) once the write end
+/// is closed.
+class stop_signal {
+public:
+    stop_signal() noexcept = default;
+    stop_signal(const stop_signal&) = delete;
+    stop_signal& operator=(const stop_signal&) = delete;
+    ~stop_signal() { close_writer(); }
+
+    /// Makes the pipe; a request made before it stays made (the write end is closed at once).
+    bool open(std::error_code& ec) noexcept {
+        int fds[2] = {-1, -1};
+        if (!make_pipe(fds, ec)) {
+            return false;
+        }
+        read_.reset(fds[0]);
+        close_fd(write_.exchange(fds[1]));
+        if (requested()) {
+            close_writer(); // request() came first
+        }
+        return true;
+    }
+    /// Async-signal-safe: an atomic store, an atomic exchange and a close(2).
+    void request() noexcept {
+        requested_.store(true, std::memory_order_release);
+        close_writer();
+    }
+    bool requested() const noexcept { return requested_.load(std::memory_order_acquire); }
+    /// The end to wait on; -1 before open() and after close().
+    int fd() const noexcept { return read_.get(); }
+    /// Drops the write end only (a forked child drops its parent's).
+    void close_writer() noexcept { close_fd(write_.exchange(-1)); }
+    void close() noexcept {
+        read_.reset();
+        close_writer();
+    }
+
+private:
+    unique_fd read_;
+    std::atomic<int> write_{-1};
+    std::atomic<bool> requested_{false};
+};
+
+} // namespace detail
 
 /// A connected TCP socket.
 class socket {

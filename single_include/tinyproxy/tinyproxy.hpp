@@ -2097,6 +2097,7 @@ inline void close_descriptors_except(const int* keep, std::size_t count) noexcep
 // ---- begin tinyproxy/socket.hpp ----
 // RAII descriptors and TCP sockets: listen, accept, connect with a deadline, send, receive.
 
+#include <atomic>       // the stop signal, set from any thread or a signal handler
 #include <cstddef>      // std::size_t
 #include <string>       // error messages
 #include <system_error> // error reporting
@@ -2136,6 +2137,54 @@ public:
 private:
     int fd_ = -1;
 };
+
+namespace detail {
+
+/// A stop request that any thread, a signal handler or a forked child's parent can make, and
+/// that a poll(2) sees: the read end of a pipe turns readable (end of file) once the write end
+/// is closed.
+class stop_signal {
+public:
+    stop_signal() noexcept = default;
+    stop_signal(const stop_signal&) = delete;
+    stop_signal& operator=(const stop_signal&) = delete;
+    ~stop_signal() { close_writer(); }
+
+    /// Makes the pipe; a request made before it stays made (the write end is closed at once).
+    bool open(std::error_code& ec) noexcept {
+        int fds[2] = {-1, -1};
+        if (!make_pipe(fds, ec)) {
+            return false;
+        }
+        read_.reset(fds[0]);
+        close_fd(write_.exchange(fds[1]));
+        if (requested()) {
+            close_writer(); // request() came first
+        }
+        return true;
+    }
+    /// Async-signal-safe: an atomic store, an atomic exchange and a close(2).
+    void request() noexcept {
+        requested_.store(true, std::memory_order_release);
+        close_writer();
+    }
+    bool requested() const noexcept { return requested_.load(std::memory_order_acquire); }
+    /// The end to wait on; -1 before open() and after close().
+    int fd() const noexcept { return read_.get(); }
+    /// Drops the write end only (a forked child drops its parent's).
+    void close_writer() noexcept { close_fd(write_.exchange(-1)); }
+    void close() noexcept {
+        read_.reset();
+        close_writer();
+    }
+
+private:
+    unique_fd read_;
+    std::atomic<int> write_{-1};
+    std::atomic<bool> requested_{false};
+};
+
+} // namespace detail
 
 /// A connected TCP socket.
 class socket {
@@ -10293,7 +10342,7 @@ private:
 // interface that a concurrency policy drives.
 
 #include <algorithm>    // std::min
-#include <atomic>       // stop flag, counters
+#include <atomic>       // counters
 #include <cerrno>       // accept errors
 #include <cstdint>      // counters
 #include <functional>   // the event hook
@@ -10378,7 +10427,6 @@ public:
     proxy_server(options opts, Mode mode) : options_(std::move(opts)), mode_(std::move(mode)) {}
     proxy_server(const proxy_server&) = delete;
     proxy_server& operator=(const proxy_server&) = delete;
-    ~proxy_server() { detail::close_fd(stop_write_.exchange(-1)); }
 
     // --- set-up, by basic_proxy ------------------------------------------------------------
 
@@ -10386,17 +10434,14 @@ public:
     endpoint local_endpoint() const noexcept { return listener_.local_endpoint(); }
     bool listening() const noexcept { return static_cast<bool>(listener_); }
     /// Async-signal-safe: an atomic exchange and a close(2).
-    void request_stop() noexcept {
-        stopping_.store(true, std::memory_order_release);
-        detail::close_fd(stop_write_.exchange(-1));
-    }
+    void request_stop() noexcept { stop_.request(); }
 
     // --- the Server interface policies call --------------------------------------------------
 
-    bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+    bool stopping() const noexcept { return stop_.requested(); }
     /// Turns readable (end of file) once stop is requested, in this process and in forked
     /// children alike: every wait in the library includes it.
-    int stop_fd() const noexcept { return stop_read_.get(); }
+    int stop_fd() const noexcept { return stop_.fd(); }
     int listener_fd() const noexcept { return listener_.native_handle(); }
     const session_options& limits() const noexcept { return options_; }
 
@@ -10422,13 +10467,12 @@ public:
     /// After run(): closes the listener and the stop signal (the proxy runs once).
     void close() noexcept {
         listener_.close();
-        stop_read_.reset();
-        detail::close_fd(stop_write_.exchange(-1));
+        stop_.close();
     }
     /// Called in a freshly forked child: drops the parent's listener and stop-signal writer.
     void enter_child() noexcept {
         listener_.close();
-        detail::close_fd(stop_write_.exchange(-1));
+        stop_.close_writer();
     }
 
     stats snapshot() const noexcept;
@@ -10441,9 +10485,7 @@ private:
     listener listener_;
     /// try_accept() takes every client non-blocking; listen() adds Nagle off where it can.
     client_socket_setup client_setup_{true, false};
-    unique_fd stop_read_;
-    std::atomic<int> stop_write_{-1};
-    std::atomic<bool> stopping_{false};
+    detail::stop_signal stop_;
     /// Applies allow and max_connections to a client just accepted; false: it was closed.
     bool admit(accepted_client& client) noexcept;
     void report(const session_event& event) const noexcept {
@@ -10541,14 +10583,8 @@ using fork_forward_proxy = basic_proxy<fork_policy, forward_mode>;
 template <class Mode>
 void proxy_server<Mode>::listen(std::error_code& ec) noexcept {
     ec.clear();
-    int fds[2] = {-1, -1};
-    if (!detail::make_pipe(fds, ec)) {
+    if (!stop_.open(ec)) {
         return;
-    }
-    stop_read_.reset(fds[0]);
-    detail::close_fd(stop_write_.exchange(fds[1]));
-    if (stopping()) {
-        detail::close_fd(stop_write_.exchange(-1)); // stop() came first
     }
     listener_ = listener::open(options_.listen, options_.backlog, ec);
     if (!ec) {
@@ -11401,7 +11437,6 @@ inline http_response json_error(int status, std::string_view message) {
 // and the clients, each with keep-alive, pipelining, back-pressure and deadlines.
 
 #include <algorithm>    // std::min, std::remove_if
-#include <atomic>       // the stop pipe's write end, the stop flag
 #include <chrono>       // timeouts
 #include <cstddef>      // std::size_t
 #include <cstdint>      // bytes
@@ -11461,7 +11496,6 @@ public:
         : options_(std::move(options)), on_request_(std::move(on_request)) {}
     http_server(const http_server&) = delete;
     http_server& operator=(const http_server&) = delete;
-    ~http_server() { detail::close_fd(stop_write_.exchange(-1)); }
 
     /// Binds and listens (port 0 picks one); throws std::system_error naming the address.
     void listen();
@@ -11474,10 +11508,7 @@ public:
     void run();
     /// Ends run() soon, from any thread or a signal handler (an atomic exchange and a close(2));
     /// before run(), run() then returns at once.
-    void stop() noexcept {
-        stopping_.store(true, std::memory_order_release);
-        detail::close_fd(stop_write_.exchange(-1));
-    }
+    void stop() noexcept { stop_.request(); }
 
 private:
     struct client {
@@ -11527,9 +11558,7 @@ private:
     http_server_options options_;
     handler on_request_;
     listener listener_;
-    unique_fd stop_read_;
-    std::atomic<int> stop_write_{-1};
-    std::atomic<bool> stopping_{false};
+    detail::stop_signal stop_;
     std::vector<std::unique_ptr<client>> clients_;
     std::vector<pollfd> poll_entries_;
     time_point accept_resume_ = time_point::min(); // out of descriptors: rest until then
@@ -11596,14 +11625,8 @@ inline void http_server::listen() {
 
 inline void http_server::listen(std::error_code& ec) noexcept {
     ec.clear();
-    int fds[2] = {-1, -1};
-    if (!detail::make_pipe(fds, ec)) {
+    if (!stop_.open(ec)) {
         return;
-    }
-    stop_read_.reset(fds[0]);
-    detail::close_fd(stop_write_.exchange(fds[1]));
-    if (stopping_.load(std::memory_order_acquire)) {
-        detail::close_fd(stop_write_.exchange(-1)); // stop() came first
     }
     listener_ = listener::open(options_.listen, 128, ec);
     if (!ec) {
@@ -11622,7 +11645,7 @@ inline void http_server::run() {
     while (!ec) {
         time_point now = steady_clock::now();
         poll_entries_.clear();
-        poll_entries_.push_back({stop_read_.get(), POLLIN, 0});
+        poll_entries_.push_back({stop_.fd(), POLLIN, 0});
         bool accepting = now >= accept_resume_;
         poll_entries_.push_back({accepting ? listener_.native_handle() : -1, POLLIN, 0});
         for (const auto& c : clients_) {
@@ -11648,8 +11671,7 @@ inline void http_server::run() {
     }
     clients_.clear();
     listener_.close();
-    stop_read_.reset();
-    detail::close_fd(stop_write_.exchange(-1));
+    stop_.close();
     if (ec) {
         throw std::system_error(ec, "http_server: poll");
     }

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <algorithm>    // std::min, std::remove_if
-#include <atomic>       // the stop pipe's write end, the stop flag
 #include <chrono>       // timeouts
 #include <cstddef>      // std::size_t
 #include <cstdint>      // bytes
@@ -64,7 +63,6 @@ public:
         : options_(std::move(options)), on_request_(std::move(on_request)) {}
     http_server(const http_server&) = delete;
     http_server& operator=(const http_server&) = delete;
-    ~http_server() { detail::close_fd(stop_write_.exchange(-1)); }
 
     /// Binds and listens (port 0 picks one); throws std::system_error naming the address.
     void listen();
@@ -77,10 +75,7 @@ public:
     void run();
     /// Ends run() soon, from any thread or a signal handler (an atomic exchange and a close(2));
     /// before run(), run() then returns at once.
-    void stop() noexcept {
-        stopping_.store(true, std::memory_order_release);
-        detail::close_fd(stop_write_.exchange(-1));
-    }
+    void stop() noexcept { stop_.request(); }
 
 private:
     struct client {
@@ -130,9 +125,7 @@ private:
     http_server_options options_;
     handler on_request_;
     listener listener_;
-    unique_fd stop_read_;
-    std::atomic<int> stop_write_{-1};
-    std::atomic<bool> stopping_{false};
+    detail::stop_signal stop_;
     std::vector<std::unique_ptr<client>> clients_;
     std::vector<pollfd> poll_entries_;
     time_point accept_resume_ = time_point::min(); // out of descriptors: rest until then
@@ -199,14 +192,8 @@ inline void http_server::listen() {
 
 inline void http_server::listen(std::error_code& ec) noexcept {
     ec.clear();
-    int fds[2] = {-1, -1};
-    if (!detail::make_pipe(fds, ec)) {
+    if (!stop_.open(ec)) {
         return;
-    }
-    stop_read_.reset(fds[0]);
-    detail::close_fd(stop_write_.exchange(fds[1]));
-    if (stopping_.load(std::memory_order_acquire)) {
-        detail::close_fd(stop_write_.exchange(-1)); // stop() came first
     }
     listener_ = listener::open(options_.listen, 128, ec);
     if (!ec) {
@@ -225,7 +212,7 @@ inline void http_server::run() {
     while (!ec) {
         time_point now = steady_clock::now();
         poll_entries_.clear();
-        poll_entries_.push_back({stop_read_.get(), POLLIN, 0});
+        poll_entries_.push_back({stop_.fd(), POLLIN, 0});
         bool accepting = now >= accept_resume_;
         poll_entries_.push_back({accepting ? listener_.native_handle() : -1, POLLIN, 0});
         for (const auto& c : clients_) {
@@ -251,8 +238,7 @@ inline void http_server::run() {
     }
     clients_.clear();
     listener_.close();
-    stop_read_.reset();
-    detail::close_fd(stop_write_.exchange(-1));
+    stop_.close();
     if (ec) {
         throw std::system_error(ec, "http_server: poll");
     }
