@@ -4536,6 +4536,9 @@ inline bool socks5_handshake::same_secret(std::string_view given,
 
 namespace tinyproxy {
 
+struct tunnel_info;   // stage.hpp: what a tunnel's stages are told
+struct tunnel_stages; // stage.hpp: the stages a tunnel starts with
+
 /// What a Mode knows about a new client.
 struct session_info {
     endpoint client; ///< the client's address
@@ -4564,7 +4567,15 @@ using mode_step = handshake_step;
 /// left empty: one getsockname(2) less per connection), and
 ///     const endpoint* client_address() const;
 /// for a session that learns who the client really is (a PROXY protocol header names it):
-/// results and logs then name that address (nullptr: the client as accepted).
+/// results and logs then name that address (nullptr: the client as accepted). And two for a
+/// Mode that reads the bytes in flight (http_proxy_mode):
+///     void stages(const tunnel_info& tunnel, tunnel_stages& stages);
+/// gives each tunnel stages (stage.hpp) that see its bytes before any of
+/// session_options::stages, and
+///     mode_step on_handed_back();
+/// takes the client back when a stage of its tunnel hands it back (stage_context::hand_back):
+/// the upstream is closed, and the answer is a step as on_client_data's, under a new
+/// handshake deadline.
 ///
 /// A session may throw (out of memory, or a bug): that client's session ends, nothing else.
 
@@ -4584,6 +4595,22 @@ struct uses_local_endpoint : std::true_type {};
 template <class ModeSession>
 struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_local_endpoint)>>
     : std::bool_constant<ModeSession::uses_local_endpoint> {};
+
+/// Whether a Mode session gives each tunnel stages of its own (mode/mode.hpp, `stages()`).
+template <class ModeSession, class = void>
+struct gives_stages : std::false_type {};
+template <class ModeSession>
+struct gives_stages<ModeSession,
+                    std::void_t<decltype(std::declval<ModeSession&>().stages(
+                        std::declval<const tunnel_info&>(), std::declval<tunnel_stages&>()))>>
+    : std::true_type {};
+
+/// Whether a Mode session takes a client handed back by its tunnel (`on_handed_back()`).
+template <class ModeSession, class = void>
+struct takes_back : std::false_type {};
+template <class ModeSession>
+struct takes_back<ModeSession, std::void_t<decltype(std::declval<ModeSession&>().on_handed_back())>>
+    : std::true_type {};
 
 } // namespace detail
 
@@ -4632,6 +4659,9 @@ public:
     /// end of stream once what was delivered to it so far has gone, and what the stages of
     /// either direction still hold is dropped.
     virtual void close() noexcept = 0;
+    /// End the tunnel but keep the client's connection (stage_context::hand_back). A sink that
+    /// cannot hand the client back closes instead.
+    virtual void hand_back() noexcept { close(); }
 
 protected:
     ~stage_sink() = default;
@@ -4660,6 +4690,13 @@ public:
     /// Closes the tunnel cleanly, both ways (stage_sink::close): as a server that hangs up.
     /// Bytes this stage passes after it go nowhere.
     void close() noexcept;
+    /// Ends the tunnel, but not the client's connection: neither source is read again, and
+    /// once everything passed to the client so far has been written (what the stages of that
+    /// direction hold included), the relay finishes (relay::handed_back()) without a FIN to
+    /// the client. The session then gives the client back to its Mode, which decides anew
+    /// (an HTTP client's next request, to another origin). What the stages of the direction to
+    /// upstream still hold is dropped: a stage that hands back keeps what it needs first.
+    void hand_back() noexcept;
 
 private:
     friend class stage_chain;
@@ -4825,6 +4862,8 @@ inline void stage_context::wake_at(time_point when) noexcept { chain_.slots_[ind
 inline void stage_context::reset(std::error_code why) noexcept { sink_.reset(why); }
 
 inline void stage_context::close() noexcept { sink_.close(); }
+
+inline void stage_context::hand_back() noexcept { sink_.hand_back(); }
 
 inline void stage_chain::insert(std::size_t index, std::unique_ptr<relay_stage> stage) {
     index = index < slots_.size() ? index : slots_.size();
@@ -6800,7 +6839,7 @@ public:
         return client_events() != 0 || (!finished() && !halves_[1].done);
     }
     bool watch_upstream() const noexcept {
-        return upstream_events() != 0 || (!finished() && !halves_[0].done);
+        return upstream_events() != 0 || (!finished() && !halves_[0].done && !handing_back_);
     }
 
     /// The last pump stopped at its bound in a direction (`rounds` reads, each of a whole
@@ -6816,8 +6855,18 @@ public:
     static constexpr int max_rounds = 4;
     static constexpr int shared_rounds = 1;
 
-    /// Both directions have ended cleanly, or one side failed.
-    bool finished() const noexcept { return failed() || (halves_[0].done && halves_[1].done); }
+    /// Both directions have ended cleanly, or one side failed, or a stage handed the client
+    /// back and everything it was owed has been written.
+    bool finished() const noexcept {
+        return failed() || (halves_[0].done && halves_[1].done) || handed_back();
+    }
+    /// A stage handed the client back (stage_context::hand_back) and the client has been sent
+    /// everything passed to it: the relay has finished, the client's connection is open, and
+    /// nothing has been shut down. The upstream is the caller's to close.
+    bool handed_back() const noexcept {
+        const half& to_client = halves_[1];
+        return handing_back_ && !failed() && !has_pending(to_client) && in_stages(to_client) == 0;
+    }
     bool failed() const noexcept { return static_cast<bool>(error_); }
     /// The reset or error that ended the relay; empty for a clean finish.
     std::error_code error() const noexcept { return error_; }
@@ -6935,12 +6984,15 @@ private:
     void fail_by_stage(const std::error_code& why, int from) noexcept;
     /// A stage's close: both sources stop, both destinations get their FIN once drained.
     void close_by_stage() noexcept;
+    /// A stage's hand-back: both sources stop; what goes to the client is still written.
+    void hand_back_by_stage() noexcept { handing_back_ = true; }
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
     bool use_splice_;
     bool saturated_ = false;        // the last pump stopped at its rounds in a direction
     bool closes_at_finish_ = false; // see closes_at_finish()
     bool closed_by_stage_ = false;  // a stage closed the tunnel: both directions end
+    bool handing_back_ = false;     // a stage handed the client back: nothing more is read
     std::size_t stage_buffer_ = 0;  // see stage_buffer_size(); 0: the scratch size
     std::size_t stage_hold_limit_ = static_cast<std::size_t>(-1); // what the stages may hold
     std::error_code error_;
@@ -6982,6 +7034,10 @@ public:
     void reset(std::error_code why) noexcept override { relay_.fail_by_stage(why, half_.from); }
     void close() noexcept override {
         relay_.close_by_stage();
+        progressed = true;
+    }
+    void hand_back() noexcept override {
+        relay_.hand_back_by_stage();
         progressed = true;
     }
 
@@ -7027,14 +7083,14 @@ inline time_point relay::next_wake() const noexcept {
 }
 
 inline short relay::events_on(int side) const noexcept {
-    if (finished()) {
+    if (finished() || (handing_back_ && side == 1)) { // the upstream is done with, then
         return 0;
     }
     // Side 0 is the client: it is the source of halves_[0] and the destination of halves_[1].
     const half& outgoing = halves_[side];     // reads from this side
     const half& incoming = halves_[1 - side]; // writes to this side
     short events = 0;
-    if (!outgoing.eof && !has_pending(outgoing) && stages_take_more(outgoing)) {
+    if (!outgoing.eof && !handing_back_ && !has_pending(outgoing) && stages_take_more(outgoing)) {
         events |= POLLIN | detail::peer_closed_event;
     }
     if (has_pending(incoming)) {
@@ -7149,7 +7205,7 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
     bool progressed = false;
     // A source with bytes waiting behind it was not watched for reading, so once they can go,
     // nobody knows whether it has more.
-    const bool may_read = source_ready || (has_pending(h) && destination_ready);
+    const bool may_read = !handing_back_ && (source_ready || (has_pending(h) && destination_ready));
     // A bounded number of rounds, so that in an event loop one fast tunnel cannot starve the
     // others; level-triggered readiness brings us straight back if there is more.
     rounds = rounds < 1 ? 1 : rounds;
@@ -7272,7 +7328,8 @@ inline void relay::read_into_stages(half& h, stage_output& out, time_point now, 
     rounds = rounds < 1 ? 1 : rounds;
     int round = 0;
     for (; round < rounds; ++round) {
-        if (!flush(h, out.progressed) || failed() || h.eof || !stages_take_more(h)) {
+        if (!flush(h, out.progressed) || failed() || h.eof || handing_back_ ||
+            !stages_take_more(h)) {
             break;
         }
         // No more than keeps what the stages hold within one scratch buffer's worth.
@@ -7400,7 +7457,8 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
                          progressed;
         } else {
             // As pump_half: a source not watched because bytes waited may have more.
-            const bool may_read = readable[side] || (has_pending(h) && writable[1 - side]);
+            const bool may_read =
+                !handing_back_ && (readable[side] || (has_pending(h) && writable[1 - side]));
             progressed = pump_staged(h, now, may_read, closing[side], scratch, scratch_size, rounds,
                                      sigpipe) ||
                          progressed;
@@ -7617,6 +7675,13 @@ public:
         deadline_ = deadline_after(now, timeout);
         return mode_.start();
     }
+    /// The client is back from a tunnel that handed it back (stage_context::hand_back): the
+    /// Mode's next step, from the Mode's on_handed_back(), under a new handshake deadline.
+    mode_step resume(time_point now, std::chrono::milliseconds timeout) {
+        release();
+        deadline_ = deadline_after(now, timeout);
+        return mode_.on_handed_back();
+    }
     /// The handshake deadline, or, once closing, the end of the client's time to take the reply.
     time_point deadline() const noexcept { return deadline_; }
 
@@ -7780,7 +7845,9 @@ public:
     /// Changes each time a new socket replaces the last (the next address is tried), so an
     /// event loop can tell it from the old one even when it got the same number.
     std::uint32_t upstream_serial() const noexcept {
-        return static_cast<std::uint32_t>(next_candidate_); // one socket per address tried
+        // One socket per address tried, counted on across targets (a session handed back to
+        // its Mode connects again).
+        return serial_base_ + static_cast<std::uint32_t>(next_candidate_);
     }
     /// Why the connect failed, once it did.
     std::error_code error() const noexcept { return last_error_; }
@@ -7809,6 +7876,7 @@ private:
     time_point deadline_ = time_point::max();
     std::vector<endpoint> candidates_;
     std::size_t next_candidate_ = 0;
+    std::uint32_t serial_base_ = 0; // the sockets of the targets before this one
     std::error_code last_error_;
     socket upstream_;
 };
@@ -7819,6 +7887,8 @@ inline connect_status connector::begin(host_port target, time_point now,
                                        std::chrono::milliseconds timeout) {
     target_ = std::move(target);
     deadline_ = deadline_after(now, timeout);
+    serial_base_ += static_cast<std::uint32_t>(next_candidate_) + 1;
+    next_candidate_ = 0;
     if (auto numeric = target_.numeric_address()) {
         return on_resolved({endpoint{*numeric, target_.port}}, {});
     }
@@ -7956,8 +8026,12 @@ public:
         return relay_->next_wake() <= now || (later_ && next_look_ <= now);
     }
     std::error_code error() const noexcept { return relay_->error(); }
+    /// The relay finished with the client handed back (relay::handed_back): the client's
+    /// connection stays open for what its Mode decides next.
+    bool handed_back() const noexcept { return relay_ && relay_->handed_back(); }
 
-    /// Ends the tunnel (if it started): its byte counts go to `result`, the upstream closes.
+    /// Ends the tunnel (if it started): its byte counts are added to `result`, the upstream
+    /// closes, and it is idle again (it may start anew).
     void close(session_result& result) noexcept;
 
 private:
@@ -8086,10 +8160,17 @@ inline void tunnel::close(session_result& result) noexcept {
         count_traffic();
     }
     if (relay_) {
-        result.bytes_to_upstream = relay_->bytes_to_upstream();
-        result.bytes_to_client = relay_->bytes_to_client();
+        // Added: a client handed back to its Mode may have several tunnels, one after another.
+        result.bytes_to_upstream += relay_->bytes_to_upstream();
+        result.bytes_to_client += relay_->bytes_to_client();
         relay_.reset(); // its pipes, if it spliced, close with the sockets
     }
+    later_.reset();
+    next_look_ = time_point::max();
+    counted_to_upstream_ = 0;
+    counted_to_client_ = 0;
+    idle_deadline_ = time_point::max();
+    deadline_ = time_point::max();
     upstream_.close();
 }
 
@@ -8203,6 +8284,9 @@ private:
     /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
+    /// The tunnel handed the client back (stage_context::hand_back): the upstream closes, and
+    /// the Mode decides again, under a new handshake deadline.
+    void take_back(time_point now);
     /// The tunnel has started: limits_.stages gives it its stages (or ends it, by throwing).
     void give_stages();
     void fail_with_reply(std::error_code why, std::vector<std::uint8_t> reply, time_point now);
@@ -8385,7 +8469,7 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
                   handshake_.unsent_to_client(), reply, handshake_.to_upstream(), limits_, now);
     handshake_.release();
     state_ = state::relaying;
-    if (limits_.stages) {
+    if (limits_.stages || detail::gives_stages<ModeSession>::value) {
         give_stages();
     }
 }
@@ -8395,7 +8479,13 @@ void basic_session<ModeSession>::give_stages() {
     tunnel_info info{serial_, result_.client, result_.target, result_.upstream};
     tunnel_stages stages;
     try {
-        limits_.stages(info, stages);
+        // The Mode's own stages see the bytes first each way; the factory's come after them.
+        if constexpr (detail::gives_stages<ModeSession>::value) {
+            handshake_.mode().stages(info, stages);
+        }
+        if (limits_.stages) {
+            limits_.stages(info, stages);
+        }
     } catch (...) { // the factory could not: this tunnel ends, before a byte went through
         finish(make_error_code(errc::stage_failed));
         return;
@@ -8424,9 +8514,26 @@ template <class ModeSession>
 void basic_session<ModeSession>::relay_ready(short client_revents, short upstream_revents,
                                              time_point now, std::uint8_t* scratch,
                                              std::size_t scratch_size, int rounds) {
-    if (tunnel_.pump(client_, client_revents, upstream_revents, now, scratch, scratch_size,
-                     rounds)) {
+    if (!tunnel_.pump(client_, client_revents, upstream_revents, now, scratch, scratch_size,
+                      rounds)) {
+        return;
+    }
+    if (tunnel_.handed_back()) {
+        take_back(now);
+    } else {
         finish(tunnel_.error());
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::take_back(time_point now) {
+    tunnel_.close(result_); // its byte counts are added to the session's
+    if constexpr (detail::takes_back<ModeSession>::value) {
+        state_ = state::handshaking;
+        result_.stage = session_result::stage_type::handshake;
+        apply(handshake_.resume(now, limits_.handshake_timeout), now);
+    } else { // a stage of the user's handed back a client its Mode cannot take: as a close
+        finish({});
     }
 }
 
@@ -10240,6 +10347,22 @@ public:
                                                const endpoint& upstream) {
             return inner_ ? inner_->on_connected(result, local, upstream)
                           : std::vector<std::uint8_t>{};
+        }
+        /// The inner session's own stages, for a Mode that has them (http_proxy_mode).
+        template <class Inner = typename Mode::session,
+                  class = std::enable_if_t<detail::gives_stages<Inner>::value>>
+        void stages(const tunnel_info& tunnel, tunnel_stages& stages) {
+            if (inner_) {
+                inner_->stages(tunnel, stages);
+            }
+        }
+        /// A client handed back by its tunnel goes to the inner session; a new upstream
+        /// connection begins with its own header.
+        template <class Inner = typename Mode::session,
+                  class = std::enable_if_t<detail::takes_back<Inner>::value>>
+        mode_step on_handed_back() {
+            return inner_ ? outgoing(inner_->on_handed_back())
+                          : mode_step::fail(make_error_code(errc::protocol_error));
         }
         /// The client as the PROXY header named it (or as accepted, without one).
         const session_info& info() const noexcept { return info_; }
