@@ -12,6 +12,7 @@
 #include "tinyproxy/poller.hpp"
 #include "tinyproxy/protocol/step.hpp"
 #include "tinyproxy/protocol/http_connect.hpp"
+#include "tinyproxy/protocol/http_message.hpp"
 #include "tinyproxy/protocol/proxy_protocol.hpp"
 #include "tinyproxy/protocol/socks4.hpp"
 #include "tinyproxy/protocol/socks5.hpp"
