@@ -550,10 +550,16 @@ inline bool is_hop_by_hop(std::string_view name) noexcept {
     return false;
 }
 
-/// Whether a field is not forwarded: hop-by-hop, or named by a Connection field.
+/// Whether a field is not forwarded: hop-by-hop, or named by a Connection field. The framing
+/// fields stay whatever Connection says: the body passes through as it came, so dropping its
+/// Content-Length would make its bytes the next hop's next message (request smuggling).
 inline bool is_connection_field(const std::vector<http_field>& fields, std::string_view name) {
     if (is_hop_by_hop(name)) {
         return true;
+    }
+    if (http_head::iequals(name, "content-length") ||
+        http_head::iequals(name, "transfer-encoding")) {
+        return false;
     }
     bool named = false;
     for_each_element(fields, "connection", [&](std::string_view element) {
