@@ -217,8 +217,9 @@ void check_request(const tinyproxy::http_request_head& head) {
         c = h::ascii_lower(c);
     }
     if (head.body.what == http_framing::kind::length) {
-        check(lower.find("\r\ncontent-length: " + std::to_string(head.body.length) + "\r\n") !=
-                  std::string::npos,
+        const std::string* length = head.field("content-length");
+        check(length != nullptr &&
+                  lower.find("\r\ncontent-length: " + *length + "\r\n") != std::string::npos,
               "Content-Length not forwarded");
     }
     if (head.body.what == http_framing::kind::chunked) {
