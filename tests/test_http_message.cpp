@@ -686,6 +686,19 @@ TEST_CASE("origin_request_head: hop-by-hop fields dropped, Host first, Via appen
           "PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nVia: 1.1 p\r\n\r\n");
 }
 
+TEST_CASE("the framing fields are kept even when Connection names them") {
+    // Dropping them while the body passes through would turn the body into another message.
+    CHECK(tinyproxy::origin_request_head(
+              request("POST http://a/ HTTP/1.1\r\nHost: a\r\nConnection: Content-Length, "
+                      "host, X-A\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n"),
+              "p") == "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nVia: 1.1 p\r\n\r\n");
+    CHECK(tinyproxy::client_response_head(
+              response("HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n"),
+              "p", 1,
+              false) == "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nVia: 1.1 p\r\n\r\n");
+}
+
 TEST_CASE("origin_request_head: HTTP/1.0 and Max-Forwards") {
     CHECK(tinyproxy::origin_request_head(
               request("GET http://a/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"), "tp") ==

@@ -311,15 +311,17 @@ private:
 /// every field but the hop-by-hop ones (Connection and every field it names, Proxy-Connection,
 /// Keep-Alive, Proxy-Authorization, TE, Trailer, Upgrade) and Host, with Host set to the
 /// target's authority (the port only when it is not 80), Max-Forwards decremented (TRACE and
-/// OPTIONS only, where it is > 0), `Via: 1.<minor> <via>` appended (after any Via received),
-/// `Connection: keep-alive` for an HTTP/1.0 request that keeps the connection, and the blank
-/// line.
+/// OPTIONS only, where it is > 0), `Via: 1.<minor> <via>` appended (after any Via received;
+/// none when `via` is empty), `Connection: keep-alive` for an HTTP/1.0 request that keeps the
+/// connection, and the blank line. Content-Length and Transfer-Encoding are kept even when
+/// Connection names them: the body is forwarded unchanged, so the next hop must frame it the same
+/// way.
 std::string origin_request_head(const http_request_head& request, std::string_view via);
 
 /// The head to send the client for `response`: "HTTP/1.1 status reason", every field but the
-/// hop-by-hop ones (as above, Proxy-Authenticate kept), `Via: 1.<minor> <via>` appended,
-/// `Connection: close` when `close`, else `Connection: keep-alive` when the client's request
-/// was HTTP/1.0 (`client_minor_version` 0), and the blank line.
+/// hop-by-hop ones (as above, Proxy-Authenticate kept), `Via: 1.<minor> <via>` appended (none
+/// when `via` is empty), `Connection: close` when `close`, else `Connection: keep-alive` when
+/// the client's request was HTTP/1.0 (`client_minor_version` 0), and the blank line.
 std::string client_response_head(const http_response_head& response, std::string_view via,
                                  int client_minor_version, bool close);
 
@@ -550,10 +552,16 @@ inline bool is_hop_by_hop(std::string_view name) noexcept {
     return false;
 }
 
-/// Whether a field is not forwarded: hop-by-hop, or named by a Connection field.
+/// Whether a field is not forwarded: hop-by-hop, or named by a Connection field. The framing
+/// fields stay whatever Connection says: the body passes through as it came, so dropping its
+/// Content-Length would make its bytes the next hop's next message (request smuggling).
 inline bool is_connection_field(const std::vector<http_field>& fields, std::string_view name) {
     if (is_hop_by_hop(name)) {
         return true;
+    }
+    if (http_head::iequals(name, "content-length") ||
+        http_head::iequals(name, "transfer-encoding")) {
+        return false;
     }
     bool named = false;
     for_each_element(fields, "connection", [&](std::string_view element) {
