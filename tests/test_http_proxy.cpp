@@ -7,6 +7,7 @@
 #include "support/loopback.hpp"
 
 #include <atomic>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -311,6 +312,31 @@ TEST_CASE_TEMPLATE_DEFINE("http_proxy_mode end to end", Policy, http_proxy_end_t
         CHECK(read_to_end(client).empty());
     }
 
+    SUBCASE("a HEAD's answer has no body though it names a length; a slow client's requests "
+            "come a byte at a time; OPTIONS with Max-Forwards 0 is answered here") {
+        auto client = connect_to(proxy.where());
+        REQUIRE(send_all(client, as_bytes("HEAD " + a.url("/") + " HTTP/1.1\r\nHost: x\r\n\r\n")));
+        std::string head = read_head_of(client);
+        CHECK(head.rfind("HTTP/1.1 200", 0) == 0);
+        CHECK_FALSE(field_of(head, "Content-Length").empty());
+        const std::string slow = get(a.url("/slow")) + get(a.url("/slower"));
+        for (char c : slow) {
+            REQUIRE(send_all(client, bytes{static_cast<std::uint8_t>(c)}));
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+        CHECK(read_response(client).body.rfind("origin-a connection 1 request 2\nGET /slow ", 0) ==
+              0);
+        CHECK(read_response(client).body.rfind("origin-a connection 1 request 3\nGET /slower ",
+                                               0) == 0);
+        REQUIRE(send_all(client, as_bytes("OPTIONS " + a.url("/") +
+                                          " HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n")));
+        response options = read_response(client);
+        CHECK(options.status() == 200);
+        CHECK(field_of(options.head, "Allow").find("GET") != std::string::npos);
+        REQUIRE(send_all(client, as_bytes(get(a.url("/after")))));
+        CHECK(read_response(client).body.find("GET /after ") != std::string::npos);
+    }
+
     SUBCASE("CONNECT on the same port: a raw tunnel after forwarded requests") {
         tinyproxy::endpoint echo_at;
         upstream echoes(echo);
@@ -360,3 +386,39 @@ TEST_CASE_TEMPLATE_DEFINE("auto_mode: SOCKS5, SOCKS4 and HTTP on one port", Poli
 
 TEST_CASE_TEMPLATE_INVOKE(auto_mode_ports, tinyproxy::thread_policy, tinyproxy::poll_policy,
                           tinyproxy::fork_policy);
+
+TEST_CASE("http_proxy_mode with credentials: every request without them gets 407 with "
+          "Proxy-Authenticate, with them it goes on; CONNECT too") {
+    origin a("origin-a");
+    tinyproxy::http_proxy_mode::config cfg;
+    cfg.required = tinyproxy::credentials{"alice", "secret"};
+    running_proxy<tinyproxy::poll_policy, tinyproxy::http_proxy_mode> proxy(
+        tinyproxy::http_proxy_mode{cfg});
+    const std::string good = "Proxy-Authorization: Basic YWxpY2U6c2VjcmV0\r\n";  // alice:secret
+    const std::string wrong = "Proxy-Authorization: Basic YWxpY2U6d3Jvbmc=\r\n"; // alice:wrong
+
+    auto none = connect_to(proxy.where());
+    REQUIRE(send_all(none, as_bytes(get(a.url("/")))));
+    response refused = read_response(none);
+    CHECK(refused.status() == 407);
+    CHECK(field_of(refused.head, "Proxy-Authenticate") == "Basic realm=\"tinyproxy\"");
+
+    auto client = connect_to(proxy.where());
+    REQUIRE(send_all(client, as_bytes(get(a.url("/1"), good))));
+    response first = read_response(client);
+    CHECK(first.status() == 200);
+    CHECK(first.body.find("Proxy-Authorization") == std::string::npos); // not passed on
+    // Checked on every request, not only the first of a connection.
+    REQUIRE(send_all(client, as_bytes(get(a.url("/2"), wrong))));
+    CHECK(read_response(client).status() == 407);
+    CHECK(read_to_end(client).empty());
+
+    upstream echoes(echo);
+    auto tunnel = connect_to(proxy.where());
+    REQUIRE(send_all(tunnel, as_bytes("CONNECT " + echoes.where().to_string() +
+                                      " HTTP/1.1\r\nHost: x\r\n" + good + "\r\nping")));
+    CHECK(read_head_of(tunnel).rfind("HTTP/1.1 200", 0) == 0);
+    shutdown_write(tunnel);
+    CHECK(read_to_end(tunnel) == as_bytes("ping"));
+    CHECK(a.connections() == 1);
+}

@@ -3697,15 +3697,17 @@ private:
 /// every field but the hop-by-hop ones (Connection and every field it names, Proxy-Connection,
 /// Keep-Alive, Proxy-Authorization, TE, Trailer, Upgrade) and Host, with Host set to the
 /// target's authority (the port only when it is not 80), Max-Forwards decremented (TRACE and
-/// OPTIONS only, where it is > 0), `Via: 1.<minor> <via>` appended (after any Via received),
-/// `Connection: keep-alive` for an HTTP/1.0 request that keeps the connection, and the blank
-/// line.
+/// OPTIONS only, where it is > 0), `Via: 1.<minor> <via>` appended (after any Via received;
+/// none when `via` is empty), `Connection: keep-alive` for an HTTP/1.0 request that keeps the
+/// connection, and the blank line. Content-Length and Transfer-Encoding are kept even when
+/// Connection names them: the body is forwarded unchanged, so the next hop must frame it the same
+/// way.
 std::string origin_request_head(const http_request_head& request, std::string_view via);
 
 /// The head to send the client for `response`: "HTTP/1.1 status reason", every field but the
-/// hop-by-hop ones (as above, Proxy-Authenticate kept), `Via: 1.<minor> <via>` appended,
-/// `Connection: close` when `close`, else `Connection: keep-alive` when the client's request
-/// was HTTP/1.0 (`client_minor_version` 0), and the blank line.
+/// hop-by-hop ones (as above, Proxy-Authenticate kept), `Via: 1.<minor> <via>` appended (none
+/// when `via` is empty), `Connection: close` when `close`, else `Connection: keep-alive` when
+/// the client's request was HTTP/1.0 (`client_minor_version` 0), and the blank line.
 std::string client_response_head(const http_response_head& response, std::string_view via,
                                  int client_minor_version, bool close);
 
@@ -3936,10 +3938,16 @@ inline bool is_hop_by_hop(std::string_view name) noexcept {
     return false;
 }
 
-/// Whether a field is not forwarded: hop-by-hop, or named by a Connection field.
+/// Whether a field is not forwarded: hop-by-hop, or named by a Connection field. The framing
+/// fields stay whatever Connection says: the body passes through as it came, so dropping its
+/// Content-Length would make its bytes the next hop's next message (request smuggling).
 inline bool is_connection_field(const std::vector<http_field>& fields, std::string_view name) {
     if (is_hop_by_hop(name)) {
         return true;
+    }
+    if (http_head::iequals(name, "content-length") ||
+        http_head::iequals(name, "transfer-encoding")) {
+        return false;
     }
     bool named = false;
     for_each_element(fields, "connection", [&](std::string_view element) {
@@ -11614,6 +11622,7 @@ private:
 // #include "tinyproxy/bytes.hpp"
 // #include "tinyproxy/error.hpp"
 // #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
 // #include "tinyproxy/protocol/http_connect.hpp"
 // #include "tinyproxy/protocol/http_message.hpp"
 // #include "tinyproxy/stage.hpp"
@@ -11650,6 +11659,69 @@ inline std::vector<std::uint8_t> http_proxy_response(int status, std::string_vie
     return std::vector<std::uint8_t>(text.begin(), text.end());
 }
 
+/// Whether `head` carries the credentials `required` asks for (always, when none are).
+inline bool http_authorized(const http_request_head& head,
+                            const std::optional<credentials>& required) {
+    namespace h = http_head;
+    if (!required) {
+        return true;
+    }
+    const std::string* value = nullptr;
+    for (const http_field& field : head.fields) {
+        if (h::iequals(field.name, "proxy-authorization")) {
+            if (value != nullptr) {
+                return false; // two: which one would the next proxy read?
+            }
+            value = &field.value;
+        }
+    }
+    if (value == nullptr) {
+        return false;
+    }
+    // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
+    std::string_view text = *value;
+    std::string_view scheme = text.substr(0, text.find(' '));
+    if (!h::iequals(scheme, "basic")) {
+        return false;
+    }
+    std::string_view encoded = text.substr(scheme.size());
+    while (!encoded.empty() && encoded.front() == ' ') {
+        encoded.remove_prefix(1);
+    }
+    std::optional<std::string> decoded = h::base64_decode(encoded);
+    std::string expected = required->username + ":" + required->password;
+    return decoded && h::constant_time_equal(*decoded, expected);
+}
+
+/// TRACE or OPTIONS with Max-Forwards 0 (RFC 9110 section 7.6.2): the answer is the proxy's.
+inline std::optional<std::vector<std::uint8_t>> http_answer_here(const http_request_head& head) {
+    if (head.method != "TRACE" && head.method != "OPTIONS") {
+        return std::nullopt;
+    }
+    const std::string* hops = head.field("max-forwards");
+    if (hops == nullptr || *hops != "0") {
+        return std::nullopt;
+    }
+    std::string text;
+    if (head.method == "OPTIONS") {
+        text = "HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, "
+               "PATCH\r\nContent-Length: 0\r\n\r\n";
+    } else {
+        // The request as received is the body (RFC 9110 section 9.3.8); its credentials are not.
+        std::string echo = head.method + " " + head.target + " HTTP/1." +
+                           std::to_string(head.minor_version) + "\r\n";
+        for (const http_field& field : head.fields) {
+            if (!http_head::iequals(field.name, "proxy-authorization")) {
+                echo += field.name + ": " + field.value + "\r\n";
+            }
+        }
+        echo += "\r\n";
+        text = "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: " +
+               std::to_string(echo.size()) + "\r\n\r\n" + echo;
+    }
+    return std::vector<std::uint8_t>(text.begin(), text.end());
+}
+
 /// What a Mode session and its tunnel's two stages share, for one client. The Mode sets
 /// `first` (the request the tunnel starts with) and `input` (the client's bytes after its
 /// head); the stages forward and answer; when a request cannot go to this tunnel's origin,
@@ -11662,6 +11734,8 @@ struct http_exchange {
         http_head_limits limits;
         /// Called as each response has been passed to the client (may be empty).
         std::function<void(const http_exchange_record&)> log;
+        /// Credentials every request must carry (none: no check).
+        std::optional<credentials> required;
     };
 
     /// A request forwarded, awaiting its response.
@@ -11691,8 +11765,9 @@ struct http_exchange {
 };
 
 /// Client -> origin: each request head rewritten to origin-form (origin_request_head), its
-/// body passed on as framed; a request for another origin (or CONNECT, or one the origin's
-/// end leaves no connection for, or a malformed one) is kept for the Mode, with what follows.
+/// body passed on as framed. A request the Mode must answer (another origin, CONNECT, one the
+/// origin's end leaves no connection for, a malformed one, missing credentials, Max-Forwards
+/// 0) is kept for the Mode, with what follows.
 class http_request_stage final : public relay_stage {
 public:
     explicit http_request_stage(std::shared_ptr<http_exchange> exchange)
@@ -11819,7 +11894,10 @@ inline void http_request_stage::on_data(stage_context& out, byte_view bytes) {
 
 inline void http_request_stage::take_head(stage_context& out, http_request_head head) {
     http_exchange& ex = *exchange_;
-    if (head.connect || !same_origin(head.origin, ex.origin) || ex.origin_gone) {
+    // What the Mode answers (CONNECT, another origin, a 407, Max-Forwards 0), or what the
+    // origin's end leaves no connection for, waits for the Mode.
+    if (head.connect || !same_origin(head.origin, ex.origin) || ex.origin_gone ||
+        !http_authorized(head, ex.config->required) || http_answer_here(head)) {
         ex.next = std::move(head);
         hold(out);
         return;
@@ -12088,8 +12166,9 @@ public:
     http_proxy_mode() : http_proxy_mode(config{}) {}
     explicit http_proxy_mode(config cfg)
         : config_(std::make_shared<const config>(std::move(cfg))),
-          settings_(std::make_shared<detail::http_exchange::settings>(
-              detail::http_exchange::settings{config_->via, config_->limits, config_->log})) {}
+          settings_(
+              std::make_shared<detail::http_exchange::settings>(detail::http_exchange::settings{
+                  config_->via, config_->limits, config_->log, config_->required})) {}
 
     class session {
     public:
@@ -12117,9 +12196,6 @@ public:
         std::optional<mode_step> decide(http_request_head head,
                                         std::vector<std::uint8_t>& answered);
         mode_step refuse(int status, std::error_code why, std::vector<std::uint8_t> answered);
-        bool authorized(const http_request_head& head) const;
-        /// TRACE or OPTIONS with Max-Forwards 0: the answer is ours.
-        static std::optional<std::vector<std::uint8_t>> answer_here(const http_request_head& head);
 
         std::shared_ptr<const config> config_;
         std::shared_ptr<const detail::http_exchange::settings> settings_;
@@ -12203,10 +12279,10 @@ inline mode_step http_proxy_mode::session::read_on(std::vector<std::uint8_t> ans
 inline std::optional<mode_step>
 http_proxy_mode::session::decide(http_request_head head, std::vector<std::uint8_t>& answered) {
     detail::http_exchange& ex = exchange();
-    if (!authorized(head)) {
+    if (!detail::http_authorized(head, config_->required)) {
         return refuse(407, make_error_code(errc::auth_failed), std::move(answered));
     }
-    if (std::optional<std::vector<std::uint8_t>> local = answer_here(head)) {
+    if (std::optional<std::vector<std::uint8_t>> local = detail::http_answer_here(head)) {
         if (head.body.what != http_framing::kind::none || !head.keep_alive) {
             mode_step step = mode_step::fail(make_error_code(errc::protocol_error));
             answered.insert(answered.end(), local->begin(), local->end());
@@ -12246,67 +12322,6 @@ inline mode_step http_proxy_mode::session::refuse(int status, std::error_code wh
     exchange_.reset();
     parser_.reset();
     return mode_step::fail(why ? why : make_error_code(errc::protocol_error), std::move(answered));
-}
-
-inline bool http_proxy_mode::session::authorized(const http_request_head& head) const {
-    namespace h = detail::http_head;
-    if (!config_->required) {
-        return true;
-    }
-    const std::string* value = nullptr;
-    for (const http_field& field : head.fields) {
-        if (h::iequals(field.name, "proxy-authorization")) {
-            if (value != nullptr) {
-                return false; // two: which one would the next proxy read?
-            }
-            value = &field.value;
-        }
-    }
-    if (value == nullptr) {
-        return false;
-    }
-    // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
-    std::string_view text = *value;
-    std::string_view scheme = text.substr(0, text.find(' '));
-    if (!h::iequals(scheme, "basic")) {
-        return false;
-    }
-    std::string_view encoded = text.substr(scheme.size());
-    while (!encoded.empty() && encoded.front() == ' ') {
-        encoded.remove_prefix(1);
-    }
-    std::optional<std::string> decoded = h::base64_decode(encoded);
-    std::string expected = config_->required->username + ":" + config_->required->password;
-    return decoded && h::constant_time_equal(*decoded, expected);
-}
-
-inline std::optional<std::vector<std::uint8_t>>
-http_proxy_mode::session::answer_here(const http_request_head& head) {
-    if (head.method != "TRACE" && head.method != "OPTIONS") {
-        return std::nullopt;
-    }
-    const std::string* hops = head.field("max-forwards");
-    if (hops == nullptr || *hops != "0") {
-        return std::nullopt;
-    }
-    std::string text;
-    if (head.method == "OPTIONS") {
-        text = "HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, "
-               "PATCH\r\nContent-Length: 0\r\n\r\n";
-    } else {
-        // The request as received is the body (RFC 9110 section 9.3.8); its credentials are not.
-        std::string echo = head.method + " " + head.target + " HTTP/1." +
-                           std::to_string(head.minor_version) + "\r\n";
-        for (const http_field& field : head.fields) {
-            if (!detail::http_head::iequals(field.name, "proxy-authorization")) {
-                echo += field.name + ": " + field.value + "\r\n";
-            }
-        }
-        echo += "\r\n";
-        text = "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: " +
-               std::to_string(echo.size()) + "\r\n\r\n" + echo;
-    }
-    return std::vector<std::uint8_t>(text.begin(), text.end());
 }
 
 inline std::vector<std::uint8_t>

@@ -20,6 +20,7 @@
 #include "tinyproxy/bytes.hpp"
 #include "tinyproxy/error.hpp"
 #include "tinyproxy/address.hpp"
+#include "tinyproxy/protocol/step.hpp"
 #include "tinyproxy/protocol/http_connect.hpp"
 #include "tinyproxy/protocol/http_message.hpp"
 #include "tinyproxy/stage.hpp"
@@ -56,6 +57,69 @@ inline std::vector<std::uint8_t> http_proxy_response(int status, std::string_vie
     return std::vector<std::uint8_t>(text.begin(), text.end());
 }
 
+/// Whether `head` carries the credentials `required` asks for (always, when none are).
+inline bool http_authorized(const http_request_head& head,
+                            const std::optional<credentials>& required) {
+    namespace h = http_head;
+    if (!required) {
+        return true;
+    }
+    const std::string* value = nullptr;
+    for (const http_field& field : head.fields) {
+        if (h::iequals(field.name, "proxy-authorization")) {
+            if (value != nullptr) {
+                return false; // two: which one would the next proxy read?
+            }
+            value = &field.value;
+        }
+    }
+    if (value == nullptr) {
+        return false;
+    }
+    // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
+    std::string_view text = *value;
+    std::string_view scheme = text.substr(0, text.find(' '));
+    if (!h::iequals(scheme, "basic")) {
+        return false;
+    }
+    std::string_view encoded = text.substr(scheme.size());
+    while (!encoded.empty() && encoded.front() == ' ') {
+        encoded.remove_prefix(1);
+    }
+    std::optional<std::string> decoded = h::base64_decode(encoded);
+    std::string expected = required->username + ":" + required->password;
+    return decoded && h::constant_time_equal(*decoded, expected);
+}
+
+/// TRACE or OPTIONS with Max-Forwards 0 (RFC 9110 section 7.6.2): the answer is the proxy's.
+inline std::optional<std::vector<std::uint8_t>> http_answer_here(const http_request_head& head) {
+    if (head.method != "TRACE" && head.method != "OPTIONS") {
+        return std::nullopt;
+    }
+    const std::string* hops = head.field("max-forwards");
+    if (hops == nullptr || *hops != "0") {
+        return std::nullopt;
+    }
+    std::string text;
+    if (head.method == "OPTIONS") {
+        text = "HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, "
+               "PATCH\r\nContent-Length: 0\r\n\r\n";
+    } else {
+        // The request as received is the body (RFC 9110 section 9.3.8); its credentials are not.
+        std::string echo = head.method + " " + head.target + " HTTP/1." +
+                           std::to_string(head.minor_version) + "\r\n";
+        for (const http_field& field : head.fields) {
+            if (!http_head::iequals(field.name, "proxy-authorization")) {
+                echo += field.name + ": " + field.value + "\r\n";
+            }
+        }
+        echo += "\r\n";
+        text = "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: " +
+               std::to_string(echo.size()) + "\r\n\r\n" + echo;
+    }
+    return std::vector<std::uint8_t>(text.begin(), text.end());
+}
+
 /// What a Mode session and its tunnel's two stages share, for one client. The Mode sets
 /// `first` (the request the tunnel starts with) and `input` (the client's bytes after its
 /// head); the stages forward and answer; when a request cannot go to this tunnel's origin,
@@ -68,6 +132,8 @@ struct http_exchange {
         http_head_limits limits;
         /// Called as each response has been passed to the client (may be empty).
         std::function<void(const http_exchange_record&)> log;
+        /// Credentials every request must carry (none: no check).
+        std::optional<credentials> required;
     };
 
     /// A request forwarded, awaiting its response.
@@ -97,8 +163,9 @@ struct http_exchange {
 };
 
 /// Client -> origin: each request head rewritten to origin-form (origin_request_head), its
-/// body passed on as framed; a request for another origin (or CONNECT, or one the origin's
-/// end leaves no connection for, or a malformed one) is kept for the Mode, with what follows.
+/// body passed on as framed. A request the Mode must answer (another origin, CONNECT, one the
+/// origin's end leaves no connection for, a malformed one, missing credentials, Max-Forwards
+/// 0) is kept for the Mode, with what follows.
 class http_request_stage final : public relay_stage {
 public:
     explicit http_request_stage(std::shared_ptr<http_exchange> exchange)
@@ -225,7 +292,10 @@ inline void http_request_stage::on_data(stage_context& out, byte_view bytes) {
 
 inline void http_request_stage::take_head(stage_context& out, http_request_head head) {
     http_exchange& ex = *exchange_;
-    if (head.connect || !same_origin(head.origin, ex.origin) || ex.origin_gone) {
+    // What the Mode answers (CONNECT, another origin, a 407, Max-Forwards 0), or what the
+    // origin's end leaves no connection for, waits for the Mode.
+    if (head.connect || !same_origin(head.origin, ex.origin) || ex.origin_gone ||
+        !http_authorized(head, ex.config->required) || http_answer_here(head)) {
         ex.next = std::move(head);
         hold(out);
         return;

@@ -63,8 +63,9 @@ public:
     http_proxy_mode() : http_proxy_mode(config{}) {}
     explicit http_proxy_mode(config cfg)
         : config_(std::make_shared<const config>(std::move(cfg))),
-          settings_(std::make_shared<detail::http_exchange::settings>(
-              detail::http_exchange::settings{config_->via, config_->limits, config_->log})) {}
+          settings_(
+              std::make_shared<detail::http_exchange::settings>(detail::http_exchange::settings{
+                  config_->via, config_->limits, config_->log, config_->required})) {}
 
     class session {
     public:
@@ -92,9 +93,6 @@ public:
         std::optional<mode_step> decide(http_request_head head,
                                         std::vector<std::uint8_t>& answered);
         mode_step refuse(int status, std::error_code why, std::vector<std::uint8_t> answered);
-        bool authorized(const http_request_head& head) const;
-        /// TRACE or OPTIONS with Max-Forwards 0: the answer is ours.
-        static std::optional<std::vector<std::uint8_t>> answer_here(const http_request_head& head);
 
         std::shared_ptr<const config> config_;
         std::shared_ptr<const detail::http_exchange::settings> settings_;
@@ -178,10 +176,10 @@ inline mode_step http_proxy_mode::session::read_on(std::vector<std::uint8_t> ans
 inline std::optional<mode_step>
 http_proxy_mode::session::decide(http_request_head head, std::vector<std::uint8_t>& answered) {
     detail::http_exchange& ex = exchange();
-    if (!authorized(head)) {
+    if (!detail::http_authorized(head, config_->required)) {
         return refuse(407, make_error_code(errc::auth_failed), std::move(answered));
     }
-    if (std::optional<std::vector<std::uint8_t>> local = answer_here(head)) {
+    if (std::optional<std::vector<std::uint8_t>> local = detail::http_answer_here(head)) {
         if (head.body.what != http_framing::kind::none || !head.keep_alive) {
             mode_step step = mode_step::fail(make_error_code(errc::protocol_error));
             answered.insert(answered.end(), local->begin(), local->end());
@@ -221,67 +219,6 @@ inline mode_step http_proxy_mode::session::refuse(int status, std::error_code wh
     exchange_.reset();
     parser_.reset();
     return mode_step::fail(why ? why : make_error_code(errc::protocol_error), std::move(answered));
-}
-
-inline bool http_proxy_mode::session::authorized(const http_request_head& head) const {
-    namespace h = detail::http_head;
-    if (!config_->required) {
-        return true;
-    }
-    const std::string* value = nullptr;
-    for (const http_field& field : head.fields) {
-        if (h::iequals(field.name, "proxy-authorization")) {
-            if (value != nullptr) {
-                return false; // two: which one would the next proxy read?
-            }
-            value = &field.value;
-        }
-    }
-    if (value == nullptr) {
-        return false;
-    }
-    // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
-    std::string_view text = *value;
-    std::string_view scheme = text.substr(0, text.find(' '));
-    if (!h::iequals(scheme, "basic")) {
-        return false;
-    }
-    std::string_view encoded = text.substr(scheme.size());
-    while (!encoded.empty() && encoded.front() == ' ') {
-        encoded.remove_prefix(1);
-    }
-    std::optional<std::string> decoded = h::base64_decode(encoded);
-    std::string expected = config_->required->username + ":" + config_->required->password;
-    return decoded && h::constant_time_equal(*decoded, expected);
-}
-
-inline std::optional<std::vector<std::uint8_t>>
-http_proxy_mode::session::answer_here(const http_request_head& head) {
-    if (head.method != "TRACE" && head.method != "OPTIONS") {
-        return std::nullopt;
-    }
-    const std::string* hops = head.field("max-forwards");
-    if (hops == nullptr || *hops != "0") {
-        return std::nullopt;
-    }
-    std::string text;
-    if (head.method == "OPTIONS") {
-        text = "HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, "
-               "PATCH\r\nContent-Length: 0\r\n\r\n";
-    } else {
-        // The request as received is the body (RFC 9110 section 9.3.8); its credentials are not.
-        std::string echo = head.method + " " + head.target + " HTTP/1." +
-                           std::to_string(head.minor_version) + "\r\n";
-        for (const http_field& field : head.fields) {
-            if (!detail::http_head::iequals(field.name, "proxy-authorization")) {
-                echo += field.name + ": " + field.value + "\r\n";
-            }
-        }
-        echo += "\r\n";
-        text = "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: " +
-               std::to_string(echo.size()) + "\r\n\r\n" + echo;
-    }
-    return std::vector<std::uint8_t>(text.begin(), text.end());
 }
 
 inline std::vector<std::uint8_t>
