@@ -9,11 +9,14 @@ connection counter); every body is checked by its sha256.
     python3 tests/http/http_forward_test.py --cli build/dev/examples/tinyproxy \\
         [--policy thread|fork|poll] [TestClass ...]
     python3 tests/http/http_forward_test.py --daemon /usr/bin/tinyproxy [TestClass ...]
+    python3 tests/http/http_forward_test.py --squid /usr/sbin/squid [--all-tests] [TestClass ...]
 
-`--daemon` runs the same tests against the tinyproxy C daemon (a temporary config on a free
-port), to prove the clients and origins against another real proxy: what only our proxy
+`--daemon` (the tinyproxy C daemon) and `--squid` run the same tests against another real proxy
+(a temporary config on a free port), to prove the clients and origins: what only our proxy
 promises (its Via, its status codes for refusals, upstream reuse, --auto, --policy) is checked
-only against ours (the `ours_only` decorator, or `if self.ours:`).
+only against ours (the `ours_only` decorator, or `if self.ours:`). `--all-tests` runs the
+ours_only tests against the other proxy anyway, to check such a test against a proxy that
+keeps connections alive (squid): expect that proxy's quirks to fail.
 
 Standard library only. Each test class starts its own proxy and origins; tests/http/
 CMakeLists.txt runs one ctest test per class (per class and policy for PolicyTestCase
@@ -37,7 +40,8 @@ from http_support import (Origin, ProxyUnderTest, RawConnection, clean_environme
                           missing, payload, refused_port, run_client, scaled, sha256,
                           take_argument, PROXY_VARIABLES)
 
-PROXY_KIND = "ours"  # or "daemon"; set in main()
+PROXY_KIND = "ours"  # or "daemon", "squid"; set in main()
+RUN_OURS_ONLY = False  # --all-tests: run the ours_only tests against another proxy too
 PROXY_PATH = None
 POLICY = None  # --policy for PolicyTestCase classes; None: the CLI's default
 
@@ -53,7 +57,7 @@ def ours_only(test):
 
     @functools.wraps(test)
     def run(self, *args, **kwargs):
-        if not self.ours:
+        if not self.ours and not RUN_OURS_ONLY:
             self.skipTest("ours only: the tinyproxy daemon does not promise this")
         return test(self, *args, **kwargs)
 
@@ -72,8 +76,10 @@ class ProxyTestCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.ours = PROXY_KIND == "ours"
-        if not cls.ours and cls.mode not in ("--http",):
+        if not cls.ours and cls.mode != "--http":
             raise unittest.SkipTest("ours only: the daemon has no %s" % (cls.mode or "--auto"))
+        if PROXY_KIND == "squid" and cls.user:
+            raise unittest.SkipTest("squid runs here without an auth helper")
         cls.origin = Origin("A")
         cls.other_origin = Origin("B")
         cls.policy = POLICY if cls.every_policy else None
@@ -319,10 +325,13 @@ class KeepAlive(PolicyTestCase):
         seen = [json.loads(bodies[i]) for i in (0, 1, 2, 4)]
         self.assert_body(bodies[3], 4000)
         self.assertEqual(connects, [(1, 200)] + [(0, 200)] * 4)
-        self.assertEqual(self.origin.connections - before, 1,
-                         "the proxy opened %d upstream connections for 5 requests: %r"
-                         % (self.origin.connections - before, seen))
-        self.assertEqual([entry["request"] for entry in seen], [1, 2, 3, 5], seen)
+        # At most one new connection: a proxy may also reuse one an earlier test left open.
+        self.assertLessEqual(self.origin.connections - before, 1,
+                             "the proxy opened %d upstream connections for 5 requests: %r"
+                             % (self.origin.connections - before, seen))
+        first = seen[0]["request"]
+        self.assertEqual([entry["request"] for entry in seen],
+                         [first, first + 1, first + 2, first + 4], seen)
         self.assertEqual(len({entry["connection"] for entry in seen}), 1, seen)
 
     def test_two_origins_alternated_in_one_run(self):
@@ -364,8 +373,8 @@ class KeepAlive(PolicyTestCase):
         self.assertEqual(replies[1].body, b"")
         self.assertEqual(replies[1].header("Content-Length"), str(MEGABYTE))
         self.assert_body(replies[4].body, 1000)
-        self.assertEqual(replies[6].json()["request"], len(steps), replies[6])
-        self.assertEqual(self.origin.connections - before, 1, conn.transcript())
+        self.assertGreaterEqual(replies[6].json()["request"], len(steps), replies[6])
+        self.assertLessEqual(self.origin.connections - before, 1, conn.transcript())
 
     @ours_only
     def test_another_origin_gets_its_own_upstream_connection(self):
@@ -597,7 +606,7 @@ class RawProtocol(ProxyTestCase):
         conn = self.raw()
         conn.send(self.request("/headers?maxfwd=0", "OPTIONS", ["Max-Forwards: 0"]))
         reply = conn.read_response("OPTIONS")
-        self.assertEqual(reply.status, 200, conn.transcript())
+        self.assertIn(reply.status, (200, 204), conn.transcript())
         self.assertEqual(self.requests_to(self.origin, "maxfwd=0"), [], conn.transcript())
 
     @ours_only
@@ -760,17 +769,21 @@ class VerboseLog(ProxyTestCase):
 
 
 def main():
-    global PROXY_KIND, PROXY_PATH, POLICY
+    global PROXY_KIND, PROXY_PATH, POLICY, RUN_OURS_ONLY
     argv = list(sys.argv)
     cli = take_argument(argv, "--cli")
     daemon = take_argument(argv, "--daemon")
+    squid = take_argument(argv, "--squid")
+    if "--all-tests" in argv:
+        argv.remove("--all-tests")
+        RUN_OURS_ONLY = True
     POLICY = take_argument(argv, "--policy")
     for name in PROXY_VARIABLES:
         os.environ.pop(name, None)  # urllib and curl see only the proxy a test names
-    if daemon:
-        PROXY_KIND, PROXY_PATH = "daemon", daemon
-        if not os.access(daemon, os.X_OK):
-            missing("the tinyproxy daemon %r is not executable" % daemon)
+    if daemon or squid:
+        PROXY_KIND, PROXY_PATH = ("daemon", daemon) if daemon else ("squid", squid)
+        if not os.access(PROXY_PATH, os.X_OK):
+            missing("the %s %r is not executable" % (PROXY_KIND, PROXY_PATH))
     else:
         PROXY_PATH = cli or os.environ.get("TINYPROXY_CLI_PATH", "")
         if not (PROXY_PATH and os.access(PROXY_PATH, os.X_OK)):

@@ -100,8 +100,8 @@ def payload(size):
 
 
 class ProxyUnderTest:
-    """Either our CLI (`kind` "ours") or the tinyproxy C daemon (`kind` "daemon"), listening on
-    127.0.0.1. `mode` is the mode flag (None: no flag, the default), `policy` a --policy value
+    """Our CLI (`kind` "ours"), the tinyproxy C daemon ("daemon") or squid ("squid"), listening
+    on 127.0.0.1 (the other two with a temporary config on a free port). `mode` is the mode flag (None: no flag, the default), `policy` a --policy value
     (None: the default), `user` "NAME:PASS" or None. stop() ends it with SIGTERM and returns
     the exit status. stderr is drained as it comes (a full pipe would block the proxy)."""
 
@@ -118,9 +118,12 @@ class ProxyUnderTest:
             if user:
                 command += ["--user", user]
             command += list(extra_args)
-        else:
+        elif kind == "daemon":
             self.port = free_port()
             command = [path, "-d", "-c", self._daemon_config(user)]
+        else:
+            self.port = free_port()
+            command = [path, "-N", "-f", self._squid_config(user)]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
@@ -141,6 +144,21 @@ class ProxyUnderTest:
             name, _, password = user.partition(":")
             lines.append("BasicAuth %s %s" % (name, password))
         config = os.path.join(self._config_dir, "tinyproxy.conf")
+        with open(config, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        return config
+
+    def _squid_config(self, user):
+        if user:
+            raise AssertionError("squid runs without --user here (no auth helper configured)")
+        self._config_dir = tempfile.mkdtemp(prefix="tinyproxy-squid-")
+        os.chmod(self._config_dir, 0o777)  # squid drops to its own user
+        lines = ["http_port 127.0.0.1:%d" % self.port, "http_access allow all",
+                 "cache deny all", "cache_mem 8 MB", "access_log none",
+                 "cache_log stdio:/dev/stderr", "pid_filename %s/squid.pid" % self._config_dir,
+                 "coredump_dir %s" % self._config_dir, "shutdown_lifetime 0 seconds",
+                 "pipeline_prefetch 10"]
+        config = os.path.join(self._config_dir, "squid.conf")
         with open(config, "w") as out:
             out.write("\n".join(lines) + "\n")
         return config
@@ -527,7 +545,12 @@ class RawConnection:
         self.sock.sendall(data)
 
     def _fill(self):
-        chunk = self.sock.recv(65536)
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            raise AssertionError("connection reset by the proxy; %s" % self.transcript())
+        except socket.timeout:
+            raise AssertionError("no answer within the deadline; %s" % self.transcript())
         if chunk:
             self.buffer += chunk
             self.received += chunk
@@ -591,11 +614,13 @@ class RawConnection:
         """True when the peer closes (or resets) within `timeout` with nothing more sent."""
         self.sock.settimeout(timeout or scaled(5))
         try:
-            return not self._fill() and not self.buffer
+            chunk = self.sock.recv(65536)
         except ConnectionResetError:
             return True
         except socket.timeout:
             return False
+        self.received += chunk
+        return not chunk and not self.buffer
 
     def transcript(self):
         return "sent:\n%r\nreceived:\n%r" % (bytes(self.sent), bytes(self.received[:3000]))
