@@ -264,9 +264,10 @@ class OriginServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, name):
+    def __init__(self, name, idle_timeout=None):
         super().__init__(("127.0.0.1", 0), OriginHandler)
         self.name = name
+        self.idle_timeout = idle_timeout  # seconds an idle connection stays open; None: no limit
         self.lock = threading.Lock()
         self.connections = 0
         self.requests = []  # (connection id, request line, [(name, value)])
@@ -290,6 +291,9 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
       /bytes/N        N bytes of payload(N), Content-Length (HEAD: the headers only)
       /chunked/N      the same bytes, Transfer-Encoding: chunked, in chunks of varied sizes
       /close/N        the same bytes, Connection: close, no length (delimited by the close)
+      /bytes-close/N  the same bytes with Content-Length and Connection: close (then closes)
+      /chunked-ext/N  the same bytes chunked, with chunk extensions and a trailer field
+      /early-hints/N  a 103 Early Hints, then the 200 of /bytes/N
       /status/204     204, no body
       /status/304     304 with a Content-Length of a body it does not send (RFC 9110 8.6)
       /echo           (any method) JSON: sha256 and length of the request body (Content-Length
@@ -308,6 +312,7 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
 
     def setup(self):
+        self.timeout = self.server.idle_timeout  # StreamRequestHandler.setup applies it
         super().setup()
         self.connection_id = self.server.next_connection_id()
         self.requests_on_connection = 0
@@ -327,6 +332,14 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
             return self._send_chunked(int(parts[1]))
         if parts[0] == "close" and len(parts) == 2:
             return self._send_close_delimited(int(parts[1]))
+        if parts[0] == "bytes-close" and len(parts) == 2:
+            self.close_connection = True
+            return self._send_bytes(int(parts[1]), head, [("Connection", "close")])
+        if parts[0] == "chunked-ext" and len(parts) == 2:
+            return self._send_chunked(int(parts[1]), extensions=True)
+        if parts[0] == "early-hints" and len(parts) == 2:
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+            return self._send_bytes(int(parts[1]), head)
         if path == "/status/204":
             self.send_response(204)
             self.end_headers()
@@ -364,9 +377,11 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_OPTIONS = _route
 
-    def _send_bytes(self, size, head):
+    def _send_bytes(self, size, head, extra_headers=()):
         body = payload(size)
         self.send_response(200)
+        for name, value in extra_headers:
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size))
         self.send_header("X-Sha256", sha256(body))
@@ -374,11 +389,13 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(body)
 
-    def _send_chunked(self, size):
+    def _send_chunked(self, size, extensions=False):
         body = payload(size)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Transfer-Encoding", "chunked")
+        if extensions:
+            self.send_header("Trailer", "X-Checksum")
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -387,10 +404,14 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
         turn = 0
         while at < size:
             piece = body[at:at + sizes[turn % len(sizes)]]
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            extension = b';piece=%d;name="a b"' % turn if extensions else b""
+            self.wfile.write(b"%x%s\r\n%s\r\n" % (len(piece), extension, piece))
             at += len(piece)
             turn += 1
-        self.wfile.write(b"0\r\n\r\n")
+        if extensions:
+            self.wfile.write(b"0;last\r\nX-Checksum: %s\r\n\r\n" % sha256(body).encode())
+        else:
+            self.wfile.write(b"0\r\n\r\n")
 
     def _send_close_delimited(self, size):
         self.send_response(200)
@@ -441,8 +462,8 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
 class Origin:
     """An OriginServer serving on its own thread; `url(path)` is an absolute URL to it."""
 
-    def __init__(self, name):
-        self.server = OriginServer(name)
+    def __init__(self, name, idle_timeout=None):
+        self.server = OriginServer(name, idle_timeout)
         self.port = self.server.server_address[1]
         self.authority = "127.0.0.1:%d" % self.port
         self._thread = threading.Thread(target=self.server.serve_forever,
