@@ -229,6 +229,12 @@ class ClientFetch(PolicyTestCase):
         echo = json.loads(reply.stdout)
         self.assertEqual((echo["length"], echo["sha256"]), (len(data), sha256(data)), echo)
 
+    def test_curl_connect_tunnel(self):
+        """CONNECT as before: curl -p tunnels to the origin through the same mode."""
+        path = self.file_path("tunnel")
+        self.curl("-p", self.origin.url("/bytes/%d" % MEGABYTE), "-o", path)
+        self.assert_body(self.read_file(path), MEGABYTE)
+
     def require_wget(self):
         if shutil.which("wget") is None:
             if os.environ.get("TINYPROXY_ALLOW_SKIP") == "1":
@@ -549,6 +555,47 @@ class RawProtocol(ProxyTestCase):
         self.assertEqual(reply.status, 200, conn.transcript())
         seen = {name.lower(): value for name, value in reply.json()["headers"]}
         self.assertEqual(seen.get("cookie"), cookie)
+
+    @ours_only
+    def test_other_schemes_are_refused(self):
+        for scheme in ("ftp", "ws"):
+            marker = "scheme=" + scheme
+            conn = self.raw()
+            conn.send(b"GET %s://%s/headers?%s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                      % (scheme.encode(), self.origin.authority.encode(), marker.encode(),
+                         self.origin.authority.encode()))
+            reply = conn.read_response()
+            self.assertIn(reply.status, (400, 501), conn.transcript())
+            self.assertEqual(self.requests_to(self.origin, marker), [], conn.transcript())
+
+    @ours_only
+    def test_origin_form_request_to_the_proxy_is_refused(self):
+        """`GET /path` names no origin: the proxy cannot forward it (and must not loop to
+        itself)."""
+        conn = self.raw()
+        conn.send(b"GET /headers?originform=1 HTTP/1.1\r\nHost: %s\r\n\r\n"
+                  % self.proxy.address.encode())
+        reply = conn.read_response()
+        self.assertGreaterEqual(reply.status, 400, conn.transcript())
+        self.assertLess(reply.status, 500, conn.transcript())
+
+    def test_ipv6_origin(self):
+        """An IPv6 literal target: the origin is reached, and Host names it in brackets."""
+        try:
+            origin = Origin("v6", host="::1")
+        except OSError:
+            self.skipTest("no IPv6 loopback")
+        self.addCleanup(origin.close)
+        conn = self.raw()
+        conn.send(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                  % (origin.url("/headers").encode(), origin.authority.encode()))
+        reply = conn.read_response()
+        self.assertEqual(reply.status, 200, conn.transcript())
+        hosts = [value for name, value in reply.json()["headers"] if name.lower() == "host"]
+        self.assertEqual(hosts, [origin.authority], conn.transcript())
+        path = self.file_path("v6")
+        self.curl(origin.url("/bytes/4096"), "-o", path)
+        self.assert_body(self.read_file(path), 4096)
 
     @ours_only
     def test_unresolvable_host_is_502(self):

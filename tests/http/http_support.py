@@ -264,8 +264,10 @@ class OriginServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, name, idle_timeout=None):
-        super().__init__(("127.0.0.1", 0), OriginHandler)
+    def __init__(self, name, idle_timeout=None, host="127.0.0.1"):
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__((host, 0), OriginHandler)
         self.name = name
         self.idle_timeout = idle_timeout  # seconds an idle connection stays open; None: no limit
         self.lock = threading.Lock()
@@ -462,10 +464,10 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
 class Origin:
     """An OriginServer serving on its own thread; `url(path)` is an absolute URL to it."""
 
-    def __init__(self, name, idle_timeout=None):
-        self.server = OriginServer(name, idle_timeout)
+    def __init__(self, name, idle_timeout=None, host="127.0.0.1"):
+        self.server = OriginServer(name, idle_timeout, host)
         self.port = self.server.server_address[1]
-        self.authority = "127.0.0.1:%d" % self.port
+        self.authority = "%s:%d" % ("[%s]" % host if ":" in host else host, self.port)
         self._thread = threading.Thread(target=self.server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
