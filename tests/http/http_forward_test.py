@@ -28,6 +28,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -473,6 +474,48 @@ class KeepAlive(PolicyTestCase):
             self.assert_body(second.body, 17, "after %s %s" % (method, path))
 
     @ours_only
+    def test_slow_reader_gets_every_byte(self):
+        """The client reads nothing for a while as 8 MB come: the proxy holds back (it must not
+        drop or reorder), then every byte arrives and the connection serves the next request."""
+        size = 8 * MEGABYTE
+        conn = self.raw()
+        conn.send(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                  % (self.origin.url("/bytes/%d" % size).encode(), self.origin.authority.encode()))
+        time.sleep(0.3)
+        reply = conn.read_response()
+        self.assertEqual(reply.status, 200)
+        self.assert_body(reply.body, size)
+        conn.send(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                  % (self.origin.url("/bytes/5").encode(), self.origin.authority.encode()))
+        self.assert_body(conn.read_response().body, 5)
+
+    def test_client_leaving_mid_response(self):
+        """A client that closes while 8 MB are coming costs only its own connection: the next
+        client is served by the same origin."""
+        conn = RawConnection(self.proxy.address)
+        conn.send(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                  % (self.origin.url("/bytes/%d" % (8 * MEGABYTE)).encode(),
+                     self.origin.authority.encode()))
+        while len(conn.received) < 100000:
+            conn._fill()
+        conn.close()
+        path = self.file_path("after")
+        self.curl(self.origin.url("/bytes/%d" % MEGABYTE), "-o", path)
+        self.assert_body(self.read_file(path), MEGABYTE)
+
+    @ours_only
+    def test_client_half_close_after_its_request(self):
+        """`printf 'GET ...' | nc -N`: the client shuts down its sending side after the request;
+        the response still comes."""
+        conn = self.raw()
+        conn.send(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n"
+                  % (self.origin.url("/bytes/50000").encode(), self.origin.authority.encode()))
+        conn.sock.shutdown(socket.SHUT_WR)
+        reply = conn.read_response()
+        self.assertEqual(reply.status, 200, conn.transcript())
+        self.assert_body(reply.body, 50000)
+
+    @ours_only
     def test_another_origin_gets_its_own_upstream_connection(self):
         before_a, before_b = self.origin.connections, self.other_origin.connections
         conn = self.raw()
@@ -507,6 +550,42 @@ class RawProtocol(ProxyTestCase):
             reply = conn.read_response()
             self.assertEqual(reply.status, 200, conn.transcript())
             self.assert_body(reply.body, size, "pipelined size %d" % size)
+
+    @ours_only
+    def test_pipelined_requests_to_two_origins(self):
+        conn = self.raw()
+        plan = [(self.origin, 100), (self.other_origin, 200), (self.other_origin, 300),
+                (self.origin, 400), (self.other_origin, 500)]
+        conn.send(b"".join(self.request("/bytes/%d" % size, origin=origin)
+                           for origin, size in plan))
+        for origin, size in plan:
+            reply = conn.read_response()
+            self.assertEqual(reply.status, 200, conn.transcript())
+            self.assert_body(reply.body, size, "%s %d" % (origin.server.name, size))
+
+    def test_head_and_body_in_small_pieces(self):
+        """A head split mid-line and a body written a few bytes at a time, with pauses: the
+        request is whole at the origin."""
+        conn = self.raw()
+        body = payload(3000)
+        message = self.request("/echo", "POST", ["Content-Length: %d" % len(body)], body)
+        cuts = [0, 7, 30, len(message) - len(body) - 3, len(message) - len(body)]
+        cuts += list(range(len(message) - len(body) + 500, len(message), 500)) + [len(message)]
+        for start, end in zip(cuts, cuts[1:]):
+            conn.send(message[start:end])
+            time.sleep(0.01)
+        reply = conn.read_response("POST")
+        self.assertEqual(reply.status, 200, conn.transcript())
+        self.assertEqual(reply.json()["sha256"], sha256(body), reply)
+
+    def test_slowly_written_response(self):
+        conn = self.raw()
+        conn.send(self.request("/drip/100000") + self.request("/bytes/10"))
+        reply = conn.read_response()
+        self.assertEqual(reply.status, 200, conn.transcript())
+        self.assert_body(reply.body, 100000)
+        if self.ours:
+            self.assert_body(conn.read_response().body, 10)
 
     @ours_only
     def test_pipelined_chunked_upload_then_get(self):

@@ -296,6 +296,7 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
       /bytes-close/N  the same bytes with Content-Length and Connection: close (then closes)
       /chunked-ext/N  the same bytes chunked, with chunk extensions and a trailer field
       /early-hints/N  a 103 Early Hints, then the 200 of /bytes/N
+      /drip/N         the bytes of /bytes/N with Content-Length, written in 10 pieces 20 ms apart
       /status/204     204, no body
       /status/304     304 with a Content-Length of a body it does not send (RFC 9110 8.6)
       /echo           (any method) JSON: sha256 and length of the request body (Content-Length
@@ -339,6 +340,8 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
             return self._send_bytes(int(parts[1]), head, [("Connection", "close")])
         if parts[0] == "chunked-ext" and len(parts) == 2:
             return self._send_chunked(int(parts[1]), extensions=True)
+        if parts[0] == "drip" and len(parts) == 2:
+            return self._send_drip(int(parts[1]))
         if parts[0] == "early-hints" and len(parts) == 2:
             self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
             return self._send_bytes(int(parts[1]), head)
@@ -414,6 +417,16 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"0;last\r\nX-Checksum: %s\r\n\r\n" % sha256(body).encode())
         else:
             self.wfile.write(b"0\r\n\r\n")
+
+    def _send_drip(self, size):
+        body = payload(size)
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        step = max(1, size // 10)
+        for at in range(0, size, step):
+            self.wfile.write(body[at:at + step])
+            time.sleep(0.02)
 
     def _send_close_delimited(self, size):
         self.send_response(200)
