@@ -713,6 +713,8 @@ class RawProtocol(ProxyTestCase):
         self.assertIsNone(reply.header("X-Origin-Hop"), conn.transcript())
         self.assertIsNone(reply.header("Keep-Alive"), conn.transcript())
         self.assertEqual(reply.header("X-End-To-End"), "1", conn.transcript())
+        if self.ours:
+            self.assertEqual(reply.all("Via"), [OUR_VIA], conn.transcript())
 
     @ours_only
     def test_expect_100_continue_passes_through(self):
@@ -843,6 +845,39 @@ class RawProtocol(ProxyTestCase):
             "X-Folded: first", " second"]), "smuggle=fold")
 
     @ours_only
+    def test_transfer_encoding_not_ending_in_chunked_is_400(self):
+        """RFC 9112 section 6.3: a request whose final transfer coding is not chunked has no
+        reliable length."""
+        self.assert_refused(self.request("/echo?smuggle=gzip", "POST", [
+            "Transfer-Encoding: gzip"], b"hello"), "smuggle=gzip")
+
+    @ours_only
+    def test_whitespace_before_the_colon_is_400(self):
+        """RFC 9112 section 5.1: `Transfer-Encoding : chunked` must be rejected, not guessed."""
+        self.assert_refused(self.request("/echo?smuggle=space", "POST", [
+            "Content-Length: 5", "Transfer-Encoding : chunked"], b"0\r\n\r\n"), "smuggle=space")
+
+    @ours_only
+    def test_malformed_content_length_is_400(self):
+        for value in ("+5", "5x", "0x5", "-1"):
+            self.assert_refused(self.request("/echo?smuggle=cl%s" % value, "POST", [
+                "Content-Length: " + value], b"hello"), "smuggle=cl%s" % value)
+
+    @ours_only
+    def test_huge_target_is_414(self):
+        self.assert_refused(self.request("/headers?huge=" + "a" * 100000), "huge=", 414)
+
+    @ours_only
+    def test_huge_header_is_431(self):
+        self.assert_refused(self.request("/headers?bighead=1", headers=["X-Big: " + "b" * 100000]),
+                            "bighead=1", 431)
+
+    @ours_only
+    def test_too_many_header_fields_is_431(self):
+        self.assert_refused(self.request("/headers?manyfields=1", headers=[
+            "X-F%d: %d" % (index, index) for index in range(2000)]), "manyfields=1", 431)
+
+    @ours_only
     def test_invalid_chunk_size_is_400(self):
         """The head is valid, so the proxy may forward it before it reads the bad chunk; it must
         answer 400 (not forward a body it cannot frame)."""
@@ -923,6 +958,8 @@ class RawProtocol(ProxyTestCase):
         reply = conn.read_response()
         self.assertEqual(reply.status, 200, conn.transcript())
         self.assert_body(reply.body, 2048)
+        # HTTP/1.0 without `Connection: keep-alive` is one request per connection.
+        self.assertTrue(conn.closed_by_peer(), conn.transcript())
 
 
 class ProxyAuth(ProxyTestCase):

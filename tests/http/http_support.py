@@ -101,9 +101,10 @@ def payload(size):
 
 class ProxyUnderTest:
     """Our CLI (`kind` "ours"), the tinyproxy C daemon ("daemon") or squid ("squid"), listening
-    on 127.0.0.1 (the other two with a temporary config on a free port). `mode` is the mode flag (None: no flag, the default), `policy` a --policy value
-    (None: the default), `user` "NAME:PASS" or None. stop() ends it with SIGTERM and returns
-    the exit status. stderr is drained as it comes (a full pipe would block the proxy)."""
+    on 127.0.0.1 (the other two with a temporary config on a free port). `mode` is the mode
+    flag (None: no flag, the default), `policy` a --policy value (None: the default), `user`
+    "NAME:PASS" or None. stop() ends it with SIGTERM and returns the exit status. stderr is
+    drained as it comes (a full pipe would block the proxy)."""
 
     def __init__(self, kind, path, mode="--http", policy=None, user=None, extra_args=()):
         self.kind = kind
