@@ -1,8 +1,10 @@
-// tinyproxy: the command-line proxy. A SOCKS4/4a/5 proxy, an HTTP CONNECT proxy or a port
-// forwarder, on any of the three policies, optionally speaking the PROXY protocol.
+// tinyproxy: the command-line proxy. SOCKS4/4a/5 and HTTP on one port (the default), a SOCKS
+// proxy, an HTTP proxy (forwarding and CONNECT), an HTTP CONNECT proxy or a port forwarder, on
+// any of the three policies, optionally speaking the PROXY protocol.
 //
 //   tinyproxy [--listen HOST:PORT] [--policy thread|fork|poll]
-//             [--socks | --http-connect | --forward HOST:PORT] [--user NAME:PASS]
+//             [--auto | --socks | --http | --http-connect | --forward HOST:PORT]
+//             [--user NAME:PASS]
 //             [--accept-proxy] [--send-proxy v1|v2]
 //             [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]
 //             [--max-connections N] [--allow CIDR]... [--verbose | --quiet]
@@ -40,7 +42,8 @@ namespace {
 
 constexpr const char* usage_text =
     "usage: tinyproxy [--listen HOST:PORT] [--policy thread|fork|poll]\n"
-    "                 [--socks | --http-connect | --forward HOST:PORT] [--user NAME:PASS]\n"
+    "                 [--auto | --socks | --http | --http-connect | --forward HOST:PORT]\n"
+    "                 [--user NAME:PASS]\n"
     "                 [--accept-proxy] [--send-proxy v1|v2]\n"
     "                 [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]\n"
     "                 [--max-connections N] [--allow CIDR]... [--verbose | --quiet]\n"
@@ -52,8 +55,12 @@ constexpr const char* usage_text =
     "  --listen HOST:PORT     where to accept clients (default 127.0.0.1:1080; port 0 picks a\n"
     "                         free port; IPv6 as [::1]:PORT)\n"
     "  --policy NAME          thread, fork or poll (default poll)\n"
-    "  --socks                a SOCKS4, 4a and 5 proxy (the default mode)\n"
-    "  --http-connect         an HTTP CONNECT proxy\n"
+    "  --auto                 SOCKS4, 4a, 5 and HTTP (forwarding and CONNECT) on one port,\n"
+    "                         told apart by the first byte (the default mode)\n"
+    "  --socks                a SOCKS4, 4a and 5 proxy\n"
+    "  --http                 an HTTP/1.1 proxy: http:// requests forwarded (keep-alive both\n"
+    "                         ways), and CONNECT\n"
+    "  --http-connect         an HTTP CONNECT proxy (405 for every other method)\n"
     "  --forward HOST:PORT    a port forwarder: every client goes to HOST:PORT\n"
     "  --user NAME:PASS       require these credentials (SOCKS5 username/password, HTTP Basic)\n"
     "  --accept-proxy         clients begin with a PROXY protocol header (v1 or v2)\n"
@@ -91,7 +98,7 @@ struct usage_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-enum class mode_name { socks, http_connect, forward };
+enum class mode_name { automatic, socks, http, http_connect, forward };
 
 struct command_line {
     tinyproxy::options options;
@@ -154,7 +161,8 @@ tinyproxy::endpoint parse_listen(const std::string& text) {
 
 void set_mode(command_line& cmd, mode_name mode, const std::string& flag) {
     if (cmd.mode && *cmd.mode != mode) {
-        throw usage_error(flag + ": only one of --socks, --http-connect and --forward");
+        throw usage_error(flag +
+                          ": only one of --auto, --socks, --http, --http-connect and --forward");
     }
     cmd.mode = mode;
 }
@@ -327,8 +335,14 @@ command_line parse(int argc, char** argv) {
         if (flag == "--help" || flag == "-h") {
             std::cout << usage_text;
             std::exit(0);
+        } else if (flag == "--auto") {
+            set_mode(cmd, mode_name::automatic, flag);
+            cmd.proxy_flags.push_back(flag);
         } else if (flag == "--socks") {
             set_mode(cmd, mode_name::socks, flag);
+            cmd.proxy_flags.push_back(flag);
+        } else if (flag == "--http") {
+            set_mode(cmd, mode_name::http, flag);
             cmd.proxy_flags.push_back(flag);
         } else if (flag == "--http-connect") {
             set_mode(cmd, mode_name::http_connect, flag);
@@ -557,6 +571,23 @@ int serve_api(command_line cmd) {
     return 0;
 }
 
+/// --verbose: one line per HTTP request forwarded, as its response has gone.
+void log_request(const tinyproxy::http_exchange_record& r) {
+    std::string line = "tinyproxy: " + r.client.to_string() + " " + r.method + " " + r.target +
+                       " " + std::to_string(r.status) + " " + std::to_string(r.response_bytes) +
+                       " bytes\n";
+    (void)!::write(2, line.data(), line.size());
+}
+
+tinyproxy::http_proxy_mode::config http_config(const command_line& cmd) {
+    tinyproxy::http_proxy_mode::config cfg;
+    cfg.required = cmd.user;
+    if (cmd.talk == command_line::verbosity::verbose) {
+        cfg.log = log_request;
+    }
+    return cfg;
+}
+
 template <class Policy>
 int serve_mode(const command_line& cmd) {
     if (cmd.api) {
@@ -566,7 +597,15 @@ int serve_mode(const command_line& cmd) {
             return serve_api<Policy>(cmd);
         }
     }
-    switch (cmd.mode.value_or(mode_name::socks)) {
+    switch (cmd.mode.value_or(mode_name::automatic)) {
+    case mode_name::automatic: {
+        tinyproxy::auto_mode::config cfg;
+        cfg.socks.required = cmd.user;
+        cfg.http = http_config(cmd);
+        return serve<Policy>(cmd, tinyproxy::auto_mode(std::move(cfg)));
+    }
+    case mode_name::http:
+        return serve<Policy>(cmd, tinyproxy::http_proxy_mode(http_config(cmd)));
     case mode_name::forward:
         return serve<Policy>(cmd, tinyproxy::forward_mode(cmd.forward));
     case mode_name::http_connect: {

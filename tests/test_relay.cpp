@@ -1526,3 +1526,46 @@ TEST_CASE("stages: a direction that spliced takes stages while it relays, once i
 #endif
 
 TEST_SUITE_END();
+
+namespace {
+
+/// Passes everything on; hands the client back after the first '!' it passes.
+struct handing_back_stage final : tinyproxy::relay_stage {
+    void on_data(stage_context& out, byte_view bytes) override {
+        std::string text = as_string(bytes);
+        auto mark = text.find('!');
+        out.pass(
+            std::string_view(text).substr(0, mark == std::string::npos ? text.size() : mark + 1));
+        if (mark != std::string::npos) {
+            out.hand_back();
+        }
+    }
+};
+
+} // namespace
+
+TEST_CASE("stages: a stage that hands the client back: the relay finishes once the client has "
+          "what was passed to it, without a FIN to either side, and reads neither again") {
+    relay_rig rig(transport::tcp_loopback, 16 * 1024, splice_path());
+    add_stage<handing_back_stage>(rig.relay(), direction::to_client);
+    add_stage<pass_through_stage>(rig.relay(), direction::to_upstream);
+    rig.client().to_send = "question";
+    rig.client().shut_when_sent = false;
+    rig.upstream().shut_when_sent = false;
+    REQUIRE(rig.drive([&] { return rig.upstream().received == "question"; }, 5000));
+    rig.upstream().to_send = "answer!not this";
+    REQUIRE(rig.drive([&] { return rig.relay().finished(); }, 5000));
+    CHECK(rig.relay().handed_back());
+    CHECK_FALSE(rig.relay().failed());
+    CHECK(rig.relay().client_events() == 0);
+    CHECK(rig.relay().upstream_events() == 0);
+    CHECK_FALSE(rig.relay().watch_upstream());
+    // What was passed arrived whole; nothing was shut down, so no end of stream follows, and
+    // what the client sends now stays unread.
+    rig.client().to_send = "unread";
+    rig.drive_for(100);
+    CHECK(rig.client().received == "answer!");
+    CHECK(rig.upstream().received == "question");
+    CHECK_FALSE(rig.client().eof);
+    CHECK_FALSE(rig.upstream().eof);
+}

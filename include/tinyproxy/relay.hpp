@@ -177,7 +177,7 @@ public:
         return client_events() != 0 || (!finished() && !halves_[1].done);
     }
     bool watch_upstream() const noexcept {
-        return upstream_events() != 0 || (!finished() && !halves_[0].done);
+        return upstream_events() != 0 || (!finished() && !halves_[0].done && !handing_back_);
     }
 
     /// The last pump stopped at its bound in a direction (`rounds` reads, each of a whole
@@ -193,8 +193,18 @@ public:
     static constexpr int max_rounds = 4;
     static constexpr int shared_rounds = 1;
 
-    /// Both directions have ended cleanly, or one side failed.
-    bool finished() const noexcept { return failed() || (halves_[0].done && halves_[1].done); }
+    /// Both directions have ended cleanly, or one side failed, or a stage handed the client
+    /// back and everything it was owed has been written.
+    bool finished() const noexcept {
+        return failed() || (halves_[0].done && halves_[1].done) || handed_back();
+    }
+    /// A stage handed the client back (stage_context::hand_back) and the client has been sent
+    /// everything passed to it: the relay has finished, the client's connection is open, and
+    /// nothing has been shut down. The upstream is the caller's to close.
+    bool handed_back() const noexcept {
+        const half& to_client = halves_[1];
+        return handing_back_ && !failed() && !has_pending(to_client) && in_stages(to_client) == 0;
+    }
     bool failed() const noexcept { return static_cast<bool>(error_); }
     /// The reset or error that ended the relay; empty for a clean finish.
     std::error_code error() const noexcept { return error_; }
@@ -312,12 +322,15 @@ private:
     void fail_by_stage(const std::error_code& why, int from) noexcept;
     /// A stage's close: both sources stop, both destinations get their FIN once drained.
     void close_by_stage() noexcept;
+    /// A stage's hand-back: both sources stop; what goes to the client is still written.
+    void hand_back_by_stage() noexcept { handing_back_ = true; }
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
     bool use_splice_;
     bool saturated_ = false;        // the last pump stopped at its rounds in a direction
     bool closes_at_finish_ = false; // see closes_at_finish()
     bool closed_by_stage_ = false;  // a stage closed the tunnel: both directions end
+    bool handing_back_ = false;     // a stage handed the client back: nothing more is read
     std::size_t stage_buffer_ = 0;  // see stage_buffer_size(); 0: the scratch size
     std::size_t stage_hold_limit_ = static_cast<std::size_t>(-1); // what the stages may hold
     std::error_code error_;
@@ -359,6 +372,10 @@ public:
     void reset(std::error_code why) noexcept override { relay_.fail_by_stage(why, half_.from); }
     void close() noexcept override {
         relay_.close_by_stage();
+        progressed = true;
+    }
+    void hand_back() noexcept override {
+        relay_.hand_back_by_stage();
         progressed = true;
     }
 
@@ -404,14 +421,14 @@ inline time_point relay::next_wake() const noexcept {
 }
 
 inline short relay::events_on(int side) const noexcept {
-    if (finished()) {
+    if (finished() || (handing_back_ && side == 1)) { // the upstream is done with, then
         return 0;
     }
     // Side 0 is the client: it is the source of halves_[0] and the destination of halves_[1].
     const half& outgoing = halves_[side];     // reads from this side
     const half& incoming = halves_[1 - side]; // writes to this side
     short events = 0;
-    if (!outgoing.eof && !has_pending(outgoing) && stages_take_more(outgoing)) {
+    if (!outgoing.eof && !handing_back_ && !has_pending(outgoing) && stages_take_more(outgoing)) {
         events |= POLLIN | detail::peer_closed_event;
     }
     if (has_pending(incoming)) {
@@ -526,7 +543,7 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
     bool progressed = false;
     // A source with bytes waiting behind it was not watched for reading, so once they can go,
     // nobody knows whether it has more.
-    const bool may_read = source_ready || (has_pending(h) && destination_ready);
+    const bool may_read = !handing_back_ && (source_ready || (has_pending(h) && destination_ready));
     // A bounded number of rounds, so that in an event loop one fast tunnel cannot starve the
     // others; level-triggered readiness brings us straight back if there is more.
     rounds = rounds < 1 ? 1 : rounds;
@@ -649,7 +666,8 @@ inline void relay::read_into_stages(half& h, stage_output& out, time_point now, 
     rounds = rounds < 1 ? 1 : rounds;
     int round = 0;
     for (; round < rounds; ++round) {
-        if (!flush(h, out.progressed) || failed() || h.eof || !stages_take_more(h)) {
+        if (!flush(h, out.progressed) || failed() || h.eof || handing_back_ ||
+            !stages_take_more(h)) {
             break;
         }
         // No more than keeps what the stages hold within one scratch buffer's worth.
@@ -777,7 +795,8 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
                          progressed;
         } else {
             // As pump_half: a source not watched because bytes waited may have more.
-            const bool may_read = readable[side] || (has_pending(h) && writable[1 - side]);
+            const bool may_read =
+                !handing_back_ && (readable[side] || (has_pending(h) && writable[1 - side]));
             progressed = pump_staged(h, now, may_read, closing[side], scratch, scratch_size, rounds,
                                      sigpipe) ||
                          progressed;

@@ -105,6 +105,9 @@ private:
     /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
+    /// The tunnel handed the client back (stage_context::hand_back): the upstream closes, and
+    /// the Mode decides again, under a new handshake deadline.
+    void take_back(time_point now);
     /// The tunnel has started: limits_.stages gives it its stages (or ends it, by throwing).
     void give_stages();
     void fail_with_reply(std::error_code why, std::vector<std::uint8_t> reply, time_point now);
@@ -287,7 +290,7 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
                   handshake_.unsent_to_client(), reply, handshake_.to_upstream(), limits_, now);
     handshake_.release();
     state_ = state::relaying;
-    if (limits_.stages) {
+    if (limits_.stages || detail::gives_stages<ModeSession>::value) {
         give_stages();
     }
 }
@@ -297,7 +300,13 @@ void basic_session<ModeSession>::give_stages() {
     tunnel_info info{serial_, result_.client, result_.target, result_.upstream};
     tunnel_stages stages;
     try {
-        limits_.stages(info, stages);
+        // The Mode's own stages see the bytes first each way; the factory's come after them.
+        if constexpr (detail::gives_stages<ModeSession>::value) {
+            handshake_.mode().stages(info, stages);
+        }
+        if (limits_.stages) {
+            limits_.stages(info, stages);
+        }
     } catch (...) { // the factory could not: this tunnel ends, before a byte went through
         finish(make_error_code(errc::stage_failed));
         return;
@@ -326,9 +335,26 @@ template <class ModeSession>
 void basic_session<ModeSession>::relay_ready(short client_revents, short upstream_revents,
                                              time_point now, std::uint8_t* scratch,
                                              std::size_t scratch_size, int rounds) {
-    if (tunnel_.pump(client_, client_revents, upstream_revents, now, scratch, scratch_size,
-                     rounds)) {
+    if (!tunnel_.pump(client_, client_revents, upstream_revents, now, scratch, scratch_size,
+                      rounds)) {
+        return;
+    }
+    if (tunnel_.handed_back()) {
+        take_back(now);
+    } else {
         finish(tunnel_.error());
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::take_back(time_point now) {
+    tunnel_.close(result_); // its byte counts are added to the session's
+    if constexpr (detail::takes_back<ModeSession>::value) {
+        state_ = state::handshaking;
+        result_.stage = session_result::stage_type::handshake;
+        apply(handshake_.resume(now, limits_.handshake_timeout), now);
+    } else { // a stage of the user's handed back a client its Mode cannot take: as a close
+        finish({});
     }
 }
 

@@ -41,6 +41,9 @@ public:
     /// end of stream once what was delivered to it so far has gone, and what the stages of
     /// either direction still hold is dropped.
     virtual void close() noexcept = 0;
+    /// End the tunnel but keep the client's connection (stage_context::hand_back). A sink that
+    /// cannot hand the client back closes instead.
+    virtual void hand_back() noexcept { close(); }
 
 protected:
     ~stage_sink() = default;
@@ -69,6 +72,13 @@ public:
     /// Closes the tunnel cleanly, both ways (stage_sink::close): as a server that hangs up.
     /// Bytes this stage passes after it go nowhere.
     void close() noexcept;
+    /// Ends the tunnel, but not the client's connection: neither source is read again, and
+    /// once everything passed to the client so far has been written (what the stages of that
+    /// direction hold included), the relay finishes (relay::handed_back()) without a FIN to
+    /// the client. The session then gives the client back to its Mode, which decides anew
+    /// (an HTTP client's next request, to another origin). What the stages of the direction to
+    /// upstream still hold is dropped: a stage that hands back keeps what it needs first.
+    void hand_back() noexcept;
 
 private:
     friend class stage_chain;
@@ -234,6 +244,8 @@ inline void stage_context::wake_at(time_point when) noexcept { chain_.slots_[ind
 inline void stage_context::reset(std::error_code why) noexcept { sink_.reset(why); }
 
 inline void stage_context::close() noexcept { sink_.close(); }
+
+inline void stage_context::hand_back() noexcept { sink_.hand_back(); }
 
 inline void stage_chain::insert(std::size_t index, std::unique_ptr<relay_stage> stage) {
     index = index < slots_.size() ? index : slots_.size();

@@ -3384,6 +3384,1139 @@ inline std::vector<std::uint8_t> http_connect_handshake::failed(std::error_code 
 
 } // namespace tinyproxy
 // ---- end tinyproxy/protocol/http_connect.hpp ----
+// #include "tinyproxy/protocol/http_message.hpp"
+// ---- begin tinyproxy/protocol/http_message.hpp ----
+// HTTP/1.1 messages as a forward proxy reads them (RFC 9110, RFC 9112), sans-I/O: request and
+// response heads parsed incrementally, each message's body framing decided (smuggling refused),
+// bodies scanned to their end, and the heads rewritten for the next hop.
+
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes, body lengths
+#include <string>       // fields, heads
+#include <string_view>  // parsing
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // fields
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/http_connect.hpp"
+
+namespace tinyproxy {
+
+/// One header field, as received (the name's case kept, the value without surrounding OWS).
+struct http_field {
+    std::string name;
+    std::string value;
+};
+
+/// How a message's body is delimited (RFC 9112 section 6.3).
+struct http_framing {
+    enum class kind {
+        none,       ///< no body (a GET without length, a HEAD response, 1xx, 204, 304)
+        length,     ///< exactly `length` bytes (Content-Length)
+        chunked,    ///< Transfer-Encoding whose last coding is chunked
+        until_close ///< a response read until the origin closes (no length, no chunked)
+    };
+    kind what = kind::none;
+    std::uint64_t length = 0; ///< for kind::length
+};
+
+/// The limits a head is read under; each fails on the first byte past it.
+struct http_head_limits {
+    std::size_t max_line = 8192;      ///< the start line or one field line, line end included
+    std::size_t max_fields = 100;     ///< header fields (trailer fields, in a chunked body)
+    std::size_t max_head = 64 * 1024; ///< the whole head, leading empty lines included
+};
+
+/// A request head a proxy was sent.
+struct http_request_head {
+    std::string method;
+    std::string target;    ///< the request-target as sent
+    int minor_version = 1; ///< HTTP/1.minor
+    std::vector<http_field> fields;
+
+    bool connect = false;   ///< CONNECT host:port (`origin` is its target)
+    host_port origin;       ///< the absolute-form's host and port (80 by default), or CONNECT's
+    std::string path;       ///< the origin-form: the absolute-form's path and query ("/" if none)
+    http_framing body;      ///< none, length or chunked (never until_close)
+    bool keep_alive = true; ///< the client keeps the connection: 1.1 without "close", 1.0 with
+                            ///< "keep-alive" (Connection and Proxy-Connection both read)
+    bool expect_continue = false; ///< Expect: 100-continue
+
+    /// The first field named `name` (case-insensitive); null if none.
+    const std::string* field(std::string_view name) const noexcept;
+};
+
+/// A response head an origin sent.
+struct http_response_head {
+    int minor_version = 1;
+    int status = 0;
+    std::string reason;
+    std::vector<http_field> fields;
+    http_framing body;      ///< decided with the request's method (http_response_parser)
+    bool keep_alive = true; ///< the origin keeps the connection (as for requests)
+
+    const std::string* field(std::string_view name) const noexcept;
+    /// 1xx other than 101: an interim response; the final one follows for the same request.
+    bool interim() const noexcept { return status >= 100 && status < 200 && status != 101; }
+};
+
+namespace detail {
+namespace http_message {
+
+/// The lines of a head, a byte at a time: what http_request_parser and http_response_parser
+/// share. Holds the line being read (memory bounded by max_line) and counts the head's bytes.
+class head_lines {
+public:
+    enum class event {
+        more, ///< the byte belongs to the line being read
+        line, ///< a line ended: line() holds it, without its CR and LF
+        line_too_long,
+        head_too_long,
+        bad_byte ///< a bare CR, or a control character
+    };
+
+    /// `start_line`: the byte is in the start line, where HTAB and bytes >= 0x80 are refused
+    /// unless `obs_text` (a response's reason phrase may hold them).
+    event next(std::uint8_t byte, const http_head_limits& limits, bool start_line, bool obs_text);
+    std::string_view line() const noexcept;
+    /// The line being read so far (after line_too_long: which part of the start line passed).
+    std::string_view partial() const noexcept { return line_; }
+    bool started() const noexcept { return head_bytes_ != 0; }
+    std::size_t fields() const noexcept { return fields_; }
+    void count_field() noexcept { ++fields_; }
+    void reset();
+
+private:
+    std::string line_; // without its LF (a CR before it kept)
+    bool line_ended_ = false;
+    std::size_t head_bytes_ = 0;
+    std::size_t fields_ = 0;
+};
+
+inline head_lines::event head_lines::next(std::uint8_t byte, const http_head_limits& limits,
+                                          bool start_line, bool obs_text) {
+    if (line_ended_) {
+        line_.clear();
+        line_ended_ = false;
+    }
+    if (++head_bytes_ > limits.max_head) {
+        return event::head_too_long;
+    }
+    if (line_.size() + 1 > limits.max_line) {
+        return event::line_too_long;
+    }
+    if (!line_.empty() && line_.back() == '\r' && byte != '\n') {
+        return event::bad_byte;
+    }
+    if (byte == '\n') {
+        line_ended_ = true;
+        return event::line;
+    }
+    // HTAB only inside field values (and a reason phrase); obs-text likewise (RFC 9112 5.5).
+    bool control = (byte < 0x20 && byte != '\r' && byte != '\t') || byte == 0x7F;
+    bool bad_in_start_line = start_line && !obs_text && (byte == '\t' || byte >= 0x80);
+    if (control || bad_in_start_line) {
+        return event::bad_byte;
+    }
+    line_.push_back(static_cast<char>(byte));
+    return event::more;
+}
+
+inline std::string_view head_lines::line() const noexcept {
+    std::string_view line = line_;
+    if (!line.empty() && line.back() == '\r') {
+        line.remove_suffix(1);
+    }
+    return line;
+}
+
+inline void head_lines::reset() {
+    line_.clear();
+    line_ended_ = false;
+    head_bytes_ = 0;
+    fields_ = 0;
+}
+
+} // namespace http_message
+} // namespace detail
+
+/// Reads one request head, fed in any split (down to a byte at a time). Strict RFC 9112
+/// syntax, as http_connect_handshake: CRLF or bare LF line ends, empty lines before the request
+/// line skipped, no control characters, no obs-fold.
+///
+/// feed() consumes bytes up to and including the blank line that ends the head (never a byte
+/// of the body): `used` says how many. On complete, take() gives the head, and reset() (or
+/// take()) readies the parser for the next request on the same connection.
+///
+/// Failures and the status a proxy answers with (error_status()), error() saying why:
+///  - 400 (protocol_error): malformed request line or field line, obs-fold, a bare CR, a
+///    control character, more than one Host, no Host in HTTP/1.1, an origin-form or "*"
+///    target (a proxy needs the absolute form), userinfo or a fragment in the target, a host
+///    parse_host_port rejects, port 0 or > 65535; Transfer-Encoding with Content-Length,
+///    Transfer-Encoding in HTTP/1.0, Transfer-Encoding whose last coding is not chunked or that
+///    names chunked twice, more than one Content-Length field (even equal) or a list of them, a
+///    Content-Length that is not 1*DIGIT or does not fit 63 bits;
+///  - 414 (message_too_large): the request line past max_line while its target is read;
+///  - 431 (message_too_large): a field line past max_line, more than max_fields, the head
+///    past max_head;
+///  - 501 (protocol_error): an absolute-form target whose scheme is not http (https://,
+///    ftp://, ...: a forward proxy serves those through CONNECT);
+///  - 505 (unsupported_version): HTTP/d.d with a major other than 1.
+/// CONNECT's target is authority-form and must parse as host:port with a port (else 400).
+class http_request_parser {
+public:
+    enum class status { need_more, complete, failed };
+
+    explicit http_request_parser(http_head_limits limits = {}) : limits_(limits) {}
+
+    status feed(byte_view bytes, std::size_t& used);
+    /// The head, after feed() said complete; the parser is reset.
+    http_request_head take();
+    void reset();
+
+    /// Whether any byte of a head has been read (an empty line before it counts too).
+    bool started() const noexcept;
+    int error_status() const noexcept { return error_status_; }
+    std::error_code error() const noexcept { return error_; }
+
+private:
+    enum class phase { start_line, fields, complete, failed };
+
+    status end_of_line(std::string_view line);
+    status request_line(std::string_view line);
+    status end_of_head();
+    status line_too_long();
+    status fail(int code, std::error_code why);
+
+    http_head_limits limits_;
+    int error_status_ = 0;
+    std::error_code error_;
+    phase phase_ = phase::start_line;
+    detail::http_message::head_lines lines_;
+    http_request_head head_;
+};
+
+/// Reads one response head, as http_request_parser reads requests. The framing of its body
+/// depends on the request it answers: construct or reset() it with that request's method.
+///
+/// Framing (RFC 9112 section 6.3): HEAD, 1xx, 204 and 304 have none; a 2xx to CONNECT is not
+/// read here; Transfer-Encoding whose last coding is chunked is chunked, other
+/// Transfer-Encodings read until close; Content-Length is a length; nothing is until_close.
+/// Failures (error_status() is then 502, the proxy's answer to the client): malformed status
+/// line or field line, obs-fold, a status outside 100..999, Transfer-Encoding with
+/// Content-Length, differing or listed Content-Lengths, limits as for requests.
+class http_response_parser {
+public:
+    enum class status { need_more, complete, failed };
+
+    explicit http_response_parser(http_head_limits limits = {}) : limits_(limits) {}
+
+    /// The request this response answers: its method decides HEAD's no-body.
+    void reset(std::string_view request_method);
+    status feed(byte_view bytes, std::size_t& used);
+    /// The head, after feed() said complete. For an interim (1xx) head, reset() is not needed:
+    /// the next feed() reads the final response to the same request.
+    http_response_head take();
+
+    int error_status() const noexcept { return error_status_; }
+    std::error_code error() const noexcept { return error_; }
+
+private:
+    enum class phase { start_line, fields, complete, failed };
+
+    status end_of_line(std::string_view line);
+    status status_line(std::string_view line);
+    status end_of_head();
+    status fail(std::error_code why);
+
+    http_head_limits limits_;
+    int error_status_ = 0;
+    std::error_code error_;
+    phase phase_ = phase::start_line;
+    detail::http_message::head_lines lines_;
+    http_response_head head_;
+    std::string request_method_;
+};
+
+/// Finds where a body ends, fed in any split; passes nothing itself (the caller forwards the
+/// bytes it says are body, untouched). For chunked bodies it checks the chunk framing
+/// strictly: chunk-size is 1 to 16 hex digits, extensions are `;` then any visible text up to
+/// the line's end (max_line), every line ends in CRLF (a bare LF or CR is a failure: the body
+/// goes on unchanged, so the next hop must read it the same way), the data is followed by
+/// CRLF, and the trailer section is field lines (max_fields of them, no obs-fold) and CRLF.
+class http_body_scanner {
+public:
+    enum class status { more, complete, failed };
+
+    http_body_scanner() = default;
+    explicit http_body_scanner(http_framing framing, http_head_limits limits = {});
+
+    /// Consumes the body's bytes from `bytes`: `used` says how many belong to it (the rest
+    /// belongs to the next message). until_close never completes: the end of stream ends it.
+    status feed(byte_view bytes, std::size_t& used);
+    bool complete() const noexcept;
+    /// 400 for a request's body (the caller decides for a response's).
+    std::error_code error() const noexcept { return error_; }
+
+private:
+    enum class phase {
+        size,       // chunk-size hex digits
+        size_space, // whitespace after them (only a ';' may follow)
+        extension,  // ';' and the rest of the chunk-size line
+        size_lf,    // the LF after the chunk-size line's CR
+        data,       // chunk data (or a Content-Length body)
+        data_cr,    // the CR after chunk data
+        data_lf,    // its LF
+        trailer,    // a trailer field line (or the empty line that ends the body)
+        trailer_lf, // the LF after a trailer line's CR
+        complete,
+        failed
+    };
+
+    status chunked_byte(std::uint8_t byte);
+    status end_of_trailer_line();
+    status fail(std::error_code why);
+
+    http_framing framing_;
+    http_head_limits limits_;
+    phase phase_ = phase::complete;
+    std::uint64_t remaining_ = 0; // bytes of the length body or of the chunk still to come
+    std::size_t digits_ = 0;      // hex digits of the chunk-size read
+    std::size_t line_bytes_ = 0;  // bytes of the chunk-size or trailer line, its CR included
+    std::size_t trailer_fields_ = 0;
+    std::string line_; // the trailer line being read, without its CR
+    std::error_code error_;
+};
+
+/// The head to send the origin for `request` (not CONNECT): "METHOD path HTTP/1.m" (the
+/// client's minor version, so an HTTP/1.0 client is never answered in chunks), then
+/// every field but the hop-by-hop ones (Connection and every field it names, Proxy-Connection,
+/// Keep-Alive, Proxy-Authorization, TE, Trailer, Upgrade) and Host, with Host set to the
+/// target's authority (the port only when it is not 80), Max-Forwards decremented (TRACE and
+/// OPTIONS only, where it is > 0), `Via: 1.<minor> <via>` appended (after any Via received),
+/// `Connection: keep-alive` for an HTTP/1.0 request that keeps the connection, and the blank
+/// line.
+std::string origin_request_head(const http_request_head& request, std::string_view via);
+
+/// The head to send the client for `response`: "HTTP/1.1 status reason", every field but the
+/// hop-by-hop ones (as above, Proxy-Authenticate kept), `Via: 1.<minor> <via>` appended,
+/// `Connection: close` when `close`, else `Connection: keep-alive` when the client's request
+/// was HTTP/1.0 (`client_minor_version` 0), and the blank line.
+std::string client_response_head(const http_response_head& response, std::string_view via,
+                                 int client_minor_version, bool close);
+
+// ---------------------------------------------------------------------------------------------
+
+namespace detail {
+namespace http_message {
+
+inline const std::string* find_field(const std::vector<http_field>& fields,
+                                     std::string_view name) noexcept {
+    for (const http_field& field : fields) {
+        if (http_head::iequals(field.name, name)) {
+            return &field.value;
+        }
+    }
+    return nullptr;
+}
+
+/// `token ":" OWS value OWS`; false for anything else, obs-fold (a leading SP or HTAB) included.
+inline bool parse_field_line(std::string_view line, http_field& out) {
+    auto colon = line.find(':');
+    if (line.empty() || line.front() == ' ' || line.front() == '\t' ||
+        colon == std::string_view::npos || !http_head::is_token(line.substr(0, colon))) {
+        return false;
+    }
+    out.name = std::string(line.substr(0, colon));
+    out.value = std::string(http_head::trim_ows(line.substr(colon + 1)));
+    return true;
+}
+
+/// Calls `each` with every element of the comma lists in the fields named `name`, without OWS
+/// (empty elements skipped, as RFC 9110 section 5.6.1 asks of recipients).
+template <class Each>
+void for_each_element(const std::vector<http_field>& fields, std::string_view name, Each&& each) {
+    for (const http_field& field : fields) {
+        if (!http_head::iequals(field.name, name)) {
+            continue;
+        }
+        std::string_view rest = field.value;
+        while (!rest.empty()) {
+            auto comma = rest.find(',');
+            std::string_view element = http_head::trim_ows(rest.substr(0, comma));
+            rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+            if (!element.empty()) {
+                each(element);
+            }
+        }
+    }
+}
+
+/// Whether Connection (or Proxy-Connection, which old clients send to proxies) lists `option`.
+inline bool connection_lists(const std::vector<http_field>& fields, std::string_view option) {
+    bool found = false;
+    auto match = [&](std::string_view element) {
+        found = found || http_head::iequals(element, option);
+    };
+    for_each_element(fields, "connection", match);
+    for_each_element(fields, "proxy-connection", match);
+    return found;
+}
+
+inline bool keep_alive(const std::vector<http_field>& fields, int minor_version) {
+    if (connection_lists(fields, "close")) {
+        return false;
+    }
+    return minor_version >= 1 || connection_lists(fields, "keep-alive");
+}
+
+/// What the Transfer-Encoding fields say.
+struct transfer_codings {
+    bool present = false;
+    bool valid = true; ///< every coding a token (parameters after ';' allowed)
+    bool chunked_last = false;
+    int chunked_count = 0;
+};
+
+inline transfer_codings read_transfer_codings(const std::vector<http_field>& fields) {
+    transfer_codings out;
+    for (const http_field& field : fields) {
+        if (http_head::iequals(field.name, "transfer-encoding")) {
+            out.present = true;
+        }
+    }
+    if (!out.present) {
+        return out;
+    }
+    out.valid = false; // until a coding is seen: an empty Transfer-Encoding says nothing valid
+    bool bad = false;
+    for_each_element(fields, "transfer-encoding", [&](std::string_view element) {
+        std::string_view coding = http_head::trim_ows(element.substr(0, element.find(';')));
+        bad = bad || !http_head::is_token(coding);
+        out.chunked_last = http_head::iequals(coding, "chunked");
+        out.chunked_count += out.chunked_last ? 1 : 0;
+        out.valid = true;
+    });
+    out.valid = out.valid && !bad;
+    return out;
+}
+
+/// What the Content-Length fields say.
+struct content_lengths {
+    std::size_t fields = 0;
+    bool valid = true;   ///< every value 1*DIGIT within 63 bits (a list is not)
+    bool differ = false; ///< two fields with different values
+    std::uint64_t value = 0;
+};
+
+/// 1*DIGIT that fits 63 bits.
+inline bool parse_length(std::string_view text, std::uint64_t& value) noexcept {
+    if (text.empty()) {
+        return false;
+    }
+    constexpr std::uint64_t max = (std::uint64_t{1} << 63) - 1;
+    value = 0;
+    for (char c : text) {
+        if (c < '0' || c > '9') {
+            return false;
+        }
+        auto digit = static_cast<std::uint64_t>(c - '0');
+        if (value > (max - digit) / 10) {
+            return false;
+        }
+        value = value * 10 + digit;
+    }
+    return true;
+}
+
+inline content_lengths read_content_lengths(const std::vector<http_field>& fields) {
+    content_lengths out;
+    for (const http_field& field : fields) {
+        if (!http_head::iequals(field.name, "content-length")) {
+            continue;
+        }
+        std::uint64_t value = 0;
+        if (!parse_length(field.value, value)) {
+            out.valid = false;
+        } else if (out.fields != 0 && value != out.value) {
+            out.differ = true;
+        }
+        out.value = value;
+        ++out.fields;
+    }
+    return out;
+}
+
+/// The host:port of an http:// authority (80 when no port is given); false for a host
+/// parse_host_port rejects, userinfo, a zone id or port 0.
+inline bool parse_authority(std::string_view authority, host_port& out) {
+    if (authority.empty() || authority.find('@') != std::string_view::npos ||
+        authority.find('%') != std::string_view::npos) {
+        return false;
+    }
+    std::string text(authority);
+    auto close = text.rfind(']');
+    auto colon = text.rfind(':');
+    bool has_port = colon != std::string::npos && (close == std::string::npos || colon > close);
+    if (has_port && colon + 1 == text.size()) {
+        text.pop_back(); // "host:": an empty port is the default one (RFC 3986 section 3.2.3)
+        has_port = false;
+    }
+    if (!has_port) {
+        text += ":80";
+    }
+    std::error_code ec;
+    out = parse_host_port(text, ec);
+    return !ec && !out.host.empty() && out.port != 0;
+}
+
+/// scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) (RFC 3986 section 3.1).
+inline bool is_scheme(std::string_view text) noexcept {
+    if (text.empty()) {
+        return false;
+    }
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        char c = text[i];
+        bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        bool other = (c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.';
+        if (!alpha && (i == 0 || !other)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/// Reads an absolute-form target into `origin` and `path`; 0, or the status that refuses it.
+inline int parse_absolute_form(std::string_view target, host_port& origin, std::string& path) {
+    auto separator = target.find("://");
+    if (separator == std::string_view::npos || !is_scheme(target.substr(0, separator)) ||
+        target.find('#') != std::string_view::npos) {
+        return 400; // origin-form, "*", or not a URI a proxy can forward
+    }
+    if (!http_head::iequals(target.substr(0, separator), "http")) {
+        return 501;
+    }
+    std::string_view rest = target.substr(separator + 3);
+    auto path_start = rest.find_first_of("/?");
+    std::string_view authority = rest.substr(0, path_start);
+    if (!parse_authority(authority, origin)) {
+        return 400;
+    }
+    std::string_view path_and_query =
+        path_start == std::string_view::npos ? std::string_view{} : rest.substr(path_start);
+    path = path_and_query.empty() || path_and_query.front() == '?' ? "/" : "";
+    path += path_and_query;
+    return 0;
+}
+
+/// "HTTP/d.d": false if not that syntax; `major` and `minor` its digits.
+inline bool parse_version(std::string_view text, int& major, int& minor) noexcept {
+    if (text.size() != 8 || text.substr(0, 5) != "HTTP/" || text[5] < '0' || text[5] > '9' ||
+        text[6] != '.' || text[7] < '0' || text[7] > '9') {
+        return false;
+    }
+    major = text[5] - '0';
+    minor = text[7] - '0';
+    return true;
+}
+
+/// Hop-by-hop fields (RFC 9110 section 7.6.1), and those that only concern one connection
+/// to a proxy: never forwarded.
+inline bool is_hop_by_hop(std::string_view name) noexcept {
+    for (std::string_view hop : {"connection", "proxy-connection", "keep-alive",
+                                 "proxy-authorization", "te", "trailer", "upgrade"}) {
+        if (http_head::iequals(name, hop)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/// Whether a field is not forwarded: hop-by-hop, or named by a Connection field.
+inline bool is_connection_field(const std::vector<http_field>& fields, std::string_view name) {
+    if (is_hop_by_hop(name)) {
+        return true;
+    }
+    bool named = false;
+    for_each_element(fields, "connection", [&](std::string_view element) {
+        named = named || http_head::iequals(element, name);
+    });
+    return named;
+}
+
+inline void append_field(std::string& head, std::string_view name, std::string_view value) {
+    head += name;
+    head += ": ";
+    head += value;
+    head += "\r\n";
+}
+
+/// Max-Forwards' value less one (RFC 9110 section 7.6.2), or the value itself when it is 0 or
+/// not a number.
+inline std::string decremented(const std::string& value) {
+    std::uint64_t number = 0;
+    if (!parse_length(value, number) || number == 0) {
+        return value;
+    }
+    return std::to_string(number - 1);
+}
+
+inline void append_via(std::string& head, int minor_version, std::string_view via) {
+    if (!via.empty()) {
+        append_field(head, "Via", "1." + std::to_string(minor_version) + " " + std::string(via));
+    }
+}
+
+} // namespace http_message
+} // namespace detail
+
+inline const std::string* http_request_head::field(std::string_view name) const noexcept {
+    return detail::http_message::find_field(fields, name);
+}
+
+inline const std::string* http_response_head::field(std::string_view name) const noexcept {
+    return detail::http_message::find_field(fields, name);
+}
+
+// --- http_request_parser ---------------------------------------------------------------------
+
+inline http_request_parser::status http_request_parser::feed(byte_view bytes, std::size_t& used) {
+    using event = detail::http_message::head_lines::event;
+    used = 0;
+    if (phase_ == phase::complete) {
+        return status::complete;
+    }
+    if (phase_ == phase::failed) {
+        return status::failed;
+    }
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        used = i + 1;
+        switch (lines_.next(bytes[i], limits_, phase_ == phase::start_line, false)) {
+        case event::more:
+            continue;
+        case event::head_too_long:
+            return fail(431, errc::message_too_large);
+        case event::line_too_long:
+            return line_too_long();
+        case event::bad_byte:
+            return fail(400, errc::protocol_error);
+        case event::line:
+            break;
+        }
+        status state = end_of_line(lines_.line());
+        if (state != status::need_more) {
+            return state;
+        }
+    }
+    return status::need_more;
+}
+
+inline http_request_parser::status http_request_parser::end_of_line(std::string_view line) {
+    if (phase_ == phase::start_line) {
+        // Empty lines before the request line are skipped (RFC 9112 section 2.2).
+        return line.empty() ? status::need_more : request_line(line);
+    }
+    if (line.empty()) {
+        return end_of_head();
+    }
+    lines_.count_field();
+    if (lines_.fields() > limits_.max_fields) {
+        return fail(431, errc::message_too_large);
+    }
+    http_field field;
+    if (!detail::http_message::parse_field_line(line, field)) {
+        return fail(400, errc::protocol_error);
+    }
+    head_.fields.push_back(std::move(field));
+    return status::need_more;
+}
+
+inline http_request_parser::status http_request_parser::request_line(std::string_view line) {
+    namespace m = detail::http_message;
+    auto first_space = line.find(' ');
+    if (first_space == std::string_view::npos) {
+        return fail(400, errc::protocol_error);
+    }
+    std::string_view method = line.substr(0, first_space);
+    std::string_view rest = line.substr(first_space + 1);
+    auto second_space = rest.find(' ');
+    if (!detail::http_head::is_token(method) || second_space == std::string_view::npos) {
+        return fail(400, errc::protocol_error);
+    }
+    std::string_view target = rest.substr(0, second_space);
+    int major = 0;
+    int minor = 0;
+    if (target.empty() || !m::parse_version(rest.substr(second_space + 1), major, minor)) {
+        return fail(400, errc::protocol_error);
+    }
+    if (major != 1) {
+        return fail(505, errc::unsupported_version);
+    }
+    head_.method = std::string(method);
+    head_.target = std::string(target);
+    head_.minor_version = minor;
+    if (method == "CONNECT") {
+        // Authority form only; a '%' would be a zone id, which a URI cannot carry unescaped.
+        std::error_code ec;
+        host_port parsed =
+            target.find('%') == std::string_view::npos ? parse_host_port(target, ec) : host_port{};
+        if (ec || parsed.host.empty() || parsed.port == 0) {
+            return fail(400, errc::protocol_error);
+        }
+        head_.connect = true;
+        head_.origin = std::move(parsed);
+    } else if (int refused = m::parse_absolute_form(target, head_.origin, head_.path)) {
+        return fail(refused, errc::protocol_error);
+    }
+    phase_ = phase::fields;
+    return status::need_more;
+}
+
+inline http_request_parser::status http_request_parser::end_of_head() {
+    namespace m = detail::http_message;
+    std::size_t hosts = 0;
+    for (const http_field& field : head_.fields) {
+        hosts += detail::http_head::iequals(field.name, "host") ? 1 : 0;
+    }
+    if (hosts > 1 || (hosts == 0 && head_.minor_version >= 1)) {
+        return fail(400, errc::protocol_error);
+    }
+    // Framing (RFC 9112 section 6.3): anything two readers could read differently is refused,
+    // so no body can smuggle a request past the proxy.
+    m::transfer_codings codings = m::read_transfer_codings(head_.fields);
+    m::content_lengths lengths = m::read_content_lengths(head_.fields);
+    if (codings.present) {
+        if (lengths.fields != 0 || head_.minor_version == 0 || !codings.valid ||
+            !codings.chunked_last || codings.chunked_count != 1) {
+            return fail(400, errc::protocol_error);
+        }
+        head_.body.what = http_framing::kind::chunked;
+    } else if (lengths.fields != 0) {
+        if (lengths.fields > 1 || !lengths.valid) {
+            return fail(400, errc::protocol_error);
+        }
+        head_.body.what = http_framing::kind::length;
+        head_.body.length = lengths.value;
+    }
+    if (head_.connect) {
+        head_.body = http_framing{}; // what follows a CONNECT head is the tunnel
+    }
+    head_.keep_alive = m::keep_alive(head_.fields, head_.minor_version);
+    const std::string* expect = head_.field("expect");
+    head_.expect_continue =
+        expect != nullptr && detail::http_head::iequals(*expect, "100-continue");
+    phase_ = phase::complete;
+    return status::complete;
+}
+
+inline http_request_parser::status http_request_parser::line_too_long() {
+    if (phase_ == phase::fields) {
+        return fail(431, errc::message_too_large);
+    }
+    // Reading the target: "token SP" seen, and no second SP yet.
+    std::string_view line = lines_.partial();
+    auto first_space = line.find(' ');
+    bool in_target = first_space != std::string_view::npos &&
+                     detail::http_head::is_token(line.substr(0, first_space)) &&
+                     line.find(' ', first_space + 1) == std::string_view::npos;
+    return fail(in_target ? 414 : 400, errc::message_too_large);
+}
+
+inline http_request_parser::status http_request_parser::fail(int code, std::error_code why) {
+    phase_ = phase::failed;
+    error_status_ = code;
+    error_ = why;
+    return status::failed;
+}
+
+inline http_request_head http_request_parser::take() {
+    http_request_head head = std::move(head_);
+    reset();
+    return head;
+}
+
+inline void http_request_parser::reset() {
+    phase_ = phase::start_line;
+    lines_.reset();
+    head_ = http_request_head{};
+    error_status_ = 0;
+    error_ = {};
+}
+
+inline bool http_request_parser::started() const noexcept { return lines_.started(); }
+
+// --- http_response_parser --------------------------------------------------------------------
+
+inline void http_response_parser::reset(std::string_view request_method) {
+    request_method_ = std::string(request_method);
+    phase_ = phase::start_line;
+    lines_.reset();
+    head_ = http_response_head{};
+    error_status_ = 0;
+    error_ = {};
+}
+
+inline http_response_parser::status http_response_parser::feed(byte_view bytes, std::size_t& used) {
+    using event = detail::http_message::head_lines::event;
+    used = 0;
+    if (phase_ == phase::complete) {
+        return status::complete;
+    }
+    if (phase_ == phase::failed) {
+        return status::failed;
+    }
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+        used = i + 1;
+        switch (lines_.next(bytes[i], limits_, phase_ == phase::start_line, true)) {
+        case event::more:
+            continue;
+        case event::head_too_long:
+        case event::line_too_long:
+            return fail(errc::message_too_large);
+        case event::bad_byte:
+            return fail(errc::protocol_error);
+        case event::line:
+            break;
+        }
+        status state = end_of_line(lines_.line());
+        if (state != status::need_more) {
+            return state;
+        }
+    }
+    return status::need_more;
+}
+
+inline http_response_parser::status http_response_parser::end_of_line(std::string_view line) {
+    if (phase_ == phase::start_line) {
+        return line.empty() ? status::need_more : status_line(line);
+    }
+    if (line.empty()) {
+        return end_of_head();
+    }
+    lines_.count_field();
+    if (lines_.fields() > limits_.max_fields) {
+        return fail(errc::message_too_large);
+    }
+    http_field field;
+    if (!detail::http_message::parse_field_line(line, field)) {
+        return fail(errc::protocol_error);
+    }
+    head_.fields.push_back(std::move(field));
+    return status::need_more;
+}
+
+inline http_response_parser::status http_response_parser::status_line(std::string_view line) {
+    // status-line = HTTP-version SP status-code SP [ reason-phrase ]; a missing SP before an
+    // empty reason is tolerated (RFC 9112 section 4).
+    int major = 0;
+    int minor = 0;
+    if (line.size() < 12 || !detail::http_message::parse_version(line.substr(0, 8), major, minor) ||
+        line[8] != ' ' || (line.size() > 12 && line[12] != ' ')) {
+        return fail(errc::protocol_error);
+    }
+    if (major != 1) {
+        return fail(errc::unsupported_version);
+    }
+    int code = 0;
+    for (std::size_t i = 9; i < 12; ++i) {
+        if (line[i] < '0' || line[i] > '9') {
+            return fail(errc::protocol_error);
+        }
+        code = code * 10 + (line[i] - '0');
+    }
+    if (code < 100) {
+        return fail(errc::protocol_error);
+    }
+    head_.minor_version = minor;
+    head_.status = code;
+    head_.reason = line.size() > 13 ? std::string(line.substr(13)) : std::string();
+    phase_ = phase::fields;
+    return status::need_more;
+}
+
+inline http_response_parser::status http_response_parser::end_of_head() {
+    namespace m = detail::http_message;
+    m::transfer_codings codings = m::read_transfer_codings(head_.fields);
+    m::content_lengths lengths = m::read_content_lengths(head_.fields);
+    if ((codings.present && lengths.fields != 0) || !lengths.valid || lengths.differ ||
+        (codings.present && (!codings.valid || codings.chunked_count > 1))) {
+        return fail(errc::protocol_error);
+    }
+    head_.keep_alive = m::keep_alive(head_.fields, head_.minor_version);
+    int code = head_.status;
+    bool no_body = request_method_ == "HEAD" || code < 200 || code == 204 || code == 304 ||
+                   (request_method_ == "CONNECT" && code < 300);
+    if (no_body) {
+        head_.body = http_framing{};
+    } else if (codings.present) {
+        head_.body.what =
+            codings.chunked_last ? http_framing::kind::chunked : http_framing::kind::until_close;
+    } else if (lengths.fields != 0) {
+        head_.body.what = http_framing::kind::length;
+        head_.body.length = lengths.value;
+    } else {
+        head_.body.what = http_framing::kind::until_close;
+    }
+    if (head_.body.what == http_framing::kind::until_close) {
+        head_.keep_alive = false; // the close is the body's end
+    }
+    phase_ = phase::complete;
+    return status::complete;
+}
+
+inline http_response_parser::status http_response_parser::fail(std::error_code why) {
+    phase_ = phase::failed;
+    error_status_ = 502;
+    error_ = why;
+    return status::failed;
+}
+
+inline http_response_head http_response_parser::take() {
+    http_response_head head = std::move(head_);
+    std::string method = std::move(request_method_);
+    reset(method);
+    return head;
+}
+
+// --- http_body_scanner -----------------------------------------------------------------------
+
+inline http_body_scanner::http_body_scanner(http_framing framing, http_head_limits limits)
+    : framing_(framing), limits_(limits) {
+    switch (framing.what) {
+    case http_framing::kind::none:
+        phase_ = phase::complete;
+        break;
+    case http_framing::kind::length:
+        remaining_ = framing.length;
+        phase_ = remaining_ == 0 ? phase::complete : phase::data;
+        break;
+    case http_framing::kind::chunked:
+        phase_ = phase::size;
+        break;
+    case http_framing::kind::until_close:
+        phase_ = phase::data;
+        break;
+    }
+}
+
+inline bool http_body_scanner::complete() const noexcept { return phase_ == phase::complete; }
+
+inline http_body_scanner::status http_body_scanner::feed(byte_view bytes, std::size_t& used) {
+    used = 0;
+    if (phase_ == phase::complete) {
+        return status::complete;
+    }
+    if (phase_ == phase::failed) {
+        return status::failed;
+    }
+    if (framing_.what == http_framing::kind::until_close) {
+        used = bytes.size();
+        return status::more;
+    }
+    while (used < bytes.size()) {
+        if (phase_ == phase::data) {
+            std::uint64_t available = bytes.size() - used;
+            std::uint64_t take = available < remaining_ ? available : remaining_;
+            used += static_cast<std::size_t>(take);
+            remaining_ -= take;
+            if (remaining_ != 0) {
+                return status::more;
+            }
+            if (framing_.what == http_framing::kind::length) {
+                phase_ = phase::complete;
+                return status::complete;
+            }
+            phase_ = phase::data_cr;
+            continue;
+        }
+        status state = chunked_byte(bytes[used]);
+        ++used;
+        if (state != status::more) {
+            return state;
+        }
+    }
+    return status::more;
+}
+
+inline http_body_scanner::status http_body_scanner::chunked_byte(std::uint8_t byte) {
+    const bool line_phase = phase_ == phase::size || phase_ == phase::size_space ||
+                            phase_ == phase::extension || phase_ == phase::size_lf ||
+                            phase_ == phase::trailer || phase_ == phase::trailer_lf;
+    if (line_phase && ++line_bytes_ > limits_.max_line) {
+        return fail(errc::message_too_large);
+    }
+    switch (phase_) {
+    case phase::size: {
+        int digit = -1;
+        if (byte >= '0' && byte <= '9') {
+            digit = byte - '0';
+        } else if (byte >= 'a' && byte <= 'f') {
+            digit = byte - 'a' + 10;
+        } else if (byte >= 'A' && byte <= 'F') {
+            digit = byte - 'A' + 10;
+        }
+        if (digit >= 0) {
+            // 16 hex digits fit 64 bits: no overflow to check beyond the count.
+            if (++digits_ > 16) {
+                return fail(errc::protocol_error);
+            }
+            remaining_ = (remaining_ << 4) | static_cast<std::uint64_t>(digit);
+            return status::more;
+        }
+        if (digits_ == 0) {
+            return fail(errc::protocol_error);
+        }
+        if (byte == '\r') {
+            phase_ = phase::size_lf;
+        } else if (byte == ';') {
+            phase_ = phase::extension;
+        } else if (byte == ' ' || byte == '\t') {
+            phase_ = phase::size_space; // BWS before ';' (RFC 9112 section 7.1.1)
+        } else {
+            return fail(errc::protocol_error);
+        }
+        return status::more;
+    }
+    case phase::size_space:
+        if (byte == ';') {
+            phase_ = phase::extension;
+        } else if (byte != ' ' && byte != '\t') {
+            return fail(errc::protocol_error);
+        }
+        return status::more;
+    case phase::extension:
+        if (byte == '\r') {
+            phase_ = phase::size_lf;
+        } else if ((byte < 0x20 && byte != '\t') || byte == 0x7F) {
+            return fail(errc::protocol_error);
+        }
+        return status::more;
+    case phase::size_lf:
+        if (byte != '\n') {
+            return fail(errc::protocol_error);
+        }
+        line_bytes_ = 0;
+        digits_ = 0;
+        phase_ = remaining_ == 0 ? phase::trailer : phase::data;
+        return status::more;
+    case phase::data_cr:
+        if (byte != '\r') {
+            return fail(errc::protocol_error);
+        }
+        phase_ = phase::data_lf;
+        return status::more;
+    case phase::data_lf:
+        if (byte != '\n') {
+            return fail(errc::protocol_error);
+        }
+        phase_ = phase::size;
+        return status::more;
+    case phase::trailer:
+        if (byte == '\r') {
+            phase_ = phase::trailer_lf;
+        } else if ((byte < 0x20 && byte != '\t') || byte == 0x7F) {
+            return fail(errc::protocol_error); // a bare LF, or a control character
+        } else {
+            line_.push_back(static_cast<char>(byte));
+        }
+        return status::more;
+    case phase::trailer_lf:
+        if (byte != '\n') {
+            return fail(errc::protocol_error);
+        }
+        return end_of_trailer_line();
+    case phase::data:
+    case phase::complete:
+    case phase::failed:
+        break;
+    }
+    return fail(errc::protocol_error);
+}
+
+inline http_body_scanner::status http_body_scanner::end_of_trailer_line() {
+    if (line_.empty()) {
+        phase_ = phase::complete;
+        return status::complete;
+    }
+    http_field field;
+    if (++trailer_fields_ > limits_.max_fields) {
+        return fail(errc::message_too_large);
+    }
+    if (!detail::http_message::parse_field_line(line_, field)) {
+        return fail(errc::protocol_error);
+    }
+    line_.clear();
+    line_bytes_ = 0;
+    phase_ = phase::trailer;
+    return status::more;
+}
+
+inline http_body_scanner::status http_body_scanner::fail(std::error_code why) {
+    phase_ = phase::failed;
+    error_ = why;
+    line_.clear();
+    line_.shrink_to_fit();
+    return status::failed;
+}
+
+// --- the heads for the next hop --------------------------------------------------------------
+
+inline std::string origin_request_head(const http_request_head& request, std::string_view via) {
+    namespace m = detail::http_message;
+    std::string head = request.method + " " + request.path + " HTTP/1." +
+                       std::to_string(request.minor_version) + "\r\n";
+    // The target's authority is the Host (RFC 9112 section 3.2.2): first, so no field an
+    // origin reads before it can disagree.
+    std::string host = request.origin.host.find(':') != std::string::npos
+                           ? "[" + request.origin.host + "]"
+                           : request.origin.host;
+    if (request.origin.port != 80) {
+        host += ":" + std::to_string(request.origin.port);
+    }
+    m::append_field(head, "Host", host);
+    bool decrement = request.method == "TRACE" || request.method == "OPTIONS";
+    for (const http_field& field : request.fields) {
+        if (m::is_connection_field(request.fields, field.name) ||
+            detail::http_head::iequals(field.name, "host")) {
+            continue;
+        }
+        bool max_forwards = decrement && detail::http_head::iequals(field.name, "max-forwards");
+        m::append_field(head, field.name, max_forwards ? m::decremented(field.value) : field.value);
+    }
+    m::append_via(head, request.minor_version, via);
+    if (request.minor_version == 0 && request.keep_alive) {
+        m::append_field(head, "Connection", "keep-alive");
+    }
+    head += "\r\n";
+    return head;
+}
+
+inline std::string client_response_head(const http_response_head& response, std::string_view via,
+                                        int client_minor_version, bool close) {
+    namespace m = detail::http_message;
+    std::string head =
+        "HTTP/1.1 " + std::to_string(response.status) + " " + response.reason + "\r\n";
+    for (const http_field& field : response.fields) {
+        if (!m::is_connection_field(response.fields, field.name)) {
+            m::append_field(head, field.name, field.value);
+        }
+    }
+    m::append_via(head, response.minor_version, via);
+    if (close) {
+        m::append_field(head, "Connection", "close");
+    } else if (client_minor_version == 0) {
+        m::append_field(head, "Connection", "keep-alive");
+    }
+    head += "\r\n";
+    return head;
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/protocol/http_message.hpp ----
 // #include "tinyproxy/protocol/proxy_protocol.hpp"
 // ---- begin tinyproxy/protocol/proxy_protocol.hpp ----
 // The PROXY protocol (haproxy's proxy-protocol.txt, versions 1 and 2): encode a header that names
@@ -4536,6 +5669,9 @@ inline bool socks5_handshake::same_secret(std::string_view given,
 
 namespace tinyproxy {
 
+struct tunnel_info;   // stage.hpp: what a tunnel's stages are told
+struct tunnel_stages; // stage.hpp: the stages a tunnel starts with
+
 /// What a Mode knows about a new client.
 struct session_info {
     endpoint client; ///< the client's address
@@ -4564,7 +5700,15 @@ using mode_step = handshake_step;
 /// left empty: one getsockname(2) less per connection), and
 ///     const endpoint* client_address() const;
 /// for a session that learns who the client really is (a PROXY protocol header names it):
-/// results and logs then name that address (nullptr: the client as accepted).
+/// results and logs then name that address (nullptr: the client as accepted). And two for a
+/// Mode that reads the bytes in flight (http_proxy_mode):
+///     void stages(const tunnel_info& tunnel, tunnel_stages& stages);
+/// gives each tunnel stages (stage.hpp) that see its bytes before any of
+/// session_options::stages, and
+///     mode_step on_handed_back();
+/// takes the client back when a stage of its tunnel hands it back (stage_context::hand_back):
+/// the upstream is closed, and the answer is a step as on_client_data's, under a new
+/// handshake deadline.
 ///
 /// A session may throw (out of memory, or a bug): that client's session ends, nothing else.
 
@@ -4584,6 +5728,22 @@ struct uses_local_endpoint : std::true_type {};
 template <class ModeSession>
 struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_local_endpoint)>>
     : std::bool_constant<ModeSession::uses_local_endpoint> {};
+
+/// Whether a Mode session gives each tunnel stages of its own (mode/mode.hpp, `stages()`).
+template <class ModeSession, class = void>
+struct gives_stages : std::false_type {};
+template <class ModeSession>
+struct gives_stages<ModeSession,
+                    std::void_t<decltype(std::declval<ModeSession&>().stages(
+                        std::declval<const tunnel_info&>(), std::declval<tunnel_stages&>()))>>
+    : std::true_type {};
+
+/// Whether a Mode session takes a client handed back by its tunnel (`on_handed_back()`).
+template <class ModeSession, class = void>
+struct takes_back : std::false_type {};
+template <class ModeSession>
+struct takes_back<ModeSession, std::void_t<decltype(std::declval<ModeSession&>().on_handed_back())>>
+    : std::true_type {};
 
 } // namespace detail
 
@@ -4632,6 +5792,9 @@ public:
     /// end of stream once what was delivered to it so far has gone, and what the stages of
     /// either direction still hold is dropped.
     virtual void close() noexcept = 0;
+    /// End the tunnel but keep the client's connection (stage_context::hand_back). A sink that
+    /// cannot hand the client back closes instead.
+    virtual void hand_back() noexcept { close(); }
 
 protected:
     ~stage_sink() = default;
@@ -4660,6 +5823,13 @@ public:
     /// Closes the tunnel cleanly, both ways (stage_sink::close): as a server that hangs up.
     /// Bytes this stage passes after it go nowhere.
     void close() noexcept;
+    /// Ends the tunnel, but not the client's connection: neither source is read again, and
+    /// once everything passed to the client so far has been written (what the stages of that
+    /// direction hold included), the relay finishes (relay::handed_back()) without a FIN to
+    /// the client. The session then gives the client back to its Mode, which decides anew
+    /// (an HTTP client's next request, to another origin). What the stages of the direction to
+    /// upstream still hold is dropped: a stage that hands back keeps what it needs first.
+    void hand_back() noexcept;
 
 private:
     friend class stage_chain;
@@ -4825,6 +5995,8 @@ inline void stage_context::wake_at(time_point when) noexcept { chain_.slots_[ind
 inline void stage_context::reset(std::error_code why) noexcept { sink_.reset(why); }
 
 inline void stage_context::close() noexcept { sink_.close(); }
+
+inline void stage_context::hand_back() noexcept { sink_.hand_back(); }
 
 inline void stage_chain::insert(std::size_t index, std::unique_ptr<relay_stage> stage) {
     index = index < slots_.size() ? index : slots_.size();
@@ -6800,7 +7972,7 @@ public:
         return client_events() != 0 || (!finished() && !halves_[1].done);
     }
     bool watch_upstream() const noexcept {
-        return upstream_events() != 0 || (!finished() && !halves_[0].done);
+        return upstream_events() != 0 || (!finished() && !halves_[0].done && !handing_back_);
     }
 
     /// The last pump stopped at its bound in a direction (`rounds` reads, each of a whole
@@ -6816,8 +7988,18 @@ public:
     static constexpr int max_rounds = 4;
     static constexpr int shared_rounds = 1;
 
-    /// Both directions have ended cleanly, or one side failed.
-    bool finished() const noexcept { return failed() || (halves_[0].done && halves_[1].done); }
+    /// Both directions have ended cleanly, or one side failed, or a stage handed the client
+    /// back and everything it was owed has been written.
+    bool finished() const noexcept {
+        return failed() || (halves_[0].done && halves_[1].done) || handed_back();
+    }
+    /// A stage handed the client back (stage_context::hand_back) and the client has been sent
+    /// everything passed to it: the relay has finished, the client's connection is open, and
+    /// nothing has been shut down. The upstream is the caller's to close.
+    bool handed_back() const noexcept {
+        const half& to_client = halves_[1];
+        return handing_back_ && !failed() && !has_pending(to_client) && in_stages(to_client) == 0;
+    }
     bool failed() const noexcept { return static_cast<bool>(error_); }
     /// The reset or error that ended the relay; empty for a clean finish.
     std::error_code error() const noexcept { return error_; }
@@ -6935,12 +8117,15 @@ private:
     void fail_by_stage(const std::error_code& why, int from) noexcept;
     /// A stage's close: both sources stop, both destinations get their FIN once drained.
     void close_by_stage() noexcept;
+    /// A stage's hand-back: both sources stop; what goes to the client is still written.
+    void hand_back_by_stage() noexcept { handing_back_ = true; }
 
     half halves_[2]; // [0] client -> upstream, [1] upstream -> client
     bool use_splice_;
     bool saturated_ = false;        // the last pump stopped at its rounds in a direction
     bool closes_at_finish_ = false; // see closes_at_finish()
     bool closed_by_stage_ = false;  // a stage closed the tunnel: both directions end
+    bool handing_back_ = false;     // a stage handed the client back: nothing more is read
     std::size_t stage_buffer_ = 0;  // see stage_buffer_size(); 0: the scratch size
     std::size_t stage_hold_limit_ = static_cast<std::size_t>(-1); // what the stages may hold
     std::error_code error_;
@@ -6982,6 +8167,10 @@ public:
     void reset(std::error_code why) noexcept override { relay_.fail_by_stage(why, half_.from); }
     void close() noexcept override {
         relay_.close_by_stage();
+        progressed = true;
+    }
+    void hand_back() noexcept override {
+        relay_.hand_back_by_stage();
         progressed = true;
     }
 
@@ -7027,14 +8216,14 @@ inline time_point relay::next_wake() const noexcept {
 }
 
 inline short relay::events_on(int side) const noexcept {
-    if (finished()) {
+    if (finished() || (handing_back_ && side == 1)) { // the upstream is done with, then
         return 0;
     }
     // Side 0 is the client: it is the source of halves_[0] and the destination of halves_[1].
     const half& outgoing = halves_[side];     // reads from this side
     const half& incoming = halves_[1 - side]; // writes to this side
     short events = 0;
-    if (!outgoing.eof && !has_pending(outgoing) && stages_take_more(outgoing)) {
+    if (!outgoing.eof && !handing_back_ && !has_pending(outgoing) && stages_take_more(outgoing)) {
         events |= POLLIN | detail::peer_closed_event;
     }
     if (has_pending(incoming)) {
@@ -7149,7 +8338,7 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
     bool progressed = false;
     // A source with bytes waiting behind it was not watched for reading, so once they can go,
     // nobody knows whether it has more.
-    const bool may_read = source_ready || (has_pending(h) && destination_ready);
+    const bool may_read = !handing_back_ && (source_ready || (has_pending(h) && destination_ready));
     // A bounded number of rounds, so that in an event loop one fast tunnel cannot starve the
     // others; level-triggered readiness brings us straight back if there is more.
     rounds = rounds < 1 ? 1 : rounds;
@@ -7272,7 +8461,8 @@ inline void relay::read_into_stages(half& h, stage_output& out, time_point now, 
     rounds = rounds < 1 ? 1 : rounds;
     int round = 0;
     for (; round < rounds; ++round) {
-        if (!flush(h, out.progressed) || failed() || h.eof || !stages_take_more(h)) {
+        if (!flush(h, out.progressed) || failed() || h.eof || handing_back_ ||
+            !stages_take_more(h)) {
             break;
         }
         // No more than keeps what the stages hold within one scratch buffer's worth.
@@ -7400,7 +8590,8 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
                          progressed;
         } else {
             // As pump_half: a source not watched because bytes waited may have more.
-            const bool may_read = readable[side] || (has_pending(h) && writable[1 - side]);
+            const bool may_read =
+                !handing_back_ && (readable[side] || (has_pending(h) && writable[1 - side]));
             progressed = pump_staged(h, now, may_read, closing[side], scratch, scratch_size, rounds,
                                      sigpipe) ||
                          progressed;
@@ -7617,6 +8808,13 @@ public:
         deadline_ = deadline_after(now, timeout);
         return mode_.start();
     }
+    /// The client is back from a tunnel that handed it back (stage_context::hand_back): the
+    /// Mode's next step, from the Mode's on_handed_back(), under a new handshake deadline.
+    mode_step resume(time_point now, std::chrono::milliseconds timeout) {
+        release();
+        deadline_ = deadline_after(now, timeout);
+        return mode_.on_handed_back();
+    }
     /// The handshake deadline, or, once closing, the end of the client's time to take the reply.
     time_point deadline() const noexcept { return deadline_; }
 
@@ -7780,7 +8978,9 @@ public:
     /// Changes each time a new socket replaces the last (the next address is tried), so an
     /// event loop can tell it from the old one even when it got the same number.
     std::uint32_t upstream_serial() const noexcept {
-        return static_cast<std::uint32_t>(next_candidate_); // one socket per address tried
+        // One socket per address tried, counted on across targets (a session handed back to
+        // its Mode connects again).
+        return serial_base_ + static_cast<std::uint32_t>(next_candidate_);
     }
     /// Why the connect failed, once it did.
     std::error_code error() const noexcept { return last_error_; }
@@ -7809,6 +9009,7 @@ private:
     time_point deadline_ = time_point::max();
     std::vector<endpoint> candidates_;
     std::size_t next_candidate_ = 0;
+    std::uint32_t serial_base_ = 0; // the sockets of the targets before this one
     std::error_code last_error_;
     socket upstream_;
 };
@@ -7819,6 +9020,8 @@ inline connect_status connector::begin(host_port target, time_point now,
                                        std::chrono::milliseconds timeout) {
     target_ = std::move(target);
     deadline_ = deadline_after(now, timeout);
+    serial_base_ += static_cast<std::uint32_t>(next_candidate_) + 1;
+    next_candidate_ = 0;
     if (auto numeric = target_.numeric_address()) {
         return on_resolved({endpoint{*numeric, target_.port}}, {});
     }
@@ -7956,8 +9159,12 @@ public:
         return relay_->next_wake() <= now || (later_ && next_look_ <= now);
     }
     std::error_code error() const noexcept { return relay_->error(); }
+    /// The relay finished with the client handed back (relay::handed_back): the client's
+    /// connection stays open for what its Mode decides next.
+    bool handed_back() const noexcept { return relay_ && relay_->handed_back(); }
 
-    /// Ends the tunnel (if it started): its byte counts go to `result`, the upstream closes.
+    /// Ends the tunnel (if it started): its byte counts are added to `result`, the upstream
+    /// closes, and it is idle again (it may start anew).
     void close(session_result& result) noexcept;
 
 private:
@@ -8086,10 +9293,17 @@ inline void tunnel::close(session_result& result) noexcept {
         count_traffic();
     }
     if (relay_) {
-        result.bytes_to_upstream = relay_->bytes_to_upstream();
-        result.bytes_to_client = relay_->bytes_to_client();
+        // Added: a client handed back to its Mode may have several tunnels, one after another.
+        result.bytes_to_upstream += relay_->bytes_to_upstream();
+        result.bytes_to_client += relay_->bytes_to_client();
         relay_.reset(); // its pipes, if it spliced, close with the sockets
     }
+    later_.reset();
+    next_look_ = time_point::max();
+    counted_to_upstream_ = 0;
+    counted_to_client_ = 0;
+    idle_deadline_ = time_point::max();
+    deadline_ = time_point::max();
     upstream_.close();
 }
 
@@ -8203,6 +9417,9 @@ private:
     /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
+    /// The tunnel handed the client back (stage_context::hand_back): the upstream closes, and
+    /// the Mode decides again, under a new handshake deadline.
+    void take_back(time_point now);
     /// The tunnel has started: limits_.stages gives it its stages (or ends it, by throwing).
     void give_stages();
     void fail_with_reply(std::error_code why, std::vector<std::uint8_t> reply, time_point now);
@@ -8385,7 +9602,7 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
                   handshake_.unsent_to_client(), reply, handshake_.to_upstream(), limits_, now);
     handshake_.release();
     state_ = state::relaying;
-    if (limits_.stages) {
+    if (limits_.stages || detail::gives_stages<ModeSession>::value) {
         give_stages();
     }
 }
@@ -8395,7 +9612,13 @@ void basic_session<ModeSession>::give_stages() {
     tunnel_info info{serial_, result_.client, result_.target, result_.upstream};
     tunnel_stages stages;
     try {
-        limits_.stages(info, stages);
+        // The Mode's own stages see the bytes first each way; the factory's come after them.
+        if constexpr (detail::gives_stages<ModeSession>::value) {
+            handshake_.mode().stages(info, stages);
+        }
+        if (limits_.stages) {
+            limits_.stages(info, stages);
+        }
     } catch (...) { // the factory could not: this tunnel ends, before a byte went through
         finish(make_error_code(errc::stage_failed));
         return;
@@ -8424,9 +9647,26 @@ template <class ModeSession>
 void basic_session<ModeSession>::relay_ready(short client_revents, short upstream_revents,
                                              time_point now, std::uint8_t* scratch,
                                              std::size_t scratch_size, int rounds) {
-    if (tunnel_.pump(client_, client_revents, upstream_revents, now, scratch, scratch_size,
-                     rounds)) {
+    if (!tunnel_.pump(client_, client_revents, upstream_revents, now, scratch, scratch_size,
+                      rounds)) {
+        return;
+    }
+    if (tunnel_.handed_back()) {
+        take_back(now);
+    } else {
         finish(tunnel_.error());
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::take_back(time_point now) {
+    tunnel_.close(result_); // its byte counts are added to the session's
+    if constexpr (detail::takes_back<ModeSession>::value) {
+        state_ = state::handshaking;
+        result_.stage = session_result::stage_type::handshake;
+        apply(handshake_.resume(now, limits_.handshake_timeout), now);
+    } else { // a stage of the user's handed back a client its Mode cannot take: as a close
+        finish({});
     }
 }
 
@@ -10241,6 +11481,22 @@ public:
             return inner_ ? inner_->on_connected(result, local, upstream)
                           : std::vector<std::uint8_t>{};
         }
+        /// The inner session's own stages, for a Mode that has them (http_proxy_mode).
+        template <class Inner = typename Mode::session,
+                  class = std::enable_if_t<detail::gives_stages<Inner>::value>>
+        void stages(const tunnel_info& tunnel, tunnel_stages& stages) {
+            if (inner_) {
+                inner_->stages(tunnel, stages);
+            }
+        }
+        /// A client handed back by its tunnel goes to the inner session; a new upstream
+        /// connection begins with its own header.
+        template <class Inner = typename Mode::session,
+                  class = std::enable_if_t<detail::takes_back<Inner>::value>>
+        mode_step on_handed_back() {
+            return inner_ ? outgoing(inner_->on_handed_back())
+                          : mode_step::fail(make_error_code(errc::protocol_error));
+        }
         /// The client as the PROXY header named it (or as accepted, without one).
         const session_info& info() const noexcept { return info_; }
         /// Once a header has named the client, that address (basic_session reports it).
@@ -10336,6 +11592,845 @@ private:
 
 } // namespace tinyproxy
 // ---- end tinyproxy/mode/proxy_protocol.hpp ----
+// #include "tinyproxy/mode/http_exchange.hpp"
+// ---- begin tinyproxy/mode/http_exchange.hpp ----
+// The two stages of an HTTP forward-proxy tunnel, and the exchange they share with their Mode
+// session: requests rewritten for the origin and their bodies framed, responses rewritten for
+// the client, and the client handed back to the Mode when a request needs another origin.
+
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <deque>        // the requests awaiting their responses
+#include <functional>   // the per-request log hook
+#include <memory>       // the shared exchange
+#include <optional>     // the next request, held
+#include <string>       // heads
+#include <string_view>  // via
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // held bytes
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/http_connect.hpp"
+// #include "tinyproxy/protocol/http_message.hpp"
+// #include "tinyproxy/stage.hpp"
+
+namespace tinyproxy {
+
+/// One request a forward proxy answered, for an access log (http_proxy_mode::config::log).
+struct http_exchange_record {
+    endpoint client; ///< who asked
+    std::string method;
+    std::string target;               ///< as the client sent it (absolute-form)
+    int status = 0;                   ///< the final status sent to the client
+    std::uint64_t response_bytes = 0; ///< head and body, as sent to the client
+};
+
+namespace detail {
+
+/// The same origin: the host compared without case, and the port.
+inline bool same_origin(const host_port& a, const host_port& b) noexcept {
+    return a.port == b.port && http_head::iequals(a.host, b.host);
+}
+
+/// A short response a proxy answers with itself: a text/plain body naming the status,
+/// `fields` (each ending in CRLF) before it, and "Connection: close" unless `keep`.
+inline std::vector<std::uint8_t> http_proxy_response(int status, std::string_view fields,
+                                                     bool keep = false) {
+    std::string body = std::to_string(status) + " " + http_head::reason_phrase(status) + "\n";
+    std::string text =
+        "HTTP/1.1 " + std::to_string(status) + " " + http_head::reason_phrase(status) + "\r\n";
+    text += fields;
+    text += "Content-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+    text += keep ? "" : "Connection: close\r\n";
+    text += "\r\n" + body;
+    return std::vector<std::uint8_t>(text.begin(), text.end());
+}
+
+/// What a Mode session and its tunnel's two stages share, for one client. The Mode sets
+/// `first` (the request the tunnel starts with) and `input` (the client's bytes after its
+/// head); the stages forward and answer; when a request cannot go to this tunnel's origin,
+/// the request stage keeps it in `next` (and what follows in `input`) and the tunnel hands the
+/// client back once every answer so far has gone.
+struct http_exchange {
+    /// What the stages are told, fixed for the client.
+    struct settings {
+        std::string via; ///< the pseudonym in Via
+        http_head_limits limits;
+        /// Called as each response has been passed to the client (may be empty).
+        std::function<void(const http_exchange_record&)> log;
+    };
+
+    /// A request forwarded, awaiting its response.
+    struct awaiting_response {
+        std::string method;
+        std::string target;
+        int client_minor_version = 1;
+        bool client_keeps = true; ///< the client keeps the connection after it
+    };
+
+    http_exchange(const settings& given, const endpoint& asking) : config(&given), client(asking) {}
+
+    const settings* config;
+    endpoint client;                        ///< for the log
+    host_port origin;                       ///< the tunnel's origin
+    std::optional<http_request_head> first; ///< the request the tunnel starts with (from the Mode)
+    std::optional<http_request_head> next;  ///< a request for the Mode (another origin, ...)
+    int next_error = 0;                     ///< or: the status a malformed request gets
+    std::vector<std::uint8_t> input;        ///< client bytes after `first` / `next`, unread
+    std::deque<awaiting_response> awaiting; ///< forwarded, in order, not yet answered in full
+    bool origin_gone = false;               ///< the origin closed after its last complete response
+    bool client_ended = false;              ///< the client sent its end of stream
+    bool closing = false; ///< a response ends the client's connection: read no more
+
+    /// Whether the tunnel is to hand the client back: a request waits for the Mode.
+    bool hand_back_wanted() const noexcept { return next.has_value() || next_error != 0; }
+};
+
+/// Client -> origin: each request head rewritten to origin-form (origin_request_head), its
+/// body passed on as framed; a request for another origin (or CONNECT, or one the origin's
+/// end leaves no connection for, or a malformed one) is kept for the Mode, with what follows.
+class http_request_stage final : public relay_stage {
+public:
+    explicit http_request_stage(std::shared_ptr<http_exchange> exchange)
+        : exchange_(std::move(exchange)), parser_(exchange_->config->limits) {}
+
+    void on_start(stage_context& out) override;
+    void on_data(stage_context& out, byte_view bytes) override;
+    void on_end(stage_context& out) override;
+    std::size_t held() const noexcept override { return holding_ ? exchange_->input.size() : 0; }
+
+private:
+    enum class phase { head, body, holding, discarding };
+
+    /// A request head for this tunnel: forwarded, and its body next. Else kept for the Mode.
+    void take_head(stage_context& out, http_request_head head);
+    void hold(stage_context& out);
+    /// Hands the client back if nothing is awaited any more.
+    void hand_back_when_idle(stage_context& out);
+
+    std::shared_ptr<http_exchange> exchange_;
+    http_request_parser parser_;
+    http_body_scanner body_;
+    phase phase_ = phase::head;
+    bool holding_ = false;
+};
+
+/// Origin -> client: each response head rewritten (client_response_head), its body passed on
+/// as framed, in the order the requests went; the client's connection closed after a
+/// response that ends it, and the client handed back once the last awaited response is done
+/// and a request waits for another origin.
+class http_response_stage final : public relay_stage {
+public:
+    explicit http_response_stage(std::shared_ptr<http_exchange> exchange)
+        : exchange_(std::move(exchange)), parser_(exchange_->config->limits) {}
+
+    void on_data(stage_context& out, byte_view bytes) override;
+    void on_end(stage_context& out) override;
+
+private:
+    enum class phase { head, body, done };
+
+    void start_response();
+    /// One response head: passed on rewritten; true when a body follows.
+    void take_head(stage_context& out, http_response_head head);
+    /// The response has been passed on whole.
+    void response_done(stage_context& out);
+    /// The origin answered something that is not HTTP: 502 if nothing of it has gone.
+    void bad_response(stage_context& out);
+    void pass(stage_context& out, byte_view bytes) {
+        sent_ += bytes.size();
+        out.pass(bytes);
+    }
+
+    std::shared_ptr<http_exchange> exchange_;
+    http_response_parser parser_;
+    http_body_scanner body_;
+    phase phase_ = phase::head;
+    bool parser_ready_ = false; // reset for the request at the front of `awaiting`
+    bool started_ = false;      // bytes of this response have been passed on
+    bool head_begun_ = false;   // bytes of a response head have been read
+    bool closes_ = false;       // this response ends the client's connection
+    bool until_close_ = false;  // its body ends with the origin's end of stream
+    int status_ = 0;
+    std::uint64_t sent_ = 0; // of this response
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline void http_request_stage::on_start(stage_context& out) {
+    // The Mode read the first head; what the client sent after it comes before any new read.
+    if (exchange_->first) {
+        http_request_head head = std::move(*exchange_->first);
+        exchange_->first.reset();
+        take_head(out, std::move(head));
+    }
+    std::vector<std::uint8_t> rest;
+    rest.swap(exchange_->input);
+    if (!rest.empty()) {
+        on_data(out, byte_view{rest.data(), rest.size()});
+    }
+}
+
+inline void http_request_stage::on_data(stage_context& out, byte_view bytes) {
+    while (!bytes.empty()) {
+        switch (phase_) {
+        case phase::discarding: // after a request that closes the connection: nothing counts
+            return;
+        case phase::holding:
+            exchange_->input.insert(exchange_->input.end(), bytes.begin(), bytes.end());
+            return;
+        case phase::head: {
+            std::size_t used = 0;
+            auto status = parser_.feed(bytes, used);
+            bytes = bytes.subview(used);
+            if (status == http_request_parser::status::failed) {
+                exchange_->next_error = parser_.error_status();
+                hold(out);
+                continue; // what follows is kept, though the Mode only answers and closes
+            }
+            if (status == http_request_parser::status::complete) {
+                take_head(out, parser_.take());
+            }
+            continue;
+        }
+        case phase::body: {
+            std::size_t used = 0;
+            auto status = body_.feed(bytes, used);
+            out.pass(bytes.first(used));
+            bytes = bytes.subview(used);
+            if (status == http_body_scanner::status::failed) {
+                // Part of this request has gone: no answer can be given for it now.
+                out.close();
+                phase_ = phase::discarding;
+                return;
+            }
+            if (status == http_body_scanner::status::complete) {
+                phase_ = exchange_->closing ? phase::discarding : phase::head;
+            }
+            continue;
+        }
+        }
+    }
+}
+
+inline void http_request_stage::take_head(stage_context& out, http_request_head head) {
+    http_exchange& ex = *exchange_;
+    if (head.connect || !same_origin(head.origin, ex.origin) || ex.origin_gone) {
+        ex.next = std::move(head);
+        hold(out);
+        return;
+    }
+    std::string rewritten = origin_request_head(head, ex.config->via);
+    out.pass(byte_view{reinterpret_cast<const std::uint8_t*>(rewritten.data()), rewritten.size()});
+    ex.awaiting.push_back({head.method, head.target, head.minor_version, head.keep_alive});
+    if (!head.keep_alive) {
+        ex.closing = true; // its response ends the connection: nothing after it is read
+    }
+    body_ = http_body_scanner(head.body, ex.config->limits);
+    if (head.body.what == http_framing::kind::none) {
+        phase_ = ex.closing ? phase::discarding : phase::head;
+    } else {
+        phase_ = phase::body;
+    }
+}
+
+inline void http_request_stage::hold(stage_context& out) {
+    phase_ = phase::holding;
+    holding_ = true;
+    hand_back_when_idle(out);
+}
+
+inline void http_request_stage::hand_back_when_idle(stage_context& out) {
+    if (exchange_->awaiting.empty()) {
+        out.hand_back();
+    }
+}
+
+inline void http_request_stage::on_end(stage_context& out) {
+    exchange_->client_ended = true;
+    if (phase_ == phase::holding) {
+        return; // the Mode reads the end again when it reads on
+    }
+    if (exchange_->awaiting.empty() && exchange_->origin_gone) {
+        out.close(); // nothing is owed either way: both ends get their FIN now
+        return;
+    }
+    // A client that half-closes after its requests still gets their answers.
+    out.end();
+}
+
+inline void http_response_stage::start_response() {
+    parser_.reset(exchange_->awaiting.front().method);
+    parser_ready_ = true;
+    started_ = false;
+    head_begun_ = false;
+    closes_ = false;
+    until_close_ = false;
+    sent_ = 0;
+    status_ = 0;
+}
+
+inline void http_response_stage::on_data(stage_context& out, byte_view bytes) {
+    while (!bytes.empty()) {
+        if (phase_ == phase::done) {
+            return; // after a response that closed the connection
+        }
+        if (exchange_->awaiting.empty()) {
+            // Nothing was asked: an origin that talks out of turn is not HTTP.
+            bad_response(out);
+            return;
+        }
+        if (phase_ == phase::head) {
+            if (!parser_ready_) {
+                start_response();
+            }
+            std::size_t used = 0;
+            auto status = parser_.feed(bytes, used);
+            bytes = bytes.subview(used);
+            head_begun_ = head_begun_ || used != 0;
+            if (status == http_response_parser::status::failed) {
+                bad_response(out);
+                return;
+            }
+            if (status == http_response_parser::status::complete) {
+                take_head(out, parser_.take());
+            }
+            continue;
+        }
+        std::size_t used = 0;
+        auto status = body_.feed(bytes, used);
+        pass(out, bytes.first(used));
+        bytes = bytes.subview(used);
+        if (status == http_body_scanner::status::failed) {
+            out.close(); // part of the response has gone: the client sees it cut short
+            phase_ = phase::done;
+            return;
+        }
+        if (status == http_body_scanner::status::complete) {
+            response_done(out);
+        }
+    }
+}
+
+inline void http_response_stage::take_head(stage_context& out, http_response_head head) {
+    http_exchange& ex = *exchange_;
+    const http_exchange::awaiting_response& request = ex.awaiting.front();
+    if (head.status == 101) {
+        // Upgrade is not passed on, so no origin may switch protocols: not HTTP we can follow.
+        bad_response(out);
+        return;
+    }
+    const bool interim = head.interim();
+    const bool closes =
+        !interim && (!request.client_keeps || head.body.what == http_framing::kind::until_close);
+    std::string rewritten =
+        client_response_head(head, ex.config->via, request.client_minor_version, closes);
+    head_begun_ = false; // an interim head is followed by the final one
+    started_ = true;
+    pass(out, byte_view{reinterpret_cast<const std::uint8_t*>(rewritten.data()), rewritten.size()});
+    if (interim) {
+        return; // the final response to the same request follows: the parser reads on
+    }
+    status_ = head.status;
+    closes_ = closes;
+    until_close_ = head.body.what == http_framing::kind::until_close;
+    if (!head.keep_alive) {
+        ex.origin_gone = true; // it closes after this response; the next request reconnects
+    }
+    body_ = http_body_scanner(head.body, ex.config->limits);
+    if (head.body.what == http_framing::kind::none) {
+        response_done(out);
+    } else {
+        phase_ = phase::body;
+    }
+}
+
+inline void http_response_stage::response_done(stage_context& out) {
+    http_exchange& ex = *exchange_;
+    if (ex.config->log) {
+        const http_exchange::awaiting_response& request = ex.awaiting.front();
+        ex.config->log({ex.client, request.method, request.target, status_, sent_});
+    }
+    ex.awaiting.pop_front();
+    parser_ready_ = false;
+    phase_ = phase::head;
+    if (closes_) {
+        // The response that ends the connection: the client asked, or its body ran to the
+        // origin's end. Requests pipelined behind it go unanswered, as the client is told.
+        phase_ = phase::done;
+        out.end();
+        return;
+    }
+    if (ex.awaiting.empty()) {
+        if (ex.hand_back_wanted()) {
+            out.hand_back();
+        } else if (ex.client_ended) {
+            phase_ = phase::done;
+            out.end();
+        }
+    }
+}
+
+inline void http_response_stage::bad_response(stage_context& out) {
+    if (!started_ && !exchange_->awaiting.empty()) {
+        std::vector<std::uint8_t> reply = http_proxy_response(502, {});
+        out.pass(byte_view{reply.data(), reply.size()});
+        if (exchange_->config->log) {
+            const http_exchange::awaiting_response& request = exchange_->awaiting.front();
+            exchange_->config->log(
+                {exchange_->client, request.method, request.target, 502, reply.size()});
+        }
+    }
+    phase_ = phase::done;
+    out.close();
+}
+
+inline void http_response_stage::on_end(stage_context& out) {
+    http_exchange& ex = *exchange_;
+    if (phase_ == phase::done) {
+        return;
+    }
+    if (phase_ == phase::body && until_close_) {
+        response_done(out); // the end of stream is the end of this body
+        if (phase_ != phase::done) {
+            phase_ = phase::done;
+            out.end();
+        }
+        return;
+    }
+    if (phase_ == phase::head && !head_begun_) {
+        if (ex.awaiting.empty()) {
+            // Between responses: a keep-alive origin that closes. The client keeps its
+            // connection; its next request connects again.
+            ex.origin_gone = true;
+            if (ex.hand_back_wanted()) {
+                out.hand_back();
+            } else if (ex.client_ended) {
+                phase_ = phase::done;
+                out.end();
+            }
+            return;
+        }
+    }
+    // The origin ended a response early, or never answered one: 502 if nothing has gone.
+    bad_response(out);
+}
+
+} // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/mode/http_exchange.hpp ----
+// #include "tinyproxy/mode/http_proxy.hpp"
+// ---- begin tinyproxy/mode/http_proxy.hpp ----
+// http_proxy_mode: an HTTP/1.1 forward proxy: absolute-form requests forwarded to their origin
+// with keep-alive both ways, and CONNECT tunnels.
+
+#include <cstdint>      // bytes
+#include <functional>   // the access log hook
+#include <memory>       // the exchange, shared with the tunnel's stages
+#include <optional>     // configured credentials
+#include <string>       // the realm, the pseudonym
+#include <string_view>  // parsing
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // replies
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+// #include "tinyproxy/protocol/http_connect.hpp"
+// #include "tinyproxy/protocol/http_message.hpp"
+// #include "tinyproxy/stage.hpp"
+// #include "tinyproxy/mode/mode.hpp"
+// #include "tinyproxy/mode/http_exchange.hpp"
+
+namespace tinyproxy {
+
+/// An HTTP/1.1 forward proxy (RFC 9110, RFC 9112), as `http_proxy=` clients use one:
+///  - `GET http://host[:port]/path HTTP/1.1` (any method; http:// only, other schemes 501) goes
+///    to the origin as `GET /path HTTP/1.1`, with the hop-by-hop fields removed, Host set to
+///    the target, Via added and Max-Forwards counted down (origin_request_head); responses come
+///    back with their hop-by-hop fields removed and Via added (client_response_head);
+///  - bodies pass as framed (Content-Length, chunked, to the origin's close; none for HEAD,
+///    1xx, 204, 304); 100-continue passes through; a message whose framing could be read two
+///    ways (request smuggling) is refused with 400 before any of it is forwarded;
+///  - keep-alive: a client may send request after request (pipelined too, answered in order).
+///    Requests to the same origin reuse its connection; a request to another origin (or after
+///    the origin closed) waits until the answers before it have gone, then the tunnel hands the
+///    client back (stage_context::hand_back) and this session connects anew;
+///  - `CONNECT host:port` opens a raw tunnel, as http_connect_mode does;
+///  - errors as a proxy gives them, each with a short body: 400, 407 with
+///    `Proxy-Authenticate: Basic` when credentials are required and missing or wrong (on every
+///    request), 414, 431, 501, 505, 502 for an origin refused, unresolvable or not speaking
+///    HTTP, 504 for a connect that timed out. Each closes the client's connection, after the
+///    answers before it.
+///  - TRACE and OPTIONS with `Max-Forwards: 0` are answered here, and the connection kept.
+class http_proxy_mode {
+public:
+    struct config {
+        /// When set, every request (CONNECT too) must carry these Basic credentials.
+        std::optional<credentials> required;
+        /// The realm named in a 407.
+        std::string realm = "tinyproxy";
+        /// This proxy's pseudonym in Via ("1.1 tinyproxy.hpp").
+        std::string via = "tinyproxy.hpp";
+        http_head_limits limits;
+        /// Called on the thread (or in the process) serving the client, as each response has
+        /// been passed on: an access log. Empty: none.
+        std::function<void(const http_exchange_record&)> log;
+    };
+
+    http_proxy_mode() : http_proxy_mode(config{}) {}
+    explicit http_proxy_mode(config cfg)
+        : config_(std::make_shared<const config>(std::move(cfg))),
+          settings_(std::make_shared<detail::http_exchange::settings>(
+              detail::http_exchange::settings{config_->via, config_->limits, config_->log})) {}
+
+    class session {
+    public:
+        session(std::shared_ptr<const config> cfg,
+                std::shared_ptr<const detail::http_exchange::settings> settings,
+                const endpoint& client)
+            : config_(std::move(cfg)), settings_(std::move(settings)), client_(client) {}
+
+        static constexpr bool uses_local_endpoint = false; // replies never name our address
+
+        mode_step start() { return mode_step::need_more(); }
+        mode_step on_client_data(byte_view bytes);
+        /// After a tunnel handed the client back: the request it kept, or more to read.
+        mode_step on_handed_back();
+        std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint&,
+                                               const endpoint&);
+        /// A forwarding tunnel's two stages (a CONNECT tunnel has none: it may splice).
+        void stages(const tunnel_info& tunnel, tunnel_stages& stages);
+
+    private:
+        detail::http_exchange& exchange();
+        /// Reads heads from the exchange's input until one needs a connect (or a failure).
+        mode_step read_on(std::vector<std::uint8_t> answered);
+        /// What to do with one complete head.
+        std::optional<mode_step> decide(http_request_head head,
+                                        std::vector<std::uint8_t>& answered);
+        mode_step refuse(int status, std::error_code why, std::vector<std::uint8_t> answered);
+        bool authorized(const http_request_head& head) const;
+        /// TRACE or OPTIONS with Max-Forwards 0: the answer is ours.
+        static std::optional<std::vector<std::uint8_t>> answer_here(const http_request_head& head);
+
+        std::shared_ptr<const config> config_;
+        std::shared_ptr<const detail::http_exchange::settings> settings_;
+        endpoint client_;
+        std::shared_ptr<detail::http_exchange> exchange_; // made at the first byte
+        std::unique_ptr<http_request_parser> parser_;     // only between tunnels
+        bool tunnel_ = false;                             // the decision was CONNECT: a raw tunnel
+        bool forwarding_ = false;                         // the decision was a forwarded request
+    };
+
+    session make_session(const session_info& client) const {
+        return session{config_, settings_, client.client};
+    }
+
+private:
+    std::shared_ptr<const config> config_;
+    std::shared_ptr<const detail::http_exchange::settings> settings_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline detail::http_exchange& http_proxy_mode::session::exchange() {
+    if (!exchange_) {
+        exchange_ = std::make_shared<detail::http_exchange>(*settings_, client_);
+    }
+    return *exchange_;
+}
+
+inline mode_step http_proxy_mode::session::on_client_data(byte_view bytes) {
+    detail::http_exchange& ex = exchange();
+    ex.input.insert(ex.input.end(), bytes.begin(), bytes.end());
+    return read_on({});
+}
+
+inline mode_step http_proxy_mode::session::on_handed_back() {
+    detail::http_exchange& ex = exchange();
+    ex.awaiting.clear();
+    ex.origin_gone = false;
+    if (ex.next_error != 0) {
+        int status = ex.next_error;
+        ex.next_error = 0;
+        return refuse(status,
+                      make_error_code(status == 431 || status == 414 ? errc::message_too_large
+                                                                     : errc::protocol_error),
+                      {});
+    }
+    std::vector<std::uint8_t> answered;
+    if (ex.next) {
+        http_request_head head = std::move(*ex.next);
+        ex.next.reset();
+        if (std::optional<mode_step> step = decide(std::move(head), answered)) {
+            return std::move(*step);
+        }
+    }
+    return read_on(std::move(answered));
+}
+
+inline mode_step http_proxy_mode::session::read_on(std::vector<std::uint8_t> answered) {
+    detail::http_exchange& ex = exchange();
+    if (!parser_) {
+        parser_ = std::make_unique<http_request_parser>(config_->limits);
+    }
+    while (true) {
+        std::size_t used = 0;
+        auto status = parser_->feed(byte_view{ex.input.data(), ex.input.size()}, used);
+        ex.input.erase(ex.input.begin(), ex.input.begin() + static_cast<std::ptrdiff_t>(used));
+        if (status == http_request_parser::status::need_more) {
+            mode_step step = mode_step::need_more(std::move(answered));
+            return step;
+        }
+        if (status == http_request_parser::status::failed) {
+            int code = parser_->error_status();
+            return refuse(code, parser_->error(), std::move(answered));
+        }
+        if (std::optional<mode_step> step = decide(parser_->take(), answered)) {
+            return std::move(*step);
+        }
+    }
+}
+
+inline std::optional<mode_step>
+http_proxy_mode::session::decide(http_request_head head, std::vector<std::uint8_t>& answered) {
+    detail::http_exchange& ex = exchange();
+    if (!authorized(head)) {
+        return refuse(407, make_error_code(errc::auth_failed), std::move(answered));
+    }
+    if (std::optional<std::vector<std::uint8_t>> local = answer_here(head)) {
+        if (head.body.what != http_framing::kind::none || !head.keep_alive) {
+            mode_step step = mode_step::fail(make_error_code(errc::protocol_error));
+            answered.insert(answered.end(), local->begin(), local->end());
+            step.to_client = std::move(answered);
+            return step; // a body we would have to skip: answered, and closed
+        }
+        answered.insert(answered.end(), local->begin(), local->end());
+        return std::nullopt; // read on: the next request may be here already
+    }
+    parser_.reset(); // until the tunnel hands the client back, its stages read the requests
+    host_port target = head.origin;
+    ex.origin = target;
+    tunnel_ = head.connect;
+    forwarding_ = !head.connect;
+    mode_step step;
+    if (head.connect) {
+        // What followed the CONNECT head is the tunnel's first bytes, untouched.
+        step = mode_step::connect_to(std::move(target), std::move(ex.input));
+        ex.input.clear();
+    } else {
+        ex.first = std::move(head);
+        step = mode_step::connect_to(std::move(target));
+    }
+    step.to_client = std::move(answered);
+    return step;
+}
+
+inline mode_step http_proxy_mode::session::refuse(int status, std::error_code why,
+                                                  std::vector<std::uint8_t> answered) {
+    namespace h = detail::http_head;
+    std::string fields;
+    if (status == 407) {
+        fields = "Proxy-Authenticate: Basic realm=" + h::quoted(config_->realm) + "\r\n";
+    }
+    std::vector<std::uint8_t> reply = detail::http_proxy_response(status, fields);
+    answered.insert(answered.end(), reply.begin(), reply.end());
+    exchange_.reset();
+    parser_.reset();
+    return mode_step::fail(why ? why : make_error_code(errc::protocol_error), std::move(answered));
+}
+
+inline bool http_proxy_mode::session::authorized(const http_request_head& head) const {
+    namespace h = detail::http_head;
+    if (!config_->required) {
+        return true;
+    }
+    const std::string* value = nullptr;
+    for (const http_field& field : head.fields) {
+        if (h::iequals(field.name, "proxy-authorization")) {
+            if (value != nullptr) {
+                return false; // two: which one would the next proxy read?
+            }
+            value = &field.value;
+        }
+    }
+    if (value == nullptr) {
+        return false;
+    }
+    // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
+    std::string_view text = *value;
+    std::string_view scheme = text.substr(0, text.find(' '));
+    if (!h::iequals(scheme, "basic")) {
+        return false;
+    }
+    std::string_view encoded = text.substr(scheme.size());
+    while (!encoded.empty() && encoded.front() == ' ') {
+        encoded.remove_prefix(1);
+    }
+    std::optional<std::string> decoded = h::base64_decode(encoded);
+    std::string expected = config_->required->username + ":" + config_->required->password;
+    return decoded && h::constant_time_equal(*decoded, expected);
+}
+
+inline std::optional<std::vector<std::uint8_t>>
+http_proxy_mode::session::answer_here(const http_request_head& head) {
+    if (head.method != "TRACE" && head.method != "OPTIONS") {
+        return std::nullopt;
+    }
+    const std::string* hops = head.field("max-forwards");
+    if (hops == nullptr || *hops != "0") {
+        return std::nullopt;
+    }
+    std::string text;
+    if (head.method == "OPTIONS") {
+        text = "HTTP/1.1 200 OK\r\nAllow: GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, "
+               "PATCH\r\nContent-Length: 0\r\n\r\n";
+    } else {
+        // The request as received is the body (RFC 9110 section 9.3.8); its credentials are not.
+        std::string echo = head.method + " " + head.target + " HTTP/1." +
+                           std::to_string(head.minor_version) + "\r\n";
+        for (const http_field& field : head.fields) {
+            if (!detail::http_head::iequals(field.name, "proxy-authorization")) {
+                echo += field.name + ": " + field.value + "\r\n";
+            }
+        }
+        echo += "\r\n";
+        text = "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: " +
+               std::to_string(echo.size()) + "\r\n\r\n" + echo;
+    }
+    return std::vector<std::uint8_t>(text.begin(), text.end());
+}
+
+inline std::vector<std::uint8_t>
+http_proxy_mode::session::on_connected(std::error_code result, const endpoint&, const endpoint&) {
+    if (result) {
+        int status = 502;
+        if (result == errc::connect_timeout || result == std::errc::timed_out) {
+            status = 504;
+        } else if (result == errc::not_allowed) {
+            status = 403;
+        }
+        exchange_.reset();
+        return detail::http_proxy_response(status, {});
+    }
+    if (tunnel_) {
+        static constexpr std::string_view text = "HTTP/1.1 200 Connection established\r\n\r\n";
+        exchange_.reset(); // a raw tunnel: nothing more is read as HTTP
+        return std::vector<std::uint8_t>(text.begin(), text.end());
+    }
+    return {};
+}
+
+inline void http_proxy_mode::session::stages(const tunnel_info&, tunnel_stages& stages) {
+    if (!forwarding_ || !exchange_) {
+        return;
+    }
+    stages.to_upstream.push_back(std::make_unique<detail::http_request_stage>(exchange_));
+    stages.to_client.push_back(std::make_unique<detail::http_response_stage>(exchange_));
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/mode/http_proxy.hpp ----
+// #include "tinyproxy/mode/auto.hpp"
+// ---- begin tinyproxy/mode/auto.hpp ----
+// auto_mode: SOCKS4, 4a, 5 and HTTP (CONNECT and forwarding) on one port, told apart by the
+// client's first byte.
+
+#include <cstdint>      // bytes
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // replies
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+// #include "tinyproxy/stage.hpp"
+// #include "tinyproxy/mode/mode.hpp"
+// #include "tinyproxy/mode/socks.hpp"
+// #include "tinyproxy/mode/http_proxy.hpp"
+
+namespace tinyproxy {
+
+/// Every proxy protocol a client may speak, on one port: a first byte of 4 is SOCKS4 or 4a,
+/// 5 is SOCKS5 (socks_mode), anything else is HTTP (http_proxy_mode: an HTTP request begins
+/// with a method's letter; whatever else is sent gets the HTTP parser's 400). Each client gets
+/// exactly what the single-protocol mode would give it. The wait for the first byte is the
+/// handshake's, under its deadline.
+class auto_mode {
+public:
+    struct config {
+        socks_mode::config socks;
+        http_proxy_mode::config http;
+    };
+
+    auto_mode() : auto_mode(config{}) {}
+    explicit auto_mode(config cfg) : socks_(std::move(cfg.socks)), http_(std::move(cfg.http)) {}
+
+    class session {
+    public:
+        session(socks_mode::session socks, http_proxy_mode::session http)
+            : socks_(std::move(socks)), http_(std::move(http)) {}
+
+        mode_step start() { return mode_step::need_more(); }
+        mode_step on_client_data(byte_view bytes) {
+            if (speaks_ == protocol::undecided && !bytes.empty()) {
+                speaks_ = bytes[0] == 4 || bytes[0] == 5 ? protocol::socks : protocol::http;
+            }
+            switch (speaks_) {
+            case protocol::socks:
+                return socks_.on_client_data(bytes);
+            case protocol::http:
+                return http_.on_client_data(bytes);
+            default:
+                return mode_step::need_more();
+            }
+        }
+        std::vector<std::uint8_t> on_connected(std::error_code result, const endpoint& local,
+                                               const endpoint& upstream) {
+            return speaks_ == protocol::socks ? socks_.on_connected(result, local, upstream)
+                                              : http_.on_connected(result, local, upstream);
+        }
+        mode_step on_handed_back() {
+            if (speaks_ != protocol::http) { // only HTTP's stages hand a client back
+                return mode_step::fail(make_error_code(errc::protocol_error));
+            }
+            return http_.on_handed_back();
+        }
+        void stages(const tunnel_info& tunnel, tunnel_stages& stages) {
+            if (speaks_ == protocol::http) {
+                http_.stages(tunnel, stages);
+            }
+        }
+
+    private:
+        enum class protocol : std::uint8_t { undecided, socks, http };
+
+        socks_mode::session socks_;
+        http_proxy_mode::session http_;
+        protocol speaks_ = protocol::undecided;
+    };
+
+    session make_session(const session_info& client) const {
+        return session{socks_.make_session(client), http_.make_session(client)};
+    }
+
+private:
+    socks_mode socks_;
+    http_proxy_mode http_;
+};
+
+} // namespace tinyproxy
+// ---- end tinyproxy/mode/auto.hpp ----
 // #include "tinyproxy/proxy.hpp"
 // ---- begin tinyproxy/proxy.hpp ----
 // basic_proxy<Policy, Mode>: the listener, options, stop signal and counters, and the Server

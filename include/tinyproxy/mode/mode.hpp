@@ -14,6 +14,9 @@
 
 namespace tinyproxy {
 
+struct tunnel_info;   // stage.hpp: what a tunnel's stages are told
+struct tunnel_stages; // stage.hpp: the stages a tunnel starts with
+
 /// What a Mode knows about a new client.
 struct session_info {
     endpoint client; ///< the client's address
@@ -42,7 +45,15 @@ using mode_step = handshake_step;
 /// left empty: one getsockname(2) less per connection), and
 ///     const endpoint* client_address() const;
 /// for a session that learns who the client really is (a PROXY protocol header names it):
-/// results and logs then name that address (nullptr: the client as accepted).
+/// results and logs then name that address (nullptr: the client as accepted). And two for a
+/// Mode that reads the bytes in flight (http_proxy_mode):
+///     void stages(const tunnel_info& tunnel, tunnel_stages& stages);
+/// gives each tunnel stages (stage.hpp) that see its bytes before any of
+/// session_options::stages, and
+///     mode_step on_handed_back();
+/// takes the client back when a stage of its tunnel hands it back (stage_context::hand_back):
+/// the upstream is closed, and the answer is a step as on_client_data's, under a new
+/// handshake deadline.
 ///
 /// A session may throw (out of memory, or a bug): that client's session ends, nothing else.
 
@@ -62,6 +73,22 @@ struct uses_local_endpoint : std::true_type {};
 template <class ModeSession>
 struct uses_local_endpoint<ModeSession, std::void_t<decltype(ModeSession::uses_local_endpoint)>>
     : std::bool_constant<ModeSession::uses_local_endpoint> {};
+
+/// Whether a Mode session gives each tunnel stages of its own (mode/mode.hpp, `stages()`).
+template <class ModeSession, class = void>
+struct gives_stages : std::false_type {};
+template <class ModeSession>
+struct gives_stages<ModeSession,
+                    std::void_t<decltype(std::declval<ModeSession&>().stages(
+                        std::declval<const tunnel_info&>(), std::declval<tunnel_stages&>()))>>
+    : std::true_type {};
+
+/// Whether a Mode session takes a client handed back by its tunnel (`on_handed_back()`).
+template <class ModeSession, class = void>
+struct takes_back : std::false_type {};
+template <class ModeSession>
+struct takes_back<ModeSession, std::void_t<decltype(std::declval<ModeSession&>().on_handed_back())>>
+    : std::true_type {};
 
 } // namespace detail
 

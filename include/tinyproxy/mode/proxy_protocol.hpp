@@ -65,6 +65,22 @@ public:
             return inner_ ? inner_->on_connected(result, local, upstream)
                           : std::vector<std::uint8_t>{};
         }
+        /// The inner session's own stages, for a Mode that has them (http_proxy_mode).
+        template <class Inner = typename Mode::session,
+                  class = std::enable_if_t<detail::gives_stages<Inner>::value>>
+        void stages(const tunnel_info& tunnel, tunnel_stages& stages) {
+            if (inner_) {
+                inner_->stages(tunnel, stages);
+            }
+        }
+        /// A client handed back by its tunnel goes to the inner session; a new upstream
+        /// connection begins with its own header.
+        template <class Inner = typename Mode::session,
+                  class = std::enable_if_t<detail::takes_back<Inner>::value>>
+        mode_step on_handed_back() {
+            return inner_ ? outgoing(inner_->on_handed_back())
+                          : mode_step::fail(make_error_code(errc::protocol_error));
+        }
         /// The client as the PROXY header named it (or as accepted, without one).
         const session_info& info() const noexcept { return info_; }
         /// Once a header has named the client, that address (basic_session reports it).

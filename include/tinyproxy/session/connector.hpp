@@ -52,7 +52,9 @@ public:
     /// Changes each time a new socket replaces the last (the next address is tried), so an
     /// event loop can tell it from the old one even when it got the same number.
     std::uint32_t upstream_serial() const noexcept {
-        return static_cast<std::uint32_t>(next_candidate_); // one socket per address tried
+        // One socket per address tried, counted on across targets (a session handed back to
+        // its Mode connects again).
+        return serial_base_ + static_cast<std::uint32_t>(next_candidate_);
     }
     /// Why the connect failed, once it did.
     std::error_code error() const noexcept { return last_error_; }
@@ -81,6 +83,7 @@ private:
     time_point deadline_ = time_point::max();
     std::vector<endpoint> candidates_;
     std::size_t next_candidate_ = 0;
+    std::uint32_t serial_base_ = 0; // the sockets of the targets before this one
     std::error_code last_error_;
     socket upstream_;
 };
@@ -91,6 +94,8 @@ inline connect_status connector::begin(host_port target, time_point now,
                                        std::chrono::milliseconds timeout) {
     target_ = std::move(target);
     deadline_ = deadline_after(now, timeout);
+    serial_base_ += static_cast<std::uint32_t>(next_candidate_) + 1;
+    next_candidate_ = 0;
     if (auto numeric = target_.numeric_address()) {
         return on_resolved({endpoint{*numeric, target_.port}}, {});
     }

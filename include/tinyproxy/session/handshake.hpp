@@ -42,6 +42,13 @@ public:
         deadline_ = deadline_after(now, timeout);
         return mode_.start();
     }
+    /// The client is back from a tunnel that handed it back (stage_context::hand_back): the
+    /// Mode's next step, from the Mode's on_handed_back(), under a new handshake deadline.
+    mode_step resume(time_point now, std::chrono::milliseconds timeout) {
+        release();
+        deadline_ = deadline_after(now, timeout);
+        return mode_.on_handed_back();
+    }
     /// The handshake deadline, or, once closing, the end of the client's time to take the reply.
     time_point deadline() const noexcept { return deadline_; }
 

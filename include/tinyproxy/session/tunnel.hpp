@@ -66,8 +66,12 @@ public:
         return relay_->next_wake() <= now || (later_ && next_look_ <= now);
     }
     std::error_code error() const noexcept { return relay_->error(); }
+    /// The relay finished with the client handed back (relay::handed_back): the client's
+    /// connection stays open for what its Mode decides next.
+    bool handed_back() const noexcept { return relay_ && relay_->handed_back(); }
 
-    /// Ends the tunnel (if it started): its byte counts go to `result`, the upstream closes.
+    /// Ends the tunnel (if it started): its byte counts are added to `result`, the upstream
+    /// closes, and it is idle again (it may start anew).
     void close(session_result& result) noexcept;
 
 private:
@@ -196,10 +200,17 @@ inline void tunnel::close(session_result& result) noexcept {
         count_traffic();
     }
     if (relay_) {
-        result.bytes_to_upstream = relay_->bytes_to_upstream();
-        result.bytes_to_client = relay_->bytes_to_client();
+        // Added: a client handed back to its Mode may have several tunnels, one after another.
+        result.bytes_to_upstream += relay_->bytes_to_upstream();
+        result.bytes_to_client += relay_->bytes_to_client();
         relay_.reset(); // its pipes, if it spliced, close with the sockets
     }
+    later_.reset();
+    next_look_ = time_point::max();
+    counted_to_upstream_ = 0;
+    counted_to_client_ = 0;
+    idle_deadline_ = time_point::max();
+    deadline_ = time_point::max();
     upstream_.close();
 }
 
