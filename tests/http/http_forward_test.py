@@ -1132,6 +1132,25 @@ class VerboseLog(ProxyTestCase):
             time.sleep(0.05)
         self.fail("no --verbose line with %r: %r" % (wanted, self.proxy.stderr_text()))
 
+    @ours_only
+    def test_a_line_for_every_request_on_a_connection(self):
+        """Empty responses (Content-Length: 0, 204) end their exchange too: one line each."""
+        paths = ("/bytes/9?verbose=1", "/status/204?verbose=2", "/bytes/0?verbose=3",
+                 "/bytes/0?verbose=4")
+        args = []
+        for path in paths:
+            args += [self.origin.url(path), "-o", os.devnull]
+        self.curl(*args)
+        deadline = time.monotonic() + scaled(5)
+        while time.monotonic() < deadline:
+            lines = [line for line in self.proxy.stderr_text().splitlines()
+                     if "?verbose=" in line]
+            if len(lines) >= len(paths):
+                break
+            time.sleep(0.05)
+        self.assertEqual(sorted(line.split("?verbose=")[1][0] for line in lines),
+                         ["1", "2", "3", "4"], self.proxy.stderr_text())
+
 
 def main():
     global PROXY_KIND, PROXY_PATH, POLICY, RUN_OURS_ONLY
