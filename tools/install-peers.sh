@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, with apt, the programs the interoperability tests (tests/test_interop.cpp) talk to:
-# curl (SOCKS4/4a/5 and HTTP CONNECT client), haproxy (PROXY protocol v1/v2 peer) and nginx
+# curl (SOCKS4/4a/5, HTTP CONNECT and HTTP proxy client), wget (the HTTP forward proxy's second
+# client, tests/http), haproxy (PROXY protocol v1/v2 peer) and nginx
 # (a second PROXY protocol peer: its http module's `listen ... proxy_protocol`, so no stream
 # module is needed). Each program is checked first, so a machine that has them all runs no apt at
 # all; services the packages would start are kept from starting. Used by tools/test.sh, the
@@ -9,6 +10,7 @@ set -euo pipefail
 
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v wget >/dev/null 2>&1 || missing+=(wget)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 
