@@ -129,6 +129,9 @@ private:
                 answer += "0\r\n\r\n";
             } else {
                 const bool closing = head.find(" /close ") != std::string::npos;
+                if (head.find(" /empty ") != std::string::npos) {
+                    text.clear(); // Content-Length: 0
+                }
                 answer = "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(text.size()) +
                          (closing ? "\r\nConnection: close" : "") + "\r\n\r\n" +
                          (head.rfind("HEAD", 0) == 0 ? "" : text);
@@ -147,7 +150,12 @@ private:
             while (::recv(s.native_handle(), &c, 1, 0) == 1 && c != '\n') {
                 line += c;
             }
-            std::size_t size = std::stoul(line, nullptr, 16);
+            std::size_t size = 0;
+            try {
+                size = std::stoul(line, nullptr, 16);
+            } catch (const std::exception&) { // not a chunk size (or the connection ended)
+                return body;
+            }
             if (size == 0) {
                 read_exactly_text(s, 2); // the CRLF ending the (empty) trailer section
                 return body;
@@ -300,6 +308,25 @@ TEST_CASE_TEMPLATE_DEFINE("http_proxy_mode end to end", Policy, http_proxy_end_t
         auto https = connect_to(proxy.where());
         REQUIRE(send_all(https, as_bytes(get("https://" + a.where().to_string() + "/"))));
         CHECK(read_response(https).status() == 501);
+    }
+
+    SUBCASE("a Content-Length: 0 answer is complete at its head: the next request, to another "
+            "origin, is answered") {
+        auto client = connect_to(proxy.where());
+        REQUIRE(send_all(client, as_bytes(get(a.url("/empty")) + get(b.url("/")))));
+        response empty = read_response(client);
+        CHECK(empty.status() == 200);
+        CHECK(field_of(empty.head, "Content-Length") == "0");
+        CHECK(read_response(client).body.rfind("origin-b connection 1 request 1", 0) == 0);
+    }
+
+    SUBCASE("a bad chunk size in a request body: 400, since no answer had begun") {
+        auto client = connect_to(proxy.where());
+        REQUIRE(send_all(client, as_bytes("POST " + a.url("/") +
+                                          " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
+                                          "chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")));
+        CHECK(read_response(client).status() == 400);
+        CHECK(read_to_end(client).empty());
     }
 
     SUBCASE("after a request forwarded, a malformed one gets its 400 once the answer is out") {

@@ -11640,6 +11640,12 @@ struct http_exchange_record {
 
 namespace detail {
 
+/// Whether a message with this framing has no body bytes at all (none, or a length of 0).
+inline bool bodiless(const http_framing& framing) noexcept {
+    return framing.what == http_framing::kind::none ||
+           (framing.what == http_framing::kind::length && framing.length == 0);
+}
+
 /// The same origin: the host compared without case, and the port.
 inline bool same_origin(const host_port& a, const host_port& b) noexcept {
     return a.port == b.port && http_head::iequals(a.host, b.host);
@@ -11758,7 +11764,8 @@ struct http_exchange {
     std::deque<awaiting_response> awaiting; ///< forwarded, in order, not yet answered in full
     bool origin_gone = false;               ///< the origin closed after its last complete response
     bool client_ended = false;              ///< the client sent its end of stream
-    bool closing = false; ///< a response ends the client's connection: read no more
+    bool closing = false;          ///< a response ends the client's connection: read no more
+    bool response_started = false; ///< bytes of the answer to awaiting.front() have gone
 
     /// Whether the tunnel is to hand the client back: a request waits for the Mode.
     bool hand_back_wanted() const noexcept { return next.has_value() || next_error != 0; }
@@ -11784,6 +11791,8 @@ private:
     /// A request head for this tunnel: forwarded, and its body next. Else kept for the Mode.
     void take_head(stage_context& out, http_request_head head);
     void hold(stage_context& out);
+    /// A body whose framing is broken (a bad chunk size): 400 if no answer has begun.
+    void body_failed(stage_context& out);
     /// Hands the client back if nothing is awaited any more.
     void hand_back_when_idle(stage_context& out);
 
@@ -11875,14 +11884,12 @@ inline void http_request_stage::on_data(stage_context& out, byte_view bytes) {
         case phase::body: {
             std::size_t used = 0;
             auto status = body_.feed(bytes, used);
-            out.pass(bytes.first(used));
-            bytes = bytes.subview(used);
             if (status == http_body_scanner::status::failed) {
-                // Part of this request has gone: no answer can be given for it now.
-                out.close();
-                phase_ = phase::discarding;
+                body_failed(out); // nothing of a broken body goes on: its origin is left
                 return;
             }
+            out.pass(bytes.first(used));
+            bytes = bytes.subview(used);
             if (status == http_body_scanner::status::complete) {
                 phase_ = exchange_->closing ? phase::discarding : phase::head;
             }
@@ -11909,11 +11916,26 @@ inline void http_request_stage::take_head(stage_context& out, http_request_head 
         ex.closing = true; // its response ends the connection: nothing after it is read
     }
     body_ = http_body_scanner(head.body, ex.config->limits);
-    if (head.body.what == http_framing::kind::none) {
+    if (bodiless(head.body)) {
         phase_ = ex.closing ? phase::discarding : phase::head;
     } else {
         phase_ = phase::body;
     }
+}
+
+inline void http_request_stage::body_failed(stage_context& out) {
+    http_exchange& ex = *exchange_;
+    if (ex.awaiting.size() == 1 && !ex.response_started) {
+        // Only this request is unanswered, and nothing of an answer has gone: it is dropped
+        // with its origin connection, and the Mode answers 400 (then closes).
+        ex.awaiting.clear();
+        ex.next_error = 400;
+        hold(out);
+        return;
+    }
+    // An answer to it (or to one before it) is on its way: no 400 can be placed now.
+    out.close();
+    phase_ = phase::discarding;
 }
 
 inline void http_request_stage::hold(stage_context& out) {
@@ -12009,6 +12031,7 @@ inline void http_response_stage::take_head(stage_context& out, http_response_hea
         client_response_head(head, ex.config->via, request.client_minor_version, closes);
     head_begun_ = false; // an interim head is followed by the final one
     started_ = true;
+    ex.response_started = true;
     pass(out, byte_view{reinterpret_cast<const std::uint8_t*>(rewritten.data()), rewritten.size()});
     if (interim) {
         return; // the final response to the same request follows: the parser reads on
@@ -12020,7 +12043,7 @@ inline void http_response_stage::take_head(stage_context& out, http_response_hea
         ex.origin_gone = true; // it closes after this response; the next request reconnects
     }
     body_ = http_body_scanner(head.body, ex.config->limits);
-    if (head.body.what == http_framing::kind::none) {
+    if (bodiless(head.body)) { // its end is here: no byte will come to say so
         response_done(out);
     } else {
         phase_ = phase::body;
@@ -12034,6 +12057,7 @@ inline void http_response_stage::response_done(stage_context& out) {
         ex.config->log({ex.client, request.method, request.target, status_, sent_});
     }
     ex.awaiting.pop_front();
+    ex.response_started = false;
     parser_ready_ = false;
     phase_ = phase::head;
     if (closes_) {
@@ -12233,6 +12257,7 @@ inline mode_step http_proxy_mode::session::on_client_data(byte_view bytes) {
 inline mode_step http_proxy_mode::session::on_handed_back() {
     detail::http_exchange& ex = exchange();
     ex.awaiting.clear();
+    ex.response_started = false;
     ex.origin_gone = false;
     if (ex.next_error != 0) {
         int status = ex.next_error;

@@ -130,6 +130,7 @@ inline mode_step http_proxy_mode::session::on_client_data(byte_view bytes) {
 inline mode_step http_proxy_mode::session::on_handed_back() {
     detail::http_exchange& ex = exchange();
     ex.awaiting.clear();
+    ex.response_started = false;
     ex.origin_gone = false;
     if (ex.next_error != 0) {
         int status = ex.next_error;
