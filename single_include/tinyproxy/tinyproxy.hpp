@@ -3170,6 +3170,38 @@ inline std::vector<std::uint8_t> closing_response(int status, std::string_view f
     return std::vector<std::uint8_t>(text.begin(), text.end());
 }
 
+/// The status a proxy answers a failed connect with: 504 for a timeout, 403 for an address
+/// not allowed, 502 for anything else (refused, unreachable, not resolved).
+inline int connect_failure_status(std::error_code why) noexcept {
+    if (why == errc::connect_timeout || why == std::errc::timed_out) {
+        return 504;
+    }
+    return why == errc::not_allowed ? 403 : 502;
+}
+
+/// What a Basic Proxy-Authorization value says against `expected` (RFC 7617).
+enum class basic_check { match, mismatch, malformed };
+
+/// credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4); user-pass = user-id ":"
+/// password, compared whole in constant time.
+inline basic_check check_basic(std::string_view value, const credentials& expected) {
+    std::string_view scheme = value.substr(0, value.find(' '));
+    if (!iequals(scheme, "basic")) {
+        return basic_check::mismatch;
+    }
+    std::string_view encoded = value.substr(scheme.size());
+    while (!encoded.empty() && encoded.front() == ' ') {
+        encoded.remove_prefix(1);
+    }
+    std::optional<std::string> decoded = base64_decode(encoded);
+    if (!decoded || decoded->find(':') == std::string::npos) {
+        return basic_check::malformed;
+    }
+    return constant_time_equal(*decoded, expected.username + ":" + expected.password)
+               ? basic_check::match
+               : basic_check::mismatch;
+}
+
 /// `realm` as a quoted-string: '"' and '\' escaped, control characters dropped (a realm from a
 /// configuration file cannot split the response).
 inline std::string quoted(std::string_view realm) {
@@ -3316,24 +3348,13 @@ inline handshake_step http_connect_handshake::end_of_head() {
         if (!authorization_) {
             return reject(407, errc::auth_failed);
         }
-        // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
-        std::string_view value = *authorization_;
-        std::string_view scheme = value.substr(0, value.find(' '));
-        if (!h::iequals(scheme, "basic")) {
-            return reject(407, errc::auth_failed);
-        }
-        std::string_view encoded = value.substr(scheme.size());
-        while (!encoded.empty() && encoded.front() == ' ') {
-            encoded.remove_prefix(1);
-        }
-        std::optional<std::string> decoded = h::base64_decode(encoded);
-        if (!decoded || decoded->find(':') == std::string::npos) {
+        switch (h::check_basic(*authorization_, *config_.required)) {
+        case h::basic_check::malformed:
             return reject(400, errc::protocol_error);
-        }
-        // user-pass = user-id ":" password (RFC 7617); one comparison of the whole, no early exit.
-        std::string expected = config_.required->username + ":" + config_.required->password;
-        if (!h::constant_time_equal(*decoded, expected)) {
+        case h::basic_check::mismatch:
             return reject(407, errc::auth_failed);
+        case h::basic_check::match:
+            break;
         }
     }
     phase_ = phase::finished;
@@ -3373,13 +3394,7 @@ inline std::vector<std::uint8_t> http_connect_handshake::connected() const {
 }
 
 inline std::vector<std::uint8_t> http_connect_handshake::failed(std::error_code why) const {
-    int status = 502;
-    if (why == errc::connect_timeout || why == std::errc::timed_out) {
-        status = 504;
-    } else if (why == errc::not_allowed) {
-        status = 403;
-    }
-    return detail::http_head::closing_response(status, {});
+    return detail::http_head::closing_response(detail::http_head::connect_failure_status(why), {});
 }
 
 } // namespace tinyproxy
@@ -11684,19 +11699,7 @@ inline bool http_authorized(const http_request_head& head,
     if (value == nullptr) {
         return false;
     }
-    // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
-    std::string_view text = *value;
-    std::string_view scheme = text.substr(0, text.find(' '));
-    if (!h::iequals(scheme, "basic")) {
-        return false;
-    }
-    std::string_view encoded = text.substr(scheme.size());
-    while (!encoded.empty() && encoded.front() == ' ') {
-        encoded.remove_prefix(1);
-    }
-    std::optional<std::string> decoded = h::base64_decode(encoded);
-    std::string expected = required->username + ":" + required->password;
-    return decoded && h::constant_time_equal(*decoded, expected);
+    return h::check_basic(*value, *required) == h::basic_check::match;
 }
 
 /// TRACE or OPTIONS with Max-Forwards 0 (RFC 9110 section 7.6.2): the answer is the proxy's.
@@ -12352,14 +12355,8 @@ inline mode_step http_proxy_mode::session::refuse(int status, std::error_code wh
 inline std::vector<std::uint8_t>
 http_proxy_mode::session::on_connected(std::error_code result, const endpoint&, const endpoint&) {
     if (result) {
-        int status = 502;
-        if (result == errc::connect_timeout || result == std::errc::timed_out) {
-            status = 504;
-        } else if (result == errc::not_allowed) {
-            status = 403;
-        }
         exchange_.reset();
-        return detail::http_proxy_response(status, {});
+        return detail::http_proxy_response(detail::http_head::connect_failure_status(result), {});
     }
     if (tunnel_) {
         static constexpr std::string_view text = "HTTP/1.1 200 Connection established\r\n\r\n";

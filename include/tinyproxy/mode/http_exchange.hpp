@@ -82,19 +82,7 @@ inline bool http_authorized(const http_request_head& head,
     if (value == nullptr) {
         return false;
     }
-    // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
-    std::string_view text = *value;
-    std::string_view scheme = text.substr(0, text.find(' '));
-    if (!h::iequals(scheme, "basic")) {
-        return false;
-    }
-    std::string_view encoded = text.substr(scheme.size());
-    while (!encoded.empty() && encoded.front() == ' ') {
-        encoded.remove_prefix(1);
-    }
-    std::optional<std::string> decoded = h::base64_decode(encoded);
-    std::string expected = required->username + ":" + required->password;
-    return decoded && h::constant_time_equal(*decoded, expected);
+    return h::check_basic(*value, *required) == h::basic_check::match;
 }
 
 /// TRACE or OPTIONS with Max-Forwards 0 (RFC 9110 section 7.6.2): the answer is the proxy's.

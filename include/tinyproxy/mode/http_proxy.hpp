@@ -225,14 +225,8 @@ inline mode_step http_proxy_mode::session::refuse(int status, std::error_code wh
 inline std::vector<std::uint8_t>
 http_proxy_mode::session::on_connected(std::error_code result, const endpoint&, const endpoint&) {
     if (result) {
-        int status = 502;
-        if (result == errc::connect_timeout || result == std::errc::timed_out) {
-            status = 504;
-        } else if (result == errc::not_allowed) {
-            status = 403;
-        }
         exchange_.reset();
-        return detail::http_proxy_response(status, {});
+        return detail::http_proxy_response(detail::http_head::connect_failure_status(result), {});
     }
     if (tunnel_) {
         static constexpr std::string_view text = "HTTP/1.1 200 Connection established\r\n\r\n";

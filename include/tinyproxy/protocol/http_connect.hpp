@@ -297,6 +297,38 @@ inline std::vector<std::uint8_t> closing_response(int status, std::string_view f
     return std::vector<std::uint8_t>(text.begin(), text.end());
 }
 
+/// The status a proxy answers a failed connect with: 504 for a timeout, 403 for an address
+/// not allowed, 502 for anything else (refused, unreachable, not resolved).
+inline int connect_failure_status(std::error_code why) noexcept {
+    if (why == errc::connect_timeout || why == std::errc::timed_out) {
+        return 504;
+    }
+    return why == errc::not_allowed ? 403 : 502;
+}
+
+/// What a Basic Proxy-Authorization value says against `expected` (RFC 7617).
+enum class basic_check { match, mismatch, malformed };
+
+/// credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4); user-pass = user-id ":"
+/// password, compared whole in constant time.
+inline basic_check check_basic(std::string_view value, const credentials& expected) {
+    std::string_view scheme = value.substr(0, value.find(' '));
+    if (!iequals(scheme, "basic")) {
+        return basic_check::mismatch;
+    }
+    std::string_view encoded = value.substr(scheme.size());
+    while (!encoded.empty() && encoded.front() == ' ') {
+        encoded.remove_prefix(1);
+    }
+    std::optional<std::string> decoded = base64_decode(encoded);
+    if (!decoded || decoded->find(':') == std::string::npos) {
+        return basic_check::malformed;
+    }
+    return constant_time_equal(*decoded, expected.username + ":" + expected.password)
+               ? basic_check::match
+               : basic_check::mismatch;
+}
+
 /// `realm` as a quoted-string: '"' and '\' escaped, control characters dropped (a realm from a
 /// configuration file cannot split the response).
 inline std::string quoted(std::string_view realm) {
@@ -443,24 +475,13 @@ inline handshake_step http_connect_handshake::end_of_head() {
         if (!authorization_) {
             return reject(407, errc::auth_failed);
         }
-        // credentials = auth-scheme [ 1*SP token68 ] (RFC 9110 section 11.4).
-        std::string_view value = *authorization_;
-        std::string_view scheme = value.substr(0, value.find(' '));
-        if (!h::iequals(scheme, "basic")) {
-            return reject(407, errc::auth_failed);
-        }
-        std::string_view encoded = value.substr(scheme.size());
-        while (!encoded.empty() && encoded.front() == ' ') {
-            encoded.remove_prefix(1);
-        }
-        std::optional<std::string> decoded = h::base64_decode(encoded);
-        if (!decoded || decoded->find(':') == std::string::npos) {
+        switch (h::check_basic(*authorization_, *config_.required)) {
+        case h::basic_check::malformed:
             return reject(400, errc::protocol_error);
-        }
-        // user-pass = user-id ":" password (RFC 7617); one comparison of the whole, no early exit.
-        std::string expected = config_.required->username + ":" + config_.required->password;
-        if (!h::constant_time_equal(*decoded, expected)) {
+        case h::basic_check::mismatch:
             return reject(407, errc::auth_failed);
+        case h::basic_check::match:
+            break;
         }
     }
     phase_ = phase::finished;
@@ -500,13 +521,7 @@ inline std::vector<std::uint8_t> http_connect_handshake::connected() const {
 }
 
 inline std::vector<std::uint8_t> http_connect_handshake::failed(std::error_code why) const {
-    int status = 502;
-    if (why == errc::connect_timeout || why == std::errc::timed_out) {
-        status = 504;
-    } else if (why == errc::not_allowed) {
-        status = 403;
-    }
-    return detail::http_head::closing_response(status, {});
+    return detail::http_head::closing_response(detail::http_head::connect_failure_status(why), {});
 }
 
 } // namespace tinyproxy
