@@ -365,7 +365,6 @@ TEST_CASE_TEMPLATE_DEFINE("http_proxy_mode end to end", Policy, http_proxy_end_t
     }
 
     SUBCASE("CONNECT on the same port: a raw tunnel after forwarded requests") {
-        tinyproxy::endpoint echo_at;
         upstream echoes(echo);
         auto client = connect_to(proxy.where());
         REQUIRE(send_all(client, as_bytes(get(a.url("/")))));
