@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""bench/report.py RAW.tsv OUT.json: medians, ratios and the markdown tables of bench/run.sh.
+"""bench/report.py RAW.tsv OUT.json: medians, ratios and the markdown tables of bench/run.py.
 
 RAW holds one sample a line: target, metric, value. The run's facts come in BENCH_* environment
-variables (set by run.sh). Prints the tables and writes OUT.json (stdlib only)."""
+variables, or as the same keys in the mapping run.py passes to main(). Prints the tables and
+writes OUT.json (stdlib only)."""
 import json
 import os
 import statistics
@@ -40,7 +41,7 @@ def label(target, versions):
 
 def load_samples(raw_path):
     """RAW.tsv as {target: {metric: [values]}}; a line that is not target, metric, number is
-    skipped. run.sh's --ab, --mixed and --floor summaries read their samples with it too."""
+    skipped. run.py's --ab, --mixed and --floor summaries read their samples with it too."""
     samples = {}
     with open(raw_path) as f:
         for line in f:
@@ -59,9 +60,11 @@ def median_of(samples, target, metric):
     return statistics.median(samples.get(target, {}).get(metric, [float("nan")]))
 
 
-def main():
-    raw_path, out_path = sys.argv[1], sys.argv[2]
-    env = os.environ.get
+def main(argv=None, facts=None):
+    """ARGV: RAW.tsv OUT.json (sys.argv[1:] by default); FACTS: the BENCH_* keys (the
+    environment by default)."""
+    raw_path, out_path = argv if argv else sys.argv[1:3]
+    env = (os.environ if facts is None else facts).get
     forwarders = env("BENCH_FORWARDERS", " ".join(FORWARDERS)).split()
     socks = env("BENCH_SOCKS", "microsocks tp-socks-poll tp-socks-thread").split()
     samples = load_samples(raw_path)
