@@ -15,7 +15,8 @@
 //   load rate --port P [--socks5 SP] [--threads 8] [--time 2]
 //                                     connect, 64 B request, 64 B reply, read to EOF, close
 //   load rr   --port P [--socks5 SP] [--count 20000] [--time 60]
-//                                     one connection, 64 B ping-pong; p50/p99 in microseconds
+//                                     one connection, 64 B ping-pong; p50/p99 in microseconds,
+//                                     max, then p1 ... p99.9 (for latency CDFs)
 //   load bulk --port P [--socks5 SP] [--streams 1] [--time 2]
 //                                     write 128 KiB chunks to a sink for S seconds per stream
 //   load bulk --port P --listen-port L [--streams 1] [--time 2]
@@ -580,8 +581,13 @@ int cmd_rr(const args& a) {
     auto at = [&](double q) {
         return us[static_cast<std::size_t>(q * static_cast<double>(us.size() - 1))];
     };
-    std::printf("count %zu p50_us %.2f p99_us %.2f max_us %.1f\n", us.size(), at(0.50), at(0.99),
+    std::printf("count %zu p50_us %.2f p99_us %.2f max_us %.1f", us.size(), at(0.50), at(0.99),
                 us.back());
+    // More points of the distribution, for report.py's latency CDFs.
+    for (double q : {0.01, 0.05, 0.10, 0.25, 0.75, 0.90, 0.95, 0.999}) {
+        std::printf(" p%g_us %.2f", q * 100, at(q));
+    }
+    std::printf("\n");
     return 0;
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """bench/report.py RAW.tsv OUT.json: medians, ratios and the markdown tables of bench/run.py.
+bench/report.py --charts RUN.json [--floor FLOOR.tsv] [--out DIR]: its SVG charts (matplotlib).
 
 RAW holds one sample a line: target, metric, value. The run's facts come in BENCH_* environment
 variables, or as the same keys in the mapping run.py passes to main(). Prints the tables and
@@ -58,6 +59,53 @@ def load_samples(raw_path):
 def median_of(samples, target, metric):
     """The median of one target's metric, or NaN when it has no sample."""
     return statistics.median(samples.get(target, {}).get(metric, [float("nan")]))
+
+
+def system_cpu_table(lines, forwarders, socks, get, cell, label, versions, idle):
+    """CPU counted system-wide beside the proxy's own: all CPUs' busy time from /proc/stat during
+    each sample, less the idle machine's (measured before the run). It includes the client and
+    the upstream, and the kernel's softirq and worker time on the proxy's behalf, which the
+    per-process figure misses; less direct's, it is what the proxy added."""
+    if not any(get(t, "rate_sys_cpu_us_per_conn") is not None for t in forwarders + socks):
+        return
+
+    def minus_direct(t, metric, digits):
+        v, d = get(t, metric), get("direct", metric)
+        return "–" if v is None or d is None or t == "direct" else f"{v - d:,.{digits}f}"
+
+    def rows(targets, bulk):
+        head = ["target", "CPU s/GB 1 / 4: process", "system", "system − direct",
+                "CPU µs/conn: process", "system", "system − direct"]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for t in targets:
+            process = ("–" if t == "direct" else
+                       f"{cell(t, f'{bulk}1_cpu_s_per_gb', 2)} / {cell(t, f'{bulk}4_cpu_s_per_gb', 2)}")
+            system = (f"{cell(t, f'{bulk}1_sys_cpu_s_per_gb', 2)} / "
+                      f"{cell(t, f'{bulk}4_sys_cpu_s_per_gb', 2)}")
+            added = (f"{minus_direct(t, f'{bulk}1_sys_cpu_s_per_gb', 2)} / "
+                     f"{minus_direct(t, f'{bulk}4_sys_cpu_s_per_gb', 2)}")
+            lines.append(f"| {label(t, versions)} | {process} | {system} | {added} | "
+                         f"{'–' if t == 'direct' else cell(t, 'rate_cpu_us_per_conn', 0)} | "
+                         f"{cell(t, 'rate_sys_cpu_us_per_conn', 0)} | "
+                         f"{minus_direct(t, 'rate_sys_cpu_us_per_conn', 0)} |")
+        lines.append("")
+
+    lines.append("#### CPU system-wide (all CPUs' busy time from /proc/stat, less the idle "
+                 f"machine's {float(idle or 'nan'):.2f} CPU s/s)")
+    lines.append("")
+    lines.append("Process: the proxy's process tree. System: the whole machine during the sample "
+                 "(client, upstream, proxy, and the kernel's softirq and worker time); less "
+                 "direct's: what the proxy added. Forwarders: iperf3; SOCKS5: bench/load bulk.")
+    lines.append("")
+    nproc = os.cpu_count() or 1
+    if float(idle or "nan") > 0.25 * nproc:
+        lines.append(f"**The machine was busy before the run** ({float(idle):.2f} of {nproc} CPUs): "
+                     "what the run added hides in what was there; these figures mean little.")
+        lines.append("")
+    rows(forwarders, "bulk")
+    if socks:
+        rows([t for t in ("direct", "tp-poll") if t in forwarders] + socks, "lbulk")
 
 
 def main(argv=None, facts=None):
@@ -230,6 +278,9 @@ def main(argv=None, facts=None):
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
 
+    system_cpu_table(lines, forwarders, socks, get, cell, label, versions,
+                     env("BENCH_SYS_IDLE_CPU_S_PER_S"))
+
     if missing:
         lines.append("Missing: " + "; ".join(f"{k}: {v.strip()}" for k, v in sorted(missing.items())))
         lines.append("")
@@ -253,6 +304,7 @@ def main(argv=None, facts=None):
         "ulimit_n": env("BENCH_FD_LIMIT"),
         "seconds": int(env("BENCH_SECONDS", "0")),
         "machine_costs_us": {k: float(v) for k, v in costs.items()},
+        "system_idle_cpu_s_per_s": float(env("BENCH_SYS_IDLE_CPU_S_PER_S", "nan")),
         "settings": {
             "reps": int(env("BENCH_REPS", "0")),
             "bulk_seconds": float(env("BENCH_BULK_TIME", "0")),
@@ -274,5 +326,146 @@ def main(argv=None, facts=None):
 
 
 
+# ---------------------------------------------------------------- charts (--charts)
+SOCKS_TARGETS = ["microsocks", "tp-socks-poll", "tp-socks-thread"]
+LEVER_TARGETS = ["tp-portable", "tp-copy", "tp-loops2"]
+FLOOR_TARGETS = ["floor", "floor-threads", "floor-splice", "floor-socks"]
+QUANTILES = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9]
+
+
+def _import_pyplot():
+    """matplotlib's pyplot (Agg), or None. Debian's python3-matplotlib serves /usr/bin/python3:
+    under another interpreter, charts() runs again there."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "tinyproxy-bench"  # the same run, the same SVG
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def charts(run_path, out_dir, floor_path=None):
+    """SVG charts of the run in RUN_PATH (a results JSON) into OUT_DIR: throughput, conn/s,
+    pinned RR and KB per connection per target as bars, with direct and the floor (the best
+    shape of a --floor run's samples in FLOOR_PATH, when given) as lines; latency CDFs for RR
+    and RR beside bulk. Returns the files written."""
+    plt = _import_pyplot()
+    if plt is None:
+        raise SystemExit("report.py --charts: matplotlib is missing (apt-get install "
+                         "python3-matplotlib)")
+    with open(run_path) as f:
+        run = json.load(f)
+    medians = run["medians"]
+    versions = run.get("versions", {})
+    floor_samples = load_samples(floor_path) if floor_path else {}
+
+    def floor_best(metric, pick):
+        values = [median_of(floor_samples, t, metric) for t in FLOOR_TARGETS]
+        values = [v for v in values if v == v]
+        return pick(values) if values else None
+
+    known = FORWARDERS + LEVER_TARGETS + SOCKS_TARGETS
+    names = [t for t in known if t in medians and t != "direct"]
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    stamp = f"{run.get('date', '?')}, `{run.get('command', '?')}`".replace("`", "")
+
+    def short(t):
+        return label(t, versions).replace("**", "").replace("tinyproxy", "tp")
+
+    def bars(ax, metric, title, unit, pick, floor_metric=None):
+        shown = [t for t in names if metric in medians[t]]
+        values = [medians[t][metric] for t in shown]
+        colours = ["#1f77b4" if t.startswith("tp-") else "#999999" for t in shown]
+        ax.bar(range(len(shown)), values, color=colours)
+        ax.set_xticks(range(len(shown)), [short(t) for t in shown], rotation=35, ha="right",
+                      fontsize=8)
+        direct = medians.get("direct", {}).get(metric)
+        if direct is not None:
+            ax.axhline(direct, color="#2ca02c", linestyle="--", label=f"direct {direct:,.3g}")
+        best = floor_best(floor_metric or metric, pick)
+        if best is not None:
+            ax.axhline(best, color="#d62728", linestyle=":", label=f"floor {best:,.3g}")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(unit)
+        if direct is not None or best is not None:
+            ax.legend(fontsize=8)
+
+    def save(fig, name):
+        fig.suptitle(stamp, fontsize=7, y=0.01, va="bottom")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, format="svg", metadata={"Date": None})
+        plt.close(fig)
+        written.append(path)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    bars(axes[0], "bulk1_gbps", "Bulk, iperf3, 1 stream (higher is better)", "Gbit/s", max)
+    bars(axes[1], "bulk4_gbps", "Bulk, iperf3, 4 streams", "Gbit/s", max)
+    save(fig, "throughput.svg")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    bars(ax, "rate_cps", "Connections per second, 8 workers (higher is better)", "conn/s", max)
+    save(fig, "conn_rate.svg")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    bars(ax, "rrpin_p50_us", "64 B ping-pong pinned to one CPU, p50 (lower is better)", "µs", min)
+    save(fig, "rr_pinned.svg")
+
+    counts = run.get("settings", {}).get("hold_counts", [1000])
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    shown = [t for t in names if any(f"kb_per_conn_{n}" in medians[t] for n in counts)]
+    width = 0.8 / max(1, len(counts))
+    for i, n in enumerate(counts):
+        ax.bar([x + i * width for x in range(len(shown))],
+               [medians[t].get(f"kb_per_conn_{n}", 0) for t in shown], width,
+               label=f"{n:,} held")
+    ax.set_xticks([x + width * (len(counts) - 1) / 2 for x in range(len(shown))],
+                  [short(t) for t in shown], rotation=35, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_title("Memory per held idle connection (lower is better)", fontsize=10)
+    ax.set_ylabel("KB per connection (log)")
+    ax.legend(fontsize=8)
+    save(fig, "kb_per_conn.svg")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, variant, title in ((axes[0], "rr", "RR latency, 64 B ping-pong"),
+                               (axes[1], "mixrr", "RR beside 4 bulk streams")):
+        drawn = 0
+        for t in ["direct"] + names:
+            m = medians.get(t, {})
+            points = sorted((m[f"{variant}_p{q:g}_us"], q / 100) for q in QUANTILES
+                            if f"{variant}_p{q:g}_us" in m)
+            if len(points) < 3:
+                continue
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".",
+                    label=short(t), linewidth=2 if t.startswith("tp-") else 1)
+            drawn += 1
+        ax.set_xscale("log")
+        ax.set_xlabel("µs (log)")
+        ax.set_ylabel("fraction of round trips")
+        ax.set_title(title + ("" if drawn else ": not measured in this run"), fontsize=10)
+        if drawn:
+            ax.legend(fontsize=7)
+    save(fig, "latency_cdf.svg")
+    return written
+
+
+def charts_main(args):
+    """report.py --charts RUN.json [--floor FLOOR.tsv] [--out DIR]"""
+    if _import_pyplot() is None and os.path.exists("/usr/bin/python3") and \
+            os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
+        os.execv("/usr/bin/python3", ["/usr/bin/python3", os.path.abspath(__file__), *args])
+    run_path = args[1]
+    floor_path = args[args.index("--floor") + 1] if "--floor" in args else None
+    out_dir = (args[args.index("--out") + 1] if "--out" in args
+               else os.path.splitext(run_path)[0] + "-charts")
+    for path in charts(run_path, out_dir, floor_path):
+        print(path)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--charts"]:
+        charts_main(sys.argv[1:])
+    else:
+        main()

@@ -307,9 +307,16 @@ class Bench:
         if not out.startswith("count"):
             return None
         v = pairs(out)
+        self.record_quantiles(name, variant, v)
+        return v
+
+    def record_quantiles(self, name, variant, v):
+        """VARIANT_p50_us and _p99_us, then the other quantiles `load rr` printed (the CDFs)."""
         self.record(name, f"{variant}_p50_us", v["p50_us"])
         self.record(name, f"{variant}_p99_us", v["p99_us"])
-        return v
+        for key, value in v.items():
+            if re.fullmatch(r"p[0-9.]+_us", key) and key not in ("p50_us", "p99_us"):
+                self.record(name, f"{variant}_{key}", value)
 
     def delay_run(self, name, tunnels, seconds, subtract):
         """`load delay` through NAME (started, to an echo): TUNNELS each pinging 16 B every

@@ -4,6 +4,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 
 import report
@@ -116,8 +117,20 @@ def full(b, command, results_dir, levers=False, forwarders=None, socks=None, mix
         "BENCH_SYS_IDLE_CPU_S_PER_S": f"{b.idle_cpu.per_second:.4f}",
     }
     report.main([b.raw, out], facts)
+    draw_charts(b, out)
     b.log(f"done in {int(time.monotonic() - b.t0)} s; results in {out}")
     return out
+
+
+def draw_charts(b, run_json):
+    """report.py --charts beside the run's JSON (<name>-charts/*.svg); a failure is logged only,
+    the tables and the JSON stand without them."""
+    result = subprocess.run([sys.executable, os.path.join(b.root, "bench", "report.py"),
+                             "--charts", run_json], capture_output=True, text=True)
+    if result.returncode:
+        b.log(f"no charts: {result.stderr.strip()[-300:]}")
+    else:
+        b.log(f"charts in {os.path.splitext(run_json)[0]}-charts/")
 
 
 def mixed_only(b, forwarders=None, socks=None):

@@ -131,8 +131,7 @@ def phase_mixed(b, names):
                 b.record(name, "mixrr_failed", 1)
                 continue
             v = pairs(out)
-            b.record(name, "mixrr_p50_us", v["p50_us"])
-            b.record(name, "mixrr_p99_us", v["p99_us"])
+            b.record_quantiles(name, "mixrr", v)
             with open(bulk_out, errors="replace") as f:
                 beside = pairs(f.read()).get("gbps", "")
             b.log(f"  rep {rep}  {name}  p50 {v['p50_us']} us  p99 {v['p99_us']} us "

@@ -12,7 +12,7 @@ import traceback
 
 from report import load_samples
 
-from . import modes, phases, targets
+from . import modes, phases, prepare, targets
 from .bench import Bench
 
 
@@ -48,25 +48,31 @@ def checks(peer):
     socks = ["tp-socks-poll"]
 
     def full(b, results):
-        modes.full(b, "bench/run.py --self-test", results, forwarders=fwd, socks=socks,
-                   mixed=False)
+        out = modes.full(b, "bench/run.py --self-test", results, forwarders=fwd, socks=socks,
+                         mixed=False)
+        if prepare.has_matplotlib():
+            charts = os.path.splitext(out)[0] + "-charts"
+            svgs = [f for f in os.listdir(charts) if f.endswith(".svg")] if os.path.isdir(
+                charts) else []
+            print(f"charts: {len(svgs)}" if len(svgs) == 5 else "no charts")
 
-    def full_ok(samples, _):
+    def full_ok(samples, out):
         problems = []
         for name in fwd[1:]:
             problems += _has(samples, name, "bulk1_gbps", "rate_cps", "rr_p50_us",
                              "rrpin_p50_us", "mem_50_rss_kb")
         problems += _has(samples, "tp-socks-poll", "lbulk1_gbps", "rate_cps", "rr_p50_us")
-        problems += _has(samples, "tp-poll", "rate_sys_cpu_us_per_conn")
+        problems += _has(samples, "tp-poll", "rate_sys_cpu_us_per_conn", "rr_p99.9_us")
+        if "no charts" in out:
+            problems.append("report.py --charts failed")
         return problems
 
     def levers(b, results):
         modes.full(b, "bench/run.py --self-test", results, levers=True,
-                   forwarders=["direct", "tp-copy", "tp-loops2"], socks=[], mixed=False)
+                   forwarders=["direct", "tp-loops2"], socks=[], mixed=False)
 
     def levers_ok(samples, _):
-        return _has(samples, "tp-copy", "bulk1_gbps", "rate_cps") + _has(
-            samples, "tp-loops2", "bulk1_gbps", "rate_cps")
+        return _has(samples, "tp-loops2", "bulk1_gbps", "rate_cps", "mem_50_rss_kb")
 
     def mixed(b, _):
         modes.mixed_only(b, forwarders=["tp-poll"], socks=[])
