@@ -432,14 +432,15 @@ def charts(run_path, out_dir, floor_path=None):
     for ax, variant, title in ((axes[0], "rr", "RR latency, 64 B ping-pong"),
                                (axes[1], "mixrr", "RR beside 4 bulk streams")):
         drawn = 0
-        for t in ["direct"] + names:
+        for index, t in enumerate(["direct"] + names):  # one colour per target in both panels
             m = medians.get(t, {})
             points = sorted((m[f"{variant}_p{q:g}_us"], q / 100) for q in QUANTILES
                             if f"{variant}_p{q:g}_us" in m)
             if len(points) < 3:
                 continue
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=".",
-                    label=short(t), linewidth=2 if t.startswith("tp-") else 1)
+                    color=f"C{index % 10}", label=short(t),
+                    linewidth=2 if t.startswith("tp-") else 1)
             drawn += 1
         ax.set_xscale("log")
         ax.set_xlabel("µs (log)")

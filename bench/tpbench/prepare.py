@@ -100,8 +100,8 @@ def build(root, work, log, need_floor, need_stage, need_portable):
         wanted.append("tinyproxy_bench_floor")
     if need_stage:
         wanted.append("tinyproxy_bench_stage_proxy")
-    log(f"building tinyproxy (Release) and {', '.join(w[len('tinyproxy_bench_'):] for w in wanted[1:])} "
-        f"in {build_dir}")
+    programs = ", ".join(w[len("tinyproxy_bench_"):] for w in wanted[1:])
+    log(f"building tinyproxy (Release) and {programs} in {build_dir}")
     cmake_build(root, build_dir, wanted, os.path.join(work, "build.log"))
     bench_dir = os.path.join(build_dir, "bench")
     programs = {
@@ -115,7 +115,8 @@ def build(root, work, log, need_floor, need_stage, need_portable):
     if need_portable:
         # The portable paths as another platform gets them: poll(2), and copies, not splice.
         portable = os.path.join(root, "build", "bench-portable")
-        log(f"building the portable tinyproxy (TINYPROXY_NO_EPOLL, TINYPROXY_NO_SPLICE) in {portable}")
+        log("building the portable tinyproxy (TINYPROXY_NO_EPOLL, TINYPROXY_NO_SPLICE) in "
+            + portable)
         cmake_build(root, portable, ["tinyproxy_cli"], os.path.join(work, "build-portable.log"),
                     ["-DCMAKE_CXX_FLAGS=-DTINYPROXY_NO_EPOLL -DTINYPROXY_NO_SPLICE"])
         programs["portable"] = os.path.join(portable, "examples", "tinyproxy")

@@ -11,10 +11,12 @@ class Settings:
         self.bulk_streams = (1, 4)
         if quick:
             self.reps, self.bulk_time, self.rate_time = 1, 2, 2
-            self.rr_count, self.rr_mixed_count, self.hold_counts, self.open_time = 5000, 2000, [1000], 30
+            self.rr_count, self.rr_mixed_count = 5000, 2000
+            self.hold_counts, self.open_time = [1000], 30
         else:
             self.reps, self.bulk_time, self.rate_time = 3, 5, 5
-            self.rr_count, self.rr_mixed_count, self.hold_counts, self.open_time = 20000, 5000, [1000, 9000], 60
+            self.rr_count, self.rr_mixed_count = 20000, 5000
+            self.hold_counts, self.open_time = [1000, 9000], 60
         self.fd_limit = raise_fd_limit()
         if (not quick and full_holds) or levers:
             # 9,000 through a proxy needs 2 descriptors each in the proxy, plus slack;
@@ -44,11 +46,13 @@ class Settings:
         """--api: a proxy made through the API against --forward."""
         env = os.environ.get
         if self.quick:
-            self.api_rounds, self.api_time, self.api_rr_count, self.api_streams = int(env("API_ROUNDS", "2")), 2, 5000, [1]
+            self.api_rounds = int(env("API_ROUNDS", "2"))
+            self.api_time, self.api_rr_count, self.api_streams = 2, 5000, [1]
             self.api_delay_rounds, self.api_delay_time, self.api_idle_pairs = 1, 3, 50
             self.api_pairs = int(env("API_PAIRS", "100"))
         else:
-            self.api_rounds, self.api_time, self.api_rr_count, self.api_streams = int(env("API_ROUNDS", "6")), 3, 10000, [1, 4]
+            self.api_rounds = int(env("API_ROUNDS", "6"))
+            self.api_time, self.api_rr_count, self.api_streams = 3, 10000, [1, 4]
             self.api_delay_rounds, self.api_delay_time, self.api_idle_pairs = 2, 6, 200
             self.api_pairs = int(env("API_PAIRS", "200"))
         # Each tunnel pings every api_interval_ms: lower it for a heavier load beside the calls.
