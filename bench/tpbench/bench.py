@@ -158,8 +158,12 @@ class Bench:
     def _start_api(self, key, upstream, directory):
         """The CLI serving Toxiproxy's API, and proxy "b" made through it (--api)."""
         out = os.path.join(directory, "out")
-        proc = procs.spawn([self.programs["tp"], "--api", "127.0.0.1:0", "--policy", "poll",
-                            "--quiet"], out, os.path.join(directory, "err"))
+        try:
+            proc = procs.spawn([self.programs["tp"], "--api", "127.0.0.1:0", "--policy", "poll",
+                                "--quiet"], out, os.path.join(directory, "err"))
+        except OSError as e:
+            self.missing["tp-api"] = f"did not start: {e}"
+            return False
         self.proc_of[key] = proc
         api_port = procs.wait_for_line(out, listening_port, 5)
         answer = ""
