@@ -142,6 +142,27 @@ def phases_syscalls(b):
     phases.phase_syscalls(b)
 
 
+def self_test_one(mode):
+    """A child of --self-test: MODE only, with the programs its parent built
+    (TPBENCH_PROGRAMS)."""
+    import json
+    from tpbench import selftest
+    os.chdir(ROOT)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    work = tempfile.mkdtemp(prefix="tinyproxy-bench.")
+    b = Bench(ROOT, work, Settings(quick=True), Progress(quiet=True))
+    b.programs = json.loads(os.environ["TPBENCH_PROGRAMS"])
+    try:
+        return selftest.run_one(b, mode)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        procs.stop_everything()
+        if os.environ.get("KEEP_WORK") != "1":
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
@@ -149,6 +170,8 @@ def _terminate(signum, frame):
 def main(args):
     if "--http" in args:
         return dispatch_http(args)
+    if args[:1] == ["--self-test-one"] and len(args) == 2:  # one mode of --self-test
+        return self_test_one(args[1])
     quick, quiet, mode = parse(args)
     os.chdir(ROOT)
     command = "bench/run.py" + "".join(f" {a}" for a in args)

@@ -74,13 +74,14 @@ def stop(proc, grace=3.0):
         _started.remove(proc)
 
 
-def spawn(argv, stdout=None, stderr=None, cwd=None):
+def spawn(argv, stdout=None, stderr=None, cwd=None, env=None):
     """Starts ARGV in a process group of its own (stdout/stderr: paths, or None to discard)."""
     out = open(stdout, "wb") if stdout else subprocess.DEVNULL
     err = open(stderr, "wb") if stderr else (out if stdout else subprocess.DEVNULL)
     try:
         proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+                                stdin=subprocess.DEVNULL, cwd=cwd, env=env,
+                                start_new_session=True)
     finally:
         for f in {out, err}:
             if f is not subprocess.DEVNULL:

@@ -4,6 +4,7 @@ targets; a mode fails when it raises, or when a sample it must take is missing. 
 to bench/results/."""
 import contextlib
 import io
+import json
 import os
 import shutil
 import sys
@@ -12,7 +13,7 @@ import traceback
 
 from report import load_samples
 
-from . import modes, phases, prepare, targets
+from . import modes, phases, prepare, procs, targets
 from .bench import Bench
 
 
@@ -123,40 +124,82 @@ def checks(peer):
     ]
 
 
-def run(parent):
-    """Runs every mode; prints one line per mode and returns the exit status."""
+def run_one(parent, mode):
+    """Runs MODE's check in this process: prints ok or FAIL (with the mode's output); the exit
+    status."""
     peer = _peer()
-    print(f"self-test against {peer or 'no peer (none installed)'}", flush=True)
-    failed = 0
+    found = [c for c in checks(peer) if c[0] == mode]
+    if not found:
+        print(f"FAIL {mode}: no such mode")
+        return 1
+    _, function, check = found[0]
+    b = Bench(parent.root, parent.work, tiny(parent.s), parent.progress)
+    b.t0 = parent.t0
+    b.idle_seconds = 0.2
+    b.programs = dict(parent.programs)
+    b.progress.quiet = True
+    out = io.StringIO()
+    start = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(out):
+            function(b, os.path.join(parent.work, "results"))
+        problems = check(load_samples(b.raw), out.getvalue())
+    except (Exception, SystemExit) as e:  # reported as this mode's failure
+        problems = [f"raised {e!r}"]
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        b.stop_all()
+    seconds = time.monotonic() - start
+    if problems:
+        print(f"FAIL {mode} ({seconds:.1f} s, against {peer}): " + "; ".join(problems))
+        print(out.getvalue())
+        return 1
+    print(f"ok   {mode} ({seconds:.1f} s, against {peer})")
+    return 0
+
+
+def _run_all(parent, pending, running, finished, jobs, env):
+    """Starts the modes in PENDING, JOBS at a time, until every one has finished."""
+    while pending or running:
+        while pending and len(running) < jobs:
+            mode = pending.pop(0)
+            stem = os.path.join(parent.work, "self-test" + mode.replace("-", "_"))
+            argv = [sys.executable, os.path.join(parent.root, "bench", "run.py"),
+                    "--self-test-one", mode]
+            running[mode] = (procs.spawn(argv, stem + ".out", stem + ".err", env=env), stem)
+        for mode, (proc, stem) in list(running.items()):
+            if proc.poll() is not None:
+                finished[mode] = (proc.returncode, stem)
+                procs.stop(proc)
+                del running[mode]
+        time.sleep(0.1)
+
+
+def run(parent):
+    """Runs every mode, SELF_TEST_JOBS (4) at a time, each in a process of its own (bench/run.py
+    --self-test-one MODE: its own work directory, samples and output); prints one line per
+    mode, in order, and returns the exit status. Side by side they measure nothing worth
+    reading, and need not: each only has to work."""
+    names = [mode for mode, _, _ in checks(_peer())]
+    jobs = max(1, int(os.environ.get("SELF_TEST_JOBS", "4")))
+    env = {**os.environ, "TPBENCH_PROGRAMS": json.dumps(parent.programs)}
     t0 = time.monotonic()
-    for mode, function, check in checks(peer):
-        work = os.path.join(parent.work, "self-test" + mode.replace("-", "_"))
-        os.makedirs(work)
-        b = Bench(parent.root, work, tiny(parent.s), parent.progress)
-        b.t0 = parent.t0
-        b.idle_seconds = 0.2
-        b.programs = dict(parent.programs)
-        b.progress.quiet = True
-        out = io.StringIO()
-        start = time.monotonic()
-        problems = []
-        try:
-            with contextlib.redirect_stdout(out):
-                function(b, os.path.join(work, "results"))
-            problems = check(load_samples(b.raw), out.getvalue())
-        except (Exception, SystemExit) as e:  # a mode that fails must not stop the others
-            problems = [f"raised {e!r}"]
-            traceback.print_exc(file=sys.stderr)
-        finally:
-            b.stop_all()
-        seconds = time.monotonic() - start
-        if problems:
+    running, finished = {}, {}
+    pending = list(names)
+    try:
+        _run_all(parent, pending, running, finished, jobs, env)
+    finally:  # interrupted: each child ends its own processes and removes its work directory
+        for proc, _ in running.values():
+            procs.stop(proc, grace=5)
+    failed = 0
+    for mode in names:
+        status, stem = finished[mode]
+        with open(stem + ".out", errors="replace") as f:
+            print(f.read().rstrip() or f"FAIL {mode}: no output (exit status {status})")
+        if status:
             failed += 1
-            print(f"FAIL {mode} ({seconds:.1f} s): " + "; ".join(problems))
-            print(out.getvalue())
-        else:
-            print(f"ok   {mode} ({seconds:.1f} s)")
-        sys.stdout.flush()
-    print(f"self-test: {len(checks(peer)) - failed} passed, {failed} failed, "
+            with open(stem + ".err", errors="replace") as f:
+                print("  its log, last lines:\n    " + "\n    ".join(f.read().splitlines()[-15:]))
+    print(f"self-test: {len(names) - failed} passed, {failed} failed, "
           f"{time.monotonic() - t0:.0f} s")
     return 1 if failed else 0
