@@ -36,6 +36,9 @@
 # (bench/api_latency.py, API_PAIRS pairs), idle and beside 1,000 tunnels through it pinging
 # every 200 ms, and whether any tunnel broke; prints the tables and writes
 # bench/results/<date>-<HHMM>-api[-quick].json: about 3 minutes, under 1 with --quick.
+# --http [--quick] runs bench/http_proxy.py: tinyproxy --http (poll, thread) against the
+# tinyproxy C daemon and squid in front of an nginx origin, with ab: requests/s with keep-alive
+# and without, p50/p99 latency, KB per idle client (bench/results/<date>-<HHMM>-http[-quick].json).
 # Method and meaning of each number: bench/README.md. Every process it starts is ended on exit.
 set -uo pipefail
 
@@ -49,6 +52,7 @@ MIXED=0
 FLOOR=0
 FAULTS=0
 API=0
+HTTP=0
 for arg in "$@"; do
     case "$arg" in
     --quick) MODE=quick ;;
@@ -59,16 +63,19 @@ for arg in "$@"; do
     --floor) FLOOR=1 ;;
     --faults) FAULTS=1 ;;
     --api) API=1 ;;
+    --http) HTTP=1 ;;
     -h | --help)
-        sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
-        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls, --ab, --mixed, --floor, --faults and --api)" >&2
+        echo "run.sh: unknown argument '$arg' (only --quick, --levers, --syscalls, --ab, --mixed, --floor, --faults, --api and --http)" >&2
         exit 2
         ;;
     esac
 done
+# --http is bench/http_proxy.py's: it installs, builds, starts and ends its peers itself.
+((HTTP)) && exec python3 bench/http_proxy.py $([ "$MODE" = quick ] && echo --quick)
 COMMAND="bench/run.sh${*:+ $*}"
 T0=$(date +%s)
 
