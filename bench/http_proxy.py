@@ -47,6 +47,8 @@ TARGETS = [
     {"name": "direct", "label": "direct to nginx (no proxy)", "kind": "direct"},
     {"name": "ours-poll", "label": "**tinyproxy.hpp --http (poll)**", "kind": "ours",
      "args": ["--policy", "poll"]},
+    {"name": "ours-poll2", "label": "**tinyproxy.hpp --http (poll, --loops 2)**", "kind": "ours",
+     "args": ["--policy", "poll", "--loops", "2"]},
     {"name": "ours-thread", "label": "**tinyproxy.hpp --http (thread)**", "kind": "ours",
      "args": ["--policy", "thread"]},
     {"name": "daemon", "label": "tinyproxy C daemon", "kind": "daemon"},
