@@ -391,10 +391,11 @@ TEST_CASE_TEMPLATE_DEFINE("auto_mode: SOCKS5, SOCKS4 and HTTP on one port", Poli
 
     auto socks5 = connect_to(proxy.where());
     bytes greeting = {5, 1, 0, 5, 1, 0, 1};
-    auto address = a.where().address.bytes();
+    const tinyproxy::endpoint origin_at = a.where(); // bytes() views into it: it must outlive them
+    auto address = origin_at.address.bytes();
     greeting.insert(greeting.end(), address.begin(), address.end());
-    greeting.push_back(static_cast<std::uint8_t>(a.where().port >> 8));
-    greeting.push_back(static_cast<std::uint8_t>(a.where().port & 0xFF));
+    greeting.push_back(static_cast<std::uint8_t>(origin_at.port >> 8));
+    greeting.push_back(static_cast<std::uint8_t>(origin_at.port & 0xFF));
     REQUIRE(send_all(socks5, greeting));
     std::string replies = read_exactly_text(socks5, 2 + 10);
     CHECK(replies.substr(0, 4) == std::string("\x05\x00\x05\x00", 4));
@@ -402,8 +403,8 @@ TEST_CASE_TEMPLATE_DEFINE("auto_mode: SOCKS5, SOCKS4 and HTTP on one port", Poli
     CHECK(read_response(socks5).body.rfind("origin-a", 0) == 0);
 
     auto socks4 = connect_to(proxy.where());
-    bytes request = {4, 1, static_cast<std::uint8_t>(a.where().port >> 8),
-                     static_cast<std::uint8_t>(a.where().port & 0xFF)};
+    bytes request = {4, 1, static_cast<std::uint8_t>(origin_at.port >> 8),
+                     static_cast<std::uint8_t>(origin_at.port & 0xFF)};
     request.insert(request.end(), address.begin(), address.end());
     request.push_back(0);
     REQUIRE(send_all(socks4, request));

@@ -14369,18 +14369,32 @@ inline constexpr std::size_t close_reason_count = 7;
 std::string_view close_reason_name(close_reason reason) noexcept;
 close_reason classify_close(const session_result& result) noexcept;
 
+/// The connection counts of one proxy, read once so that they agree with each other (a scrape
+/// never shows a connection as both active and closed).
+struct connection_counts {
+    std::uint64_t accepted = 0;
+    std::uint64_t closed[close_reason_count]{};
+    std::uint64_t active = 0; ///< accepted, less every closed
+};
+
 /// A managed proxy's counts since it was created, across its restarts; readable from any thread.
 struct proxy_counters {
     std::shared_ptr<traffic_counters> traffic = std::make_shared<traffic_counters>();
     std::atomic<std::uint64_t> accepted{0}; ///< clients let in (a session started)
     std::atomic<std::uint64_t> rejected{0}; ///< closed at once (max_connections, allow)
     std::atomic<std::uint64_t> closed[close_reason_count]{};
-    std::uint64_t closed_total() const noexcept {
-        std::uint64_t total = 0;
-        for (const auto& count : closed) {
-            total += count.load(std::memory_order_relaxed);
+    /// The closes are read before the accepts: a session is accepted before it closes, so the
+    /// accepts read after cover every close read.
+    connection_counts connections() const noexcept {
+        connection_counts counts;
+        std::uint64_t ended = 0;
+        for (std::size_t r = 0; r < close_reason_count; ++r) {
+            counts.closed[r] = closed[r].load();
+            ended += counts.closed[r];
         }
-        return total;
+        counts.accepted = accepted.load();
+        counts.active = counts.accepted > ended ? counts.accepted - ended : 0;
+        return counts;
     }
 };
 
@@ -14410,11 +14424,7 @@ public:
     const toxic_set& toxics() const noexcept { return *toxics_; }
     const proxy_counters& counters() const noexcept { return *counters_; }
     /// Sessions running now.
-    std::uint64_t active() const noexcept {
-        const std::uint64_t ended = counters_->closed_total();
-        const std::uint64_t accepted = counters_->accepted.load(std::memory_order_relaxed);
-        return accepted > ended ? accepted - ended : 0;
-    }
+    std::uint64_t active() const noexcept { return counters_->connections().active; }
 
     /// Binds its listen address and serves on a thread of its own. Throws std::system_error
     /// when it cannot listen; nothing to do when it runs already.
@@ -14699,6 +14709,7 @@ void proxy_collection<Policy>::clear() noexcept {
 #include <cstdint>      // counters
 #include <exception>    // std::exception: an error not the API's own
 #include <functional>   // the policy factory
+#include <map>          // each proxy's connection counts, read once per scrape
 #include <string>       // bodies, names
 #include <string_view>  // paths
 #include <system_error> // a listener that cannot be opened
@@ -15267,24 +15278,29 @@ std::string toxiproxy_api<Policy>::metrics() {
                        {{"proxy", name}, {"direction", "downstream"}},
                        t.to_client.load(std::memory_order_relaxed));
         });
+        // Read once per proxy, so that accepted, active and closed agree within the scrape.
+        std::map<std::string_view, connection_counts> connections;
+        each([&](const std::string& name, const proxy_type& p) {
+            connections[name] = p.counters().connections();
+        });
         out.family("tinyproxy_proxy_connections_accepted_total", "counter",
                    "Client connections accepted and served.");
-        each([&](const std::string& name, const proxy_type& p) {
+        each([&](const std::string& name, const proxy_type&) {
             out.sample("tinyproxy_proxy_connections_accepted_total", {{"proxy", name}},
-                       p.counters().accepted.load(std::memory_order_relaxed));
+                       connections[name].accepted);
         });
         out.family("tinyproxy_proxy_connections_active", "gauge", "Connections open now.");
-        each([&](const std::string& name, const proxy_type& p) {
-            out.sample("tinyproxy_proxy_connections_active", {{"proxy", name}}, p.active());
+        each([&](const std::string& name, const proxy_type&) {
+            out.sample("tinyproxy_proxy_connections_active", {{"proxy", name}},
+                       connections[name].active);
         });
         out.family("tinyproxy_proxy_connections_closed_total", "counter",
                    "Connections ended, by how they ended.");
-        each([&](const std::string& name, const proxy_type& p) {
+        each([&](const std::string& name, const proxy_type&) {
             for (std::size_t r = 0; r < close_reason_count; ++r) {
                 const std::string_view reason = close_reason_name(static_cast<close_reason>(r));
                 out.sample("tinyproxy_proxy_connections_closed_total",
-                           {{"proxy", name}, {"reason", reason}},
-                           p.counters().closed[r].load(std::memory_order_relaxed));
+                           {{"proxy", name}, {"reason", reason}}, connections[name].closed[r]);
             }
         });
         out.family("tinyproxy_proxy_connections_rejected_total", "counter",

@@ -55,18 +55,32 @@ inline constexpr std::size_t close_reason_count = 7;
 std::string_view close_reason_name(close_reason reason) noexcept;
 close_reason classify_close(const session_result& result) noexcept;
 
+/// The connection counts of one proxy, read once so that they agree with each other (a scrape
+/// never shows a connection as both active and closed).
+struct connection_counts {
+    std::uint64_t accepted = 0;
+    std::uint64_t closed[close_reason_count]{};
+    std::uint64_t active = 0; ///< accepted, less every closed
+};
+
 /// A managed proxy's counts since it was created, across its restarts; readable from any thread.
 struct proxy_counters {
     std::shared_ptr<traffic_counters> traffic = std::make_shared<traffic_counters>();
     std::atomic<std::uint64_t> accepted{0}; ///< clients let in (a session started)
     std::atomic<std::uint64_t> rejected{0}; ///< closed at once (max_connections, allow)
     std::atomic<std::uint64_t> closed[close_reason_count]{};
-    std::uint64_t closed_total() const noexcept {
-        std::uint64_t total = 0;
-        for (const auto& count : closed) {
-            total += count.load(std::memory_order_relaxed);
+    /// The closes are read before the accepts: a session is accepted before it closes, so the
+    /// accepts read after cover every close read.
+    connection_counts connections() const noexcept {
+        connection_counts counts;
+        std::uint64_t ended = 0;
+        for (std::size_t r = 0; r < close_reason_count; ++r) {
+            counts.closed[r] = closed[r].load();
+            ended += counts.closed[r];
         }
-        return total;
+        counts.accepted = accepted.load();
+        counts.active = counts.accepted > ended ? counts.accepted - ended : 0;
+        return counts;
     }
 };
 
@@ -96,11 +110,7 @@ public:
     const toxic_set& toxics() const noexcept { return *toxics_; }
     const proxy_counters& counters() const noexcept { return *counters_; }
     /// Sessions running now.
-    std::uint64_t active() const noexcept {
-        const std::uint64_t ended = counters_->closed_total();
-        const std::uint64_t accepted = counters_->accepted.load(std::memory_order_relaxed);
-        return accepted > ended ? accepted - ended : 0;
-    }
+    std::uint64_t active() const noexcept { return counters_->connections().active; }
 
     /// Binds its listen address and serves on a thread of its own. Throws std::system_error
     /// when it cannot listen; nothing to do when it runs already.

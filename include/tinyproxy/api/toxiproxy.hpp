@@ -9,6 +9,7 @@
 #include <cstdint>      // counters
 #include <exception>    // std::exception: an error not the API's own
 #include <functional>   // the policy factory
+#include <map>          // each proxy's connection counts, read once per scrape
 #include <string>       // bodies, names
 #include <string_view>  // paths
 #include <system_error> // a listener that cannot be opened
@@ -577,24 +578,29 @@ std::string toxiproxy_api<Policy>::metrics() {
                        {{"proxy", name}, {"direction", "downstream"}},
                        t.to_client.load(std::memory_order_relaxed));
         });
+        // Read once per proxy, so that accepted, active and closed agree within the scrape.
+        std::map<std::string_view, connection_counts> connections;
+        each([&](const std::string& name, const proxy_type& p) {
+            connections[name] = p.counters().connections();
+        });
         out.family("tinyproxy_proxy_connections_accepted_total", "counter",
                    "Client connections accepted and served.");
-        each([&](const std::string& name, const proxy_type& p) {
+        each([&](const std::string& name, const proxy_type&) {
             out.sample("tinyproxy_proxy_connections_accepted_total", {{"proxy", name}},
-                       p.counters().accepted.load(std::memory_order_relaxed));
+                       connections[name].accepted);
         });
         out.family("tinyproxy_proxy_connections_active", "gauge", "Connections open now.");
-        each([&](const std::string& name, const proxy_type& p) {
-            out.sample("tinyproxy_proxy_connections_active", {{"proxy", name}}, p.active());
+        each([&](const std::string& name, const proxy_type&) {
+            out.sample("tinyproxy_proxy_connections_active", {{"proxy", name}},
+                       connections[name].active);
         });
         out.family("tinyproxy_proxy_connections_closed_total", "counter",
                    "Connections ended, by how they ended.");
-        each([&](const std::string& name, const proxy_type& p) {
+        each([&](const std::string& name, const proxy_type&) {
             for (std::size_t r = 0; r < close_reason_count; ++r) {
                 const std::string_view reason = close_reason_name(static_cast<close_reason>(r));
                 out.sample("tinyproxy_proxy_connections_closed_total",
-                           {{"proxy", name}, {"reason", reason}},
-                           p.counters().closed[r].load(std::memory_order_relaxed));
+                           {{"proxy", name}, {"reason", reason}}, connections[name].closed[r]);
             }
         });
         out.family("tinyproxy_proxy_connections_rejected_total", "counter",
