@@ -93,8 +93,10 @@ def cmake_build(root, build_dir, targets_wanted, log_path, extra=()):
 
 
 def build(root, work, log, need_floor, need_stage, need_portable):
-    """Builds what the mode needs; returns {key: path} of the programs."""
-    build_dir = os.path.join(root, "build", "bench")
+    """Builds what the mode needs; returns {key: path} of the programs. BENCH_BUILD_DIR names
+    another build tree configured with TINYPROXY_BUILD_BENCH=ON (CI's release-tests one) to
+    build in instead of build/bench."""
+    build_dir = os.environ.get("BENCH_BUILD_DIR") or os.path.join(root, "build", "bench")
     wanted = ["tinyproxy_cli", "tinyproxy_bench_load"]
     if need_floor:
         wanted.append("tinyproxy_bench_floor")
