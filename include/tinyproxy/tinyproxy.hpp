@@ -16,6 +16,7 @@
 #include "tinyproxy/protocol/proxy_protocol.hpp"
 #include "tinyproxy/protocol/socks4.hpp"
 #include "tinyproxy/protocol/socks5.hpp"
+#include "tinyproxy/protocol/socks_udp.hpp"
 #include "tinyproxy/mode/mode.hpp"
 #include "tinyproxy/stage.hpp"
 #include "tinyproxy/fault/random.hpp"
