@@ -34,6 +34,8 @@
 #include "tinyproxy/session/handshake.hpp"
 #include "tinyproxy/session/connector.hpp"
 #include "tinyproxy/session/tunnel.hpp"
+#include "tinyproxy/session/udp_association.hpp"
+#include "tinyproxy/session/bind_wait.hpp"
 #include "tinyproxy/session.hpp"
 #include "tinyproxy/session/blocking.hpp"
 #include "tinyproxy/policy/thread.hpp"
