@@ -233,6 +233,17 @@ TEST_CASE_TEMPLATE_DEFINE("udp associate end to end", Policy, udp_associate_end_
         CHECK(a.relay.address == proxy.where().address);
         check_echo(a, host_port{"::1", echo.where().port}, echo.where(), as_vector("ping6"));
     }
+    SUBCASE("an IPv4 client to an IPv6 remote, through the one relay socket") {
+        if (!can_use_ipv6()) {
+            skip_test("this machine cannot bind ::1");
+            return;
+        }
+        udp_echo echo("::1");
+        running_proxy<Policy, tinyproxy::socks_mode> proxy(udp_socks(), udp_options("127.0.0.1:0"));
+        association a = associate(proxy.where(), "127.0.0.1");
+        REQUIRE(a.rep == 0);
+        check_echo(a, host_port{"::1", echo.where().port}, echo.where(), as_vector("4 to 6"));
+    }
     SUBCASE("a name, resolved without blocking the loop, the answer naming the address") {
         udp_echo echo("127.0.0.1");
         running_proxy<Policy, tinyproxy::socks_mode> proxy(udp_socks(), udp_options("127.0.0.1:0"));

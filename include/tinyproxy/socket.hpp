@@ -2,8 +2,10 @@
 // RAII descriptors and TCP sockets: listen, accept, connect with a deadline, send, receive.
 #pragma once
 
+#include <array>        // IPv4-mapped addresses
 #include <atomic>       // the stop signal, set from any thread or a signal handler
 #include <cstddef>      // std::size_t
+#include <cstring>      // std::memcpy
 #include <string>       // error messages
 #include <system_error> // error reporting
 #include <utility>      // std::exchange
@@ -186,6 +188,10 @@ public:
 
     /// Binds `where` (port 0: any free port; an IPv6 socket takes IPv6 only), non-blocking.
     static datagram_socket open(const endpoint& where, std::error_code& ec) noexcept;
+    /// Binds every address of both families ([::] with IPv4 mapped in), a free port: one socket
+    /// that reaches IPv4 and IPv6 peers alike, from whichever local address routes there.
+    /// Where the host has no IPv6, 0.0.0.0. IPv4 peers are named as IPv4, never as ::ffff:...
+    static datagram_socket open_any(std::error_code& ec) noexcept;
 
     /// One datagram into `data`: its full length (more than `size` when it was cut short, where
     /// the platform says so), and its sender in `from`. would_block when there is none.
@@ -204,6 +210,7 @@ public:
 private:
     unique_fd fd_;
     endpoint local_;
+    bool dual_stack_ = false; // an IPv6 socket that takes IPv4 too, as ::ffff:a.b.c.d
 };
 
 /// Starts a non-blocking connect to `to`. On return either the socket is connecting or
@@ -392,6 +399,28 @@ inline datagram_socket datagram_socket::open(const endpoint& where, std::error_c
     return out;
 }
 
+inline datagram_socket datagram_socket::open_any(std::error_code& ec) noexcept {
+    ec.clear();
+    unique_fd fd(detail::open_socket(AF_INET6, SOCK_DGRAM, true, ec));
+    if (ec || !detail::set_int_option(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 0, ec)) {
+        return open(endpoint{}, ec); // no IPv6 here: IPv4 alone
+    }
+    sockaddr_storage storage{};
+    socklen_t length = to_sockaddr(endpoint{ip_address::any_v6(), 0}, storage);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&storage), length) < 0) {
+        ec = detail::last_error();
+        return {};
+    }
+    datagram_socket out;
+    out.local_ = detail::socket_name(fd.get(), false, ec);
+    if (ec) {
+        return {};
+    }
+    out.fd_ = std::move(fd);
+    out.dual_stack_ = true;
+    return out;
+}
+
 inline std::size_t datagram_socket::receive_from(void* data, std::size_t size, endpoint& from,
                                                  std::error_code& ec) noexcept {
     ec.clear();
@@ -400,6 +429,9 @@ inline std::size_t datagram_socket::receive_from(void* data, std::size_t size, e
     std::size_t n = detail::recvfrom_some(fd_.get(), data, size, storage, length, ec);
     if (!ec) {
         from = from_sockaddr(reinterpret_cast<sockaddr*>(&storage), length);
+        if (dual_stack_) {
+            from.address = detail::unmapped(from.address);
+        }
     }
     return n;
 }
@@ -408,7 +440,15 @@ inline void datagram_socket::send_to(const void* data, std::size_t size, const e
                                      std::error_code& ec) noexcept {
     ec.clear();
     sockaddr_storage storage{};
-    socklen_t length = to_sockaddr(to, storage);
+    endpoint destination = to;
+    if (dual_stack_ && to.address.is_v4()) { // ::ffff:a.b.c.d
+        std::array<std::uint8_t, 16> mapped{};
+        mapped[10] = 0xFF;
+        mapped[11] = 0xFF;
+        std::memcpy(mapped.data() + 12, to.address.bytes().data(), 4);
+        destination.address = ip_address::v6(mapped);
+    }
+    socklen_t length = to_sockaddr(destination, storage);
     detail::sendto_some(fd_.get(), data, size, reinterpret_cast<sockaddr*>(&storage), length, ec);
 }
 

@@ -32,7 +32,8 @@ namespace detail {
 /// UDP header: their data goes to the destination the header names. Datagrams from a remote the
 /// client has sent to go back to the client, framed with a header naming that remote. Anything
 /// else is dropped and counted: another source, a fragment (FRAG != 0), a malformed header, a
-/// name that does not resolve, a destination in the other address family, a full socket buffer.
+/// name that does not resolve, a full socket buffer. One socket serves both families: an IPv4
+/// client may send to IPv6 remotes and the other way round.
 ///
 /// Names are resolved by the session's driver (wants_resolve(), one at a time), never here; the
 /// datagrams for a name wait meanwhile (a bounded few), and the answers are kept for the
@@ -47,15 +48,16 @@ public:
     static constexpr std::size_t max_names = 16;
     static constexpr std::size_t max_remotes = 64;
 
-    /// Opens the relay socket on `local` (the address the client's TCP connection reached us
-    /// on), port 0. `client`: the client's address on that connection. `source`: where the
-    /// request says the datagrams will come from (0.0.0.0, :: or a name: the client's address;
-    /// port 0: any port, the first datagram's).
+    /// Opens the relay socket: every address, both families, a free port (so that it can
+    /// send wherever the client asks, from whichever address routes there); the reply names it
+    /// on `local` (the address the client's TCP connection reached us on). `client`: the client's
+    /// address on that connection. `source`: where the request says the datagrams will come from
+    /// (0.0.0.0, :: or a name: the client's address; port 0: any port, the first datagram's).
     std::error_code open(const endpoint& local, const ip_address& client, const host_port& source,
                          const session_options& limits, time_point now);
 
     /// The relay's address, for the reply (never 0.0.0.0: `local` is an accepted socket's).
-    endpoint relay_address() const noexcept { return socket_.local_endpoint(); }
+    endpoint relay_address() const noexcept { return relay_address_; }
     int fd() const noexcept { return socket_.native_handle(); }
     bool active() const noexcept { return static_cast<bool>(socket_); }
     static constexpr short events() noexcept { return POLLIN; }
@@ -96,7 +98,9 @@ private:
     void touch(time_point now) noexcept { idle_deadline_ = deadline_after(now, idle_timeout_); }
 
     datagram_socket socket_;
+    endpoint relay_address_;
     ip_address client_address_;
+    bool client_v6_ = false;        // the family the client reached us in: a name's first choice
     std::uint16_t client_port_ = 0; // 0 until the request or the first datagram says
     std::vector<endpoint> remotes_; // where the client has sent: who may answer
     std::size_t next_remote_ = 0;   // the one to replace once remotes_ is full
@@ -115,10 +119,12 @@ inline std::error_code udp_association::open(const endpoint& local, const ip_add
                                              const host_port& source, const session_options& limits,
                                              time_point now) {
     std::error_code ec;
-    socket_ = datagram_socket::open(endpoint{local.address, 0}, ec);
+    socket_ = datagram_socket::open_any(ec);
     if (ec) {
         return ec;
     }
+    relay_address_ = endpoint{local.address, socket_.local_endpoint().port};
+    client_v6_ = local.address.is_v6();
     client_address_ = client;
     // The request narrows the source: its port when it names one. An address other than the
     // client's own cannot widen it (a client cannot open our relay to a third party).
@@ -224,8 +230,8 @@ inline void udp_association::from_client_datagram(byte_view datagram, time_point
 }
 
 inline void udp_association::to_remote(const endpoint& to, byte_view data, time_point now) {
-    if (to.address.is_v6() != socket_.local_endpoint().address.is_v6()) {
-        ++counts_.dropped_other; // the relay socket speaks the family the client reached us in
+    if (to.address.is_v6() && !socket_.local_endpoint().address.is_v6()) {
+        ++counts_.dropped_other; // a host without IPv6
         return;
     }
     std::error_code ec;
@@ -281,13 +287,16 @@ inline void udp_association::on_resolved(const std::vector<endpoint>& candidates
         return;
     }
     const std::string name = waiting_.front().destination.host;
-    // The first address in the relay socket's family: the one it can send to.
+    // The first address in the family the client reached us in ("localhost" is 127.0.0.1
+    // for an IPv4 client, ::1 for an IPv6 one), else the first of any.
     const ip_address* chosen = nullptr;
-    const bool v6 = socket_.local_endpoint().address.is_v6();
     for (const endpoint& candidate : candidates) {
-        if (!ec && chosen == nullptr && candidate.address.is_v6() == v6) {
+        if (!ec && chosen == nullptr && candidate.address.is_v6() == client_v6_) {
             chosen = &candidate.address;
         }
+    }
+    if (!ec && chosen == nullptr && !candidates.empty()) {
+        chosen = &candidates.front().address;
     }
     if (chosen != nullptr) {
         if (names_.size() >= max_names) {
