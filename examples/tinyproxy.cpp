@@ -4,7 +4,7 @@
 //
 //   tinyproxy [--listen HOST:PORT] [--policy thread|fork|poll]
 //             [--auto | --socks | --http | --http-connect | --forward HOST:PORT]
-//             [--user NAME:PASS]
+//             [--user NAME:PASS] [--no-udp] [--no-bind]
 //             [--accept-proxy] [--send-proxy v1|v2]
 //             [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]
 //             [--max-connections N] [--allow CIDR]... [--verbose | --quiet]
@@ -43,7 +43,7 @@ namespace {
 constexpr const char* usage_text =
     "usage: tinyproxy [--listen HOST:PORT] [--policy thread|fork|poll]\n"
     "                 [--auto | --socks | --http | --http-connect | --forward HOST:PORT]\n"
-    "                 [--user NAME:PASS]\n"
+    "                 [--user NAME:PASS] [--no-udp] [--no-bind]\n"
     "                 [--accept-proxy] [--send-proxy v1|v2]\n"
     "                 [--connect-timeout SEC] [--idle-timeout SEC] [--handshake-timeout SEC]\n"
     "                 [--max-connections N] [--allow CIDR]... [--verbose | --quiet]\n"
@@ -63,6 +63,11 @@ constexpr const char* usage_text =
     "  --http-connect         an HTTP CONNECT proxy (405 for every other method)\n"
     "  --forward HOST:PORT    a port forwarder: every client goes to HOST:PORT\n"
     "  --user NAME:PASS       require these credentials (SOCKS5 username/password, HTTP Basic)\n"
+    "  --no-udp               refuse SOCKS5 UDP ASSOCIATE (REP 0x07); by default a client gets\n"
+    "                         a UDP relay on the address it reached, for as long as its\n"
+    "                         connection stays open (or until --idle-timeout)\n"
+    "  --no-bind              refuse SOCKS4 and SOCKS5 BIND (0x5B, REP 0x07); by default a\n"
+    "                         client gets a listener for one connection from the peer it names\n"
     "  --accept-proxy         clients begin with a PROXY protocol header (v1 or v2)\n"
     "  --send-proxy v1|v2     begin each upstream connection with a PROXY protocol header\n"
     "  --connect-timeout SEC  give up connecting upstream after SEC seconds (default 10)\n"
@@ -108,6 +113,8 @@ struct command_line {
     tinyproxy::host_port forward;
     std::optional<tinyproxy::credentials> user;
     bool accept_proxy = false;
+    bool udp = true;  // SOCKS5 UDP ASSOCIATE served (--no-udp: refused)
+    bool bind = true; // SOCKS BIND served (--no-bind: refused)
     tinyproxy::proxy_protocol_version send_proxy = tinyproxy::proxy_protocol_version::none;
     enum class verbosity { quiet, normal, verbose } talk = verbosity::normal;
     std::vector<tinyproxy::toxic> toxics;   // --toxic, in the order given
@@ -347,6 +354,12 @@ command_line parse(int argc, char** argv) {
         } else if (flag == "--http-connect") {
             set_mode(cmd, mode_name::http_connect, flag);
             cmd.proxy_flags.push_back(flag);
+        } else if (flag == "--no-udp") {
+            cmd.udp = false;
+            cmd.proxy_flags.push_back(flag);
+        } else if (flag == "--no-bind") {
+            cmd.bind = false;
+            cmd.proxy_flags.push_back(flag);
         } else if (flag == "--accept-proxy") {
             cmd.accept_proxy = true;
             cmd.proxy_flags.push_back(flag);
@@ -411,7 +424,14 @@ std::string describe(const tinyproxy::session_event& event) {
     if (!r.target.host.empty()) {
         line += " -> " + r.target.to_string();
     }
-    if (r.connected) {
+    if (r.udp) {
+        const tinyproxy::datagram_counts& d = r.datagrams;
+        line += " udp relay " + r.upstream.to_string() + ": " + std::to_string(d.to_upstream) +
+                " datagrams up, " + std::to_string(d.to_client) + " down, " +
+                std::to_string(d.dropped()) + " dropped (" + std::to_string(d.dropped_fragment) +
+                " fragments, " + std::to_string(d.dropped_malformed) + " malformed, " +
+                std::to_string(d.dropped_source) + " from elsewhere)";
+    } else if (r.connected) {
         line += " (" + r.upstream.to_string() + ")";
     }
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(r.ended - r.started).count();
@@ -439,7 +459,10 @@ void print_summary(const tinyproxy::stats& s) {
               << s.failed << " failed (" << s.handshake_failures << " in handshake, "
               << s.connect_failures << " connecting), " << s.rejected_limit
               << " rejected by --max-connections, " << s.rejected_access << " by --allow; "
-              << s.bytes_to_upstream << " bytes up, " << s.bytes_to_client << " down\n";
+              << s.bytes_to_upstream << " bytes up, " << s.bytes_to_client << " down; "
+              << s.udp_associations << " UDP associations, " << s.datagrams_to_upstream
+              << " datagrams up, " << s.datagrams_to_client << " down, " << s.datagrams_dropped
+              << " dropped\n";
 }
 
 template <class Policy, class Mode>
@@ -601,6 +624,8 @@ int serve_mode(const command_line& cmd) {
     case mode_name::automatic: {
         tinyproxy::auto_mode::config cfg;
         cfg.socks.required = cmd.user;
+        cfg.socks.udp_associate = cmd.udp;
+        cfg.socks.bind = cmd.bind;
         cfg.http = http_config(cmd);
         return serve<Policy>(cmd, tinyproxy::auto_mode(std::move(cfg)));
     }
@@ -618,6 +643,8 @@ int serve_mode(const command_line& cmd) {
     }
     tinyproxy::socks_mode::config cfg;
     cfg.required = cmd.user;
+    cfg.udp_associate = cmd.udp;
+    cfg.bind = cmd.bind;
     return serve<Policy>(cmd, tinyproxy::socks_mode(cfg));
 }
 

@@ -851,4 +851,163 @@ TEST_CASE("socks_mode with credentials refuses SOCKS4 with 0x5B and takes nothin
           errc::protocol_error);
 }
 
+// --- BIND and UDP ASSOCIATE, when accepted ---------------------------------------------------
+
+namespace {
+
+socks5_handshake::config accepting_all() {
+    socks5_handshake::config cfg;
+    cfg.accept_bind = true;
+    cfg.accept_udp_associate = true;
+    return cfg;
+}
+
+auto socks5_accepting = [] { return socks5_handshake(accepting_all()); };
+
+/// The step a whole feed of `message` ends with (what check_splits does not keep: its kind).
+template <class Parser>
+handshake_step whole_step(Parser parser, const bytes& message) {
+    return parser.feed(byte_view{message.data(), message.size()});
+}
+
+} // namespace
+
+TEST_CASE("socks5 BIND, when accepted, asks for a listener for the expected peer") {
+    using request = handshake_step::request;
+    bytes request_v4 = {0x05, 0x02, 0x00, 0x01, 192, 0, 2, 1, 0x00, 0x15};
+    outcome o = check_splits(socks5_accepting, cat({no_auth_greeting, request_v4, pipelined}));
+    CHECK(o.what == action::connect);
+    CHECK(o.target.host == "192.0.2.1");
+    CHECK(o.target.port == 21);
+    CHECK(o.upstream == pipelined);
+    handshake_step step =
+        whole_step(socks5_handshake(accepting_all()), cat({no_auth_greeting, request_v4}));
+    CHECK(step.kind == request::bind);
+    CHECK(hex(step.to_client) == "05 00");
+
+    SUBCASE("port 0 is allowed: the client seldom knows the peer's port") {
+        bytes zero_port = request_v4;
+        zero_port[8] = 0;
+        zero_port[9] = 0;
+        o = check_splits(socks5_accepting, cat({no_auth_greeting, zero_port}));
+        CHECK(o.what == action::connect);
+        CHECK(o.target.port == 0);
+    }
+    SUBCASE("IPv6 and a name, too") {
+        bytes v6 = {0x05, 0x02, 0x00, 0x04, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0,
+                    0,    0,    0,    0,    0,    0,    0,    0,    1, 0, 0};
+        step = whole_step(socks5_handshake(accepting_all()), cat({no_auth_greeting, v6}));
+        CHECK(step.kind == request::bind);
+        CHECK(step.target.host == "2001:db8::1");
+        step = whole_step(socks5_handshake(accepting_all()),
+                          cat({no_auth_greeting, domain_request("ftp.example", 20, 0x02)}));
+        CHECK(step.kind == request::bind);
+        CHECK(step.target.host == "ftp.example");
+    }
+    SUBCASE("with credentials, only after them") {
+        socks5_handshake::config cfg = accepting_all();
+        cfg.required = alice();
+        auto make = [cfg] { return socks5_handshake(cfg); };
+        o = check_splits(make,
+                         cat({user_pass_greeting, auth_request("alice", "s3cret"), request_v4}));
+        CHECK(o.what == action::connect);
+        o = check_splits(make,
+                         cat({user_pass_greeting, auth_request("alice", "wrong"), request_v4}));
+        CHECK(o.what == action::fail);
+        CHECK(o.error == errc::auth_failed);
+    }
+}
+
+TEST_CASE("socks5 UDP ASSOCIATE, when accepted, names where the datagrams will come from") {
+    using request = handshake_step::request;
+    SUBCASE("an address and port") {
+        bytes r = {0x05, 0x03, 0x00, 0x01, 127, 0, 0, 1, 0x30, 0x39};
+        outcome o = check_splits(socks5_accepting, cat({no_auth_greeting, r}));
+        CHECK(o.what == action::connect);
+        CHECK(o.target.host == "127.0.0.1");
+        CHECK(o.target.port == 12345);
+        CHECK(whole_step(socks5_handshake(accepting_all()), cat({no_auth_greeting, r})).kind ==
+              request::udp_associate);
+    }
+    SUBCASE("0.0.0.0 and port 0: the client does not know yet") {
+        bytes r = {0x05, 0x03, 0x00, 0x01, 0, 0, 0, 0, 0, 0};
+        outcome o = check_splits(socks5_accepting, cat({no_auth_greeting, r}));
+        CHECK(o.what == action::connect);
+        CHECK(o.target.host == "0.0.0.0");
+        CHECK(o.target.port == 0);
+    }
+    SUBCASE("IPv6 ::, port 0") {
+        bytes r = {0x05, 0x03, 0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+        handshake_step step =
+            whole_step(socks5_handshake(accepting_all()), cat({no_auth_greeting, r}));
+        CHECK(step.what == action::connect);
+        CHECK(step.kind == request::udp_associate);
+        CHECK(step.target.host == "::");
+    }
+    SUBCASE("a CONNECT stays a CONNECT, port 0 still refused") {
+        CHECK(whole_step(socks5_handshake(accepting_all()), cat({no_auth_greeting, connect_ipv4}))
+                  .kind == request::connect);
+        bytes zero = connect_ipv4;
+        zero[8] = 0;
+        zero[9] = 0;
+        outcome o = check_splits(socks5_accepting, cat({no_auth_greeting, zero}));
+        CHECK(o.error == errc::invalid_address);
+        CHECK(hex(o.to_client) == "05 00 05 01 00 01 00 00 00 00 00 00");
+    }
+    SUBCASE("each accepted alone") {
+        socks5_handshake::config only_udp;
+        only_udp.accept_udp_associate = true;
+        bytes bind_r = {0x05, 0x02, 0x00, 0x01, 192, 0, 2, 1, 0x00, 0x15};
+        outcome o = check_splits([only_udp] { return socks5_handshake(only_udp); },
+                                 cat({no_auth_greeting, bind_r}));
+        CHECK(o.error == errc::unsupported_command);
+        CHECK(hex(o.to_client) == "05 00 05 07 00 01 00 00 00 00 00 00");
+        socks5_handshake::config only_bind;
+        only_bind.accept_bind = true;
+        bytes udp_r = {0x05, 0x03, 0x00, 0x01, 0, 0, 0, 0, 0, 0};
+        o = check_splits([only_bind] { return socks5_handshake(only_bind); },
+                         cat({no_auth_greeting, udp_r}));
+        CHECK(o.error == errc::unsupported_command);
+    }
+    SUBCASE("unknown commands still get 0x07") {
+        for (std::uint8_t command : bytes{0x00, 0x04, 0xFF}) {
+            bytes r = connect_ipv4;
+            r[1] = command;
+            outcome o = check_splits(socks5_accepting, cat({no_auth_greeting, r}));
+            CHECK(o.error == errc::unsupported_command);
+        }
+    }
+    SUBCASE("every truncation is need_more") {
+        check_truncations(socks5_accepting,
+                          cat({no_auth_greeting, {0x05, 0x03, 0x00, 0x01, 0, 0, 0, 0, 0, 0}}));
+    }
+}
+
+TEST_CASE("socks4 BIND, when accepted, asks for a listener for the expected peer") {
+    socks4_handshake::config cfg;
+    cfg.accept_bind = true;
+    auto make = [cfg] { return socks4_handshake(cfg); };
+    outcome o = check_splits(make, cat({socks4_request(0x02, 21, {192, 0, 2, 1}, "u"), pipelined}));
+    CHECK(o.what == action::connect);
+    CHECK(o.target.host == "192.0.2.1");
+    CHECK(o.target.port == 21);
+    CHECK(o.upstream == pipelined);
+    handshake_step step = whole_step(make(), socks4_request(0x02, 0, {192, 0, 2, 1}, "u"));
+    CHECK(step.what == action::connect);
+    CHECK(step.kind == handshake_step::request::bind);
+    CHECK(step.target.port == 0);
+    std::string host = "ftp.example";
+    step = whole_step(make(), socks4_request(0x02, 20, {0, 0, 0, 1}, "u", &host));
+    CHECK(step.kind == handshake_step::request::bind);
+    CHECK(step.target.host == "ftp.example");
+    // A CONNECT is still a CONNECT, port 0 still refused; unknown commands still 0x5B.
+    CHECK(whole_step(make(), socks4_request(0x01, 80, {192, 0, 2, 1}, "u")).kind ==
+          handshake_step::request::connect);
+    CHECK(check_splits(make, socks4_request(0x01, 0, {192, 0, 2, 1}, "u")).error ==
+          errc::invalid_address);
+    CHECK(check_splits(make, socks4_request(0x03, 80, {192, 0, 2, 1}, "u")).error ==
+          errc::unsupported_command);
+    check_truncations(make, socks4_request(0x02, 21, {192, 0, 2, 1}, "user"));
+}
+
 TEST_SUITE_END();

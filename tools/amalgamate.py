@@ -47,6 +47,8 @@ LAYERS = [
     "session/handshake.hpp",
     "session/connector.hpp",
     "session/tunnel.hpp",
+    "session/udp_association.hpp",
+    "session/bind_wait.hpp",
     "session.hpp",
     "session/blocking.hpp",
     "policy/detail/resolver.hpp",

@@ -3,7 +3,8 @@
 # curl (SOCKS4/4a/5, HTTP CONNECT and HTTP proxy client), wget (the HTTP forward proxy's second
 # client, tests/http), haproxy (PROXY protocol v1/v2 peer) and nginx
 # (a second PROXY protocol peer: its http module's `listen ... proxy_protocol`, so no stream
-# module is needed). Each program is checked first, so a machine that has them all runs no apt at
+# module is needed), and python3-socks (PySocks: the real SOCKS5 UDP client of tests/socks_udp).
+# Each program is checked first, so a machine that has them all runs no apt at
 # all; services the packages would start are kept from starting. Used by tools/test.sh, the
 # README's test command (and so by .ci/run).
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v wget >/dev/null 2>&1 || missing+=(wget)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+[ -f /usr/lib/python3/dist-packages/socks.py ] || missing+=(python3-socks)
 
 if ((${#missing[@]} == 0)); then
     exit 0

@@ -66,16 +66,20 @@ struct options : session_options {
 /// whether its session failed), but the byte counts and the failure reasons stay in the
 /// children, and read 0 (use `on_event`, which runs in the child, to see them).
 struct stats {
-    std::uint64_t accepted = 0;           ///< clients accepted (including those rejected)
-    std::uint64_t active = 0;             ///< sessions running now
-    std::uint64_t finished = 0;           ///< sessions ended cleanly
-    std::uint64_t failed = 0;             ///< sessions ended by an error, reset or timeout
-    std::uint64_t rejected_limit = 0;     ///< closed at once: past max_connections
-    std::uint64_t rejected_access = 0;    ///< closed at once: outside every allow range
-    std::uint64_t handshake_failures = 0; ///< failed before the Mode decided (incl. timeouts)
-    std::uint64_t connect_failures = 0;   ///< the upstream refused, did not resolve or timed out
-    std::uint64_t bytes_to_upstream = 0;  ///< bytes relayed client -> upstream (ended sessions)
-    std::uint64_t bytes_to_client = 0;    ///< bytes relayed upstream -> client (ended sessions)
+    std::uint64_t accepted = 0;              ///< clients accepted (including those rejected)
+    std::uint64_t active = 0;                ///< sessions running now
+    std::uint64_t finished = 0;              ///< sessions ended cleanly
+    std::uint64_t failed = 0;                ///< sessions ended by an error, reset or timeout
+    std::uint64_t rejected_limit = 0;        ///< closed at once: past max_connections
+    std::uint64_t rejected_access = 0;       ///< closed at once: outside every allow range
+    std::uint64_t handshake_failures = 0;    ///< failed before the Mode decided (incl. timeouts)
+    std::uint64_t connect_failures = 0;      ///< the upstream refused, did not resolve or timed out
+    std::uint64_t bytes_to_upstream = 0;     ///< bytes relayed client -> upstream (ended sessions)
+    std::uint64_t bytes_to_client = 0;       ///< bytes relayed upstream -> client (ended sessions)
+    std::uint64_t udp_associations = 0;      ///< UDP associations ended (SOCKS5 UDP ASSOCIATE)
+    std::uint64_t datagrams_to_upstream = 0; ///< their datagrams, client -> remotes
+    std::uint64_t datagrams_to_client = 0;   ///< their datagrams, remotes -> client
+    std::uint64_t datagrams_dropped = 0;     ///< fragments, malformed, other sources, ...
 };
 
 /// What a policy sees of a proxy: a listener, a stop signal, and sessions to run. Policies are
@@ -169,6 +173,10 @@ private:
     std::atomic<std::uint64_t> connect_failures_{0};
     std::atomic<std::uint64_t> bytes_to_upstream_{0};
     std::atomic<std::uint64_t> bytes_to_client_{0};
+    std::atomic<std::uint64_t> udp_associations_{0};
+    std::atomic<std::uint64_t> datagrams_to_upstream_{0};
+    std::atomic<std::uint64_t> datagrams_to_client_{0};
+    std::atomic<std::uint64_t> datagrams_dropped_{0};
 };
 
 /// A proxy: a Policy says how sessions are scheduled (thread_policy, fork_policy, poll_policy
@@ -386,6 +394,12 @@ template <class Mode>
 void proxy_server<Mode>::count_ended(const session_result& result) noexcept {
     bytes_to_upstream_.fetch_add(result.bytes_to_upstream, std::memory_order_relaxed);
     bytes_to_client_.fetch_add(result.bytes_to_client, std::memory_order_relaxed);
+    if (result.udp) {
+        udp_associations_.fetch_add(1, std::memory_order_relaxed);
+        datagrams_to_upstream_.fetch_add(result.datagrams.to_upstream, std::memory_order_relaxed);
+        datagrams_to_client_.fetch_add(result.datagrams.to_client, std::memory_order_relaxed);
+        datagrams_dropped_.fetch_add(result.datagrams.dropped(), std::memory_order_relaxed);
+    }
     if (!result.error) {
         finished_.fetch_add(1, std::memory_order_relaxed);
     } else {
@@ -420,6 +434,10 @@ stats proxy_server<Mode>::snapshot() const noexcept {
     out.connect_failures = connect_failures_.load(std::memory_order_relaxed);
     out.bytes_to_upstream = bytes_to_upstream_.load(std::memory_order_relaxed);
     out.bytes_to_client = bytes_to_client_.load(std::memory_order_relaxed);
+    out.udp_associations = udp_associations_.load(std::memory_order_relaxed);
+    out.datagrams_to_upstream = datagrams_to_upstream_.load(std::memory_order_relaxed);
+    out.datagrams_to_client = datagrams_to_client_.load(std::memory_order_relaxed);
+    out.datagrams_dropped = datagrams_dropped_.load(std::memory_order_relaxed);
     return out;
 }
 

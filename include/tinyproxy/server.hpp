@@ -130,6 +130,23 @@ enum class accept_status {
     stopped, ///< the proxy is stopping: the policy should wind down
 };
 
+/// What a UDP association (SOCKS5 UDP ASSOCIATE) relayed and dropped: datagrams each way and
+/// their data's bytes (headers not counted), and the drops by reason.
+struct datagram_counts {
+    std::uint64_t to_upstream = 0;       ///< datagrams from the client sent on to a remote
+    std::uint64_t to_client = 0;         ///< datagrams from a remote sent back to the client
+    std::uint64_t bytes_to_upstream = 0; ///< their data, client to remotes
+    std::uint64_t bytes_to_client = 0;   ///< their data, remotes to client
+    std::uint64_t dropped_fragment = 0;  ///< FRAG != 0: fragments are not reassembled
+    std::uint64_t dropped_malformed = 0; ///< a header that does not parse
+    std::uint64_t dropped_source = 0;    ///< from neither the client nor a remote it sent to
+    std::uint64_t dropped_other = 0;     ///< unresolved, other family, cut short, send failed
+
+    std::uint64_t dropped() const noexcept {
+        return dropped_fragment + dropped_malformed + dropped_source + dropped_other;
+    }
+};
+
 /// How a session ended.
 struct session_result {
     /// How far a session got before it ended.
@@ -148,6 +165,9 @@ struct session_result {
     host_port target;   ///< where the Mode sent it (empty before it decided)
     endpoint upstream;  ///< the address connected to, once connected
     std::string stages; ///< what stages the tunnel had (tunnel_stages::label)
+    /// A UDP association's datagrams (its bytes are also in bytes_to_upstream/_client).
+    datagram_counts datagrams;
+    bool udp = false;   ///< the session was a UDP association (SOCKS5 UDP ASSOCIATE)
     time_point started; ///< when the session started
     time_point ended;   ///< when it ended
 };

@@ -23,13 +23,19 @@
 #include "tinyproxy/session/handshake.hpp"
 #include "tinyproxy/session/connector.hpp"
 #include "tinyproxy/session/tunnel.hpp"
+#include "tinyproxy/session/udp_association.hpp"
+#include "tinyproxy/session/bind_wait.hpp"
 
 namespace tinyproxy {
 
 /// One client's session, driven by readiness: the Session calls a policy makes (server.hpp),
 /// for any Mode session (mode/mode.hpp). It keeps the client socket and the result, and hands
 /// the client to each part in turn: the handshake driver until the Mode decides, the connector
-/// until an upstream connects (or the Mode's failure reply is sent), then the tunnel.
+/// until an upstream connects (or the Mode's failure reply is sent), then the tunnel. A step
+/// of kind `request::bind` waits for a connection from the peer instead of connecting
+/// (detail::bind_wait: the Mode is asked for two replies, the listening address and the peer),
+/// and one of kind `request::udp_associate` relays datagrams (detail::udp_association) until
+/// the client closes its connection or the association is idle for the idle timeout.
 ///
 /// The entry points never throw: an exception from the Mode (out of memory, or a bug) ends
 /// the session with `std::errc::not_enough_memory`, so one client cannot stop an event loop.
@@ -59,16 +65,26 @@ public:
     short upstream_events() const noexcept;
     /// Whether to poll a socket even when its events are 0 (to hear of a reset).
     bool watch_client() const noexcept {
-        return state_ == state::relaying ? tunnel_.watch_client() : client_events() != 0;
+        return state_ == state::relaying                                  ? tunnel_.watch_client()
+               : state_ == state::associating || state_ == state::binding ? true
+                                                                          : client_events() != 0;
     }
     bool watch_upstream() const noexcept {
         return state_ == state::relaying ? tunnel_.watch_upstream() : upstream_events() != 0;
     }
     time_point deadline() const noexcept;
 
-    bool wants_resolve() const noexcept { return state_ == state::resolving; }
-    /// Where the Mode sent the client (empty before it decided).
-    const host_port& resolve_target() const noexcept { return connector_.target(); }
+    bool wants_resolve() const noexcept {
+        return state_ == state::resolving ||
+               (state_ == state::associating && association_.wants_resolve());
+    }
+    /// Where the Mode sent the client (empty before it decided), or the name a datagram of a
+    /// UDP association is for.
+    const host_port& resolve_target() const noexcept {
+        return state_ == state::associating ? association_.resolve_target()
+               : bind_target_.host.empty()  ? connector_.target()
+                                            : bind_target_;
+    }
     void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now) noexcept;
 
     /// Readiness (revents) for each socket; 0 for one that is not ready. `rounds`: the most
@@ -88,7 +104,10 @@ public:
     bool done() const noexcept { return state_ == state::done; }
     /// The last on_ready() moved as much as one call may (relay::saturated()): a bulk transfer
     /// that has more to move. An event loop serves the other tunnels first.
-    bool saturated() const noexcept { return state_ == state::relaying && tunnel_.saturated(); }
+    bool saturated() const noexcept {
+        return (state_ == state::relaying && tunnel_.saturated()) ||
+               (state_ == state::associating && association_.saturated());
+    }
     const session_result& result() const noexcept { return result_; }
 
 private:
@@ -97,6 +116,8 @@ private:
         resolving,   // waiting for the driver to resolve the target
         connecting,  // a non-blocking connect in progress
         relaying,    // tunnel up
+        binding,     // a BIND: waiting for the peer to connect
+        associating, // a UDP ASSOCIATE: relaying datagrams
         failing,     // sending the Mode's failure reply, then closing
         done,
     };
@@ -105,6 +126,15 @@ private:
     /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
+    /// A UDP ASSOCIATE: the relay socket opens on the address the client reached us on.
+    void start_association(const host_port& source, time_point now);
+    /// A BIND: the listener opens there too, once the expected peer's addresses are known.
+    void start_bind(std::vector<endpoint> expected, time_point now);
+    /// The expected peer has connected: the Mode's second reply, then a tunnel to it.
+    void bound(time_point now);
+    /// The client's readiness while binding or associating: the replies owed go out, and a
+    /// close (or, for an association, any bytes) is read.
+    void control_ready(short client_revents, std::uint8_t* scratch, std::size_t scratch_size);
     /// The tunnel handed the client back (stage_context::hand_back): the upstream closes, and
     /// the Mode decides again, under a new handshake deadline.
     void take_back(time_point now);
@@ -125,6 +155,9 @@ private:
     detail::handshake_driver<ModeSession> handshake_;
     detail::connector connector_;
     detail::tunnel tunnel_;
+    detail::udp_association association_;
+    detail::bind_wait bind_wait_;
+    host_port bind_target_; // a BIND's peer, while its name is resolved
     session_options limits_;
     client_socket_setup client_setup_;
     std::uint64_t serial_;
@@ -159,6 +192,10 @@ int basic_session<ModeSession>::upstream_fd() const noexcept {
         return connector_.upstream_fd();
     case state::relaying:
         return tunnel_.upstream_fd();
+    case state::binding:
+        return bind_wait_.fd();
+    case state::associating:
+        return association_.fd();
     default:
         return -1;
     }
@@ -173,6 +210,10 @@ short basic_session<ModeSession>::client_events() const noexcept {
         return POLLOUT;
     case state::relaying:
         return tunnel_.client_events();
+    case state::binding: // not read until the tunnel: only its close is heard, where it can be
+        return handshake_.owes_client() ? POLLOUT : detail::peer_closed_event;
+    case state::associating:
+        return handshake_.owes_client() ? POLLOUT : POLLIN | detail::peer_closed_event;
     default:
         return 0;
     }
@@ -185,6 +226,10 @@ short basic_session<ModeSession>::upstream_events() const noexcept {
         return POLLOUT;
     case state::relaying:
         return tunnel_.upstream_events();
+    case state::binding:
+        return detail::bind_wait::events();
+    case state::associating:
+        return detail::udp_association::events();
     default:
         return 0;
     }
@@ -196,11 +241,16 @@ time_point basic_session<ModeSession>::deadline() const noexcept {
     case state::handshaking:
     case state::failing:
         return handshake_.deadline();
-    case state::resolving:
+    case state::resolving: // a BIND's peer is resolved under the handshake's deadline
+        return bind_target_.host.empty() ? connector_.deadline() : handshake_.deadline();
     case state::connecting:
         return connector_.deadline();
     case state::relaying:
         return tunnel_.deadline();
+    case state::binding:
+        return bind_wait_.deadline();
+    case state::associating:
+        return association_.deadline();
     default:
         return time_point::max();
     }
@@ -223,6 +273,20 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
     case mode_step::action::connect:
         result_.stage = session_result::stage_type::connect;
         result_.target = step.target;
+        if (step.kind == mode_step::request::udp_associate) {
+            start_association(step.target, now);
+            return;
+        }
+        if (step.kind == mode_step::request::bind) {
+            // The peer to wait for, not one to connect to: only a name needs the driver.
+            if (auto numeric = step.target.numeric_address()) {
+                start_bind({endpoint{*numeric, step.target.port}}, now);
+            } else {
+                bind_target_ = std::move(step.target);
+                state_ = state::resolving;
+            }
+            return;
+        }
         follow(connector_.begin(std::move(step.target), now, limits_.connect_timeout), now);
         return;
     case mode_step::action::fail:
@@ -265,8 +329,22 @@ void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, s
                                              time_point now) noexcept try {
     now_ = now;
     // Before the Mode decided, too: a driver (a test, say) may hand it addresses of its own.
+    if (state_ == state::associating) {
+        association_.on_resolved(candidates, ec, now);
+        return;
+    }
     if (state_ != state::resolving && state_ != state::handshaking) {
         return; // ended meanwhile
+    }
+    if (!bind_target_.host.empty()) {
+        bind_target_ = host_port{};
+        if (ec || candidates.empty()) {
+            std::error_code why = make_error_code(errc::name_not_resolved);
+            fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
+            return;
+        }
+        start_bind(std::move(candidates), now);
+        return;
     }
     follow(connector_.on_resolved(std::move(candidates), ec), now);
 } catch (...) {
@@ -292,6 +370,115 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
     state_ = state::relaying;
     if (limits_.stages || detail::gives_stages<ModeSession>::value) {
         give_stages();
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::start_association(const host_port& source, time_point now) {
+    result_.udp = true;
+    std::error_code ec;
+    // The relay listens where the client reached us, and takes datagrams from where it is.
+    endpoint local = client_.local_endpoint(ec);
+    // The client as its result names it: a PROXY header's source, whose datagrams come straight
+    // to us, not through the balancer that carried its TCP connection.
+    endpoint client = result_.client;
+    if (!ec && client == endpoint{}) {
+        client = client_.remote_endpoint(ec);
+    }
+    if (!ec) {
+        ec = association_.open(local, client.address, source, limits_, now);
+    }
+    if (ec) {
+        fail_with_reply(ec, handshake_.mode().on_connected(ec, endpoint{}, endpoint{}), now);
+        return;
+    }
+    result_.upstream = association_.relay_address();
+    result_.connected = true;
+    result_.stage = session_result::stage_type::relay;
+    handshake_.owe(handshake_.mode().on_connected({}, association_.relay_address(), endpoint{}));
+    state_ = state::associating;
+    if (std::error_code send_error = handshake_.send(client_)) {
+        finish(send_error);
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::start_bind(std::vector<endpoint> expected, time_point now) {
+    std::vector<ip_address> addresses;
+    for (const endpoint& e : expected) {
+        if (!e.address.is_unspecified()) { // 0.0.0.0 or ::: the client does not know; any peer
+            addresses.push_back(e.address);
+        }
+    }
+    std::error_code ec;
+    endpoint local = client_.local_endpoint(ec);
+    if (!ec) {
+        ec = bind_wait_.open(local, std::move(addresses), now, limits_.connect_timeout);
+    }
+    if (ec) {
+        fail_with_reply(ec, handshake_.mode().on_connected(ec, endpoint{}, endpoint{}), now);
+        return;
+    }
+    handshake_.owe(handshake_.mode().on_connected({}, bind_wait_.listening(), endpoint{}));
+    state_ = state::binding;
+    if (std::error_code send_error = handshake_.send(client_)) {
+        finish(send_error);
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::bound(time_point now) {
+    socket peer = bind_wait_.take_peer();
+    const endpoint remote = bind_wait_.peer();
+    result_.upstream = remote;
+    result_.connected = true;
+    result_.stage = session_result::stage_type::relay;
+    std::error_code ignored;
+    endpoint local = peer.local_endpoint(ignored);
+    std::vector<std::uint8_t> reply = handshake_.mode().on_connected({}, local, remote);
+    tunnel_.start(client_, client_setup_.nodelay, std::move(peer), handshake_.unsent_to_client(),
+                  reply, handshake_.to_upstream(), limits_, now);
+    handshake_.release();
+    state_ = state::relaying;
+    if (limits_.stages || detail::gives_stages<ModeSession>::value) {
+        give_stages();
+    }
+    if (state_ == state::relaying) {
+        relay_ready(0, 0, now, nullptr, 0); // the second reply goes now
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::control_ready(short client_revents, std::uint8_t* scratch,
+                                               std::size_t scratch_size) {
+    if (handshake_.owes_client()) {
+        if (std::error_code ec = handshake_.send(client_)) {
+            finish(ec);
+        }
+        return;
+    }
+    if (state_ == state::binding) {
+        // Not read (its bytes are for the peer, later): only a hang-up ends the wait.
+        if ((client_revents & (POLLHUP | POLLERR | detail::peer_closed_event)) != 0) {
+            finish(make_error_code(errc::handshake_incomplete));
+        }
+        return;
+    }
+    // An association's control connection carries nothing more; its close ends the association
+    // (RFC 1928 section 7), and whatever it sends is read and let go.
+    for (int n = 0; n < 4; ++n) {
+        std::error_code ec;
+        std::size_t got = client_.receive(scratch, scratch_size, ec);
+        if (ec) {
+            if (!detail::would_block(ec)) {
+                finish(ec);
+            }
+            return;
+        }
+        if (got == 0) {
+            finish({});
+            return;
+        }
     }
 }
 
@@ -388,6 +575,29 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
             relay_ready(client_revents, upstream_revents, now, scratch, scratch_size, rounds);
         }
         return;
+    case state::binding: {
+        if (client_revents != 0) {
+            control_ready(client_revents, scratch, scratch_size);
+        }
+        if (state_ != state::binding || upstream_revents == 0) {
+            return;
+        }
+        std::error_code ec;
+        if (bind_wait_.on_ready(ec)) {
+            bound(now);
+        } else if (ec) {
+            fail_with_reply(ec, handshake_.mode().on_connected(ec, endpoint{}, endpoint{}), now);
+        }
+        return;
+    }
+    case state::associating:
+        if (client_revents != 0) {
+            control_ready(client_revents, scratch, scratch_size);
+        }
+        if (state_ == state::associating && upstream_revents != 0) {
+            association_.on_ready(scratch, scratch_size, now);
+        }
+        return;
     case state::failing:
         if (client_revents != 0) {
             std::error_code ec = handshake_.send(client_);
@@ -414,8 +624,25 @@ void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
         finish(make_error_code(errc::handshake_timeout));
         return;
     case state::resolving:
+        if (!bind_target_.host.empty()) { // a BIND's peer did not resolve in time
+            bind_target_ = host_port{};
+            std::error_code why = make_error_code(errc::connect_timeout);
+            fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
+            return;
+        }
+        follow(connector_.on_deadline(), now);
+        return;
     case state::connecting:
         follow(connector_.on_deadline(), now);
+        return;
+    case state::binding: { // no peer came in time
+        bind_wait_.close();
+        std::error_code why = make_error_code(errc::connect_timeout);
+        fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
+        return;
+    }
+    case state::associating:
+        finish(make_error_code(errc::idle_timeout));
         return;
     case state::relaying:
         if (tunnel_.relay_due(now)) {
@@ -437,7 +664,9 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
     if (state_ == state::done) {
         return;
     }
-    tunnel_.close(result_); // its relay's pipes, if it spliced, close with the sockets
+    tunnel_.close(result_);      // its relay's pipes, if it spliced, close with the sockets
+    association_.close(result_); // the UDP socket closes with the control connection
+    bind_wait_.close();
     connector_.close();
     if (!result_.error) {
         result_.error = why;

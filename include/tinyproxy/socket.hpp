@@ -2,8 +2,10 @@
 // RAII descriptors and TCP sockets: listen, accept, connect with a deadline, send, receive.
 #pragma once
 
+#include <array>        // IPv4-mapped addresses
 #include <atomic>       // the stop signal, set from any thread or a signal handler
 #include <cstddef>      // std::size_t
+#include <cstring>      // std::memcpy
 #include <string>       // error messages
 #include <system_error> // error reporting
 #include <utility>      // std::exchange
@@ -179,6 +181,38 @@ private:
     endpoint local_;
 };
 
+/// A non-blocking UDP socket bound to one address: what a SOCKS5 UDP association relays through.
+class datagram_socket {
+public:
+    datagram_socket() noexcept = default;
+
+    /// Binds `where` (port 0: any free port; an IPv6 socket takes IPv6 only), non-blocking.
+    static datagram_socket open(const endpoint& where, std::error_code& ec) noexcept;
+    /// Binds every address of both families ([::] with IPv4 mapped in), a free port: one socket
+    /// that reaches IPv4 and IPv6 peers alike, from whichever local address routes there.
+    /// Where the host has no IPv6, 0.0.0.0. IPv4 peers are named as IPv4, never as ::ffff:...
+    static datagram_socket open_any(std::error_code& ec) noexcept;
+
+    /// One datagram into `data`: its full length (more than `size` when it was cut short, where
+    /// the platform says so), and its sender in `from`. would_block when there is none.
+    std::size_t receive_from(void* data, std::size_t size, endpoint& from,
+                             std::error_code& ec) noexcept;
+    /// Sends one datagram to `to`; would_block when the socket's buffer is full.
+    void send_to(const void* data, std::size_t size, const endpoint& to,
+                 std::error_code& ec) noexcept;
+
+    int native_handle() const noexcept { return fd_.get(); }
+    explicit operator bool() const noexcept { return static_cast<bool>(fd_); }
+    /// The bound address, with the real port when port 0 was asked for.
+    endpoint local_endpoint() const noexcept { return local_; }
+    void close() noexcept { fd_.reset(); }
+
+private:
+    unique_fd fd_;
+    endpoint local_;
+    bool dual_stack_ = false; // an IPv6 socket that takes IPv4 too, as ::ffff:a.b.c.d
+};
+
 /// Starts a non-blocking connect to `to`. On return either the socket is connecting or
 /// connected (ec empty; `connected` tells which) or ec says why it failed at once.
 socket start_connect(const endpoint& to, bool& connected, std::error_code& ec) noexcept;
@@ -338,6 +372,84 @@ inline socket listener::accept(endpoint& peer, bool nonblocking, std::error_code
     }
     peer = from_sockaddr(reinterpret_cast<sockaddr*>(&storage), sizeof storage);
     return socket(unique_fd(fd));
+}
+
+inline datagram_socket datagram_socket::open(const endpoint& where, std::error_code& ec) noexcept {
+    ec.clear();
+    int family = where.address.is_v6() ? AF_INET6 : AF_INET;
+    unique_fd fd(detail::open_socket(family, SOCK_DGRAM, true, ec));
+    if (ec) {
+        return {};
+    }
+    if (family == AF_INET6 && !detail::set_int_option(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1, ec)) {
+        return {};
+    }
+    sockaddr_storage storage{};
+    socklen_t length = to_sockaddr(where, storage);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&storage), length) < 0) {
+        ec = detail::last_error();
+        return {};
+    }
+    datagram_socket out;
+    out.local_ = detail::socket_name(fd.get(), false, ec);
+    if (ec) {
+        return {};
+    }
+    out.fd_ = std::move(fd);
+    return out;
+}
+
+inline datagram_socket datagram_socket::open_any(std::error_code& ec) noexcept {
+    ec.clear();
+    unique_fd fd(detail::open_socket(AF_INET6, SOCK_DGRAM, true, ec));
+    if (ec || !detail::set_int_option(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 0, ec)) {
+        return open(endpoint{}, ec); // no IPv6 here: IPv4 alone
+    }
+    sockaddr_storage storage{};
+    socklen_t length = to_sockaddr(endpoint{ip_address::any_v6(), 0}, storage);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&storage), length) < 0) {
+        ec = detail::last_error();
+        return {};
+    }
+    datagram_socket out;
+    out.local_ = detail::socket_name(fd.get(), false, ec);
+    if (ec) {
+        return {};
+    }
+    out.fd_ = std::move(fd);
+    out.dual_stack_ = true;
+    return out;
+}
+
+inline std::size_t datagram_socket::receive_from(void* data, std::size_t size, endpoint& from,
+                                                 std::error_code& ec) noexcept {
+    ec.clear();
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+    std::size_t n = detail::recvfrom_some(fd_.get(), data, size, storage, length, ec);
+    if (!ec) {
+        from = from_sockaddr(reinterpret_cast<sockaddr*>(&storage), length);
+        if (dual_stack_) {
+            from.address = detail::unmapped(from.address);
+        }
+    }
+    return n;
+}
+
+inline void datagram_socket::send_to(const void* data, std::size_t size, const endpoint& to,
+                                     std::error_code& ec) noexcept {
+    ec.clear();
+    sockaddr_storage storage{};
+    endpoint destination = to;
+    if (dual_stack_ && to.address.is_v4()) { // ::ffff:a.b.c.d
+        std::array<std::uint8_t, 16> mapped{};
+        mapped[10] = 0xFF;
+        mapped[11] = 0xFF;
+        std::memcpy(mapped.data() + 12, to.address.bytes().data(), 4);
+        destination.address = ip_address::v6(mapped);
+    }
+    socklen_t length = to_sockaddr(destination, storage);
+    detail::sendto_some(fd_.get(), data, size, reinterpret_cast<sockaddr*>(&storage), length, ec);
 }
 
 inline socket start_connect(const endpoint& to, bool& connected, std::error_code& ec) noexcept {

@@ -1752,6 +1752,49 @@ inline std::size_t send_some(int fd, const void* data, std::size_t size, std::er
     }
 }
 
+/// recvfrom(2) of one datagram: its length (MSG_TRUNC where the platform has it: a datagram
+/// longer than `size` reports its full length, so the caller can tell it was cut), and the
+/// sender in `from`; EINTR retried; EAGAIN as for recv_some.
+inline std::size_t recvfrom_some(int fd, void* data, std::size_t size, sockaddr_storage& from,
+                                 socklen_t& from_length, std::error_code& ec) noexcept {
+#ifdef MSG_TRUNC
+    const int flags = MSG_TRUNC;
+#else
+    const int flags = 0;
+#endif
+    for (;;) {
+        from_length = sizeof from;
+        ssize_t n =
+            ::recvfrom(fd, data, size, flags, reinterpret_cast<sockaddr*>(&from), &from_length);
+        if (n >= 0) {
+            return static_cast<std::size_t>(n);
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+}
+
+/// sendto(2) of one datagram; never raises SIGPIPE; EINTR retried.
+inline std::size_t sendto_some(int fd, const void* data, std::size_t size, const sockaddr* to,
+                               socklen_t to_length, std::error_code& ec) noexcept {
+    int flags = 0;
+#if TINYPROXY_HAS_MSG_NOSIGNAL
+    flags |= MSG_NOSIGNAL;
+#endif
+    for (;;) {
+        ssize_t n = ::sendto(fd, data, size, flags, to, to_length);
+        if (n >= 0) {
+            return static_cast<std::size_t>(n);
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+}
+
 inline bool shutdown_socket(int fd, int how, std::error_code& ec) noexcept {
     if (::shutdown(fd, how) < 0) {
         ec = last_error();
@@ -2097,8 +2140,10 @@ inline void close_descriptors_except(const int* keep, std::size_t count) noexcep
 // ---- begin tinyproxy/socket.hpp ----
 // RAII descriptors and TCP sockets: listen, accept, connect with a deadline, send, receive.
 
+#include <array>        // IPv4-mapped addresses
 #include <atomic>       // the stop signal, set from any thread or a signal handler
 #include <cstddef>      // std::size_t
+#include <cstring>      // std::memcpy
 #include <string>       // error messages
 #include <system_error> // error reporting
 #include <utility>      // std::exchange
@@ -2274,6 +2319,38 @@ private:
     endpoint local_;
 };
 
+/// A non-blocking UDP socket bound to one address: what a SOCKS5 UDP association relays through.
+class datagram_socket {
+public:
+    datagram_socket() noexcept = default;
+
+    /// Binds `where` (port 0: any free port; an IPv6 socket takes IPv6 only), non-blocking.
+    static datagram_socket open(const endpoint& where, std::error_code& ec) noexcept;
+    /// Binds every address of both families ([::] with IPv4 mapped in), a free port: one socket
+    /// that reaches IPv4 and IPv6 peers alike, from whichever local address routes there.
+    /// Where the host has no IPv6, 0.0.0.0. IPv4 peers are named as IPv4, never as ::ffff:...
+    static datagram_socket open_any(std::error_code& ec) noexcept;
+
+    /// One datagram into `data`: its full length (more than `size` when it was cut short, where
+    /// the platform says so), and its sender in `from`. would_block when there is none.
+    std::size_t receive_from(void* data, std::size_t size, endpoint& from,
+                             std::error_code& ec) noexcept;
+    /// Sends one datagram to `to`; would_block when the socket's buffer is full.
+    void send_to(const void* data, std::size_t size, const endpoint& to,
+                 std::error_code& ec) noexcept;
+
+    int native_handle() const noexcept { return fd_.get(); }
+    explicit operator bool() const noexcept { return static_cast<bool>(fd_); }
+    /// The bound address, with the real port when port 0 was asked for.
+    endpoint local_endpoint() const noexcept { return local_; }
+    void close() noexcept { fd_.reset(); }
+
+private:
+    unique_fd fd_;
+    endpoint local_;
+    bool dual_stack_ = false; // an IPv6 socket that takes IPv4 too, as ::ffff:a.b.c.d
+};
+
 /// Starts a non-blocking connect to `to`. On return either the socket is connecting or
 /// connected (ec empty; `connected` tells which) or ec says why it failed at once.
 socket start_connect(const endpoint& to, bool& connected, std::error_code& ec) noexcept;
@@ -2433,6 +2510,84 @@ inline socket listener::accept(endpoint& peer, bool nonblocking, std::error_code
     }
     peer = from_sockaddr(reinterpret_cast<sockaddr*>(&storage), sizeof storage);
     return socket(unique_fd(fd));
+}
+
+inline datagram_socket datagram_socket::open(const endpoint& where, std::error_code& ec) noexcept {
+    ec.clear();
+    int family = where.address.is_v6() ? AF_INET6 : AF_INET;
+    unique_fd fd(detail::open_socket(family, SOCK_DGRAM, true, ec));
+    if (ec) {
+        return {};
+    }
+    if (family == AF_INET6 && !detail::set_int_option(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 1, ec)) {
+        return {};
+    }
+    sockaddr_storage storage{};
+    socklen_t length = to_sockaddr(where, storage);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&storage), length) < 0) {
+        ec = detail::last_error();
+        return {};
+    }
+    datagram_socket out;
+    out.local_ = detail::socket_name(fd.get(), false, ec);
+    if (ec) {
+        return {};
+    }
+    out.fd_ = std::move(fd);
+    return out;
+}
+
+inline datagram_socket datagram_socket::open_any(std::error_code& ec) noexcept {
+    ec.clear();
+    unique_fd fd(detail::open_socket(AF_INET6, SOCK_DGRAM, true, ec));
+    if (ec || !detail::set_int_option(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, 0, ec)) {
+        return open(endpoint{}, ec); // no IPv6 here: IPv4 alone
+    }
+    sockaddr_storage storage{};
+    socklen_t length = to_sockaddr(endpoint{ip_address::any_v6(), 0}, storage);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&storage), length) < 0) {
+        ec = detail::last_error();
+        return {};
+    }
+    datagram_socket out;
+    out.local_ = detail::socket_name(fd.get(), false, ec);
+    if (ec) {
+        return {};
+    }
+    out.fd_ = std::move(fd);
+    out.dual_stack_ = true;
+    return out;
+}
+
+inline std::size_t datagram_socket::receive_from(void* data, std::size_t size, endpoint& from,
+                                                 std::error_code& ec) noexcept {
+    ec.clear();
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+    std::size_t n = detail::recvfrom_some(fd_.get(), data, size, storage, length, ec);
+    if (!ec) {
+        from = from_sockaddr(reinterpret_cast<sockaddr*>(&storage), length);
+        if (dual_stack_) {
+            from.address = detail::unmapped(from.address);
+        }
+    }
+    return n;
+}
+
+inline void datagram_socket::send_to(const void* data, std::size_t size, const endpoint& to,
+                                     std::error_code& ec) noexcept {
+    ec.clear();
+    sockaddr_storage storage{};
+    endpoint destination = to;
+    if (dual_stack_ && to.address.is_v4()) { // ::ffff:a.b.c.d
+        std::array<std::uint8_t, 16> mapped{};
+        mapped[10] = 0xFF;
+        mapped[11] = 0xFF;
+        std::memcpy(mapped.data() + 12, to.address.bytes().data(), 4);
+        destination.address = ip_address::v6(mapped);
+    }
+    socklen_t length = to_sockaddr(destination, storage);
+    detail::sendto_some(fd_.get(), data, size, reinterpret_cast<sockaddr*>(&storage), length, ec);
 }
 
 inline socket start_connect(const endpoint& to, bool& connected, std::error_code& ec) noexcept {
@@ -2816,13 +2971,25 @@ struct credentials {
 /// it has been fed so far. The caller does the I/O: it sends `to_client` (whatever the action),
 /// then, for need_more, feeds the client's next bytes; for connect, connects to `target` and
 /// sends `to_upstream` before anything else; for fail, closes once `to_client` is out.
+///
+/// A connect step is one of three requests (`kind`), as SOCKS has them: a TCP connection to
+/// `target` (CONNECT); a listener that waits for one connection from `target` (BIND, SOCKS4 and
+/// SOCKS5); a UDP relay for the client, whose datagrams come from `target` when that is not
+/// empty or zero (UDP ASSOCIATE, SOCKS5).
 struct handshake_step {
     enum class action {
         need_more, ///< send `to_client` (if any), then feed the client's next bytes
         connect,   ///< connect to `target`, then send `to_upstream` first
         fail,      ///< send `to_client` (if any), then close; `error` says why
     };
+    /// What a connect step asks for (see above).
+    enum class request {
+        connect,       ///< a TCP connection to `target`
+        bind,          ///< accept one TCP connection from `target`
+        udp_associate, ///< relay UDP for a client whose datagrams come from `target`
+    };
     action what = action::need_more;
+    request kind = request::connect;
     std::vector<std::uint8_t> to_client;
     host_port target;
     /// For connect: bytes the client sent after its request (pipelined), to go upstream first
@@ -2840,6 +3007,13 @@ struct handshake_step {
         s.what = action::connect;
         s.target = std::move(where);
         s.to_upstream = std::move(first_bytes);
+        return s;
+    }
+    /// A connect step for a request other than CONNECT (BIND, UDP ASSOCIATE).
+    static handshake_step request_for(request what, host_port where,
+                                      std::vector<std::uint8_t> first_bytes = {}) {
+        handshake_step s = connect_to(std::move(where), std::move(first_bytes));
+        s.kind = what;
         return s;
     }
     static handshake_step fail(std::error_code why, std::vector<std::uint8_t> reply = {}) {
@@ -5134,16 +5308,19 @@ namespace tinyproxy {
 ///  - fail:
 ///     * not SOCKS4 (first byte not 4): nothing (unsupported_version), at the first byte;
 ///     * user id or host name past its bound: message_too_large;
-///     * a command other than CONNECT (BIND is 2): unsupported_command, once the whole request
-///       is in;
+///     * a command other than CONNECT, or BIND (2) when `config` does not accept it:
+///       unsupported_command, once the whole request is in;
 ///     * a SOCKS4a host name that is empty or holds a control character: name_not_resolved;
-///     * DSTPORT 0: invalid_address.
+///     * DSTPORT 0 in a CONNECT: invalid_address.
+/// An accepted BIND answers a connect step of kind `request::bind` naming the peer the client
+/// expects (DSTPORT 0 allowed); the caller sends connected(listening), then connected(peer).
 /// Any feed after a connect or fail step answers fail(protocol_error) with nothing to send.
 class socks4_handshake {
 public:
     struct config {
         std::size_t max_user_id = 255;   ///< bytes before the user id's NUL
         std::size_t max_host_name = 255; ///< bytes before the SOCKS4a host name's NUL
+        bool accept_bind = false;        ///< BIND is a request; unset, it gets 0x5B
     };
 
     static constexpr std::uint8_t version = 4;
@@ -5249,8 +5426,9 @@ inline handshake_step socks4_handshake::finish(byte_reader& input) {
     std::uint8_t command = header.u8();
     std::uint16_t port = header.u16();
     byte_view ip = header.bytes(4);
-    if (command != command_connect) {
-        return fail_with(errc::unsupported_command); // BIND, or no command at all
+    const bool bind = command == command_bind && config_.accept_bind;
+    if (command != command_connect && !bind) {
+        return fail_with(errc::unsupported_command); // BIND not accepted, or no command at all
     }
     host_port target;
     if (is_socks4a()) {
@@ -5261,13 +5439,14 @@ inline handshake_step socks4_handshake::finish(byte_reader& input) {
     } else {
         target.host = ip_address::v4({ip[0], ip[1], ip[2], ip[3]}).to_string();
     }
-    if (port == 0) {
+    if (port == 0 && !bind) { // a BIND may leave the port to us: the client seldom knows it
         return fail_with(errc::invalid_address);
     }
     target.port = port;
     byte_view rest = input.rest();
-    return handshake_step::connect_to(std::move(target),
-                                      std::vector<std::uint8_t>(rest.begin(), rest.end()));
+    return handshake_step::request_for(
+        bind ? handshake_step::request::bind : handshake_step::request::connect, std::move(target),
+        std::vector<std::uint8_t>(rest.begin(), rest.end()));
 }
 
 inline handshake_step socks4_handshake::fail_with(std::error_code why, bool reply) {
@@ -5344,12 +5523,20 @@ namespace tinyproxy {
 ///     * RFC 1929 version not 1: {1, 1} (unsupported_version); bad credentials: {1, 1}
 ///       (auth_failed);
 ///     * request version not 5: REP 0x01 (unsupported_version);
-///     * a command other than CONNECT (BIND, UDP ASSOCIATE, ...): REP 0x07 (unsupported_command);
+///     * a command other than CONNECT, BIND and UDP ASSOCIATE, or BIND or UDP ASSOCIATE when
+///       `config` does not accept it: REP 0x07 (unsupported_command);
 ///     * ATYP other than 1, 3, 4: REP 0x08 (unsupported_address_type), as soon as ATYP arrives,
 ///       since the request's length is then unknown;
 ///     * a domain name that is empty or holds a control character (NUL included): REP 0x04
 ///       (name_not_resolved: no such name can resolve);
-///     * port 0: REP 0x01 (invalid_address).
+///     * port 0 in a CONNECT: REP 0x01 (invalid_address).
+///
+/// A BIND (when accepted) answers a connect step of kind `request::bind` naming the peer the
+/// client expects (port 0 allowed: a client seldom knows it); the caller then sends
+/// connected(listening), and connected(peer) once the peer has connected. A UDP ASSOCIATE
+/// answers kind `request::udp_associate` naming where the client's datagrams will come from
+/// (0.0.0.0 and port 0 allowed: the client may not know); the caller sends
+/// connected(relay address) and relays until the client closes this connection.
 ///
 /// Domain names are otherwise passed through as given (up to 255 bytes, as the protocol allows);
 /// an IPv4 or IPv6 target comes out as its numeric text. Any feed after a connect or fail step
@@ -5360,6 +5547,8 @@ public:
         /// Set: only USERNAME/PASSWORD (method 0x02) is accepted, with exactly these
         /// credentials. Unset: only NO AUTHENTICATION REQUIRED (0x00).
         std::optional<credentials> required;
+        bool accept_bind = false;          ///< BIND is a request; unset, it gets REP 0x07
+        bool accept_udp_associate = false; ///< UDP ASSOCIATE likewise
     };
 
     static constexpr std::uint8_t version = 5;
@@ -5368,6 +5557,8 @@ public:
     static constexpr std::uint8_t method_none_acceptable = 0xFF;
     static constexpr std::uint8_t auth_version = 1;
     static constexpr std::uint8_t command_connect = 1;
+    static constexpr std::uint8_t command_bind = 2;
+    static constexpr std::uint8_t command_udp_associate = 3;
     static constexpr std::uint8_t atyp_ipv4 = 1;
     static constexpr std::uint8_t atyp_domain = 3;
     static constexpr std::uint8_t atyp_ipv6 = 4;
@@ -5405,7 +5596,7 @@ private:
     /// Acts on the complete message in the buffer; answers whether the handshake goes on.
     bool on_greeting(std::vector<std::uint8_t>& to_client, std::error_code& why);
     bool on_auth(std::vector<std::uint8_t>& to_client, std::error_code& why) const;
-    bool on_request(host_port& target, std::error_code& why) const;
+    bool on_request(host_port& target, handshake_step::request& kind, std::error_code& why) const;
     handshake_step fail_with(std::error_code why, std::vector<std::uint8_t> to_client);
 
     static bool same_secret(std::string_view given, std::string_view expected) noexcept;
@@ -5456,13 +5647,14 @@ inline handshake_step socks5_handshake::feed(byte_view bytes) {
             break;
         case stage::request: {
             host_port target;
-            if (!on_request(target, why)) {
+            handshake_step::request kind = handshake_step::request::connect;
+            if (!on_request(target, kind, why)) {
                 return fail_with(why, std::move(to_client));
             }
             stage_ = stage::finished;
             byte_view rest = input.rest();
-            handshake_step step = handshake_step::connect_to(
-                std::move(target), std::vector<std::uint8_t>(rest.begin(), rest.end()));
+            handshake_step step = handshake_step::request_for(
+                kind, std::move(target), std::vector<std::uint8_t>(rest.begin(), rest.end()));
             step.to_client = std::move(to_client);
             return step;
         }
@@ -5565,14 +5757,19 @@ inline bool socks5_handshake::on_auth(std::vector<std::uint8_t>& to_client,
     return true;
 }
 
-inline bool socks5_handshake::on_request(host_port& target, std::error_code& why) const {
+inline bool socks5_handshake::on_request(host_port& target, handshake_step::request& kind,
+                                         std::error_code& why) const {
     byte_reader message(byte_view{buffer_.data(), buffered_});
     message.skip(1); // VER, checked by wanted()
     std::uint8_t command = message.u8();
     message.skip(1); // RSV: ignored
     std::uint8_t atyp = message.u8();
-    if (command != command_connect) {
-        why = errc::unsupported_command; // BIND (2), UDP ASSOCIATE (3) or unknown
+    if (command == command_bind && config_.accept_bind) {
+        kind = handshake_step::request::bind;
+    } else if (command == command_udp_associate && config_.accept_udp_associate) {
+        kind = handshake_step::request::udp_associate;
+    } else if (command != command_connect) {
+        why = errc::unsupported_command; // not accepted, or unknown
         return false;
     }
     if (atyp == atyp_ipv4) {
@@ -5595,7 +5792,8 @@ inline bool socks5_handshake::on_request(host_port& target, std::error_code& why
         why = errc::protocol_error; // wanted() and this reading disagree: a bug, not a client
         return false;
     }
-    if (target.port == 0) {
+    // BIND and UDP ASSOCIATE may leave the port to us: the client seldom knows it.
+    if (target.port == 0 && kind == handshake_step::request::connect) {
         why = errc::invalid_address;
         return false;
     }
@@ -5676,6 +5874,142 @@ inline bool socks5_handshake::same_secret(std::string_view given,
 
 } // namespace tinyproxy
 // ---- end tinyproxy/protocol/socks5.hpp ----
+// #include "tinyproxy/protocol/socks_udp.hpp"
+// ---- begin tinyproxy/protocol/socks_udp.hpp ----
+// The SOCKS5 UDP request header (RFC 1928 section 7) that frames every datagram of a UDP
+// association: parse and encode, sans-I/O.
+
+#include <array>        // IPv6 addresses
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes
+#include <cstring>      // std::memcpy
+#include <string>       // host names
+#include <system_error> // std::error_code
+#include <vector>       // encoded datagrams
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/protocol/step.hpp"
+
+namespace tinyproxy {
+
+/// One datagram of a SOCKS5 UDP association, as RFC 1928 section 7 frames it:
+///
+///     RSV(2)=0 FRAG(1) ATYP(1) DST.ADDR DST.PORT(2) DATA
+///
+/// Between the client and the proxy, DST names where the data goes (client to proxy) or where
+/// it came from (proxy to client).
+struct socks_udp_datagram {
+    std::uint8_t fragment = 0; ///< FRAG: 0 for a whole datagram (fragments are never served)
+    host_port address;         ///< DST.ADDR as numeric text or a host name, and DST.PORT
+    byte_view data;            ///< DATA: a view into the bytes parsed
+};
+
+/// The header sizes RFC 1928 allows: IPv4 10 bytes, IPv6 22, a name 7 + its length.
+constexpr std::size_t socks_udp_header_v4 = 10;
+constexpr std::size_t socks_udp_header_v6 = 22;
+
+/// Parses one whole datagram into `out` (its data a view into `datagram`). Errors, and `out`
+/// is then unspecified:
+///  - shorter than its header (any truncation of the header): errc::protocol_error;
+///  - RSV not 0: errc::protocol_error;
+///  - ATYP other than 1, 3, 4: errc::unsupported_address_type;
+///  - a host name that is empty or holds a control character: errc::name_not_resolved;
+///  - DST.PORT 0: errc::invalid_address.
+/// FRAG is read, not judged: a caller that does not reassemble drops fragment != 0.
+[[nodiscard]] std::error_code parse_socks_udp(byte_view datagram, socks_udp_datagram& out);
+
+/// The header's size for a datagram from or to `from`.
+inline std::size_t socks_udp_header_size(const endpoint& from) noexcept {
+    return from.address.is_v6() ? socks_udp_header_v6 : socks_udp_header_v4;
+}
+/// Writes the header naming `from` (FRAG 0) at `out`, which has socks_udp_header_size(from)
+/// bytes of room, so that a relay can frame a datagram it read just after that room.
+void write_socks_udp_header(const endpoint& from, std::uint8_t* out) noexcept;
+/// A whole datagram for `address` (numeric: ATYP 1 or 4; otherwise a name, ATYP 3, of at most
+/// 255 bytes, errc::message_too_large past that) with `fragment` and `data`, appended to `out`.
+std::error_code encode_socks_udp(const host_port& address, byte_view data,
+                                 std::vector<std::uint8_t>& out, std::uint8_t fragment = 0);
+
+// ---------------------------------------------------------------------------------------------
+
+inline std::error_code parse_socks_udp(byte_view datagram, socks_udp_datagram& out) {
+    constexpr std::uint8_t atyp_ipv4 = 1;
+    constexpr std::uint8_t atyp_domain = 3;
+    constexpr std::uint8_t atyp_ipv6 = 4;
+    byte_reader in(datagram);
+    const std::uint16_t reserved = in.u16();
+    out.fragment = in.u8();
+    const std::uint8_t atyp = in.u8();
+    if (!in || reserved != 0) {
+        return make_error_code(errc::protocol_error);
+    }
+    if (atyp == atyp_ipv4) {
+        byte_view a = in.bytes(4);
+        if (!in) {
+            return make_error_code(errc::protocol_error);
+        }
+        out.address.host = ip_address::v4({a[0], a[1], a[2], a[3]}).to_string();
+    } else if (atyp == atyp_ipv6) {
+        byte_view raw = in.bytes(16);
+        if (!in) {
+            return make_error_code(errc::protocol_error);
+        }
+        std::array<std::uint8_t, 16> a{};
+        std::memcpy(a.data(), raw.data(), a.size());
+        out.address.host = ip_address::v6(a).to_string();
+    } else if (atyp == atyp_domain) {
+        out.address.host = in.string_u8();
+        if (!in) {
+            return make_error_code(errc::protocol_error);
+        }
+        if (!detail::usable_host_name(out.address.host)) {
+            return make_error_code(errc::name_not_resolved);
+        }
+    } else {
+        return make_error_code(errc::unsupported_address_type);
+    }
+    out.address.port = in.u16();
+    if (!in) {
+        return make_error_code(errc::protocol_error);
+    }
+    if (out.address.port == 0) {
+        return make_error_code(errc::invalid_address);
+    }
+    out.data = in.rest();
+    return {};
+}
+
+inline void write_socks_udp_header(const endpoint& from, std::uint8_t* out) noexcept {
+    const bool v6 = from.address.is_v6();
+    out[0] = 0; // RSV
+    out[1] = 0;
+    out[2] = 0; // FRAG
+    out[3] = v6 ? 4 : 1;
+    byte_view address = from.address.bytes();
+    std::memcpy(out + 4, address.data(), address.size());
+    store_be<std::uint16_t>(out + 4 + address.size(), from.port);
+}
+
+inline std::error_code encode_socks_udp(const host_port& address, byte_view data,
+                                        std::vector<std::uint8_t>& out, std::uint8_t fragment) {
+    byte_writer w(out);
+    if (auto numeric = address.numeric_address()) {
+        w.u16(0).u8(fragment).u8(numeric->is_v6() ? 4 : 1).bytes(numeric->bytes());
+    } else {
+        if (address.host.size() > 255) {
+            return make_error_code(errc::message_too_large);
+        }
+        w.u16(0).u8(fragment).u8(3).string_u8(address.host);
+    }
+    w.u16(address.port).bytes(data);
+    return {};
+}
+
+} // namespace tinyproxy
+// ---- end tinyproxy/protocol/socks_udp.hpp ----
 // #include "tinyproxy/mode/mode.hpp"
 // ---- begin tinyproxy/mode/mode.hpp ----
 // The Mode concept: what a Mode is told of a client (session_info), what its per-client session
@@ -8763,6 +9097,23 @@ enum class accept_status {
     stopped, ///< the proxy is stopping: the policy should wind down
 };
 
+/// What a UDP association (SOCKS5 UDP ASSOCIATE) relayed and dropped: datagrams each way and
+/// their data's bytes (headers not counted), and the drops by reason.
+struct datagram_counts {
+    std::uint64_t to_upstream = 0;       ///< datagrams from the client sent on to a remote
+    std::uint64_t to_client = 0;         ///< datagrams from a remote sent back to the client
+    std::uint64_t bytes_to_upstream = 0; ///< their data, client to remotes
+    std::uint64_t bytes_to_client = 0;   ///< their data, remotes to client
+    std::uint64_t dropped_fragment = 0;  ///< FRAG != 0: fragments are not reassembled
+    std::uint64_t dropped_malformed = 0; ///< a header that does not parse
+    std::uint64_t dropped_source = 0;    ///< from neither the client nor a remote it sent to
+    std::uint64_t dropped_other = 0;     ///< unresolved, other family, cut short, send failed
+
+    std::uint64_t dropped() const noexcept {
+        return dropped_fragment + dropped_malformed + dropped_source + dropped_other;
+    }
+};
+
 /// How a session ended.
 struct session_result {
     /// How far a session got before it ended.
@@ -8781,6 +9132,9 @@ struct session_result {
     host_port target;   ///< where the Mode sent it (empty before it decided)
     endpoint upstream;  ///< the address connected to, once connected
     std::string stages; ///< what stages the tunnel had (tunnel_stages::label)
+    /// A UDP association's datagrams (its bytes are also in bytes_to_upstream/_client).
+    datagram_counts datagrams;
+    bool udp = false;   ///< the session was a UDP association (SOCKS5 UDP ASSOCIATE)
     time_point started; ///< when the session started
     time_point ended;   ///< when it ended
 };
@@ -8868,6 +9222,15 @@ public:
     /// The client is to be closed once it has `reply`, after the bytes still owed; it gets a
     /// second from `now` to take them. Afterwards owes_client() says whether any are left.
     void close_with(std::vector<std::uint8_t> reply, time_point now);
+
+    /// `reply` is owed to the client after what is owed already (a BIND's or UDP ASSOCIATE's
+    /// reply, while the session waits on something other than the client); the deadline stays.
+    void owe(const std::vector<std::uint8_t>& reply) {
+        to_client_.erase(to_client_.begin(),
+                         to_client_.begin() + static_cast<std::ptrdiff_t>(to_client_offset_));
+        to_client_offset_ = 0;
+        to_client_.insert(to_client_.end(), reply.begin(), reply.end());
+    }
 
     /// The bytes owed to the client and those kept for upstream, for the tunnel to send first.
     byte_view unsent_to_client() const noexcept {
@@ -9333,6 +9696,461 @@ inline void tunnel::close(session_result& result) noexcept {
 } // namespace detail
 } // namespace tinyproxy
 // ---- end tinyproxy/session/tunnel.hpp ----
+// #include "tinyproxy/session/udp_association.hpp"
+// ---- begin tinyproxy/session/udp_association.hpp ----
+// The tunnel of a session whose client asked for a SOCKS5 UDP ASSOCIATE: the association, which
+// owns the UDP relay socket, takes datagrams from the client only, sends their data on, frames
+// what the remotes answer, and keeps the idle deadline.
+
+#include <chrono>       // the idle timeout
+#include <cstddef>      // std::size_t
+#include <cstdint>      // bytes, counters
+#include <deque>        // datagrams waiting for a name
+#include <string>       // names resolved
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // remotes, candidates
+
+#include <poll.h> // POLLIN
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/socket.hpp"
+// #include "tinyproxy/protocol/socks_udp.hpp"
+// #include "tinyproxy/server.hpp"
+
+namespace tinyproxy {
+namespace detail {
+
+/// One UDP association (RFC 1928 section 7). Datagrams from the client (its TCP address, and
+/// the port its request named, or else the port its first datagram came from) carry the SOCKS
+/// UDP header: their data goes to the destination the header names. Datagrams from a remote the
+/// client has sent to go back to the client, framed with a header naming that remote. Anything
+/// else is dropped and counted: another source, a fragment (FRAG != 0), a malformed header, a
+/// name that does not resolve, a full socket buffer. One socket serves both families: an IPv4
+/// client may send to IPv6 remotes and the other way round.
+///
+/// Names are resolved by the session's driver (wants_resolve(), one at a time), never here; the
+/// datagrams for a name wait meanwhile (a bounded few), and the answers are kept for the
+/// association's life (a bounded few), so a client that sends to one name pays one lookup.
+class udp_association {
+public:
+    /// The most datagrams one on_ready() reads: an association busy both ways leaves the rest
+    /// for the next call, so that other sessions of an event loop get their turn.
+    static constexpr int max_datagrams_per_call = 64;
+    /// The most datagrams waiting for a name, and the most names and remotes remembered.
+    static constexpr std::size_t max_waiting = 32;
+    static constexpr std::size_t max_names = 16;
+    static constexpr std::size_t max_remotes = 64;
+
+    /// Opens the relay socket: every address, both families, a free port (so that it can
+    /// send wherever the client asks, from whichever address routes there); the reply names it
+    /// on `local` (the address the client's TCP connection reached us on). `client`: the client's
+    /// address on that connection. `source`: where the request says the datagrams will come from
+    /// (0.0.0.0, :: or a name: the client's address; port 0: any port, the first datagram's).
+    std::error_code open(const endpoint& local, const ip_address& client, const host_port& source,
+                         const session_options& limits, time_point now);
+
+    /// The relay's address, for the reply (never 0.0.0.0: `local` is an accepted socket's).
+    endpoint relay_address() const noexcept { return relay_address_; }
+    int fd() const noexcept { return socket_.native_handle(); }
+    bool active() const noexcept { return static_cast<bool>(socket_); }
+    static constexpr short events() noexcept { return POLLIN; }
+    time_point deadline() const noexcept { return idle_deadline_; }
+    /// The last on_ready() read all it may read in one call: call again before waiting.
+    bool saturated() const noexcept { return saturated_; }
+
+    /// Reads and relays the datagrams there are (at most max_datagrams_per_call), framing them
+    /// in `scratch` (which must hold more than socks_udp_header_v6 bytes).
+    void on_ready(std::uint8_t* scratch, std::size_t scratch_size, time_point now);
+
+    /// A name is waiting to be resolved: resolve resolve_target() and call on_resolved().
+    bool wants_resolve() const noexcept { return !waiting_.empty(); }
+    const host_port& resolve_target() const noexcept { return waiting_.front().destination; }
+    void on_resolved(const std::vector<endpoint>& candidates, std::error_code ec, time_point now);
+
+    const datagram_counts& counts() const noexcept { return counts_; }
+    /// Ends the association: its counts (and bytes) are added to `result`, the socket closes.
+    void close(session_result& result) noexcept;
+
+private:
+    struct waiting_datagram {
+        host_port destination;
+        std::vector<std::uint8_t> data;
+    };
+    struct resolved_name {
+        std::string name;
+        ip_address address;
+    };
+
+    bool from_client(const endpoint& from) noexcept;
+    bool known_remote(const endpoint& from) const noexcept;
+    void remember_remote(const endpoint& to);
+    void from_client_datagram(byte_view datagram, time_point now);
+    void to_remote(const endpoint& to, byte_view data, time_point now);
+    void to_client(const endpoint& from, std::uint8_t* framed, std::size_t size, time_point now);
+    const ip_address* resolved(const std::string& name) const noexcept;
+    void touch(time_point now) noexcept { idle_deadline_ = deadline_after(now, idle_timeout_); }
+
+    datagram_socket socket_;
+    endpoint relay_address_;
+    ip_address client_address_;
+    bool client_v6_ = false;        // the family the client reached us in: a name's first choice
+    std::uint16_t client_port_ = 0; // 0 until the request or the first datagram says
+    std::vector<endpoint> remotes_; // where the client has sent: who may answer
+    std::size_t next_remote_ = 0;   // the one to replace once remotes_ is full
+    std::deque<waiting_datagram> waiting_;
+    std::vector<resolved_name> names_;
+    datagram_counts counts_;
+    traffic_counters* traffic_ = nullptr; // session_options::traffic, which outlives us
+    std::chrono::milliseconds idle_timeout_{0};
+    time_point idle_deadline_ = time_point::max();
+    bool saturated_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline std::error_code udp_association::open(const endpoint& local, const ip_address& client,
+                                             const host_port& source, const session_options& limits,
+                                             time_point now) {
+    std::error_code ec;
+    socket_ = datagram_socket::open_any(ec);
+    if (ec) {
+        return ec;
+    }
+    relay_address_ = endpoint{local.address, socket_.local_endpoint().port};
+    client_v6_ = local.address.is_v6();
+    client_address_ = client;
+    // The request narrows the source: its port when it names one. An address other than the
+    // client's own cannot widen it (a client cannot open our relay to a third party).
+    client_port_ = source.port;
+    traffic_ = limits.traffic.get();
+    idle_timeout_ = limits.idle_timeout;
+    touch(now);
+    return {};
+}
+
+inline void udp_association::on_ready(std::uint8_t* scratch, std::size_t scratch_size,
+                                      time_point now) {
+    saturated_ = false;
+    if (scratch == nullptr || scratch_size <= socks_udp_header_v6 || !socket_) {
+        return;
+    }
+    // Read after room for the largest header, so a remote's datagram is framed where it lies.
+    std::uint8_t* room = scratch + socks_udp_header_v6;
+    const std::size_t room_size = scratch_size - socks_udp_header_v6;
+    for (int n = 0; n < max_datagrams_per_call; ++n) {
+        endpoint from;
+        std::error_code ec;
+        std::size_t length = socket_.receive_from(room, room_size, from, ec);
+        if (ec) {
+            if (!would_block(ec)) {
+                ++counts_.dropped_other; // an ICMP error for an earlier send: nothing to relay
+                continue;
+            }
+            return;
+        }
+        if (length > room_size) {
+            ++counts_.dropped_other; // cut short: larger than a read, never relayed in part
+        } else if (from_client(from)) {
+            from_client_datagram(byte_view{room, length}, now);
+        } else if (known_remote(from)) {
+            to_client(from, room, length, now);
+        } else {
+            ++counts_.dropped_source;
+        }
+    }
+    saturated_ = true;
+}
+
+inline bool udp_association::from_client(const endpoint& from) noexcept {
+    if (from.address != client_address_) {
+        return false;
+    }
+    if (client_port_ == 0) {
+        if (known_remote(from)) {
+            return false; // a remote on the client's own host, answering
+        }
+        client_port_ = from.port; // the first datagram says where the client sends from
+    }
+    return from.port == client_port_;
+}
+
+inline bool udp_association::known_remote(const endpoint& from) const noexcept {
+    for (const endpoint& remote : remotes_) {
+        if (remote == from) {
+            return true;
+        }
+    }
+    return false;
+}
+
+inline void udp_association::remember_remote(const endpoint& to) {
+    if (known_remote(to)) {
+        return;
+    }
+    if (remotes_.size() < max_remotes) {
+        remotes_.push_back(to);
+        return;
+    }
+    remotes_[next_remote_] = to;
+    next_remote_ = (next_remote_ + 1) % max_remotes;
+}
+
+inline void udp_association::from_client_datagram(byte_view datagram, time_point now) {
+    socks_udp_datagram parsed;
+    if (parse_socks_udp(datagram, parsed)) {
+        ++counts_.dropped_malformed;
+        return;
+    }
+    if (parsed.fragment != 0) {
+        ++counts_.dropped_fragment; // reassembly is optional (RFC 1928 section 7): not served
+        return;
+    }
+    if (auto numeric = parsed.address.numeric_address()) {
+        to_remote(endpoint{*numeric, parsed.address.port}, parsed.data, now);
+        return;
+    }
+    if (const ip_address* address = resolved(parsed.address.host)) {
+        to_remote(endpoint{*address, parsed.address.port}, parsed.data, now);
+        return;
+    }
+    if (waiting_.size() >= max_waiting) {
+        ++counts_.dropped_other;
+        return;
+    }
+    waiting_.push_back(
+        waiting_datagram{std::move(parsed.address),
+                         std::vector<std::uint8_t>(parsed.data.begin(), parsed.data.end())});
+}
+
+inline void udp_association::to_remote(const endpoint& to, byte_view data, time_point now) {
+    if (to.address.is_v6() && !socket_.local_endpoint().address.is_v6()) {
+        ++counts_.dropped_other; // a host without IPv6
+        return;
+    }
+    std::error_code ec;
+    socket_.send_to(data.data(), data.size(), to, ec);
+    if (ec) {
+        ++counts_.dropped_other; // a full buffer, or unreachable: UDP's own way of losing one
+        return;
+    }
+    remember_remote(to);
+    ++counts_.to_upstream;
+    counts_.bytes_to_upstream += data.size();
+    if (traffic_ != nullptr) {
+        traffic_->to_upstream.fetch_add(data.size(), std::memory_order_relaxed);
+    }
+    touch(now);
+}
+
+inline void udp_association::to_client(const endpoint& from, std::uint8_t* data, std::size_t size,
+                                       time_point now) {
+    if (client_port_ == 0) {
+        ++counts_.dropped_other; // cannot happen: a remote is known once the client has sent
+        return;
+    }
+    const std::size_t header = socks_udp_header_size(from);
+    std::uint8_t* framed = data - header; // the room on_ready() left before the data
+    write_socks_udp_header(from, framed);
+    std::error_code ec;
+    socket_.send_to(framed, header + size, endpoint{client_address_, client_port_}, ec);
+    if (ec) {
+        ++counts_.dropped_other;
+        return;
+    }
+    ++counts_.to_client;
+    counts_.bytes_to_client += size;
+    if (traffic_ != nullptr) {
+        traffic_->to_client.fetch_add(size, std::memory_order_relaxed);
+    }
+    touch(now);
+}
+
+inline const ip_address* udp_association::resolved(const std::string& name) const noexcept {
+    for (const resolved_name& known : names_) {
+        if (known.name == name) {
+            return &known.address;
+        }
+    }
+    return nullptr;
+}
+
+inline void udp_association::on_resolved(const std::vector<endpoint>& candidates,
+                                         std::error_code ec, time_point now) {
+    if (waiting_.empty()) {
+        return;
+    }
+    const std::string name = waiting_.front().destination.host;
+    // The first address in the family the client reached us in ("localhost" is 127.0.0.1
+    // for an IPv4 client, ::1 for an IPv6 one), else the first of any.
+    const ip_address* chosen = nullptr;
+    for (const endpoint& candidate : candidates) {
+        if (!ec && chosen == nullptr && candidate.address.is_v6() == client_v6_) {
+            chosen = &candidate.address;
+        }
+    }
+    if (!ec && chosen == nullptr && !candidates.empty()) {
+        chosen = &candidates.front().address;
+    }
+    if (chosen != nullptr) {
+        if (names_.size() >= max_names) {
+            names_.erase(names_.begin());
+        }
+        names_.push_back(resolved_name{name, *chosen});
+    }
+    // Every datagram waiting for this name goes now (or is dropped with it); the others wait.
+    std::deque<waiting_datagram> others;
+    for (waiting_datagram& d : waiting_) {
+        if (d.destination.host != name) {
+            others.push_back(std::move(d));
+        } else if (chosen != nullptr) {
+            to_remote(endpoint{*chosen, d.destination.port}, d.data, now);
+        } else {
+            ++counts_.dropped_other;
+        }
+    }
+    waiting_ = std::move(others);
+}
+
+inline void udp_association::close(session_result& result) noexcept {
+    if (!socket_) {
+        return;
+    }
+    counts_.dropped_other += waiting_.size();
+    waiting_.clear();
+    result.bytes_to_upstream += counts_.bytes_to_upstream;
+    result.bytes_to_client += counts_.bytes_to_client;
+    result.datagrams = counts_;
+    socket_.close();
+}
+
+} // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/session/udp_association.hpp ----
+// #include "tinyproxy/session/bind_wait.hpp"
+// ---- begin tinyproxy/session/bind_wait.hpp ----
+// The connect part of a session whose client asked for a SOCKS BIND: a listener on the address
+// the client reached us on, waiting under one deadline for one connection from the peer the
+// client named.
+
+#include <chrono>       // the connect timeout
+#include <cstdint>      // counts
+#include <system_error> // std::error_code
+#include <utility>      // std::move
+#include <vector>       // the expected addresses
+
+#include <poll.h> // POLLIN
+
+// #include "tinyproxy/config.hpp"
+// #include "tinyproxy/error.hpp"
+// #include "tinyproxy/address.hpp"
+// #include "tinyproxy/detail/sys.hpp"
+// #include "tinyproxy/socket.hpp"
+
+namespace tinyproxy {
+namespace detail {
+
+/// Listens for the one connection a BIND asks for. A connection from any address other than
+/// the expected ones is closed at once and the wait goes on; the first from an expected one
+/// is the peer. No expected address (the client named 0.0.0.0 or ::): any peer.
+class bind_wait {
+public:
+    /// Listens on `local`'s address, port 0; the deadline is `timeout` from `now`.
+    std::error_code open(const endpoint& local, std::vector<ip_address> expected, time_point now,
+                         std::chrono::milliseconds timeout);
+
+    endpoint listening() const noexcept { return listener_.local_endpoint(); }
+    int fd() const noexcept { return listener_ ? listener_.native_handle() : -1; }
+    static constexpr short events() noexcept { return POLLIN; }
+    time_point deadline() const noexcept { return deadline_; }
+
+    /// Takes what is pending. True once the expected peer has connected (take_peer()); `ec`
+    /// when the listener failed.
+    bool on_ready(std::error_code& ec) noexcept;
+    /// Once on_ready() said so: the peer's socket (the listener is closed) and its address.
+    socket take_peer() noexcept {
+        listener_.close();
+        return std::move(peer_);
+    }
+    const endpoint& peer() const noexcept { return peer_address_; }
+    /// Connections closed because they came from elsewhere.
+    std::uint64_t refused() const noexcept { return refused_; }
+    void close() noexcept {
+        listener_.close();
+        peer_.close();
+    }
+
+private:
+    bool expected(const ip_address& address) const noexcept;
+
+    listener listener_;
+    std::vector<ip_address> expected_;
+    time_point deadline_ = time_point::max();
+    socket peer_;
+    endpoint peer_address_;
+    std::uint64_t refused_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+inline std::error_code bind_wait::open(const endpoint& local, std::vector<ip_address> expected,
+                                       time_point now, std::chrono::milliseconds timeout) {
+    std::error_code ec;
+    listener_ = listener::open(endpoint{local.address, 0}, 1, ec);
+    if (ec) {
+        return ec;
+    }
+    listener_.set_nonblocking(true, ec);
+    if (ec) {
+        listener_.close();
+        return ec;
+    }
+    expected_ = std::move(expected);
+    deadline_ = deadline_after(now, timeout);
+    return {};
+}
+
+inline bool bind_wait::on_ready(std::error_code& ec) noexcept {
+    ec.clear();
+    // Bounded: a flood of strangers is closed a few at a time, between other sessions' turns.
+    for (int n = 0; n < 16; ++n) {
+        endpoint from;
+        socket s = listener_.accept(from, true, ec);
+        if (ec) {
+            if (would_block(ec)) {
+                ec.clear();
+            }
+            return false;
+        }
+        if (expected(from.address)) {
+            peer_ = std::move(s);
+            peer_address_ = from;
+            return true;
+        }
+        ++refused_; // closed as `s` goes: not the peer the client named
+    }
+    return false;
+}
+
+inline bool bind_wait::expected(const ip_address& address) const noexcept {
+    if (expected_.empty()) {
+        return true;
+    }
+    for (const ip_address& a : expected_) {
+        if (a == address) {
+            return true;
+        }
+    }
+    return false;
+}
+
+} // namespace detail
+} // namespace tinyproxy
+// ---- end tinyproxy/session/bind_wait.hpp ----
 // #include "tinyproxy/session.hpp"
 // ---- begin tinyproxy/session.hpp ----
 // basic_session<ModeSession>: one proxied connection, composed of its three parts in turn: the
@@ -9358,13 +10176,19 @@ inline void tunnel::close(session_result& result) noexcept {
 // #include "tinyproxy/session/handshake.hpp"
 // #include "tinyproxy/session/connector.hpp"
 // #include "tinyproxy/session/tunnel.hpp"
+// #include "tinyproxy/session/udp_association.hpp"
+// #include "tinyproxy/session/bind_wait.hpp"
 
 namespace tinyproxy {
 
 /// One client's session, driven by readiness: the Session calls a policy makes (server.hpp),
 /// for any Mode session (mode/mode.hpp). It keeps the client socket and the result, and hands
 /// the client to each part in turn: the handshake driver until the Mode decides, the connector
-/// until an upstream connects (or the Mode's failure reply is sent), then the tunnel.
+/// until an upstream connects (or the Mode's failure reply is sent), then the tunnel. A step
+/// of kind `request::bind` waits for a connection from the peer instead of connecting
+/// (detail::bind_wait: the Mode is asked for two replies, the listening address and the peer),
+/// and one of kind `request::udp_associate` relays datagrams (detail::udp_association) until
+/// the client closes its connection or the association is idle for the idle timeout.
 ///
 /// The entry points never throw: an exception from the Mode (out of memory, or a bug) ends
 /// the session with `std::errc::not_enough_memory`, so one client cannot stop an event loop.
@@ -9394,16 +10218,26 @@ public:
     short upstream_events() const noexcept;
     /// Whether to poll a socket even when its events are 0 (to hear of a reset).
     bool watch_client() const noexcept {
-        return state_ == state::relaying ? tunnel_.watch_client() : client_events() != 0;
+        return state_ == state::relaying                                  ? tunnel_.watch_client()
+               : state_ == state::associating || state_ == state::binding ? true
+                                                                          : client_events() != 0;
     }
     bool watch_upstream() const noexcept {
         return state_ == state::relaying ? tunnel_.watch_upstream() : upstream_events() != 0;
     }
     time_point deadline() const noexcept;
 
-    bool wants_resolve() const noexcept { return state_ == state::resolving; }
-    /// Where the Mode sent the client (empty before it decided).
-    const host_port& resolve_target() const noexcept { return connector_.target(); }
+    bool wants_resolve() const noexcept {
+        return state_ == state::resolving ||
+               (state_ == state::associating && association_.wants_resolve());
+    }
+    /// Where the Mode sent the client (empty before it decided), or the name a datagram of a
+    /// UDP association is for.
+    const host_port& resolve_target() const noexcept {
+        return state_ == state::associating ? association_.resolve_target()
+               : bind_target_.host.empty()  ? connector_.target()
+                                            : bind_target_;
+    }
     void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now) noexcept;
 
     /// Readiness (revents) for each socket; 0 for one that is not ready. `rounds`: the most
@@ -9423,7 +10257,10 @@ public:
     bool done() const noexcept { return state_ == state::done; }
     /// The last on_ready() moved as much as one call may (relay::saturated()): a bulk transfer
     /// that has more to move. An event loop serves the other tunnels first.
-    bool saturated() const noexcept { return state_ == state::relaying && tunnel_.saturated(); }
+    bool saturated() const noexcept {
+        return (state_ == state::relaying && tunnel_.saturated()) ||
+               (state_ == state::associating && association_.saturated());
+    }
     const session_result& result() const noexcept { return result_; }
 
 private:
@@ -9432,6 +10269,8 @@ private:
         resolving,   // waiting for the driver to resolve the target
         connecting,  // a non-blocking connect in progress
         relaying,    // tunnel up
+        binding,     // a BIND: waiting for the peer to connect
+        associating, // a UDP ASSOCIATE: relaying datagrams
         failing,     // sending the Mode's failure reply, then closing
         done,
     };
@@ -9440,6 +10279,15 @@ private:
     /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
+    /// A UDP ASSOCIATE: the relay socket opens on the address the client reached us on.
+    void start_association(const host_port& source, time_point now);
+    /// A BIND: the listener opens there too, once the expected peer's addresses are known.
+    void start_bind(std::vector<endpoint> expected, time_point now);
+    /// The expected peer has connected: the Mode's second reply, then a tunnel to it.
+    void bound(time_point now);
+    /// The client's readiness while binding or associating: the replies owed go out, and a
+    /// close (or, for an association, any bytes) is read.
+    void control_ready(short client_revents, std::uint8_t* scratch, std::size_t scratch_size);
     /// The tunnel handed the client back (stage_context::hand_back): the upstream closes, and
     /// the Mode decides again, under a new handshake deadline.
     void take_back(time_point now);
@@ -9460,6 +10308,9 @@ private:
     detail::handshake_driver<ModeSession> handshake_;
     detail::connector connector_;
     detail::tunnel tunnel_;
+    detail::udp_association association_;
+    detail::bind_wait bind_wait_;
+    host_port bind_target_; // a BIND's peer, while its name is resolved
     session_options limits_;
     client_socket_setup client_setup_;
     std::uint64_t serial_;
@@ -9494,6 +10345,10 @@ int basic_session<ModeSession>::upstream_fd() const noexcept {
         return connector_.upstream_fd();
     case state::relaying:
         return tunnel_.upstream_fd();
+    case state::binding:
+        return bind_wait_.fd();
+    case state::associating:
+        return association_.fd();
     default:
         return -1;
     }
@@ -9508,6 +10363,10 @@ short basic_session<ModeSession>::client_events() const noexcept {
         return POLLOUT;
     case state::relaying:
         return tunnel_.client_events();
+    case state::binding: // not read until the tunnel: only its close is heard, where it can be
+        return handshake_.owes_client() ? POLLOUT : detail::peer_closed_event;
+    case state::associating:
+        return handshake_.owes_client() ? POLLOUT : POLLIN | detail::peer_closed_event;
     default:
         return 0;
     }
@@ -9520,6 +10379,10 @@ short basic_session<ModeSession>::upstream_events() const noexcept {
         return POLLOUT;
     case state::relaying:
         return tunnel_.upstream_events();
+    case state::binding:
+        return detail::bind_wait::events();
+    case state::associating:
+        return detail::udp_association::events();
     default:
         return 0;
     }
@@ -9531,11 +10394,16 @@ time_point basic_session<ModeSession>::deadline() const noexcept {
     case state::handshaking:
     case state::failing:
         return handshake_.deadline();
-    case state::resolving:
+    case state::resolving: // a BIND's peer is resolved under the handshake's deadline
+        return bind_target_.host.empty() ? connector_.deadline() : handshake_.deadline();
     case state::connecting:
         return connector_.deadline();
     case state::relaying:
         return tunnel_.deadline();
+    case state::binding:
+        return bind_wait_.deadline();
+    case state::associating:
+        return association_.deadline();
     default:
         return time_point::max();
     }
@@ -9558,6 +10426,20 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
     case mode_step::action::connect:
         result_.stage = session_result::stage_type::connect;
         result_.target = step.target;
+        if (step.kind == mode_step::request::udp_associate) {
+            start_association(step.target, now);
+            return;
+        }
+        if (step.kind == mode_step::request::bind) {
+            // The peer to wait for, not one to connect to: only a name needs the driver.
+            if (auto numeric = step.target.numeric_address()) {
+                start_bind({endpoint{*numeric, step.target.port}}, now);
+            } else {
+                bind_target_ = std::move(step.target);
+                state_ = state::resolving;
+            }
+            return;
+        }
         follow(connector_.begin(std::move(step.target), now, limits_.connect_timeout), now);
         return;
     case mode_step::action::fail:
@@ -9600,8 +10482,22 @@ void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, s
                                              time_point now) noexcept try {
     now_ = now;
     // Before the Mode decided, too: a driver (a test, say) may hand it addresses of its own.
+    if (state_ == state::associating) {
+        association_.on_resolved(candidates, ec, now);
+        return;
+    }
     if (state_ != state::resolving && state_ != state::handshaking) {
         return; // ended meanwhile
+    }
+    if (!bind_target_.host.empty()) {
+        bind_target_ = host_port{};
+        if (ec || candidates.empty()) {
+            std::error_code why = make_error_code(errc::name_not_resolved);
+            fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
+            return;
+        }
+        start_bind(std::move(candidates), now);
+        return;
     }
     follow(connector_.on_resolved(std::move(candidates), ec), now);
 } catch (...) {
@@ -9627,6 +10523,115 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
     state_ = state::relaying;
     if (limits_.stages || detail::gives_stages<ModeSession>::value) {
         give_stages();
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::start_association(const host_port& source, time_point now) {
+    result_.udp = true;
+    std::error_code ec;
+    // The relay listens where the client reached us, and takes datagrams from where it is.
+    endpoint local = client_.local_endpoint(ec);
+    // The client as its result names it: a PROXY header's source, whose datagrams come straight
+    // to us, not through the balancer that carried its TCP connection.
+    endpoint client = result_.client;
+    if (!ec && client == endpoint{}) {
+        client = client_.remote_endpoint(ec);
+    }
+    if (!ec) {
+        ec = association_.open(local, client.address, source, limits_, now);
+    }
+    if (ec) {
+        fail_with_reply(ec, handshake_.mode().on_connected(ec, endpoint{}, endpoint{}), now);
+        return;
+    }
+    result_.upstream = association_.relay_address();
+    result_.connected = true;
+    result_.stage = session_result::stage_type::relay;
+    handshake_.owe(handshake_.mode().on_connected({}, association_.relay_address(), endpoint{}));
+    state_ = state::associating;
+    if (std::error_code send_error = handshake_.send(client_)) {
+        finish(send_error);
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::start_bind(std::vector<endpoint> expected, time_point now) {
+    std::vector<ip_address> addresses;
+    for (const endpoint& e : expected) {
+        if (!e.address.is_unspecified()) { // 0.0.0.0 or ::: the client does not know; any peer
+            addresses.push_back(e.address);
+        }
+    }
+    std::error_code ec;
+    endpoint local = client_.local_endpoint(ec);
+    if (!ec) {
+        ec = bind_wait_.open(local, std::move(addresses), now, limits_.connect_timeout);
+    }
+    if (ec) {
+        fail_with_reply(ec, handshake_.mode().on_connected(ec, endpoint{}, endpoint{}), now);
+        return;
+    }
+    handshake_.owe(handshake_.mode().on_connected({}, bind_wait_.listening(), endpoint{}));
+    state_ = state::binding;
+    if (std::error_code send_error = handshake_.send(client_)) {
+        finish(send_error);
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::bound(time_point now) {
+    socket peer = bind_wait_.take_peer();
+    const endpoint remote = bind_wait_.peer();
+    result_.upstream = remote;
+    result_.connected = true;
+    result_.stage = session_result::stage_type::relay;
+    std::error_code ignored;
+    endpoint local = peer.local_endpoint(ignored);
+    std::vector<std::uint8_t> reply = handshake_.mode().on_connected({}, local, remote);
+    tunnel_.start(client_, client_setup_.nodelay, std::move(peer), handshake_.unsent_to_client(),
+                  reply, handshake_.to_upstream(), limits_, now);
+    handshake_.release();
+    state_ = state::relaying;
+    if (limits_.stages || detail::gives_stages<ModeSession>::value) {
+        give_stages();
+    }
+    if (state_ == state::relaying) {
+        relay_ready(0, 0, now, nullptr, 0); // the second reply goes now
+    }
+}
+
+template <class ModeSession>
+void basic_session<ModeSession>::control_ready(short client_revents, std::uint8_t* scratch,
+                                               std::size_t scratch_size) {
+    if (handshake_.owes_client()) {
+        if (std::error_code ec = handshake_.send(client_)) {
+            finish(ec);
+        }
+        return;
+    }
+    if (state_ == state::binding) {
+        // Not read (its bytes are for the peer, later): only a hang-up ends the wait.
+        if ((client_revents & (POLLHUP | POLLERR | detail::peer_closed_event)) != 0) {
+            finish(make_error_code(errc::handshake_incomplete));
+        }
+        return;
+    }
+    // An association's control connection carries nothing more; its close ends the association
+    // (RFC 1928 section 7), and whatever it sends is read and let go.
+    for (int n = 0; n < 4; ++n) {
+        std::error_code ec;
+        std::size_t got = client_.receive(scratch, scratch_size, ec);
+        if (ec) {
+            if (!detail::would_block(ec)) {
+                finish(ec);
+            }
+            return;
+        }
+        if (got == 0) {
+            finish({});
+            return;
+        }
     }
 }
 
@@ -9723,6 +10728,29 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
             relay_ready(client_revents, upstream_revents, now, scratch, scratch_size, rounds);
         }
         return;
+    case state::binding: {
+        if (client_revents != 0) {
+            control_ready(client_revents, scratch, scratch_size);
+        }
+        if (state_ != state::binding || upstream_revents == 0) {
+            return;
+        }
+        std::error_code ec;
+        if (bind_wait_.on_ready(ec)) {
+            bound(now);
+        } else if (ec) {
+            fail_with_reply(ec, handshake_.mode().on_connected(ec, endpoint{}, endpoint{}), now);
+        }
+        return;
+    }
+    case state::associating:
+        if (client_revents != 0) {
+            control_ready(client_revents, scratch, scratch_size);
+        }
+        if (state_ == state::associating && upstream_revents != 0) {
+            association_.on_ready(scratch, scratch_size, now);
+        }
+        return;
     case state::failing:
         if (client_revents != 0) {
             std::error_code ec = handshake_.send(client_);
@@ -9749,8 +10777,25 @@ void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
         finish(make_error_code(errc::handshake_timeout));
         return;
     case state::resolving:
+        if (!bind_target_.host.empty()) { // a BIND's peer did not resolve in time
+            bind_target_ = host_port{};
+            std::error_code why = make_error_code(errc::connect_timeout);
+            fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
+            return;
+        }
+        follow(connector_.on_deadline(), now);
+        return;
     case state::connecting:
         follow(connector_.on_deadline(), now);
+        return;
+    case state::binding: { // no peer came in time
+        bind_wait_.close();
+        std::error_code why = make_error_code(errc::connect_timeout);
+        fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
+        return;
+    }
+    case state::associating:
+        finish(make_error_code(errc::idle_timeout));
         return;
     case state::relaying:
         if (tunnel_.relay_due(now)) {
@@ -9772,7 +10817,9 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
     if (state_ == state::done) {
         return;
     }
-    tunnel_.close(result_); // its relay's pipes, if it spliced, close with the sockets
+    tunnel_.close(result_);      // its relay's pipes, if it spliced, close with the sockets
+    association_.close(result_); // the UDP socket closes with the control connection
+    bind_wait_.close();
     connector_.close();
     if (!result_.error) {
         result_.error = why;
@@ -11279,12 +12326,21 @@ namespace tinyproxy {
 /// answers fail(protocol_error), as the parsers do.
 ///
 /// With credentials configured, SOCKS5 clients must authenticate (RFC 1929) and SOCKS4 clients,
-/// which cannot, are refused with a 0x5B reply.
+/// which cannot, are refused with a 0x5B reply; so with `--user`, only a client that logged in
+/// gets a BIND or a UDP association.
+///
+/// BIND (SOCKS4 and SOCKS5) and UDP ASSOCIATE (SOCKS5) are served when `config` says so, and
+/// refused as unsupported commands (0x5B, REP 0x07) otherwise. A BIND is answered twice: the
+/// session calls on_connected() first with the listening address as `local` (the first reply),
+/// then with the peer that connected as `upstream` (the second reply, naming it). A UDP
+/// ASSOCIATE is answered once, with the relay's address as `local`.
 class socks_mode {
 public:
     struct config {
         std::optional<credentials> required; ///< user name and password every client must give
         bool allow_socks4 = true;            ///< also serve SOCKS4 and 4a (when no credentials)
+        bool bind = false;                   ///< serve BIND (a listener per request)
+        bool udp_associate = false;          ///< serve UDP ASSOCIATE (a UDP socket per request)
     };
 
     socks_mode() = default;
@@ -11307,6 +12363,8 @@ public:
         void end_handshake() noexcept;
 
         const config* config_;
+        handshake_step::request request_ = handshake_step::request::connect;
+        bool listening_sent_ = false; // a BIND's first reply has been built
         // Heap, handshake only: a held connection keeps a pointer, not the ~600-byte parser.
         std::unique_ptr<socks4_handshake> v4_;
         std::unique_ptr<socks5_handshake> v5_;
@@ -11326,6 +12384,8 @@ inline mode_step socks_mode::session::on_client_data(byte_view bytes) {
     mode_step step = v5_ ? v5_->feed(bytes) : v4_ ? v4_->feed(bytes) : pick_parser(bytes);
     if (step.what == mode_step::action::fail) {
         end_handshake();
+    } else if (step.what == mode_step::action::connect) {
+        request_ = step.kind;
     }
     return step;
 }
@@ -11347,6 +12407,8 @@ inline mode_step socks_mode::session::start_socks5(byte_view bytes) {
     // No memory for a parser throws, and basic_session closes this client (not the proxy).
     socks5_handshake::config cfg;
     cfg.required = config_->required;
+    cfg.accept_bind = config_->bind;
+    cfg.accept_udp_associate = config_->udp_associate;
     v5_ = std::make_unique<socks5_handshake>(std::move(cfg));
     return v5_->feed(bytes);
 }
@@ -11357,17 +12419,27 @@ inline mode_step socks_mode::session::start_socks4(byte_view bytes) {
         return mode_step::fail(make_error_code(errc::auth_failed),
                                socks4_handshake().failed(make_error_code(errc::not_allowed)));
     }
-    v4_ = std::make_unique<socks4_handshake>();
+    socks4_handshake::config cfg;
+    cfg.accept_bind = config_->bind;
+    v4_ = std::make_unique<socks4_handshake>(cfg);
     return v4_->feed(bytes);
 }
 
-inline std::vector<std::uint8_t>
-socks_mode::session::on_connected(std::error_code result, const endpoint& local, const endpoint&) {
+inline std::vector<std::uint8_t> socks_mode::session::on_connected(std::error_code result,
+                                                                   const endpoint& local,
+                                                                   const endpoint& upstream) {
+    // A BIND's first reply names where we listen; its second, the peer that connected.
+    const bool bind = request_ == handshake_step::request::bind;
+    const endpoint& named = bind && listening_sent_ ? upstream : local;
     std::vector<std::uint8_t> reply;
     if (v5_) {
-        reply = result ? v5_->failed(result) : v5_->connected(local);
+        reply = result ? v5_->failed(result) : v5_->connected(named);
     } else if (v4_) {
-        reply = result ? v4_->failed(result) : v4_->connected(local);
+        reply = result ? v4_->failed(result) : v4_->connected(named);
+    }
+    if (bind && !result && !listening_sent_) {
+        listening_sent_ = true; // the parser stays for the second reply
+        return reply;
     }
     end_handshake();
     return reply;
@@ -11572,7 +12644,10 @@ public:
 
         /// With `send`, a connect step's upstream bytes begin with the PROXY header.
         mode_step outgoing(mode_step step) const {
+            // A BIND's peer connected to us and a UDP association has no upstream stream:
+            // neither is told who the client is.
             if (step.what != mode_step::action::connect ||
+                step.kind != mode_step::request::connect ||
                 config_->send == proxy_protocol_version::none) {
                 return step;
             }
@@ -12536,16 +13611,20 @@ struct options : session_options {
 /// whether its session failed), but the byte counts and the failure reasons stay in the
 /// children, and read 0 (use `on_event`, which runs in the child, to see them).
 struct stats {
-    std::uint64_t accepted = 0;           ///< clients accepted (including those rejected)
-    std::uint64_t active = 0;             ///< sessions running now
-    std::uint64_t finished = 0;           ///< sessions ended cleanly
-    std::uint64_t failed = 0;             ///< sessions ended by an error, reset or timeout
-    std::uint64_t rejected_limit = 0;     ///< closed at once: past max_connections
-    std::uint64_t rejected_access = 0;    ///< closed at once: outside every allow range
-    std::uint64_t handshake_failures = 0; ///< failed before the Mode decided (incl. timeouts)
-    std::uint64_t connect_failures = 0;   ///< the upstream refused, did not resolve or timed out
-    std::uint64_t bytes_to_upstream = 0;  ///< bytes relayed client -> upstream (ended sessions)
-    std::uint64_t bytes_to_client = 0;    ///< bytes relayed upstream -> client (ended sessions)
+    std::uint64_t accepted = 0;              ///< clients accepted (including those rejected)
+    std::uint64_t active = 0;                ///< sessions running now
+    std::uint64_t finished = 0;              ///< sessions ended cleanly
+    std::uint64_t failed = 0;                ///< sessions ended by an error, reset or timeout
+    std::uint64_t rejected_limit = 0;        ///< closed at once: past max_connections
+    std::uint64_t rejected_access = 0;       ///< closed at once: outside every allow range
+    std::uint64_t handshake_failures = 0;    ///< failed before the Mode decided (incl. timeouts)
+    std::uint64_t connect_failures = 0;      ///< the upstream refused, did not resolve or timed out
+    std::uint64_t bytes_to_upstream = 0;     ///< bytes relayed client -> upstream (ended sessions)
+    std::uint64_t bytes_to_client = 0;       ///< bytes relayed upstream -> client (ended sessions)
+    std::uint64_t udp_associations = 0;      ///< UDP associations ended (SOCKS5 UDP ASSOCIATE)
+    std::uint64_t datagrams_to_upstream = 0; ///< their datagrams, client -> remotes
+    std::uint64_t datagrams_to_client = 0;   ///< their datagrams, remotes -> client
+    std::uint64_t datagrams_dropped = 0;     ///< fragments, malformed, other sources, ...
 };
 
 /// What a policy sees of a proxy: a listener, a stop signal, and sessions to run. Policies are
@@ -12639,6 +13718,10 @@ private:
     std::atomic<std::uint64_t> connect_failures_{0};
     std::atomic<std::uint64_t> bytes_to_upstream_{0};
     std::atomic<std::uint64_t> bytes_to_client_{0};
+    std::atomic<std::uint64_t> udp_associations_{0};
+    std::atomic<std::uint64_t> datagrams_to_upstream_{0};
+    std::atomic<std::uint64_t> datagrams_to_client_{0};
+    std::atomic<std::uint64_t> datagrams_dropped_{0};
 };
 
 /// A proxy: a Policy says how sessions are scheduled (thread_policy, fork_policy, poll_policy
@@ -12856,6 +13939,12 @@ template <class Mode>
 void proxy_server<Mode>::count_ended(const session_result& result) noexcept {
     bytes_to_upstream_.fetch_add(result.bytes_to_upstream, std::memory_order_relaxed);
     bytes_to_client_.fetch_add(result.bytes_to_client, std::memory_order_relaxed);
+    if (result.udp) {
+        udp_associations_.fetch_add(1, std::memory_order_relaxed);
+        datagrams_to_upstream_.fetch_add(result.datagrams.to_upstream, std::memory_order_relaxed);
+        datagrams_to_client_.fetch_add(result.datagrams.to_client, std::memory_order_relaxed);
+        datagrams_dropped_.fetch_add(result.datagrams.dropped(), std::memory_order_relaxed);
+    }
     if (!result.error) {
         finished_.fetch_add(1, std::memory_order_relaxed);
     } else {
@@ -12890,6 +13979,10 @@ stats proxy_server<Mode>::snapshot() const noexcept {
     out.connect_failures = connect_failures_.load(std::memory_order_relaxed);
     out.bytes_to_upstream = bytes_to_upstream_.load(std::memory_order_relaxed);
     out.bytes_to_client = bytes_to_client_.load(std::memory_order_relaxed);
+    out.udp_associations = udp_associations_.load(std::memory_order_relaxed);
+    out.datagrams_to_upstream = datagrams_to_upstream_.load(std::memory_order_relaxed);
+    out.datagrams_to_client = datagrams_to_client_.load(std::memory_order_relaxed);
+    out.datagrams_dropped = datagrams_dropped_.load(std::memory_order_relaxed);
     return out;
 }
 

@@ -1,7 +1,7 @@
 // libFuzzer target for socks4_handshake (SOCKS4 and SOCKS4a). Input: byte 0 picks the
 // configuration (bit 0 set: small bounds, 8-byte user id and 16-byte host name; clear: the
-// defaults), byte 1 how the rest is cut into feeds (see tests/support/split_feed.hpp), and the rest
-// is what the client sends.
+// defaults; bit 1 set: BIND accepted), byte 1 how the rest is cut into feeds (see
+// tests/support/split_feed.hpp), and the rest is what the client sends.
 #include <cstddef> // std::size_t
 #include <cstdint> // bytes
 #include <vector>  // expected replies
@@ -28,6 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         cfg.max_user_id = 8;
         cfg.max_host_name = 16;
     }
+    cfg.accept_bind = (data[0] & 2) != 0;
     const std::uint8_t seed = data[1];
     const byte_view stream{data + 2, size - 2};
     auto make = [cfg] { return socks4_handshake(cfg); };
@@ -38,8 +39,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         require);
     const std::vector<std::uint8_t> rejected = {0, 0x5B, 0, 0, 0, 0, 0, 0};
     if (r.what == handshake_step::action::connect) {
-        // VN 4, CD 1, the port from DSTPORT, a request ending in NUL and within the bounds.
-        require(r.request_end >= 9 && stream[0] == 4 && stream[1] == 1);
+        // VN 4, CD 1 (or 2, BIND, when accepted), the port from DSTPORT, a request ending in NUL
+        // and within the bounds.
+        require(r.request_end >= 9 && stream[0] == 4 &&
+                (stream[1] == 1 || (cfg.accept_bind && stream[1] == 2)));
         require(tinyproxy::load_be<std::uint16_t>(stream.data() + 2) == r.target.port);
         require(stream[r.request_end - 1] == 0);
         require(r.request_end <= 8 + cfg.max_user_id + 1 + cfg.max_host_name + 1);

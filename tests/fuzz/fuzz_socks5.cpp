@@ -1,6 +1,7 @@
 // libFuzzer target for socks5_handshake. Input: byte 0 picks the configuration (bit 0 set:
-// credentials alice/s3cret required, so RFC 1929 runs; clear: no authentication), byte 1 how the
-// rest is cut into feeds (see tests/support/split_feed.hpp), and the rest is what the client sends.
+// credentials alice/s3cret required, so RFC 1929 runs; clear: no authentication; bit 1 set: BIND
+// and UDP ASSOCIATE accepted), byte 1 how the rest is cut into feeds (see
+// tests/support/split_feed.hpp), and the rest is what the client sends.
 #include <array>   // a bound IPv6 address
 #include <cstddef> // std::size_t
 #include <cstdint> // bytes
@@ -24,10 +25,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         return 0;
     }
     const bool with_credentials = (data[0] & 1) != 0;
+    const bool all_commands = (data[0] & 2) != 0;
     const std::uint8_t seed = data[1];
     const byte_view stream{data + 2, size - 2};
-    auto make = [with_credentials] {
+    auto make = [with_credentials, all_commands] {
         socks5_handshake::config cfg;
+        cfg.accept_bind = all_commands;
+        cfg.accept_udp_associate = all_commands;
         if (with_credentials) {
             cfg.required = tinyproxy::credentials{"alice", "s3cret"};
         }

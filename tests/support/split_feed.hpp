@@ -144,7 +144,12 @@ handshake_run drive_handshake(Parser& parser, tinyproxy::byte_view stream, const
                                      piece.data() + (piece.size() - step.to_upstream.size()),
                                      step.to_upstream.size()) == 0);
             check(tail, "to_upstream is not the tail of the last feed");
-            check(!step.target.host.empty() && step.target.port != 0, "connect without a target");
+            // A BIND or UDP ASSOCIATE may leave the port to the proxy (it names a peer, not a
+            // destination); a CONNECT may not.
+            check(!step.target.host.empty() &&
+                      (step.target.port != 0 ||
+                       step.kind != tinyproxy::handshake_step::request::connect),
+                  "connect without a target");
             for (char c : step.target.host) {
                 check(static_cast<unsigned char>(c) >= 0x20 && c != 0x7F,
                       "a control character in the target host");

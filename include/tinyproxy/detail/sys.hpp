@@ -204,6 +204,49 @@ inline std::size_t send_some(int fd, const void* data, std::size_t size, std::er
     }
 }
 
+/// recvfrom(2) of one datagram: its length (MSG_TRUNC where the platform has it: a datagram
+/// longer than `size` reports its full length, so the caller can tell it was cut), and the
+/// sender in `from`; EINTR retried; EAGAIN as for recv_some.
+inline std::size_t recvfrom_some(int fd, void* data, std::size_t size, sockaddr_storage& from,
+                                 socklen_t& from_length, std::error_code& ec) noexcept {
+#ifdef MSG_TRUNC
+    const int flags = MSG_TRUNC;
+#else
+    const int flags = 0;
+#endif
+    for (;;) {
+        from_length = sizeof from;
+        ssize_t n =
+            ::recvfrom(fd, data, size, flags, reinterpret_cast<sockaddr*>(&from), &from_length);
+        if (n >= 0) {
+            return static_cast<std::size_t>(n);
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+}
+
+/// sendto(2) of one datagram; never raises SIGPIPE; EINTR retried.
+inline std::size_t sendto_some(int fd, const void* data, std::size_t size, const sockaddr* to,
+                               socklen_t to_length, std::error_code& ec) noexcept {
+    int flags = 0;
+#if TINYPROXY_HAS_MSG_NOSIGNAL
+    flags |= MSG_NOSIGNAL;
+#endif
+    for (;;) {
+        ssize_t n = ::sendto(fd, data, size, flags, to, to_length);
+        if (n >= 0) {
+            return static_cast<std::size_t>(n);
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return 0;
+        }
+    }
+}
+
 inline bool shutdown_socket(int fd, int how, std::error_code& ec) noexcept {
     if (::shutdown(fd, how) < 0) {
         ec = last_error();

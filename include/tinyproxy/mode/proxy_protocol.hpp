@@ -133,7 +133,10 @@ public:
 
         /// With `send`, a connect step's upstream bytes begin with the PROXY header.
         mode_step outgoing(mode_step step) const {
+            // A BIND's peer connected to us and a UDP association has no upstream stream:
+            // neither is told who the client is.
             if (step.what != mode_step::action::connect ||
+                step.kind != mode_step::request::connect ||
                 config_->send == proxy_protocol_version::none) {
                 return step;
             }

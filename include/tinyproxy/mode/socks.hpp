@@ -26,12 +26,21 @@ namespace tinyproxy {
 /// answers fail(protocol_error), as the parsers do.
 ///
 /// With credentials configured, SOCKS5 clients must authenticate (RFC 1929) and SOCKS4 clients,
-/// which cannot, are refused with a 0x5B reply.
+/// which cannot, are refused with a 0x5B reply; so with `--user`, only a client that logged in
+/// gets a BIND or a UDP association.
+///
+/// BIND (SOCKS4 and SOCKS5) and UDP ASSOCIATE (SOCKS5) are served when `config` says so, and
+/// refused as unsupported commands (0x5B, REP 0x07) otherwise. A BIND is answered twice: the
+/// session calls on_connected() first with the listening address as `local` (the first reply),
+/// then with the peer that connected as `upstream` (the second reply, naming it). A UDP
+/// ASSOCIATE is answered once, with the relay's address as `local`.
 class socks_mode {
 public:
     struct config {
         std::optional<credentials> required; ///< user name and password every client must give
         bool allow_socks4 = true;            ///< also serve SOCKS4 and 4a (when no credentials)
+        bool bind = false;                   ///< serve BIND (a listener per request)
+        bool udp_associate = false;          ///< serve UDP ASSOCIATE (a UDP socket per request)
     };
 
     socks_mode() = default;
@@ -54,6 +63,8 @@ public:
         void end_handshake() noexcept;
 
         const config* config_;
+        handshake_step::request request_ = handshake_step::request::connect;
+        bool listening_sent_ = false; // a BIND's first reply has been built
         // Heap, handshake only: a held connection keeps a pointer, not the ~600-byte parser.
         std::unique_ptr<socks4_handshake> v4_;
         std::unique_ptr<socks5_handshake> v5_;
@@ -73,6 +84,8 @@ inline mode_step socks_mode::session::on_client_data(byte_view bytes) {
     mode_step step = v5_ ? v5_->feed(bytes) : v4_ ? v4_->feed(bytes) : pick_parser(bytes);
     if (step.what == mode_step::action::fail) {
         end_handshake();
+    } else if (step.what == mode_step::action::connect) {
+        request_ = step.kind;
     }
     return step;
 }
@@ -94,6 +107,8 @@ inline mode_step socks_mode::session::start_socks5(byte_view bytes) {
     // No memory for a parser throws, and basic_session closes this client (not the proxy).
     socks5_handshake::config cfg;
     cfg.required = config_->required;
+    cfg.accept_bind = config_->bind;
+    cfg.accept_udp_associate = config_->udp_associate;
     v5_ = std::make_unique<socks5_handshake>(std::move(cfg));
     return v5_->feed(bytes);
 }
@@ -104,17 +119,27 @@ inline mode_step socks_mode::session::start_socks4(byte_view bytes) {
         return mode_step::fail(make_error_code(errc::auth_failed),
                                socks4_handshake().failed(make_error_code(errc::not_allowed)));
     }
-    v4_ = std::make_unique<socks4_handshake>();
+    socks4_handshake::config cfg;
+    cfg.accept_bind = config_->bind;
+    v4_ = std::make_unique<socks4_handshake>(cfg);
     return v4_->feed(bytes);
 }
 
-inline std::vector<std::uint8_t>
-socks_mode::session::on_connected(std::error_code result, const endpoint& local, const endpoint&) {
+inline std::vector<std::uint8_t> socks_mode::session::on_connected(std::error_code result,
+                                                                   const endpoint& local,
+                                                                   const endpoint& upstream) {
+    // A BIND's first reply names where we listen; its second, the peer that connected.
+    const bool bind = request_ == handshake_step::request::bind;
+    const endpoint& named = bind && listening_sent_ ? upstream : local;
     std::vector<std::uint8_t> reply;
     if (v5_) {
-        reply = result ? v5_->failed(result) : v5_->connected(local);
+        reply = result ? v5_->failed(result) : v5_->connected(named);
     } else if (v4_) {
-        reply = result ? v4_->failed(result) : v4_->connected(local);
+        reply = result ? v4_->failed(result) : v4_->connected(named);
+    }
+    if (bind && !result && !listening_sent_) {
+        listening_sent_ = true; // the parser stays for the second reply
+        return reply;
     }
     end_handshake();
     return reply;

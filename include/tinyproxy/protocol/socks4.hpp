@@ -37,16 +37,19 @@ namespace tinyproxy {
 ///  - fail:
 ///     * not SOCKS4 (first byte not 4): nothing (unsupported_version), at the first byte;
 ///     * user id or host name past its bound: message_too_large;
-///     * a command other than CONNECT (BIND is 2): unsupported_command, once the whole request
-///       is in;
+///     * a command other than CONNECT, or BIND (2) when `config` does not accept it:
+///       unsupported_command, once the whole request is in;
 ///     * a SOCKS4a host name that is empty or holds a control character: name_not_resolved;
-///     * DSTPORT 0: invalid_address.
+///     * DSTPORT 0 in a CONNECT: invalid_address.
+/// An accepted BIND answers a connect step of kind `request::bind` naming the peer the client
+/// expects (DSTPORT 0 allowed); the caller sends connected(listening), then connected(peer).
 /// Any feed after a connect or fail step answers fail(protocol_error) with nothing to send.
 class socks4_handshake {
 public:
     struct config {
         std::size_t max_user_id = 255;   ///< bytes before the user id's NUL
         std::size_t max_host_name = 255; ///< bytes before the SOCKS4a host name's NUL
+        bool accept_bind = false;        ///< BIND is a request; unset, it gets 0x5B
     };
 
     static constexpr std::uint8_t version = 4;
@@ -152,8 +155,9 @@ inline handshake_step socks4_handshake::finish(byte_reader& input) {
     std::uint8_t command = header.u8();
     std::uint16_t port = header.u16();
     byte_view ip = header.bytes(4);
-    if (command != command_connect) {
-        return fail_with(errc::unsupported_command); // BIND, or no command at all
+    const bool bind = command == command_bind && config_.accept_bind;
+    if (command != command_connect && !bind) {
+        return fail_with(errc::unsupported_command); // BIND not accepted, or no command at all
     }
     host_port target;
     if (is_socks4a()) {
@@ -164,13 +168,14 @@ inline handshake_step socks4_handshake::finish(byte_reader& input) {
     } else {
         target.host = ip_address::v4({ip[0], ip[1], ip[2], ip[3]}).to_string();
     }
-    if (port == 0) {
+    if (port == 0 && !bind) { // a BIND may leave the port to us: the client seldom knows it
         return fail_with(errc::invalid_address);
     }
     target.port = port;
     byte_view rest = input.rest();
-    return handshake_step::connect_to(std::move(target),
-                                      std::vector<std::uint8_t>(rest.begin(), rest.end()));
+    return handshake_step::request_for(
+        bind ? handshake_step::request::bind : handshake_step::request::connect, std::move(target),
+        std::vector<std::uint8_t>(rest.begin(), rest.end()));
 }
 
 inline handshake_step socks4_handshake::fail_with(std::error_code why, bool reply) {

@@ -40,12 +40,20 @@ namespace tinyproxy {
 ///     * RFC 1929 version not 1: {1, 1} (unsupported_version); bad credentials: {1, 1}
 ///       (auth_failed);
 ///     * request version not 5: REP 0x01 (unsupported_version);
-///     * a command other than CONNECT (BIND, UDP ASSOCIATE, ...): REP 0x07 (unsupported_command);
+///     * a command other than CONNECT, BIND and UDP ASSOCIATE, or BIND or UDP ASSOCIATE when
+///       `config` does not accept it: REP 0x07 (unsupported_command);
 ///     * ATYP other than 1, 3, 4: REP 0x08 (unsupported_address_type), as soon as ATYP arrives,
 ///       since the request's length is then unknown;
 ///     * a domain name that is empty or holds a control character (NUL included): REP 0x04
 ///       (name_not_resolved: no such name can resolve);
-///     * port 0: REP 0x01 (invalid_address).
+///     * port 0 in a CONNECT: REP 0x01 (invalid_address).
+///
+/// A BIND (when accepted) answers a connect step of kind `request::bind` naming the peer the
+/// client expects (port 0 allowed: a client seldom knows it); the caller then sends
+/// connected(listening), and connected(peer) once the peer has connected. A UDP ASSOCIATE
+/// answers kind `request::udp_associate` naming where the client's datagrams will come from
+/// (0.0.0.0 and port 0 allowed: the client may not know); the caller sends
+/// connected(relay address) and relays until the client closes this connection.
 ///
 /// Domain names are otherwise passed through as given (up to 255 bytes, as the protocol allows);
 /// an IPv4 or IPv6 target comes out as its numeric text. Any feed after a connect or fail step
@@ -56,6 +64,8 @@ public:
         /// Set: only USERNAME/PASSWORD (method 0x02) is accepted, with exactly these
         /// credentials. Unset: only NO AUTHENTICATION REQUIRED (0x00).
         std::optional<credentials> required;
+        bool accept_bind = false;          ///< BIND is a request; unset, it gets REP 0x07
+        bool accept_udp_associate = false; ///< UDP ASSOCIATE likewise
     };
 
     static constexpr std::uint8_t version = 5;
@@ -64,6 +74,8 @@ public:
     static constexpr std::uint8_t method_none_acceptable = 0xFF;
     static constexpr std::uint8_t auth_version = 1;
     static constexpr std::uint8_t command_connect = 1;
+    static constexpr std::uint8_t command_bind = 2;
+    static constexpr std::uint8_t command_udp_associate = 3;
     static constexpr std::uint8_t atyp_ipv4 = 1;
     static constexpr std::uint8_t atyp_domain = 3;
     static constexpr std::uint8_t atyp_ipv6 = 4;
@@ -101,7 +113,7 @@ private:
     /// Acts on the complete message in the buffer; answers whether the handshake goes on.
     bool on_greeting(std::vector<std::uint8_t>& to_client, std::error_code& why);
     bool on_auth(std::vector<std::uint8_t>& to_client, std::error_code& why) const;
-    bool on_request(host_port& target, std::error_code& why) const;
+    bool on_request(host_port& target, handshake_step::request& kind, std::error_code& why) const;
     handshake_step fail_with(std::error_code why, std::vector<std::uint8_t> to_client);
 
     static bool same_secret(std::string_view given, std::string_view expected) noexcept;
@@ -152,13 +164,14 @@ inline handshake_step socks5_handshake::feed(byte_view bytes) {
             break;
         case stage::request: {
             host_port target;
-            if (!on_request(target, why)) {
+            handshake_step::request kind = handshake_step::request::connect;
+            if (!on_request(target, kind, why)) {
                 return fail_with(why, std::move(to_client));
             }
             stage_ = stage::finished;
             byte_view rest = input.rest();
-            handshake_step step = handshake_step::connect_to(
-                std::move(target), std::vector<std::uint8_t>(rest.begin(), rest.end()));
+            handshake_step step = handshake_step::request_for(
+                kind, std::move(target), std::vector<std::uint8_t>(rest.begin(), rest.end()));
             step.to_client = std::move(to_client);
             return step;
         }
@@ -261,14 +274,19 @@ inline bool socks5_handshake::on_auth(std::vector<std::uint8_t>& to_client,
     return true;
 }
 
-inline bool socks5_handshake::on_request(host_port& target, std::error_code& why) const {
+inline bool socks5_handshake::on_request(host_port& target, handshake_step::request& kind,
+                                         std::error_code& why) const {
     byte_reader message(byte_view{buffer_.data(), buffered_});
     message.skip(1); // VER, checked by wanted()
     std::uint8_t command = message.u8();
     message.skip(1); // RSV: ignored
     std::uint8_t atyp = message.u8();
-    if (command != command_connect) {
-        why = errc::unsupported_command; // BIND (2), UDP ASSOCIATE (3) or unknown
+    if (command == command_bind && config_.accept_bind) {
+        kind = handshake_step::request::bind;
+    } else if (command == command_udp_associate && config_.accept_udp_associate) {
+        kind = handshake_step::request::udp_associate;
+    } else if (command != command_connect) {
+        why = errc::unsupported_command; // not accepted, or unknown
         return false;
     }
     if (atyp == atyp_ipv4) {
@@ -291,7 +309,8 @@ inline bool socks5_handshake::on_request(host_port& target, std::error_code& why
         why = errc::protocol_error; // wanted() and this reading disagree: a bug, not a client
         return false;
     }
-    if (target.port == 0) {
+    // BIND and UDP ASSOCIATE may leave the port to us: the client seldom knows it.
+    if (target.port == 0 && kind == handshake_step::request::connect) {
         why = errc::invalid_address;
         return false;
     }

@@ -26,13 +26,25 @@ struct credentials {
 /// it has been fed so far. The caller does the I/O: it sends `to_client` (whatever the action),
 /// then, for need_more, feeds the client's next bytes; for connect, connects to `target` and
 /// sends `to_upstream` before anything else; for fail, closes once `to_client` is out.
+///
+/// A connect step is one of three requests (`kind`), as SOCKS has them: a TCP connection to
+/// `target` (CONNECT); a listener that waits for one connection from `target` (BIND, SOCKS4 and
+/// SOCKS5); a UDP relay for the client, whose datagrams come from `target` when that is not
+/// empty or zero (UDP ASSOCIATE, SOCKS5).
 struct handshake_step {
     enum class action {
         need_more, ///< send `to_client` (if any), then feed the client's next bytes
         connect,   ///< connect to `target`, then send `to_upstream` first
         fail,      ///< send `to_client` (if any), then close; `error` says why
     };
+    /// What a connect step asks for (see above).
+    enum class request {
+        connect,       ///< a TCP connection to `target`
+        bind,          ///< accept one TCP connection from `target`
+        udp_associate, ///< relay UDP for a client whose datagrams come from `target`
+    };
     action what = action::need_more;
+    request kind = request::connect;
     std::vector<std::uint8_t> to_client;
     host_port target;
     /// For connect: bytes the client sent after its request (pipelined), to go upstream first
@@ -50,6 +62,13 @@ struct handshake_step {
         s.what = action::connect;
         s.target = std::move(where);
         s.to_upstream = std::move(first_bytes);
+        return s;
+    }
+    /// A connect step for a request other than CONNECT (BIND, UDP ASSOCIATE).
+    static handshake_step request_for(request what, host_port where,
+                                      std::vector<std::uint8_t> first_bytes = {}) {
+        handshake_step s = connect_to(std::move(where), std::move(first_bytes));
+        s.kind = what;
         return s;
     }
     static handshake_step fail(std::error_code why, std::vector<std::uint8_t> reply = {}) {

@@ -80,6 +80,15 @@ public:
     /// second from `now` to take them. Afterwards owes_client() says whether any are left.
     void close_with(std::vector<std::uint8_t> reply, time_point now);
 
+    /// `reply` is owed to the client after what is owed already (a BIND's or UDP ASSOCIATE's
+    /// reply, while the session waits on something other than the client); the deadline stays.
+    void owe(const std::vector<std::uint8_t>& reply) {
+        to_client_.erase(to_client_.begin(),
+                         to_client_.begin() + static_cast<std::ptrdiff_t>(to_client_offset_));
+        to_client_offset_ = 0;
+        to_client_.insert(to_client_.end(), reply.begin(), reply.end());
+    }
+
     /// The bytes owed to the client and those kept for upstream, for the tunnel to send first.
     byte_view unsent_to_client() const noexcept {
         return byte_view{to_client_.data() + to_client_offset_,
