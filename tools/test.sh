@@ -2,16 +2,14 @@
 # The project's test command: installs what the build and the tests need when it is missing
 # (Debian/Ubuntu: the build tools, doctest, and every peer program the tests talk to), then
 # installs Toxiproxy's Node client from npm (tests/api/node, pinned by its package-lock.json), then
-# configures, builds and runs every test with `cmake --workflow --preset release-tests`: the suite
-# at -O3, as users ship the library (what only the optimiser warns about or breaks shows here), with
-# every header compiled alone. A test whose peer is missing fails; TINYPROXY_ALLOW_SKIP=1 turns that
-# into Skipped (for a machine without apt).
-# Usage: tools/test.sh [preset]   (default: release-tests; `dev` is the Debug build for debugging;
-# any workflow preset in CMakePresets.json)
+# configures, builds and runs every test with `cmake --workflow --preset dev`. A test whose peer
+# is missing fails; TINYPROXY_ALLOW_SKIP=1 turns that into Skipped (for a machine without apt).
+# Usage: tools/test.sh [preset]   (default: dev; any workflow preset in CMakePresets.json, e.g.
+# release-tests: the suite at -O3)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-preset="${1:-release-tests}"
+preset="${1:-dev}"
 
 tools/install-deps.sh --tests
 if [ "${TINYPROXY_ALLOW_SKIP:-0}" != 1 ]; then
