@@ -28,6 +28,7 @@ Modes (one at a time; --quick shortens each):
   --api       the Toxiproxy-compatible API (issue 14), API_ROUNDS (6; 2 quick) rounds,
               API_PAIRS toxic pairs; -api[-quick].json: about 3 minutes, under 1 with --quick
   --http      bench/http_proxy.py, the HTTP-proxy benchmark (the other arguments go to it)
+  --udp       bench/udp_socks.py, the SOCKS5 UDP benchmark (the other arguments go to it)
   --self-test a smoke run of every mode against one peer, about 30 s; fails if any mode does
 
 Options: --quiet (no progress line on stderr). Environment: TINYPROXY=path (the CLI to
@@ -98,6 +99,17 @@ def dispatch_http(args):
     return 2
 
 
+def dispatch_udp(args):
+    """--udp: bench/udp_socks.py with the other arguments."""
+    script = os.path.join(HERE, "udp_socks.py")
+    if not os.path.exists(script):
+        print(f"run.py --udp: {script} is missing (the SOCKS5 UDP benchmark)", file=sys.stderr)
+        return 2
+    rest = [a for a in args if a != "--udp"]
+    os.execv(sys.executable, [sys.executable, script, *rest])
+    return 2
+
+
 def parse(args):
     quick = quiet = False
     mode = None
@@ -115,7 +127,7 @@ def parse(args):
             raise SystemExit(0)
         else:
             print(f"run.py: unknown argument '{arg}' (only --quick, --quiet, "
-                  + ", ".join(MODES) + " and --http)", file=sys.stderr)
+                  + ", ".join(MODES) + ", --http and --udp)", file=sys.stderr)
             raise SystemExit(2)
     return quick, quiet, mode
 
@@ -170,6 +182,8 @@ def _terminate(signum, frame):
 def main(args):
     if "--http" in args:
         return dispatch_http(args)
+    if "--udp" in args:
+        return dispatch_udp(args)
     if args[:1] == ["--self-test-one"] and len(args) == 2:  # one mode of --self-test
         return self_test_one(args[1])
     quick, quiet, mode = parse(args)
