@@ -161,8 +161,8 @@ public:
         return relay_.pump(now_, scratch_.data(), scratch_.size());
     }
     /// Pumps with what a wait reported for each side, as every policy does.
-    bool pump(short client_revents, short upstream_revents,
-              int rounds = tinyproxy::relay::max_rounds) {
+    bool pump(short client_revents, short upstream_revents, int rounds = 0) {
+        rounds = rounds == 0 ? rounds_ : rounds;
         ++pumps_;
         return relay_.pump(now_, scratch_.data(), scratch_.size(), client_revents, upstream_revents,
                            rounds);
@@ -170,6 +170,9 @@ public:
     /// The time every pump passes the relay: a fake clock the test moves (no stage test reads
     /// the real one).
     void set_now(time_point now) { now_ = now; }
+    /// The reads per direction drive() asks of each pump: relay::shared_rounds is what an event
+    /// loop serving other tunnels too asks.
+    void set_rounds(int rounds) { rounds_ = rounds; }
     time_point now() const { return now_; }
     /// Pumps as a driver does at next_wake(): no socket reported ready, no scratch buffer.
     bool pump_at(time_point now) {
@@ -212,6 +215,7 @@ private:
     app_side client_app_;
     app_side upstream_app_;
     int pumps_ = 0;
+    int rounds_ = tinyproxy::relay::max_rounds;
     time_point now_{};
 };
 
@@ -789,6 +793,54 @@ TEST_CASE("splice: 8 MiB each way at once over TCP go through pipes, intact, eve
         CHECK(tptest::open_descriptors() == descriptors_before + 4); // the rig's four sockets
     }
     CHECK(tptest::open_descriptors() == descriptors_before);
+}
+
+TEST_CASE(
+    "splice: a tunnel sharing its loop grows a pipe a read filled to 1 MiB, and gives it back") {
+    using tinyproxy::detail::pipe_growth;
+    for (bool shared : {true, false}) {
+        CAPTURE(shared);
+        REQUIRE(pipe_growth::held_in_process() == 0);
+        relay_rig rig(transport::tcp_loopback, 64 * 1024, true);
+        const int descriptors_before = tptest::open_descriptors(); // the rig's four sockets
+        rig.set_rounds(shared ? tinyproxy::relay::shared_rounds : tinyproxy::relay::max_rounds);
+        const std::string bulk = random_bytes(16 << 20, 41);
+        rig.client().to_send = bulk;
+        rig.client().shut_when_sent = false;
+        rig.upstream().shut_when_sent = false;
+        REQUIRE(rig.drive([&] { return rig.upstream().received.size() == bulk.size(); }, 20'000));
+        REQUIRE(rig.relay().bytes_spliced_to_upstream() > 0);
+        // Alone on its thread or loop, a tunnel keeps the pipe it started with, and makes up to
+        // max_rounds reads of it a pump instead.
+        CHECK(largest_pipe_capacity() ==
+              (shared ? tinyproxy::relay::shared_pipe_size : tinyproxy::relay::splice_pipe_size));
+        CHECK(pipe_growth::held_in_process() == (shared ? 1 : 0));
+
+        rig.client().shut_when_sent = true;
+        rig.upstream().shut_when_sent = true;
+        REQUIRE(rig.drive([&] { return rig.relay().finished(); }, 10'000));
+        CHECK(first_difference(rig.upstream().received, bulk) == std::string::npos);
+        // The pipe closed with its direction, and the share went back with it.
+        CHECK(tptest::open_descriptors() == descriptors_before);
+        CHECK(pipe_growth::held_in_process() == 0);
+    }
+}
+
+TEST_CASE("splice: at most relay::shared_pipe_budget pipes of a process are grown at once") {
+    using tinyproxy::detail::pipe_growth;
+    REQUIRE(pipe_growth::held_in_process() == 0);
+    std::vector<pipe_growth> shares(tinyproxy::relay::shared_pipe_budget + 1);
+    for (int i = 0; i < tinyproxy::relay::shared_pipe_budget; ++i) {
+        CHECK(shares[static_cast<std::size_t>(i)].take(tinyproxy::relay::shared_pipe_budget));
+    }
+    CHECK_FALSE(shares.back().take(tinyproxy::relay::shared_pipe_budget));
+    CHECK(pipe_growth::held_in_process() == tinyproxy::relay::shared_pipe_budget);
+    pipe_growth moved = std::move(shares.front()); // a relay moved keeps its share
+    CHECK(pipe_growth::held_in_process() == tinyproxy::relay::shared_pipe_budget);
+    moved.release();
+    CHECK(shares.back().take(tinyproxy::relay::shared_pipe_budget));
+    shares.clear();
+    CHECK(pipe_growth::held_in_process() == 0);
 }
 
 TEST_CASE("splice: end of stream after spliced data passes on only once the pipe has drained") {

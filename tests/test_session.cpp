@@ -180,6 +180,64 @@ std::string go_line(const endpoint& where) { return "GO " + where.to_string() + 
 
 void sleep_ms(long ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
+/// A Mode that decides before reading the client, as forwarding does: everything the client
+/// sends belongs to the tunnel.
+class straight_mode_session {
+public:
+    explicit straight_mode_session(tinyproxy::host_port target) : target_(std::move(target)) {}
+    mode_step start() { return mode_step::connect_to(target_); }
+    mode_step on_client_data(byte_view) { return mode_step::need_more(); } // never called
+    std::vector<std::uint8_t> on_connected(std::error_code, const endpoint&, const endpoint&) {
+        return {};
+    }
+
+private:
+    tinyproxy::host_port target_;
+};
+
+using straight_session = tinyproxy::basic_session<straight_mode_session>;
+
+tinyproxy::host_port target_of(const endpoint& where) {
+    std::error_code ec;
+    tinyproxy::host_port target = tinyproxy::parse_host_port(where.to_string(), ec);
+    REQUIRE_FALSE(ec);
+    return target;
+}
+
+/// Drives a session by hand until `until` says true or `ms` have passed: polls its sockets for
+/// what it asks, and passes on what they report.
+template <class Session, class Until>
+bool drive_until(Session& session, Until until, long ms) {
+    std::vector<std::uint8_t> scratch(16384);
+    const auto deadline = tinyproxy::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (!until() && !session.done() && tinyproxy::steady_clock::now() < deadline) {
+        pollfd fds[2] = {{session.client_fd(), session.client_events(), 0},
+                         {session.upstream_fd(), session.upstream_events(), 0}};
+        ::poll(fds, 2, 20);
+        session.on_ready(fds[0].revents, fds[1].revents, tinyproxy::steady_clock::now(),
+                         scratch.data(), scratch.size());
+    }
+    return until();
+}
+
+/// Waits until `fd` is readable: what a client sent has reached the socket the session gets.
+void wait_readable(int fd) {
+    pollfd entry{fd, POLLIN, 0};
+    REQUIRE(::poll(&entry, 1, 5000) == 1);
+}
+
+/// Capitalises every letter it passes on.
+class upper_stage : public tinyproxy::relay_stage {
+public:
+    void on_data(tinyproxy::stage_context& out, byte_view bytes) override {
+        std::string text(bytes.as_chars());
+        for (char& c : text) {
+            c = (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c;
+        }
+        out.pass(std::string_view(text));
+    }
+};
+
 } // namespace
 
 TEST_SUITE_BEGIN("session");
@@ -822,6 +880,89 @@ TEST_CASE("a failed connect reaches the Mode's on_connected once, with why it fa
     CHECK(session.result().error == expected);
     CHECK(session.result().stage == tinyproxy::session_result::stage_type::connect);
     CHECK_FALSE(session.result().connected);
+}
+
+TEST_CASE("a Mode that decides before reading has the client's first bytes probe the connect") {
+    // Forwarding: the client's first bytes are sent as the connect's probe, in the same call
+    // that connects (no poll(2) first, no wait for the driver). A refused address fails that
+    // send, and the same bytes go to the next address.
+    echo_server echo;
+    const endpoint refused = tinyproxy::listener::open(loopback_any_port, 4).local_endpoint();
+    for (bool refused_first : {false, true}) {
+        CAPTURE(refused_first);
+        echo_server fresh; // its received() holds this round's bytes only
+        front_connection front = connect_client();
+        int client = front.client.native_handle();
+        REQUIRE(write_all(client, "first bytes", in_ms(5000)));
+        wait_readable(front.accepted.native_handle());
+        straight_session session(std::move(front.accepted),
+                                 straight_mode_session(refused_first
+                                                           ? tinyproxy::host_port{"two.invalid", 80}
+                                                           : target_of(fresh.endpoint())),
+                                 short_limits());
+        auto now = tinyproxy::steady_clock::now();
+        session.start(now);
+        if (refused_first) {
+            REQUIRE(session.wants_resolve());
+            session.on_resolved({refused, fresh.endpoint()}, {}, now); // the closed port first
+        }
+        // Not one on_ready() since: the bytes went with the connect.
+        REQUIRE_FALSE(session.connecting());
+        REQUIRE_FALSE(session.done());
+        for (int wait = 0; wait < 200 && fresh.received() != "first bytes"; ++wait) {
+            sleep_ms(5);
+        }
+        CHECK(fresh.received() == "first bytes");
+        CHECK(session.result().upstream == fresh.endpoint());
+
+        // The relay goes on from there: the echo back, then the end of stream each way.
+        REQUIRE(write_all(client, " and more", in_ms(5000)));
+        ::shutdown(client, SHUT_WR);
+        CHECK(drive_until(
+            session, [&] { return session.done(); }, 5000));
+        read_result got = read_to_eof(client, in_ms(5000));
+        CHECK(got.data == "first bytes and more");
+        CHECK(session.result().bytes_to_upstream == 20);
+        CHECK(session.result().bytes_to_client == 20);
+        CHECK_FALSE(session.result().error);
+    }
+    CHECK(echo.accepted() == 0);
+}
+
+TEST_CASE("the first bytes of a tunnel with stages go through its stages, not as the probe") {
+    echo_server echo;
+    front_connection front = connect_client();
+    int client = front.client.native_handle();
+    REQUIRE(write_all(client, "shout", in_ms(5000)));
+    wait_readable(front.accepted.native_handle());
+    tinyproxy::session_options limits = short_limits();
+    limits.stages = [](const tinyproxy::tunnel_info&, tinyproxy::tunnel_stages& stages) {
+        stages.to_upstream.push_back(std::make_unique<upper_stage>());
+    };
+    straight_session session(std::move(front.accepted),
+                             straight_mode_session(target_of(echo.endpoint())), limits);
+    session.start(tinyproxy::steady_clock::now());
+    ::shutdown(client, SHUT_WR);
+    CHECK(drive_until(
+        session, [&] { return session.done(); }, 5000));
+    CHECK(read_to_eof(client, in_ms(5000)).data == "SHOUT");
+    CHECK(echo.received() == "SHOUT");
+}
+
+TEST_CASE("a client reset before its Mode decided ends the session without a connect") {
+    echo_server echo;
+    front_connection front = connect_client();
+    arm_reset(front.client.native_handle());
+    front.client.close(); // a reset, and not a byte before it
+    wait_readable(front.accepted.native_handle());
+    straight_session session(std::move(front.accepted),
+                             straight_mode_session(target_of(echo.endpoint())), short_limits());
+    session.start(tinyproxy::steady_clock::now());
+    CHECK(session.done());
+    CHECK(session.result().error == std::errc::connection_reset);
+    CHECK_FALSE(session.result().connected);
+    sleep_ms(20);
+    CHECK(echo.accepted() == 0);
 }
 
 TEST_SUITE_END();

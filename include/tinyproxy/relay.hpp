@@ -4,6 +4,7 @@
 // on Linux, bulk data moves with splice(2).
 #pragma once
 
+#include <algorithm>    // std::min
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
 #include <memory>       // a direction's stage chain, only when it has one
@@ -66,14 +67,20 @@ namespace tinyproxy {
 /// the direction stays on the copy path. The pipe is grown to `splice_pipe_size` (256 KiB)
 /// where the kernel allows, and each splice moves up to a pipe's worth: fewer system calls per
 /// byte than a default 64 KiB pipe, and less CPU per byte (bench/README.md, "Why the relay does
-/// what it does"). A pipe the kernel keeps below 64 KiB (the user's pipe quota is spent, and
-/// new pipes get two pages) is given back, and the direction copies instead. Bytes in the pipe
-/// are pending bytes like any other: the pipe is filled only when empty, with at most its
-/// capacity. They are kernel pages taken off the source socket's receive queue, not the
-/// process's memory; the scratch buffer bounds what the copy path holds. splice(2) cannot
-/// say MSG_NOSIGNAL, so each pump that splices into a socket blocks SIGPIPE in the calling
-/// thread meanwhile (detail::sigpipe_guard) and takes back a SIGPIPE its failed write raised:
-/// the relay never kills the process, whoever drives it, and installs no handler.
+/// what it does"). A tunnel that shares its event loop with other bulk tunnels reads one pipe's
+/// worth per turn (`shared_rounds`): once `shared_reads_to_grow` such reads in a row have filled
+/// the pipe, it grows to `shared_pipe_size` (1 MiB), so each turn moves four times as much for
+/// the same calls and wake-ups. A tunnel alone on its loop, shared only for a moment (iperf3's
+/// control connection beside its one stream), keeps its pipe: it did not pay there. At most
+/// `shared_pipe_budget` pipes of a process are grown at a time, since each takes 256 pages of the
+/// user's pipe quota. A pipe the kernel keeps below 64 KiB (the user's pipe quota is spent, and new
+/// pipes get two pages) is given back, and the direction copies instead. Bytes in the pipe are
+/// pending bytes like any other: the pipe is filled only when empty, with at most its capacity.
+/// They are kernel pages taken off the source socket's receive queue, not the process's memory; the
+/// scratch buffer bounds what the copy path holds. splice(2) cannot say MSG_NOSIGNAL, so each pump
+/// that splices into a socket blocks SIGPIPE in the calling thread meanwhile
+/// (detail::sigpipe_guard) and takes back a SIGPIPE its failed write raised: the relay never kills
+/// the process, whoever drives it, and installs no handler.
 class relay {
 public:
     /// `use_splice`: let bulk data move with splice(2) (see above); ignored where unavailable.
@@ -95,6 +102,9 @@ public:
     void prime_upstream(byte_view bytes) { (void)keep(halves_[0], bytes); }
     /// Bytes to send to the client before anything read from upstream.
     void prime_client(byte_view bytes) { (void)keep(halves_[1], bytes); }
+    /// Bytes of the client's that reached upstream before the relay began (the connect's
+    /// probe, detail::connector): counted as relayed, as if the relay had sent them.
+    void count_sent_upstream(std::uint64_t bytes) noexcept { halves_[0].bytes_written += bytes; }
 
     /// Gives direction `which` its chain of stages, which the relay owns from then on; an empty
     /// chain gives the direction back today's path. Set it before the first pump; stages may
@@ -128,6 +138,13 @@ public:
     /// The capacity a splicing direction asks for its pipe (F_SETPIPE_SZ): the most one splice
     /// moves, and the most the pipe holds.
     static constexpr std::size_t splice_pipe_size = 256 * 1024;
+    /// What a pipe grows to when its tunnel shares an event loop and a read filled it, and how
+    /// many pipes of a process may have grown at once: 16 of them take 4,096 pages, a quarter
+    /// of the default per-user quota (pipe-user-pages-soft), beyond which new pipes get a page
+    /// and their directions copy instead.
+    static constexpr std::size_t shared_pipe_size = 1024 * 1024;
+    static constexpr int shared_pipe_budget = 16;
+    static constexpr int shared_reads_to_grow = 8;
 
     /// What pump() assumes of a socket when the caller does not say: it may be readable, and
     /// may hold an error.
@@ -241,6 +258,8 @@ private:
         unique_fd pipe_write;                // ... through this end
         std::size_t in_pipe = 0;             // spliced in, not yet out (after `pending`)
         std::size_t pipe_capacity = 0;       // the most one splice into the pipe moves
+        detail::pipe_growth grown;           // the pipe has grown to shared_pipe_size
+        int shared_full_reads = 0;           // in a row, each filling the pipe, loop shared
         std::unique_ptr<stage_chain> stages; // null: no stage, the plain path
         bool pipe_tried = false;             // a pipe was asked for (once per direction)
         bool eof = false;                    // `from` said end of stream
@@ -280,7 +299,8 @@ private:
                    std::uint8_t* scratch, std::size_t scratch_size, int rounds,
                    sigpipe_scope& sigpipe) noexcept;
     /// One splice from the source into the (empty) pipe, and on into the destination.
-    splice_outcome splice_round(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept;
+    splice_outcome splice_round(half& h, bool shared, bool& progressed,
+                                sigpipe_scope& sigpipe) noexcept;
     /// One read into scratch, written straight on; true when another read may find more.
     bool copy_round(half& h, bool source_closing, std::uint8_t* scratch, std::size_t scratch_size,
                     bool& progressed) noexcept;
@@ -309,6 +329,9 @@ private:
     bool drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept;
     /// A read filled the scratch buffer: from now on this direction splices, if it can.
     void start_splicing(half& h) noexcept;
+    /// Reads that filled the pipe of a tunnel sharing its loop, enough of them in a row: the
+    /// pipe grows, once, if the process's budget allows.
+    static void grow_shared_pipe(half& h) noexcept;
     void probe_half_closed(int side, short revents) noexcept;
     /// Copies bytes the destination has not taken yet into the direction's own buffer.
     bool keep(half& h, byte_view rest) noexcept;
@@ -537,6 +560,17 @@ inline void relay::start_splicing(half& h) noexcept {
     h.pipe_capacity = capacity;
 }
 
+inline void relay::grow_shared_pipe(half& h) noexcept {
+    if (!h.grown.take(shared_pipe_budget)) {
+        return;
+    }
+    std::size_t capacity = detail::grow_pipe(h.pipe_write.get(), shared_pipe_size);
+    if (capacity <= h.pipe_capacity) {
+        return; // the quota said no: keep the budget's share, so as not to ask at every read
+    }
+    h.pipe_capacity = capacity;
+}
+
 inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
                              bool source_closing, std::uint8_t* scratch, std::size_t scratch_size,
                              int rounds, sigpipe_scope& sigpipe) noexcept {
@@ -554,7 +588,8 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
             break;
         }
         const splice_outcome spliced =
-            h.pipe_read ? splice_round(h, progressed, sigpipe) : splice_outcome::copy_instead;
+            h.pipe_read ? splice_round(h, rounds < max_rounds, progressed, sigpipe)
+                        : splice_outcome::copy_instead;
         if (spliced == splice_outcome::read_on) {
             continue;
         }
@@ -567,7 +602,7 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
     return pass_end_of_stream(h, h.eof) || progressed;
 }
 
-inline relay::splice_outcome relay::splice_round(half& h, bool& progressed,
+inline relay::splice_outcome relay::splice_round(half& h, bool shared, bool& progressed,
                                                  sigpipe_scope& sigpipe) noexcept {
     // At most a pipe's worth into the (empty) pipe, then on.
     std::error_code ec;
@@ -588,6 +623,12 @@ inline relay::splice_outcome relay::splice_round(half& h, bool& progressed,
         return splice_outcome::stop;
     }
     h.in_pipe = n;
+    const bool filled_shared = shared && n == h.pipe_capacity;
+    h.shared_full_reads =
+        filled_shared ? std::min(h.shared_full_reads + 1, shared_reads_to_grow) : 0;
+    if (h.shared_full_reads >= shared_reads_to_grow && !h.grown) {
+        grow_shared_pipe(h);
+    }
     if (!drain_pipe(h, progressed, sigpipe) || n < h.pipe_capacity) {
         return splice_outcome::stop; // a short read emptied the socket: see copy_round
     }
@@ -733,6 +774,7 @@ inline bool relay::pass_end_of_stream(half& h, bool ended) noexcept {
     // Nothing more goes this way: the pipe's descriptors go back now.
     h.pipe_read.reset();
     h.pipe_write.reset();
+    h.grown.release();
     return true;
 }
 

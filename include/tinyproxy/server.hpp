@@ -10,6 +10,8 @@
 #include <memory>       // live byte counters, shared
 #include <string>       // a session's stages, named
 #include <system_error> // std::error_code
+#include <type_traits>  // detecting optional Session members
+#include <utility>      // std::declval
 
 #include "tinyproxy/config.hpp"
 #include "tinyproxy/error.hpp"
@@ -74,7 +76,29 @@ namespace tinyproxy {
 ///                                         // the other sessions before calling it again
 ///     bool done() const noexcept;
 ///     const session_result& result() const noexcept;
+/// and, optionally (detail::tells_client_read_dry):
+///     bool client_read_dry() const noexcept;  // start() read the client until it had no more
 /// run_session (session/blocking.hpp) is the driver for one session on the calling thread.
+
+namespace detail {
+/// Whether a Session says client_read_dry() (see above); one that does not never has.
+template <class Session, class = void>
+struct tells_client_read_dry : std::false_type {};
+template <class Session>
+struct tells_client_read_dry<
+    Session, std::void_t<decltype(std::declval<const Session&>().client_read_dry())>>
+    : std::true_type {};
+
+template <class Session>
+bool client_read_dry(const Session& session) noexcept {
+    if constexpr (tells_client_read_dry<Session>::value) {
+        return session.client_read_dry();
+    } else {
+        (void)session;
+        return false;
+    }
+}
+} // namespace detail
 
 /// Bytes relayed so far, each way, by every tunnel that shares it (session_options::traffic).
 struct traffic_counters {

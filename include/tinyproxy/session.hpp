@@ -102,6 +102,9 @@ public:
         return state_ == state::resolving || state_ == state::connecting;
     }
     bool done() const noexcept { return state_ == state::done; }
+    /// start() read the client until it had nothing more (the connect's probe): a driver that
+    /// would read the client at once, before its first wait, would find nothing.
+    bool client_read_dry() const noexcept { return client_read_dry_; }
     /// The last on_ready() moved as much as one call may (relay::saturated()): a bulk transfer
     /// that has more to move. An event loop serves the other tunnels first.
     bool saturated() const noexcept {
@@ -123,6 +126,11 @@ private:
     };
 
     void apply(mode_step step, time_point now);
+    /// The bytes to probe the connect with (detail::connector): those the Mode kept for
+    /// upstream, or, when it decided without reading the client (forwarding), what the client
+    /// has sent by now, in one read that does not wait. None when the tunnel will have stages:
+    /// they see every byte first. False when that read found the client reset (finished).
+    bool take_probe(std::vector<std::uint8_t>& probe);
     /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
@@ -163,7 +171,8 @@ private:
     std::uint64_t serial_;
     state state_ = state::handshaking;
     session_result result_;
-    time_point now_{}; // the latest time a driver passed in
+    time_point now_{};             // the latest time a driver passed in
+    bool client_read_dry_ = false; // see client_read_dry()
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -287,12 +296,39 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
             }
             return;
         }
-        follow(connector_.begin(std::move(step.target), now, limits_.connect_timeout), now);
+        if (std::vector<std::uint8_t> probe; take_probe(probe)) {
+            follow(connector_.begin(std::move(step.target), now, limits_.connect_timeout,
+                                    std::move(probe)),
+                   now);
+        }
         return;
     case mode_step::action::fail:
         fail_with_reply(step.error ? step.error : make_error_code(errc::protocol_error), {}, now);
         return;
     }
+}
+
+template <class ModeSession>
+bool basic_session<ModeSession>::take_probe(std::vector<std::uint8_t>& probe) {
+    if (limits_.stages || detail::gives_stages<ModeSession>::value) {
+        return true;
+    }
+    probe = handshake_.take_to_upstream();
+    if (!probe.empty() || handshake_.heard_client()) {
+        return true; // a client told nothing yet (SOCKS, CONNECT) waits: nothing to read
+    }
+    // Enough for a first request or a TLS ClientHello; the relay reads whatever follows.
+    std::uint8_t first[4096];
+    std::error_code ec;
+    std::size_t n = client_.receive(first, sizeof first, ec);
+    if (ec && !detail::would_block(ec)) {
+        finish(ec); // reset before its upstream was even tried: nothing to pass it on to
+        return false;
+    }
+    // At end of stream (0), nothing to send: the relay reads the end again and passes it on.
+    probe.assign(first, first + (ec ? 0 : n));
+    client_read_dry_ = ec || (n != 0 && n < sizeof first);
+    return true;
 }
 
 template <class ModeSession>
@@ -364,8 +400,12 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
     std::vector<std::uint8_t> reply = handshake_.mode().on_connected({}, local, remote);
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
+    // What the Mode kept for upstream, unless it went to the connector as the probe.
+    byte_view to_upstream = handshake_.to_upstream().empty() ? connector_.probe_unsent()
+                                                             : byte_view{handshake_.to_upstream()};
     tunnel_.start(client_, client_setup_.nodelay, std::move(upstream),
-                  handshake_.unsent_to_client(), reply, handshake_.to_upstream(), limits_, now);
+                  handshake_.unsent_to_client(), reply, to_upstream, connector_.probe_sent(),
+                  limits_, now);
     handshake_.release();
     state_ = state::relaying;
     if (limits_.stages || detail::gives_stages<ModeSession>::value) {
@@ -437,7 +477,7 @@ void basic_session<ModeSession>::bound(time_point now) {
     endpoint local = peer.local_endpoint(ignored);
     std::vector<std::uint8_t> reply = handshake_.mode().on_connected({}, local, remote);
     tunnel_.start(client_, client_setup_.nodelay, std::move(peer), handshake_.unsent_to_client(),
-                  reply, handshake_.to_upstream(), limits_, now);
+                  reply, handshake_.to_upstream(), 0, limits_, now);
     handshake_.release();
     state_ = state::relaying;
     if (limits_.stages || detail::gives_stages<ModeSession>::value) {

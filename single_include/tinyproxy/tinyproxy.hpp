@@ -1556,6 +1556,7 @@ inline std::vector<endpoint> resolve(const host_port& target) {
 #include <cstdint>      // std::uint8_t
 #include <limits>       // the highest descriptor number
 #include <system_error> // std::error_code
+#include <atomic>       // the budget of grown pipes
 #include <utility>      // std::exchange
 
 #include <fcntl.h>        // fcntl, O_NONBLOCK, FD_CLOEXEC
@@ -1900,6 +1901,53 @@ inline bool make_pipe(int (&fds)[2], std::error_code& ec, bool nonblocking = fal
     return true;
 #endif
 }
+
+/// A share of a process-wide budget (relay::shared_pipe_budget): taken once, given back when
+/// released or destroyed, moved with its owner.
+class pipe_growth {
+public:
+    pipe_growth() = default;
+    pipe_growth(pipe_growth&& other) noexcept : held_(std::exchange(other.held_, false)) {}
+    pipe_growth& operator=(pipe_growth&& other) noexcept {
+        if (this != &other) {
+            release();
+            held_ = std::exchange(other.held_, false);
+        }
+        return *this;
+    }
+    pipe_growth(const pipe_growth&) = delete;
+    pipe_growth& operator=(const pipe_growth&) = delete;
+    ~pipe_growth() { release(); }
+
+    /// Takes a share if fewer than `budget` are held in the process; false otherwise.
+    bool take(int budget) noexcept {
+        if (held_) {
+            return true;
+        }
+        if (in_use().fetch_add(1, std::memory_order_relaxed) >= budget) {
+            in_use().fetch_sub(1, std::memory_order_relaxed);
+            return false;
+        }
+        held_ = true;
+        return true;
+    }
+    void release() noexcept {
+        if (held_) {
+            in_use().fetch_sub(1, std::memory_order_relaxed);
+            held_ = false;
+        }
+    }
+    explicit operator bool() const noexcept { return held_; }
+    /// The shares held in the process now (for tests).
+    static int held_in_process() noexcept { return in_use().load(std::memory_order_relaxed); }
+
+private:
+    static std::atomic<int>& in_use() noexcept {
+        static std::atomic<int> count{0};
+        return count;
+    }
+    bool held_ = false;
+};
 
 /// Asks the kernel to let the pipe hold `size` bytes (F_SETPIPE_SZ, Linux) and returns what it
 /// holds now: `size` or more when granted, its old capacity when refused (a user past the pipe
@@ -8156,6 +8204,7 @@ inline stage_factory fault_stages(std::shared_ptr<toxic_set> toxics, std::uint64
 // buffers, half-close and reset propagation, byte counts and a chain of stages per direction;
 // on Linux, bulk data moves with splice(2).
 
+#include <algorithm>    // std::min
 #include <cstddef>      // std::size_t
 #include <cstdint>      // byte counters
 #include <memory>       // a direction's stage chain, only when it has one
@@ -8218,14 +8267,20 @@ namespace tinyproxy {
 /// the direction stays on the copy path. The pipe is grown to `splice_pipe_size` (256 KiB)
 /// where the kernel allows, and each splice moves up to a pipe's worth: fewer system calls per
 /// byte than a default 64 KiB pipe, and less CPU per byte (bench/README.md, "Why the relay does
-/// what it does"). A pipe the kernel keeps below 64 KiB (the user's pipe quota is spent, and
-/// new pipes get two pages) is given back, and the direction copies instead. Bytes in the pipe
-/// are pending bytes like any other: the pipe is filled only when empty, with at most its
-/// capacity. They are kernel pages taken off the source socket's receive queue, not the
-/// process's memory; the scratch buffer bounds what the copy path holds. splice(2) cannot
-/// say MSG_NOSIGNAL, so each pump that splices into a socket blocks SIGPIPE in the calling
-/// thread meanwhile (detail::sigpipe_guard) and takes back a SIGPIPE its failed write raised:
-/// the relay never kills the process, whoever drives it, and installs no handler.
+/// what it does"). A tunnel that shares its event loop with other bulk tunnels reads one pipe's
+/// worth per turn (`shared_rounds`): once `shared_reads_to_grow` such reads in a row have filled
+/// the pipe, it grows to `shared_pipe_size` (1 MiB), so each turn moves four times as much for
+/// the same calls and wake-ups. A tunnel alone on its loop, shared only for a moment (iperf3's
+/// control connection beside its one stream), keeps its pipe: it did not pay there. At most
+/// `shared_pipe_budget` pipes of a process are grown at a time, since each takes 256 pages of the
+/// user's pipe quota. A pipe the kernel keeps below 64 KiB (the user's pipe quota is spent, and new
+/// pipes get two pages) is given back, and the direction copies instead. Bytes in the pipe are
+/// pending bytes like any other: the pipe is filled only when empty, with at most its capacity.
+/// They are kernel pages taken off the source socket's receive queue, not the process's memory; the
+/// scratch buffer bounds what the copy path holds. splice(2) cannot say MSG_NOSIGNAL, so each pump
+/// that splices into a socket blocks SIGPIPE in the calling thread meanwhile
+/// (detail::sigpipe_guard) and takes back a SIGPIPE its failed write raised: the relay never kills
+/// the process, whoever drives it, and installs no handler.
 class relay {
 public:
     /// `use_splice`: let bulk data move with splice(2) (see above); ignored where unavailable.
@@ -8247,6 +8302,9 @@ public:
     void prime_upstream(byte_view bytes) { (void)keep(halves_[0], bytes); }
     /// Bytes to send to the client before anything read from upstream.
     void prime_client(byte_view bytes) { (void)keep(halves_[1], bytes); }
+    /// Bytes of the client's that reached upstream before the relay began (the connect's
+    /// probe, detail::connector): counted as relayed, as if the relay had sent them.
+    void count_sent_upstream(std::uint64_t bytes) noexcept { halves_[0].bytes_written += bytes; }
 
     /// Gives direction `which` its chain of stages, which the relay owns from then on; an empty
     /// chain gives the direction back today's path. Set it before the first pump; stages may
@@ -8280,6 +8338,13 @@ public:
     /// The capacity a splicing direction asks for its pipe (F_SETPIPE_SZ): the most one splice
     /// moves, and the most the pipe holds.
     static constexpr std::size_t splice_pipe_size = 256 * 1024;
+    /// What a pipe grows to when its tunnel shares an event loop and a read filled it, and how
+    /// many pipes of a process may have grown at once: 16 of them take 4,096 pages, a quarter
+    /// of the default per-user quota (pipe-user-pages-soft), beyond which new pipes get a page
+    /// and their directions copy instead.
+    static constexpr std::size_t shared_pipe_size = 1024 * 1024;
+    static constexpr int shared_pipe_budget = 16;
+    static constexpr int shared_reads_to_grow = 8;
 
     /// What pump() assumes of a socket when the caller does not say: it may be readable, and
     /// may hold an error.
@@ -8393,6 +8458,8 @@ private:
         unique_fd pipe_write;                // ... through this end
         std::size_t in_pipe = 0;             // spliced in, not yet out (after `pending`)
         std::size_t pipe_capacity = 0;       // the most one splice into the pipe moves
+        detail::pipe_growth grown;           // the pipe has grown to shared_pipe_size
+        int shared_full_reads = 0;           // in a row, each filling the pipe, loop shared
         std::unique_ptr<stage_chain> stages; // null: no stage, the plain path
         bool pipe_tried = false;             // a pipe was asked for (once per direction)
         bool eof = false;                    // `from` said end of stream
@@ -8432,7 +8499,8 @@ private:
                    std::uint8_t* scratch, std::size_t scratch_size, int rounds,
                    sigpipe_scope& sigpipe) noexcept;
     /// One splice from the source into the (empty) pipe, and on into the destination.
-    splice_outcome splice_round(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept;
+    splice_outcome splice_round(half& h, bool shared, bool& progressed,
+                                sigpipe_scope& sigpipe) noexcept;
     /// One read into scratch, written straight on; true when another read may find more.
     bool copy_round(half& h, bool source_closing, std::uint8_t* scratch, std::size_t scratch_size,
                     bool& progressed) noexcept;
@@ -8461,6 +8529,9 @@ private:
     bool drain_pipe(half& h, bool& progressed, sigpipe_scope& sigpipe) noexcept;
     /// A read filled the scratch buffer: from now on this direction splices, if it can.
     void start_splicing(half& h) noexcept;
+    /// Reads that filled the pipe of a tunnel sharing its loop, enough of them in a row: the
+    /// pipe grows, once, if the process's budget allows.
+    static void grow_shared_pipe(half& h) noexcept;
     void probe_half_closed(int side, short revents) noexcept;
     /// Copies bytes the destination has not taken yet into the direction's own buffer.
     bool keep(half& h, byte_view rest) noexcept;
@@ -8689,6 +8760,17 @@ inline void relay::start_splicing(half& h) noexcept {
     h.pipe_capacity = capacity;
 }
 
+inline void relay::grow_shared_pipe(half& h) noexcept {
+    if (!h.grown.take(shared_pipe_budget)) {
+        return;
+    }
+    std::size_t capacity = detail::grow_pipe(h.pipe_write.get(), shared_pipe_size);
+    if (capacity <= h.pipe_capacity) {
+        return; // the quota said no: keep the budget's share, so as not to ask at every read
+    }
+    h.pipe_capacity = capacity;
+}
+
 inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
                              bool source_closing, std::uint8_t* scratch, std::size_t scratch_size,
                              int rounds, sigpipe_scope& sigpipe) noexcept {
@@ -8706,7 +8788,8 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
             break;
         }
         const splice_outcome spliced =
-            h.pipe_read ? splice_round(h, progressed, sigpipe) : splice_outcome::copy_instead;
+            h.pipe_read ? splice_round(h, rounds < max_rounds, progressed, sigpipe)
+                        : splice_outcome::copy_instead;
         if (spliced == splice_outcome::read_on) {
             continue;
         }
@@ -8719,7 +8802,7 @@ inline bool relay::pump_half(half& h, bool source_ready, bool destination_ready,
     return pass_end_of_stream(h, h.eof) || progressed;
 }
 
-inline relay::splice_outcome relay::splice_round(half& h, bool& progressed,
+inline relay::splice_outcome relay::splice_round(half& h, bool shared, bool& progressed,
                                                  sigpipe_scope& sigpipe) noexcept {
     // At most a pipe's worth into the (empty) pipe, then on.
     std::error_code ec;
@@ -8740,6 +8823,12 @@ inline relay::splice_outcome relay::splice_round(half& h, bool& progressed,
         return splice_outcome::stop;
     }
     h.in_pipe = n;
+    const bool filled_shared = shared && n == h.pipe_capacity;
+    h.shared_full_reads =
+        filled_shared ? std::min(h.shared_full_reads + 1, shared_reads_to_grow) : 0;
+    if (h.shared_full_reads >= shared_reads_to_grow && !h.grown) {
+        grow_shared_pipe(h);
+    }
     if (!drain_pipe(h, progressed, sigpipe) || n < h.pipe_capacity) {
         return splice_outcome::stop; // a short read emptied the socket: see copy_round
     }
@@ -8885,6 +8974,7 @@ inline bool relay::pass_end_of_stream(half& h, bool ended) noexcept {
     // Nothing more goes this way: the pipe's descriptors go back now.
     h.pipe_read.reset();
     h.pipe_write.reset();
+    h.grown.release();
     return true;
 }
 
@@ -8977,6 +9067,8 @@ inline bool relay::pump(time_point now, std::uint8_t* scratch, std::size_t scrat
 #include <memory>       // live byte counters, shared
 #include <string>       // a session's stages, named
 #include <system_error> // std::error_code
+#include <type_traits>  // detecting optional Session members
+#include <utility>      // std::declval
 
 // #include "tinyproxy/config.hpp"
 // #include "tinyproxy/error.hpp"
@@ -9041,7 +9133,29 @@ namespace tinyproxy {
 ///                                         // the other sessions before calling it again
 ///     bool done() const noexcept;
 ///     const session_result& result() const noexcept;
+/// and, optionally (detail::tells_client_read_dry):
+///     bool client_read_dry() const noexcept;  // start() read the client until it had no more
 /// run_session (session/blocking.hpp) is the driver for one session on the calling thread.
+
+namespace detail {
+/// Whether a Session says client_read_dry() (see above); one that does not never has.
+template <class Session, class = void>
+struct tells_client_read_dry : std::false_type {};
+template <class Session>
+struct tells_client_read_dry<
+    Session, std::void_t<decltype(std::declval<const Session&>().client_read_dry())>>
+    : std::true_type {};
+
+template <class Session>
+bool client_read_dry(const Session& session) noexcept {
+    if constexpr (tells_client_read_dry<Session>::value) {
+        return session.client_read_dry();
+    } else {
+        (void)session;
+        return false;
+    }
+}
+} // namespace detail
 
 /// Bytes relayed so far, each way, by every tunnel that shares it (session_options::traffic).
 struct traffic_counters {
@@ -9189,6 +9303,7 @@ public:
     /// Mode's next step, from the Mode's on_handed_back(), under a new handshake deadline.
     mode_step resume(time_point now, std::chrono::milliseconds timeout) {
         release();
+        heard_client_ = true; // it has spoken through the tunnel
         deadline_ = deadline_after(now, timeout);
         return mode_.on_handed_back();
     }
@@ -9238,6 +9353,11 @@ public:
                          to_client_.size() - to_client_offset_};
     }
     const std::vector<std::uint8_t>& to_upstream() const noexcept { return to_upstream_; }
+    /// The bytes kept for upstream, taken out (the connect's probe, detail::connector).
+    std::vector<std::uint8_t> take_to_upstream() noexcept { return std::move(to_upstream_); }
+    /// Whether the client has been read: false while the Mode decided without a byte from it
+    /// (forwarding), so that whatever the client sends belongs to the tunnel.
+    bool heard_client() const noexcept { return heard_client_; }
     /// Frees both once the tunnel has them.
     void release() noexcept {
         std::vector<std::uint8_t>().swap(to_client_);
@@ -9251,6 +9371,7 @@ private:
     std::vector<std::uint8_t> to_client_;
     std::size_t to_client_offset_ = 0;
     std::vector<std::uint8_t> to_upstream_;
+    bool heard_client_ = false;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -9293,6 +9414,7 @@ handshake_driver<ModeSession>::on_ready(socket& client, short revents, std::uint
         ec = make_error_code(errc::handshake_incomplete);
         return std::nullopt;
     }
+    heard_client_ = true;
     return mode_.on_client_data(byte_view{scratch, n});
 }
 
@@ -9313,11 +9435,12 @@ void handshake_driver<ModeSession>::close_with(std::vector<std::uint8_t> reply, 
 // #include "tinyproxy/session/connector.hpp"
 // ---- begin tinyproxy/session/connector.hpp ----
 // The second part of a session: the connector, which turns the Mode's target into a connected
-// upstream socket: the numeric shortcut or a resolve, each address in turn, one deadline.
+// upstream socket: the numeric shortcut or a resolve, each address in turn, one deadline. The
+// client's first bytes, when it has sent some, probe each attempt: sent, they prove it.
 
 #include <chrono>       // the connect timeout
 #include <cstddef>      // std::size_t
-#include <cstdint>      // the socket serial
+#include <cstdint>      // the socket serial, the probe's bytes
 #include <system_error> // std::error_code
 #include <utility>      // std::move
 #include <vector>       // the addresses to try
@@ -9325,6 +9448,7 @@ void handshake_driver<ModeSession>::close_with(std::vector<std::uint8_t> reply, 
 #include <poll.h> // POLLOUT, POLLERR, POLLHUP
 
 // #include "tinyproxy/config.hpp"
+// #include "tinyproxy/bytes.hpp"
 // #include "tinyproxy/error.hpp"
 // #include "tinyproxy/address.hpp"
 // #include "tinyproxy/detail/sys.hpp"
@@ -9345,11 +9469,20 @@ enum class connect_status {
 /// Connects to one target with one deadline shared by all its addresses; never waits. The
 /// caller passes the upstream socket's readiness and the time, and takes the socket once
 /// connected.
+///
+/// The probe: a connect that is not over when connect() returns (EINPROGRESS, as on loopback
+/// even when the handshake is already done) is asked for its outcome at once. With bytes for
+/// upstream in hand (`probe`: what the client sent first), that question is their send(): sent
+/// means connected, "would block" means still connecting, and an error (a refusal) means this
+/// address failed and the next is tried, with the same bytes. Without them it is a poll(2)
+/// with no wait. Either way one system call, but the send is one the tunnel would make anyway.
 class connector {
 public:
     /// Starts with `target`: its deadline is `timeout` from `now`. A numeric address needs no
-    /// resolving, and is tried at once.
-    connect_status begin(host_port target, time_point now, std::chrono::milliseconds timeout);
+    /// resolving, and is tried at once. `probe`: bytes for upstream to send first (see above);
+    /// what the connected socket took of them is probe_sent(), the rest probe_unsent().
+    connect_status begin(host_port target, time_point now, std::chrono::milliseconds timeout,
+                         std::vector<std::uint8_t> probe = {});
     /// The addresses `target()` resolved to; `ec` when it did not resolve.
     connect_status on_resolved(std::vector<endpoint> candidates, std::error_code ec);
     /// The upstream socket's readiness (revents, not 0) while connecting.
@@ -9374,11 +9507,19 @@ public:
     /// Once connected: the socket, and the address it is connected to.
     socket take_upstream() noexcept { return std::move(upstream_); }
     const endpoint& connected_to() const noexcept { return candidates_[next_candidate_ - 1]; }
+    /// Of the probe, the bytes the connected socket has taken, and those still to send.
+    std::size_t probe_sent() const noexcept { return probe_sent_; }
+    byte_view probe_unsent() const noexcept {
+        return byte_view{probe_.data() + probe_sent_, probe_.size() - probe_sent_};
+    }
     void close() noexcept { upstream_.close(); }
 
 private:
     void try_next_candidate();
     connect_status connect_onward();
+    /// The outcome of the attempt in progress, asked without waiting (see the class comment):
+    /// connecting, connected_at_once, or failed when this address failed (last_error_ says why).
+    connect_status ask_at_once();
     connect_status fail(std::error_code why) noexcept {
         upstream_.close();
         last_error_ = why;
@@ -9398,13 +9539,18 @@ private:
     std::uint32_t serial_base_ = 0; // the sockets of the targets before this one
     std::error_code last_error_;
     socket upstream_;
+    std::vector<std::uint8_t> probe_;
+    std::size_t probe_sent_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
 
 inline connect_status connector::begin(host_port target, time_point now,
-                                       std::chrono::milliseconds timeout) {
+                                       std::chrono::milliseconds timeout,
+                                       std::vector<std::uint8_t> probe) {
     target_ = std::move(target);
+    probe_ = std::move(probe);
+    probe_sent_ = 0;
     deadline_ = deadline_after(now, timeout);
     serial_base_ += static_cast<std::uint32_t>(next_candidate_) + 1;
     next_candidate_ = 0;
@@ -9446,16 +9592,36 @@ inline connect_status connector::connect_onward() {
         if (!upstream_) {
             return fail(last_error_);
         }
+        connect_status status = ask_at_once();
+        if (status != connect_status::failed) {
+            return status;
+        }
+    }
+}
+
+inline connect_status connector::ask_at_once() {
+    std::error_code ec;
+    if (!probe_.empty()) {
+        std::size_t n = upstream_.send(probe_.data(), probe_.size(), ec);
+        if (!ec) {
+            probe_sent_ = n;
+            return connect_status::connected_at_once;
+        }
+        if (would_block(ec)) {
+            return connect_status::connecting; // not yet: the bytes wait with the rest
+        }
+    } else {
         short revents = ready_now(upstream_.native_handle(), POLLOUT);
         if (revents == 0) {
             return connect_status::connecting; // the driver waits for writability
         }
-        std::error_code ec = connect_outcome(revents);
+        ec = connect_outcome(revents);
         if (!ec) {
             return connect_status::connected_at_once;
         }
-        last_error_ = ec;
     }
+    last_error_ = ec;
+    return connect_status::failed;
 }
 
 inline connect_status connector::on_ready(short revents) {
@@ -9508,9 +9674,10 @@ class tunnel {
 public:
     /// Starts relaying: the client first gets `unsent` (what the handshake still owed it), then
     /// `reply`; upstream first gets `to_upstream`. `client_nodelay`: Nagle is already off there.
+    /// `sent_upstream`: the client's bytes the connect already sent (its probe), counted here.
     void start(socket& client, bool client_nodelay, socket upstream, byte_view unsent,
                const std::vector<std::uint8_t>& reply, byte_view to_upstream,
-               const session_options& limits, time_point now);
+               std::size_t sent_upstream, const session_options& limits, time_point now);
 
     /// Gives the relay its stages, before its first pump, and keeps the late ones to look for.
     void set_stages(tunnel_stages stages) {
@@ -9577,7 +9744,8 @@ private:
 
 inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, byte_view unsent,
                           const std::vector<std::uint8_t>& reply, byte_view to_upstream,
-                          const session_options& limits, time_point now) {
+                          std::size_t sent_upstream, const session_options& limits,
+                          time_point now) {
     upstream_ = std::move(upstream);
     std::error_code ignored; // Nagle off is an optimisation; a failure changes nothing else
     if (!client_nodelay) {
@@ -9587,12 +9755,14 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
     relay_.emplace(client.native_handle(), upstream_.native_handle(), limits.splice);
     relay_->closes_at_finish(); // the session closes both sockets once it has finished
     relay_->stage_buffer_size(limits.stage_buffer_size);
-    client_awaits_reply_ = (!reply.empty() || !unsent.empty()) && to_upstream.empty();
+    client_awaits_reply_ =
+        (!reply.empty() || !unsent.empty()) && to_upstream.empty() && sent_upstream == 0;
     // Anything the Mode had not yet sent (nothing, for every mode that waits for its replies to
     // go out) precedes the connect reply.
     relay_->prime_client(unsent);
     relay_->prime_client(reply);
     relay_->prime_upstream(to_upstream);
+    relay_->count_sent_upstream(sent_upstream);
     traffic_ = limits.traffic.get();
     idle_timeout_ = limits.idle_timeout;
     idle_deadline_ = deadline_after(now, idle_timeout_);
@@ -10255,6 +10425,9 @@ public:
         return state_ == state::resolving || state_ == state::connecting;
     }
     bool done() const noexcept { return state_ == state::done; }
+    /// start() read the client until it had nothing more (the connect's probe): a driver that
+    /// would read the client at once, before its first wait, would find nothing.
+    bool client_read_dry() const noexcept { return client_read_dry_; }
     /// The last on_ready() moved as much as one call may (relay::saturated()): a bulk transfer
     /// that has more to move. An event loop serves the other tunnels first.
     bool saturated() const noexcept {
@@ -10276,6 +10449,11 @@ private:
     };
 
     void apply(mode_step step, time_point now);
+    /// The bytes to probe the connect with (detail::connector): those the Mode kept for
+    /// upstream, or, when it decided without reading the client (forwarding), what the client
+    /// has sent by now, in one read that does not wait. None when the tunnel will have stages:
+    /// they see every byte first. False when that read found the client reset (finished).
+    bool take_probe(std::vector<std::uint8_t>& probe);
     /// Acts on where the connector stands: wait, start the tunnel, or send the failure reply.
     void follow(detail::connect_status status, time_point now);
     void start_tunnel(time_point now);
@@ -10316,7 +10494,8 @@ private:
     std::uint64_t serial_;
     state state_ = state::handshaking;
     session_result result_;
-    time_point now_{}; // the latest time a driver passed in
+    time_point now_{};             // the latest time a driver passed in
+    bool client_read_dry_ = false; // see client_read_dry()
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -10440,12 +10619,39 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
             }
             return;
         }
-        follow(connector_.begin(std::move(step.target), now, limits_.connect_timeout), now);
+        if (std::vector<std::uint8_t> probe; take_probe(probe)) {
+            follow(connector_.begin(std::move(step.target), now, limits_.connect_timeout,
+                                    std::move(probe)),
+                   now);
+        }
         return;
     case mode_step::action::fail:
         fail_with_reply(step.error ? step.error : make_error_code(errc::protocol_error), {}, now);
         return;
     }
+}
+
+template <class ModeSession>
+bool basic_session<ModeSession>::take_probe(std::vector<std::uint8_t>& probe) {
+    if (limits_.stages || detail::gives_stages<ModeSession>::value) {
+        return true;
+    }
+    probe = handshake_.take_to_upstream();
+    if (!probe.empty() || handshake_.heard_client()) {
+        return true; // a client told nothing yet (SOCKS, CONNECT) waits: nothing to read
+    }
+    // Enough for a first request or a TLS ClientHello; the relay reads whatever follows.
+    std::uint8_t first[4096];
+    std::error_code ec;
+    std::size_t n = client_.receive(first, sizeof first, ec);
+    if (ec && !detail::would_block(ec)) {
+        finish(ec); // reset before its upstream was even tried: nothing to pass it on to
+        return false;
+    }
+    // At end of stream (0), nothing to send: the relay reads the end again and passes it on.
+    probe.assign(first, first + (ec ? 0 : n));
+    client_read_dry_ = ec || (n != 0 && n < sizeof first);
+    return true;
 }
 
 template <class ModeSession>
@@ -10517,8 +10723,12 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
     std::vector<std::uint8_t> reply = handshake_.mode().on_connected({}, local, remote);
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
+    // What the Mode kept for upstream, unless it went to the connector as the probe.
+    byte_view to_upstream = handshake_.to_upstream().empty() ? connector_.probe_unsent()
+                                                             : byte_view{handshake_.to_upstream()};
     tunnel_.start(client_, client_setup_.nodelay, std::move(upstream),
-                  handshake_.unsent_to_client(), reply, handshake_.to_upstream(), limits_, now);
+                  handshake_.unsent_to_client(), reply, to_upstream, connector_.probe_sent(),
+                  limits_, now);
     handshake_.release();
     state_ = state::relaying;
     if (limits_.stages || detail::gives_stages<ModeSession>::value) {
@@ -10590,7 +10800,7 @@ void basic_session<ModeSession>::bound(time_point now) {
     endpoint local = peer.local_endpoint(ignored);
     std::vector<std::uint8_t> reply = handshake_.mode().on_connected({}, local, remote);
     tunnel_.start(client_, client_setup_.nodelay, std::move(peer), handshake_.unsent_to_client(),
-                  reply, handshake_.to_upstream(), limits_, now);
+                  reply, handshake_.to_upstream(), 0, limits_, now);
     handshake_.release();
     state_ = state::relaying;
     if (limits_.stages || detail::gives_stages<ModeSession>::value) {
@@ -12049,9 +12259,12 @@ void event_loop<Server, Poller>::admit(accepted_client client, time_point now) {
     }
     session_type& session = slots_.at(slot)->session;
     session.start(now);
-    if (!session.done() && (session.client_events() & POLLIN) != 0) {
+    if (!session.done() && (session.client_events() & POLLIN) != 0 &&
+        !detail::client_read_dry(session)) {
         // A client that speaks first (SOCKS, HTTP CONNECT, a PROXY header) has usually
-        // sent by the time it is accepted: read now rather than after one more wait.
+        // sent by the time it is accepted: read now rather than after one more wait. One that
+        // start() read already (a forwarded client's first bytes, sent as the connect's
+        // probe) has nothing more yet.
         session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size(), relay::shared_rounds);
     }
     settle(slot, now);

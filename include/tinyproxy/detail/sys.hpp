@@ -8,6 +8,7 @@
 #include <cstdint>      // std::uint8_t
 #include <limits>       // the highest descriptor number
 #include <system_error> // std::error_code
+#include <atomic>       // the budget of grown pipes
 #include <utility>      // std::exchange
 
 #include <fcntl.h>        // fcntl, O_NONBLOCK, FD_CLOEXEC
@@ -352,6 +353,53 @@ inline bool make_pipe(int (&fds)[2], std::error_code& ec, bool nonblocking = fal
     return true;
 #endif
 }
+
+/// A share of a process-wide budget (relay::shared_pipe_budget): taken once, given back when
+/// released or destroyed, moved with its owner.
+class pipe_growth {
+public:
+    pipe_growth() = default;
+    pipe_growth(pipe_growth&& other) noexcept : held_(std::exchange(other.held_, false)) {}
+    pipe_growth& operator=(pipe_growth&& other) noexcept {
+        if (this != &other) {
+            release();
+            held_ = std::exchange(other.held_, false);
+        }
+        return *this;
+    }
+    pipe_growth(const pipe_growth&) = delete;
+    pipe_growth& operator=(const pipe_growth&) = delete;
+    ~pipe_growth() { release(); }
+
+    /// Takes a share if fewer than `budget` are held in the process; false otherwise.
+    bool take(int budget) noexcept {
+        if (held_) {
+            return true;
+        }
+        if (in_use().fetch_add(1, std::memory_order_relaxed) >= budget) {
+            in_use().fetch_sub(1, std::memory_order_relaxed);
+            return false;
+        }
+        held_ = true;
+        return true;
+    }
+    void release() noexcept {
+        if (held_) {
+            in_use().fetch_sub(1, std::memory_order_relaxed);
+            held_ = false;
+        }
+    }
+    explicit operator bool() const noexcept { return held_; }
+    /// The shares held in the process now (for tests).
+    static int held_in_process() noexcept { return in_use().load(std::memory_order_relaxed); }
+
+private:
+    static std::atomic<int>& in_use() noexcept {
+        static std::atomic<int> count{0};
+        return count;
+    }
+    bool held_ = false;
+};
 
 /// Asks the kernel to let the pipe hold `size` bytes (F_SETPIPE_SZ, Linux) and returns what it
 /// holds now: `size` or more when granted, its old capacity when refused (a user past the pipe

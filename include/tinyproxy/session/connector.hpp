@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
 // The second part of a session: the connector, which turns the Mode's target into a connected
-// upstream socket: the numeric shortcut or a resolve, each address in turn, one deadline.
+// upstream socket: the numeric shortcut or a resolve, each address in turn, one deadline. The
+// client's first bytes, when it has sent some, probe each attempt: sent, they prove it.
 #pragma once
 
 #include <chrono>       // the connect timeout
 #include <cstddef>      // std::size_t
-#include <cstdint>      // the socket serial
+#include <cstdint>      // the socket serial, the probe's bytes
 #include <system_error> // std::error_code
 #include <utility>      // std::move
 #include <vector>       // the addresses to try
@@ -13,6 +14,7 @@
 #include <poll.h> // POLLOUT, POLLERR, POLLHUP
 
 #include "tinyproxy/config.hpp"
+#include "tinyproxy/bytes.hpp"
 #include "tinyproxy/error.hpp"
 #include "tinyproxy/address.hpp"
 #include "tinyproxy/detail/sys.hpp"
@@ -33,11 +35,20 @@ enum class connect_status {
 /// Connects to one target with one deadline shared by all its addresses; never waits. The
 /// caller passes the upstream socket's readiness and the time, and takes the socket once
 /// connected.
+///
+/// The probe: a connect that is not over when connect() returns (EINPROGRESS, as on loopback
+/// even when the handshake is already done) is asked for its outcome at once. With bytes for
+/// upstream in hand (`probe`: what the client sent first), that question is their send(): sent
+/// means connected, "would block" means still connecting, and an error (a refusal) means this
+/// address failed and the next is tried, with the same bytes. Without them it is a poll(2)
+/// with no wait. Either way one system call, but the send is one the tunnel would make anyway.
 class connector {
 public:
     /// Starts with `target`: its deadline is `timeout` from `now`. A numeric address needs no
-    /// resolving, and is tried at once.
-    connect_status begin(host_port target, time_point now, std::chrono::milliseconds timeout);
+    /// resolving, and is tried at once. `probe`: bytes for upstream to send first (see above);
+    /// what the connected socket took of them is probe_sent(), the rest probe_unsent().
+    connect_status begin(host_port target, time_point now, std::chrono::milliseconds timeout,
+                         std::vector<std::uint8_t> probe = {});
     /// The addresses `target()` resolved to; `ec` when it did not resolve.
     connect_status on_resolved(std::vector<endpoint> candidates, std::error_code ec);
     /// The upstream socket's readiness (revents, not 0) while connecting.
@@ -62,11 +73,19 @@ public:
     /// Once connected: the socket, and the address it is connected to.
     socket take_upstream() noexcept { return std::move(upstream_); }
     const endpoint& connected_to() const noexcept { return candidates_[next_candidate_ - 1]; }
+    /// Of the probe, the bytes the connected socket has taken, and those still to send.
+    std::size_t probe_sent() const noexcept { return probe_sent_; }
+    byte_view probe_unsent() const noexcept {
+        return byte_view{probe_.data() + probe_sent_, probe_.size() - probe_sent_};
+    }
     void close() noexcept { upstream_.close(); }
 
 private:
     void try_next_candidate();
     connect_status connect_onward();
+    /// The outcome of the attempt in progress, asked without waiting (see the class comment):
+    /// connecting, connected_at_once, or failed when this address failed (last_error_ says why).
+    connect_status ask_at_once();
     connect_status fail(std::error_code why) noexcept {
         upstream_.close();
         last_error_ = why;
@@ -86,13 +105,18 @@ private:
     std::uint32_t serial_base_ = 0; // the sockets of the targets before this one
     std::error_code last_error_;
     socket upstream_;
+    std::vector<std::uint8_t> probe_;
+    std::size_t probe_sent_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
 
 inline connect_status connector::begin(host_port target, time_point now,
-                                       std::chrono::milliseconds timeout) {
+                                       std::chrono::milliseconds timeout,
+                                       std::vector<std::uint8_t> probe) {
     target_ = std::move(target);
+    probe_ = std::move(probe);
+    probe_sent_ = 0;
     deadline_ = deadline_after(now, timeout);
     serial_base_ += static_cast<std::uint32_t>(next_candidate_) + 1;
     next_candidate_ = 0;
@@ -134,16 +158,36 @@ inline connect_status connector::connect_onward() {
         if (!upstream_) {
             return fail(last_error_);
         }
+        connect_status status = ask_at_once();
+        if (status != connect_status::failed) {
+            return status;
+        }
+    }
+}
+
+inline connect_status connector::ask_at_once() {
+    std::error_code ec;
+    if (!probe_.empty()) {
+        std::size_t n = upstream_.send(probe_.data(), probe_.size(), ec);
+        if (!ec) {
+            probe_sent_ = n;
+            return connect_status::connected_at_once;
+        }
+        if (would_block(ec)) {
+            return connect_status::connecting; // not yet: the bytes wait with the rest
+        }
+    } else {
         short revents = ready_now(upstream_.native_handle(), POLLOUT);
         if (revents == 0) {
             return connect_status::connecting; // the driver waits for writability
         }
-        std::error_code ec = connect_outcome(revents);
+        ec = connect_outcome(revents);
         if (!ec) {
             return connect_status::connected_at_once;
         }
-        last_error_ = ec;
     }
+    last_error_ = ec;
+    return connect_status::failed;
 }
 
 inline connect_status connector::on_ready(short revents) {

@@ -46,6 +46,7 @@ public:
     /// Mode's next step, from the Mode's on_handed_back(), under a new handshake deadline.
     mode_step resume(time_point now, std::chrono::milliseconds timeout) {
         release();
+        heard_client_ = true; // it has spoken through the tunnel
         deadline_ = deadline_after(now, timeout);
         return mode_.on_handed_back();
     }
@@ -95,6 +96,11 @@ public:
                          to_client_.size() - to_client_offset_};
     }
     const std::vector<std::uint8_t>& to_upstream() const noexcept { return to_upstream_; }
+    /// The bytes kept for upstream, taken out (the connect's probe, detail::connector).
+    std::vector<std::uint8_t> take_to_upstream() noexcept { return std::move(to_upstream_); }
+    /// Whether the client has been read: false while the Mode decided without a byte from it
+    /// (forwarding), so that whatever the client sends belongs to the tunnel.
+    bool heard_client() const noexcept { return heard_client_; }
     /// Frees both once the tunnel has them.
     void release() noexcept {
         std::vector<std::uint8_t>().swap(to_client_);
@@ -108,6 +114,7 @@ private:
     std::vector<std::uint8_t> to_client_;
     std::size_t to_client_offset_ = 0;
     std::vector<std::uint8_t> to_upstream_;
+    bool heard_client_ = false;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -150,6 +157,7 @@ handshake_driver<ModeSession>::on_ready(socket& client, short revents, std::uint
         ec = make_error_code(errc::handshake_incomplete);
         return std::nullopt;
     }
+    heard_client_ = true;
     return mode_.on_client_data(byte_view{scratch, n});
 }
 

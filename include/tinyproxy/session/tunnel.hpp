@@ -29,9 +29,10 @@ class tunnel {
 public:
     /// Starts relaying: the client first gets `unsent` (what the handshake still owed it), then
     /// `reply`; upstream first gets `to_upstream`. `client_nodelay`: Nagle is already off there.
+    /// `sent_upstream`: the client's bytes the connect already sent (its probe), counted here.
     void start(socket& client, bool client_nodelay, socket upstream, byte_view unsent,
                const std::vector<std::uint8_t>& reply, byte_view to_upstream,
-               const session_options& limits, time_point now);
+               std::size_t sent_upstream, const session_options& limits, time_point now);
 
     /// Gives the relay its stages, before its first pump, and keeps the late ones to look for.
     void set_stages(tunnel_stages stages) {
@@ -98,7 +99,8 @@ private:
 
 inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, byte_view unsent,
                           const std::vector<std::uint8_t>& reply, byte_view to_upstream,
-                          const session_options& limits, time_point now) {
+                          std::size_t sent_upstream, const session_options& limits,
+                          time_point now) {
     upstream_ = std::move(upstream);
     std::error_code ignored; // Nagle off is an optimisation; a failure changes nothing else
     if (!client_nodelay) {
@@ -108,12 +110,14 @@ inline void tunnel::start(socket& client, bool client_nodelay, socket upstream, 
     relay_.emplace(client.native_handle(), upstream_.native_handle(), limits.splice);
     relay_->closes_at_finish(); // the session closes both sockets once it has finished
     relay_->stage_buffer_size(limits.stage_buffer_size);
-    client_awaits_reply_ = (!reply.empty() || !unsent.empty()) && to_upstream.empty();
+    client_awaits_reply_ =
+        (!reply.empty() || !unsent.empty()) && to_upstream.empty() && sent_upstream == 0;
     // Anything the Mode had not yet sent (nothing, for every mode that waits for its replies to
     // go out) precedes the connect reply.
     relay_->prime_client(unsent);
     relay_->prime_client(reply);
     relay_->prime_upstream(to_upstream);
+    relay_->count_sent_upstream(sent_upstream);
     traffic_ = limits.traffic.get();
     idle_timeout_ = limits.idle_timeout;
     idle_deadline_ = deadline_after(now, idle_timeout_);

@@ -322,9 +322,12 @@ void event_loop<Server, Poller>::admit(accepted_client client, time_point now) {
     }
     session_type& session = slots_.at(slot)->session;
     session.start(now);
-    if (!session.done() && (session.client_events() & POLLIN) != 0) {
+    if (!session.done() && (session.client_events() & POLLIN) != 0 &&
+        !detail::client_read_dry(session)) {
         // A client that speaks first (SOCKS, HTTP CONNECT, a PROXY header) has usually
-        // sent by the time it is accepted: read now rather than after one more wait.
+        // sent by the time it is accepted: read now rather than after one more wait. One that
+        // start() read already (a forwarded client's first bytes, sent as the connect's
+        // probe) has nothing more yet.
         session.on_ready(POLLIN, 0, now, scratch_.data(), scratch_.size(), relay::shared_rounds);
     }
     settle(slot, now);
