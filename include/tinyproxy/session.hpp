@@ -5,6 +5,7 @@
 
 #include <cstddef>      // std::size_t
 #include <cstdint>      // bytes
+#include <memory>       // the parts of a BIND or UDP ASSOCIATE, made when one comes
 #include <system_error> // std::error_code
 #include <type_traits>  // std::is_nothrow_move_constructible
 #include <utility>      // std::move
@@ -76,14 +77,14 @@ public:
 
     bool wants_resolve() const noexcept {
         return state_ == state::resolving ||
-               (state_ == state::associating && association_.wants_resolve());
+               (state_ == state::associating && rare_->association.wants_resolve());
     }
     /// Where the Mode sent the client (empty before it decided), or the name a datagram of a
     /// UDP association is for.
     const host_port& resolve_target() const noexcept {
-        return state_ == state::associating ? association_.resolve_target()
-               : bind_target_.host.empty()  ? connector_.target()
-                                            : bind_target_;
+        return state_ == state::associating ? rare_->association.resolve_target()
+               : resolving_bind()           ? rare_->bind_target
+                                            : connector_.target();
     }
     void on_resolved(std::vector<endpoint> candidates, std::error_code ec, time_point now) noexcept;
 
@@ -109,7 +110,7 @@ public:
     /// that has more to move. An event loop serves the other tunnels first.
     bool saturated() const noexcept {
         return (state_ == state::relaying && tunnel_.saturated()) ||
-               (state_ == state::associating && association_.saturated());
+               (state_ == state::associating && rare_->association.saturated());
     }
     const session_result& result() const noexcept { return result_; }
 
@@ -163,9 +164,23 @@ private:
     detail::handshake_driver<ModeSession> handshake_;
     detail::connector connector_;
     detail::tunnel tunnel_;
-    detail::udp_association association_;
-    detail::bind_wait bind_wait_;
-    host_port bind_target_; // a BIND's peer, while its name is resolved
+    /// The parts only a BIND or a UDP ASSOCIATE needs, made when one comes: most sessions are
+    /// tunnels, and each of thousands held idle would otherwise carry them (two fifths of the
+    /// session's size; bench/README.md, "KB per held connection").
+    struct rare_parts {
+        detail::udp_association association;
+        detail::bind_wait bind_wait;
+        host_port bind_target; // a BIND's peer, while its name is resolved
+    };
+    rare_parts& parts() {
+        if (!rare_) {
+            rare_ = std::make_unique<rare_parts>();
+        }
+        return *rare_;
+    }
+    /// A BIND's peer is being resolved (state::resolving for it, not for a connect).
+    bool resolving_bind() const noexcept { return rare_ && !rare_->bind_target.host.empty(); }
+    std::unique_ptr<rare_parts> rare_; // null until a BIND or a UDP ASSOCIATE
     session_options limits_;
     client_socket_setup client_setup_;
     std::uint64_t serial_;
@@ -202,9 +217,9 @@ int basic_session<ModeSession>::upstream_fd() const noexcept {
     case state::relaying:
         return tunnel_.upstream_fd();
     case state::binding:
-        return bind_wait_.fd();
+        return rare_->bind_wait.fd();
     case state::associating:
-        return association_.fd();
+        return rare_->association.fd();
     default:
         return -1;
     }
@@ -251,15 +266,15 @@ time_point basic_session<ModeSession>::deadline() const noexcept {
     case state::failing:
         return handshake_.deadline();
     case state::resolving: // a BIND's peer is resolved under the handshake's deadline
-        return bind_target_.host.empty() ? connector_.deadline() : handshake_.deadline();
+        return resolving_bind() ? handshake_.deadline() : connector_.deadline();
     case state::connecting:
         return connector_.deadline();
     case state::relaying:
         return tunnel_.deadline();
     case state::binding:
-        return bind_wait_.deadline();
+        return rare_->bind_wait.deadline();
     case state::associating:
-        return association_.deadline();
+        return rare_->association.deadline();
     default:
         return time_point::max();
     }
@@ -291,7 +306,7 @@ void basic_session<ModeSession>::apply(mode_step step, time_point now) {
             if (auto numeric = step.target.numeric_address()) {
                 start_bind({endpoint{*numeric, step.target.port}}, now);
             } else {
-                bind_target_ = std::move(step.target);
+                parts().bind_target = std::move(step.target);
                 state_ = state::resolving;
             }
             return;
@@ -317,17 +332,20 @@ bool basic_session<ModeSession>::take_probe(std::vector<std::uint8_t>& probe) {
     if (!probe.empty() || handshake_.heard_client()) {
         return true; // a client told nothing yet (SOCKS, CONNECT) waits: nothing to read
     }
-    // Enough for a first request or a TLS ClientHello; the relay reads whatever follows.
-    std::uint8_t first[4096];
+    // Enough for a first request or a TLS ClientHello; the relay reads whatever follows. On
+    // the heap, for a moment: a stack buffer would push every call below it a page deeper, and
+    // a thread keeps each stack page it has touched (thread_policy: a thread per session).
+    constexpr std::size_t probe_size = 2048;
+    std::unique_ptr<std::uint8_t[]> first(new std::uint8_t[probe_size]);
     std::error_code ec;
-    std::size_t n = client_.receive(first, sizeof first, ec);
+    std::size_t n = client_.receive(first.get(), probe_size, ec);
     if (ec && !detail::would_block(ec)) {
         finish(ec); // reset before its upstream was even tried: nothing to pass it on to
         return false;
     }
     // At end of stream (0), nothing to send: the relay reads the end again and passes it on.
-    probe.assign(first, first + (ec ? 0 : n));
-    client_read_dry_ = ec || (n != 0 && n < sizeof first);
+    probe.assign(first.get(), first.get() + (ec ? 0 : n));
+    client_read_dry_ = ec || (n != 0 && n < probe_size);
     return true;
 }
 
@@ -366,14 +384,14 @@ void basic_session<ModeSession>::on_resolved(std::vector<endpoint> candidates, s
     now_ = now;
     // Before the Mode decided, too: a driver (a test, say) may hand it addresses of its own.
     if (state_ == state::associating) {
-        association_.on_resolved(candidates, ec, now);
+        rare_->association.on_resolved(candidates, ec, now);
         return;
     }
     if (state_ != state::resolving && state_ != state::handshaking) {
         return; // ended meanwhile
     }
-    if (!bind_target_.host.empty()) {
-        bind_target_ = host_port{};
+    if (resolving_bind()) {
+        rare_->bind_target = host_port{};
         if (ec || candidates.empty()) {
             std::error_code why = make_error_code(errc::name_not_resolved);
             fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
@@ -406,6 +424,7 @@ void basic_session<ModeSession>::start_tunnel(time_point now) {
     tunnel_.start(client_, client_setup_.nodelay, std::move(upstream),
                   handshake_.unsent_to_client(), reply, to_upstream, connector_.probe_sent(),
                   limits_, now);
+    connector_.release_probe(); // the relay has what it still owes upstream
     handshake_.release();
     state_ = state::relaying;
     if (limits_.stages || detail::gives_stages<ModeSession>::value) {
@@ -426,16 +445,17 @@ void basic_session<ModeSession>::start_association(const host_port& source, time
         client = client_.remote_endpoint(ec);
     }
     if (!ec) {
-        ec = association_.open(local, client.address, source, limits_, now);
+        ec = parts().association.open(local, client.address, source, limits_, now);
     }
     if (ec) {
         fail_with_reply(ec, handshake_.mode().on_connected(ec, endpoint{}, endpoint{}), now);
         return;
     }
-    result_.upstream = association_.relay_address();
+    result_.upstream = rare_->association.relay_address();
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
-    handshake_.owe(handshake_.mode().on_connected({}, association_.relay_address(), endpoint{}));
+    handshake_.owe(
+        handshake_.mode().on_connected({}, rare_->association.relay_address(), endpoint{}));
     state_ = state::associating;
     if (std::error_code send_error = handshake_.send(client_)) {
         finish(send_error);
@@ -453,13 +473,13 @@ void basic_session<ModeSession>::start_bind(std::vector<endpoint> expected, time
     std::error_code ec;
     endpoint local = client_.local_endpoint(ec);
     if (!ec) {
-        ec = bind_wait_.open(local, std::move(addresses), now, limits_.connect_timeout);
+        ec = parts().bind_wait.open(local, std::move(addresses), now, limits_.connect_timeout);
     }
     if (ec) {
         fail_with_reply(ec, handshake_.mode().on_connected(ec, endpoint{}, endpoint{}), now);
         return;
     }
-    handshake_.owe(handshake_.mode().on_connected({}, bind_wait_.listening(), endpoint{}));
+    handshake_.owe(handshake_.mode().on_connected({}, rare_->bind_wait.listening(), endpoint{}));
     state_ = state::binding;
     if (std::error_code send_error = handshake_.send(client_)) {
         finish(send_error);
@@ -468,8 +488,8 @@ void basic_session<ModeSession>::start_bind(std::vector<endpoint> expected, time
 
 template <class ModeSession>
 void basic_session<ModeSession>::bound(time_point now) {
-    socket peer = bind_wait_.take_peer();
-    const endpoint remote = bind_wait_.peer();
+    socket peer = rare_->bind_wait.take_peer();
+    const endpoint remote = rare_->bind_wait.peer();
     result_.upstream = remote;
     result_.connected = true;
     result_.stage = session_result::stage_type::relay;
@@ -623,7 +643,7 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
             return;
         }
         std::error_code ec;
-        if (bind_wait_.on_ready(ec)) {
+        if (rare_->bind_wait.on_ready(ec)) {
             bound(now);
         } else if (ec) {
             fail_with_reply(ec, handshake_.mode().on_connected(ec, endpoint{}, endpoint{}), now);
@@ -635,7 +655,7 @@ void basic_session<ModeSession>::on_ready(short client_revents, short upstream_r
             control_ready(client_revents, scratch, scratch_size);
         }
         if (state_ == state::associating && upstream_revents != 0) {
-            association_.on_ready(scratch, scratch_size, now);
+            rare_->association.on_ready(scratch, scratch_size, now);
         }
         return;
     case state::failing:
@@ -664,8 +684,8 @@ void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
         finish(make_error_code(errc::handshake_timeout));
         return;
     case state::resolving:
-        if (!bind_target_.host.empty()) { // a BIND's peer did not resolve in time
-            bind_target_ = host_port{};
+        if (resolving_bind()) { // a BIND's peer did not resolve in time
+            rare_->bind_target = host_port{};
             std::error_code why = make_error_code(errc::connect_timeout);
             fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
             return;
@@ -676,7 +696,7 @@ void basic_session<ModeSession>::on_deadline(time_point now) noexcept try {
         follow(connector_.on_deadline(), now);
         return;
     case state::binding: { // no peer came in time
-        bind_wait_.close();
+        rare_->bind_wait.close();
         std::error_code why = make_error_code(errc::connect_timeout);
         fail_with_reply(why, handshake_.mode().on_connected(why, endpoint{}, endpoint{}), now);
         return;
@@ -704,9 +724,11 @@ void basic_session<ModeSession>::finish(std::error_code why) noexcept {
     if (state_ == state::done) {
         return;
     }
-    tunnel_.close(result_);      // its relay's pipes, if it spliced, close with the sockets
-    association_.close(result_); // the UDP socket closes with the control connection
-    bind_wait_.close();
+    tunnel_.close(result_); // its relay's pipes, if it spliced, close with the sockets
+    if (rare_) {
+        rare_->association.close(result_); // the UDP socket closes with the control connection
+        rare_->bind_wait.close();
+    }
     connector_.close();
     if (!result_.error) {
         result_.error = why;

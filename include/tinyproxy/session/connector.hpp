@@ -78,6 +78,11 @@ public:
     byte_view probe_unsent() const noexcept {
         return byte_view{probe_.data() + probe_sent_, probe_.size() - probe_sent_};
     }
+    /// Frees the probe's bytes once the tunnel has taken what it still owes upstream.
+    void release_probe() noexcept {
+        std::vector<std::uint8_t>().swap(probe_);
+        probe_sent_ = 0;
+    }
     void close() noexcept { upstream_.close(); }
 
 private:
