@@ -12,9 +12,7 @@ import http.server
 import json
 import os
 import random
-import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,56 +21,15 @@ import threading
 import time
 import urllib.parse
 
-SKIP_EXIT_CODE = 77
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+# Shared with tests/api and tests/socks_udp; the names tests here import from this module.
+from cli_harness import (SKIP_EXIT_CODE, CliProcess, free_port, missing,  # noqa: E402,F401
+                         scaled, skips_allowed, take_argument, timing_scale)
 
 # The proxy variables a client would honour: every client run starts without them, so only
 # what a test sets is used.
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                    "ALL_PROXY", "no_proxy", "NO_PROXY", "ftp_proxy", "FTP_PROXY")
-
-
-def timing_scale():
-    """How many times longer than nominal an upper bound is: TINYPROXY_TIMING_SCALE, else 1."""
-    try:
-        value = int(os.environ.get("TINYPROXY_TIMING_SCALE", "1"))
-    except ValueError:
-        return 1
-    return value if 0 < value <= 1000 else 1
-
-
-def scaled(seconds):
-    return seconds * timing_scale()
-
-
-def skips_allowed():
-    return os.environ.get("TINYPROXY_ALLOW_SKIP") == "1"
-
-
-def take_argument(argv, flag):
-    """Removes `FLAG VALUE` from argv (so unittest never sees it) and returns VALUE, or None."""
-    if flag in argv:
-        at = argv.index(flag)
-        if at + 1 < len(argv):
-            value = argv[at + 1]
-            del argv[at:at + 2]
-            return value
-    return None
-
-
-def missing(what):
-    """Exits: 77 (skipped) with TINYPROXY_ALLOW_SKIP=1, else 1, naming what is missing."""
-    if skips_allowed():
-        print("skipped: " + what, file=sys.stderr)
-        sys.exit(SKIP_EXIT_CODE)
-    print(what + " (or set TINYPROXY_ALLOW_SKIP=1 to skip)", file=sys.stderr)
-    sys.exit(1)
-
-
-def free_port():
-    """A loopback TCP port that was free a moment ago (for a proxy that must be told one)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def refused_port():
@@ -99,16 +56,14 @@ def payload(size):
 # --- the proxy under test ------------------------------------------------------------------
 
 
-class ProxyUnderTest:
+class ProxyUnderTest(CliProcess):
     """Our CLI (`kind` "ours"), the tinyproxy C daemon ("daemon") or squid ("squid"), listening
     on 127.0.0.1 (the other two with a temporary config on a free port). `mode` is the mode
     flag (None: no flag, the default), `policy` a --policy value (None: the default), `user`
-    "NAME:PASS" or None. stop() ends it with SIGTERM and returns the exit status. stderr is
-    drained as it comes (a full pipe would block the proxy)."""
+    "NAME:PASS" or None. stop() ends it with SIGTERM and returns the exit status."""
 
     def __init__(self, kind, path, mode="--http", policy=None, user=None, extra_args=()):
         self.kind = kind
-        self._stderr = bytearray()
         self._config_dir = None
         if kind == "ours":
             command = [path, "--listen", "127.0.0.1:0"]
@@ -118,26 +73,18 @@ class ProxyUnderTest:
                 command += ["--policy", policy]
             if user:
                 command += ["--user", user]
-            command += list(extra_args)
-        elif kind == "daemon":
-            self.port = free_port()
-            command = [path, "-d", "-c", self._daemon_config(user)]
+            super().__init__(command + list(extra_args), "the proxy")
+            return
+        port = free_port()
+        if kind == "daemon":
+            command = [path, "-d", "-c", self._daemon_config(port, user)]
         else:
-            self.port = free_port()
-            command = [path, "-N", "-f", self._squid_config(user)]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
-        self._drain.start()
-        if kind == "ours":
-            self.host, self.port = self._read_listening(scaled(10))
-        else:
-            self.host = "127.0.0.1"
-            self._wait_accepting(scaled(10))
+            command = [path, "-N", "-f", self._squid_config(port, user)]
+        super().__init__(command, "the " + kind, port)
 
-    def _daemon_config(self, user):
+    def _daemon_config(self, port, user):
         self._config_dir = tempfile.mkdtemp(prefix="tinyproxy-daemon-")
-        lines = ["Port %d" % self.port, "Listen 127.0.0.1", "Timeout 30", "MaxClients 64",
+        lines = ["Port %d" % port, "Listen 127.0.0.1", "Timeout 30", "MaxClients 64",
                  "LogLevel Info", "PidFile \"%s/pid\"" % self._config_dir]
         if os.geteuid() == 0:
             lines += ["User nobody", "Group nogroup"]
@@ -149,12 +96,12 @@ class ProxyUnderTest:
             out.write("\n".join(lines) + "\n")
         return config
 
-    def _squid_config(self, user):
+    def _squid_config(self, port, user):
         if user:
             raise AssertionError("squid runs without --user here (no auth helper configured)")
         self._config_dir = tempfile.mkdtemp(prefix="tinyproxy-squid-")
         os.chmod(self._config_dir, 0o777)  # squid drops to its own user
-        lines = ["http_port 127.0.0.1:%d" % self.port, "http_access allow all",
+        lines = ["http_port 127.0.0.1:%d" % port, "http_access allow all",
                  "cache deny all", "cache_mem 8 MB", "access_log none",
                  "cache_log stdio:/dev/stderr", "pid_filename %s/squid.pid" % self._config_dir,
                  "coredump_dir %s" % self._config_dir, "shutdown_lifetime 0 seconds",
@@ -164,94 +111,15 @@ class ProxyUnderTest:
             out.write("\n".join(lines) + "\n")
         return config
 
-    def _drain_stderr(self):
-        while True:
-            try:
-                chunk = os.read(self.process.stderr.fileno(), 65536)
-            except (OSError, ValueError):
-                return
-            if not chunk:
-                return
-            self._stderr += chunk
-
-    def _read_listening(self, timeout):
-        deadline = time.monotonic() + timeout
-        line = b""
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.process.stdout], [], [], max(left, 0))
-            if not ready:
-                self.kill()
-                raise AssertionError("no `listening on` line within %.0f s" % timeout)
-            byte = os.read(self.process.stdout.fileno(), 1)
-            if not byte:
-                status = self.process.wait()
-                self._drain.join(scaled(5))
-                raise AssertionError("the proxy exited (%s) before listening: %s"
-                                     % (status, self.stderr_text()))
-            line += byte
-        text = line.decode().strip()
-        if not text.startswith("listening on "):
-            self.kill()
-            raise AssertionError("expected `listening on HOST:PORT`, got %r" % text)
-        host, _, port = text[len("listening on "):].rpartition(":")
-        return host.strip("[]"), int(port)
-
-    def _wait_accepting(self, timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self._drain.join(scaled(5))
-                raise AssertionError("the daemon exited (%s): %s"
-                                     % (self.process.returncode, self.stderr_text()))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        self.kill()
-        raise AssertionError("the daemon did not accept on port %d in time" % self.port)
-
     @property
     def url(self):
         return "http://%s:%d" % (self.host, self.port)
 
-    @property
-    def address(self):
-        return "%s:%d" % (self.host, self.port)
-
-    def running(self):
-        return self.process.poll() is None
-
-    def stop(self):
-        """SIGTERM, then the exit status (None when it had to be killed)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=scaled(5))
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return None
-        self._finish()
-        return self.process.returncode
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._finish()
-
-    def _finish(self):
-        self._drain.join(scaled(5))
-        for pipe in (self.process.stdout, self.process.stderr):
-            if not pipe.closed:
-                pipe.close()
+    def _close_pipes(self):
+        super()._close_pipes()
         if self._config_dir:
             shutil.rmtree(self._config_dir, ignore_errors=True)
             self._config_dir = None
-
-    def stderr_text(self):
-        return self._stderr.decode(errors="replace")
 
 
 # --- the origins -------------------------------------------------------------------------

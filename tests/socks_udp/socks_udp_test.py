@@ -8,30 +8,13 @@ Exits 77 (skipped) when PySocks is missing and TINYPROXY_ALLOW_SKIP=1.
 """
 import os
 import socket
-import subprocess
 import sys
 import threading
 import unittest
 
-SKIP_EXIT_CODE = 77
-
-
-def take_argument(argv, flag):
-    if flag in argv:
-        at = argv.index(flag)
-        if at + 1 < len(argv):
-            value = argv[at + 1]
-            del argv[at:at + 2]
-            return value
-    return None
-
-
-def scaled(seconds):
-    try:
-        scale = int(os.environ.get("TINYPROXY_TIMING_SCALE", "1"))
-    except ValueError:
-        scale = 1
-    return seconds * (scale if 0 < scale <= 1000 else 1)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+# Shared with tests/http and tests/api.
+from cli_harness import CliProcess, missing, require_cli, scaled, take_argument  # noqa: E402
 
 
 def import_socks():
@@ -47,12 +30,7 @@ def import_socks():
         sys.path.append(debian)
         import socks  # noqa: F811
         return socks
-    if os.environ.get("TINYPROXY_ALLOW_SKIP") == "1":
-        print("skipped: PySocks (python3-socks) is not installed", file=sys.stderr)
-        sys.exit(SKIP_EXIT_CODE)
-    print("PySocks (python3-socks) is not installed (tools/install-peers.sh; or set "
-          "TINYPROXY_ALLOW_SKIP=1 to skip)", file=sys.stderr)
-    sys.exit(1)
+    missing("PySocks (python3-socks) is not installed (tools/install-peers.sh)")
 
 
 CLI = take_argument(sys.argv, "--cli")
@@ -90,33 +68,18 @@ class UdpEcho:
         self.sock.close()
 
 
-class Proxy:
-    """The CLI on 127.0.0.1:0 with `args`; stderr drained as it comes."""
+class Proxy(CliProcess):
+    """The CLI on 127.0.0.1:0 with `args` and --verbose; `stderr` its lines so far."""
 
     def __init__(self, *args):
         command = [CLI, "--listen", "127.0.0.1:0", "--verbose"] + list(args)
         if POLICY:
             command += ["--policy", POLICY]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
-        line = self.process.stdout.readline()
-        if "listening on" not in line:
-            self.process.kill()
-            raise RuntimeError("the proxy did not start: " + repr(line))
-        self.port = int(line.strip().rsplit(":", 1)[1])
-        self.stderr = []
-        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
-        self._drain.start()
+        super().__init__(command, "the proxy")
 
-    def _read_stderr(self):
-        for line in self.process.stderr:
-            self.stderr.append(line)
-
-    def stop(self):
-        self.process.terminate()
-        status = self.process.wait(scaled(10))
-        self._drain.join(scaled(5))
-        return status
+    @property
+    def stderr(self):
+        return self.stderr_text().splitlines(keepends=True)
 
 
 def udp_client(proxy_port):
@@ -217,7 +180,5 @@ class PySocksNoUdp(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    if not CLI or not os.access(CLI, os.X_OK):
-        print("--cli PATH: the tinyproxy CLI to test", file=sys.stderr)
-        sys.exit(SKIP_EXIT_CODE if os.environ.get("TINYPROXY_ALLOW_SKIP") == "1" else 1)
+    require_cli(CLI)
     unittest.main()
