@@ -138,10 +138,10 @@ public:
     /// The capacity a splicing direction asks for its pipe (F_SETPIPE_SZ): the most one splice
     /// moves, and the most the pipe holds.
     static constexpr std::size_t splice_pipe_size = 256 * 1024;
-    /// What a pipe grows to when its tunnel shares an event loop and a read filled it, and how
-    /// many pipes of a process may have grown at once: 16 of them take 4,096 pages, a quarter
-    /// of the default per-user quota (pipe-user-pages-soft), beyond which new pipes get a page
-    /// and their directions copy instead.
+    /// What a pipe grows to when its tunnel shares an event loop and `shared_reads_to_grow`
+    /// reads in a row filled it, and how many pipes of a process may have grown at once: 16 of
+    /// them take 4,096 pages, a quarter of the default per-user quota (pipe-user-pages-soft),
+    /// beyond which new pipes get a page and their directions copy instead.
     static constexpr std::size_t shared_pipe_size = 1024 * 1024;
     static constexpr int shared_pipe_budget = 16;
     static constexpr int shared_reads_to_grow = 8;

@@ -2,13 +2,13 @@
 // One thin wrapper per system call: (args..., std::error_code&) noexcept, EINTR handled here.
 #pragma once
 
+#include <atomic>       // the budget of grown pipes
 #include <cerrno>       // errno
 #include <chrono>       // deadlines
 #include <cstddef>      // std::size_t
 #include <cstdint>      // std::uint8_t
 #include <limits>       // the highest descriptor number
 #include <system_error> // std::error_code
-#include <atomic>       // the budget of grown pipes
 #include <utility>      // std::exchange
 
 #include <fcntl.h>        // fcntl, O_NONBLOCK, FD_CLOEXEC
