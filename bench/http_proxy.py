@@ -11,24 +11,21 @@ the Release CLI into build/bench, prints the tables and writes
 bench/results/<date>-<HHMM>-http[-quick].json. Method: bench/README.md, "HTTP forward proxy".
 The peers' configurations are the templates in bench/conf/. Every process it starts is ended
 on exit, also on Ctrl-C and errors. Stdlib only."""
-import json
 import os
-import platform
 import re
-import resource
 import shutil
-import signal
 import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONF = os.path.join(ROOT, "bench", "conf")
-BUILD = os.path.join(ROOT, "build", "bench")
-OURS = os.path.join(BUILD, "examples", "tinyproxy")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# What run.py and udp_socks.py do too is theirs and this one's in one place: tpbench/.
+from tpbench.prepare import apt_install, cmake_build  # noqa: E402
+from tpbench.procs import stop  # noqa: E402
+from tpbench.sidebench import (BUILD, OURS, ROOT, fd_soft_limit, fill_template,  # noqa: E402
+                               finish_run, free_port, log, machine_facts, medians_of, ratio,
+                               rss_kb, run_main, tail, wait_port)
 DAEMON = "/usr/bin/tinyproxy"
 SQUID = "/usr/sbin/squid"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -65,157 +62,22 @@ PACKAGES = {  # what must be there -> the Debian package that brings it
 }
 
 START_TIMEOUT = 20  # seconds for a peer to listen (squid takes a few)
-STOP_TIMEOUT = 3  # seconds between SIGTERM and SIGKILL
-
-
-def log(t0, text):
-    print(f"[{time.time() - t0:4.0f}s] {text}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- install and build
-def install_missing(work):
-    """apt-get installs what PACKAGES lists and is missing, one by one, with the packages'
-    services kept from starting (a policy-rc.d for the install, as bench/run.sh does)."""
+def install_missing(work, t0):
+    """apt-get installs what PACKAGES lists and is missing."""
     want = [pkg for path, pkg in PACKAGES.items() if not os.path.exists(path)]
-    if not want:
-        return
-    if not shutil.which("apt-get") or os.geteuid() != 0:
-        print(f"http_proxy.py: cannot install {' '.join(want)} (needs root and apt-get); "
-              "missing peers are reported", file=sys.stderr)
-        return
-    policy = "/usr/sbin/policy-rc.d"
-    made_policy = not os.path.exists(policy)
-    if made_policy:
-        with open(policy, "w") as f:
-            f.write("#!/bin/sh\nexit 101\n")
-        os.chmod(policy, 0o755)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        with open(os.path.join(work, "apt.log"), "w") as apt_log:
-            subprocess.run(["apt-get", "update", "-qq"], stdout=apt_log, stderr=apt_log, env=env,
-                           timeout=600)
-            for pkg in want:
-                done = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                                       pkg], stdout=apt_log, stderr=apt_log, env=env, timeout=900)
-                if done.returncode != 0:
-                    print(f"http_proxy.py: apt-get install {pkg} failed", file=sys.stderr)
-    finally:
-        if made_policy:
-            os.remove(policy)
+    if want:
+        apt_install(want, work, lambda text: log(t0, text), "missing peers are reported")
 
 
 def build_ours(work):
-    """The Release CLI in build/bench, configured once, as bench/run.sh builds it."""
-    steps = []
-    if not os.path.exists(os.path.join(BUILD, "CMakeCache.txt")):
-        steps.append(["cmake", "-S", ROOT, "-B", BUILD, "-DCMAKE_BUILD_TYPE=Release",
-                      "-DTINYPROXY_BUILD_TESTS=OFF"])
-    steps.append(["cmake", "--build", BUILD, "-j2", "--target", "tinyproxy_cli"])
-    with open(os.path.join(work, "build.log"), "w") as build_log:
-        for step in steps:
-            if subprocess.run(step, stdout=build_log, stderr=build_log, timeout=1800).returncode:
-                sys.exit(f"http_proxy.py: build failed, see {build_log.name}")
+    """The Release CLI in build/bench (BENCH_BUILD_DIR), configured as run.py configures it."""
+    cmake_build(ROOT, BUILD, ["tinyproxy_cli"], os.path.join(work, "build.log"))
 
 
 # ---------------------------------------------------------------- processes
-def free_port():
-    """A port nothing listens on now: bind port 0 and let the kernel choose."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tree_pids(root):
-    """ROOT and all its descendants (from /proc)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    pids, i = [root], 0
-    while i < len(pids):
-        pids += children.get(pids[i], [])
-        i += 1
-    return [p for p in pids if os.path.exists(f"/proc/{p}")]
-
-
-def rss_kb(root):
-    """VmRSS summed over ROOT's process tree, in KB (squid and nginx run several processes)."""
-    total = 0
-    for pid in tree_pids(root):
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
-        except OSError:
-            pass
-    return total
-
-
-def stop(proc):
-    """Ends PROC and every process under it: SIGTERM, up to STOP_TIMEOUT s, then SIGKILL."""
-    if proc is None:
-        return
-    pids = tree_pids(proc.pid) if proc.poll() is None else []
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            pass
-    deadline = time.time() + STOP_TIMEOUT
-    while time.time() < deadline and any(alive(p) for p in pids):
-        proc.poll()  # reaps the root, so it stops counting as alive
-        time.sleep(0.05)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return not any(line.startswith("State:") and "Z" in line for line in f)
-    except OSError:
-        return False
-
-
-def wait_port(port, proc, timeout):
-    """True once 127.0.0.1:PORT accepts a connection, within TIMEOUT s, while PROC lives."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-def fill_template(name, out_path, **values):
-    """bench/conf/NAME with each @KEY@ replaced by its value, written to OUT_PATH."""
-    with open(os.path.join(CONF, name)) as f:
-        text = f.read()
-    for key, value in values.items():
-        text = text.replace(f"@{key.upper()}@", str(value))
-    missing = re.findall(r"(?m)^[^#\n]*(@[A-Z_]+@)", text)
-    if missing:
-        raise ValueError(f"{name}: no value for {missing}")
-    with open(out_path, "w") as f:
-        f.write(text)
-
-
 class Runner:
     """Starts and ends the origin and the targets, each in a directory of its own in WORK."""
 
@@ -296,14 +158,6 @@ class Runner:
         for proc in reversed(self.procs):
             stop(proc)
         self.procs = []
-
-
-def tail(directory, size=200):
-    try:
-        with open(os.path.join(directory, "out"), errors="replace") as f:
-            return " ".join(f.read()[-size:].split())
-    except OSError:
-        return "no output"
 
 
 # ---------------------------------------------------------------- load: ab
@@ -526,16 +380,6 @@ def fmt(value, unit):
     return f"{value:,.1f}"
 
 
-def ratio(a, b):
-    if a is None or b is None or a != a or b != b or b == 0:
-        return "–"
-    return f"{a / b:.2f}×"
-
-
-def medians_of(samples):
-    return {t: {m: statistics.median(v) for m, v in ms.items() if v} for t, ms in samples.items()}
-
-
 def extra_column(metric, target, medians):
     """What goes beside a figure: held clients for memory, keep-alive requests for ab."""
     m = medians.get(target, {})
@@ -585,83 +429,19 @@ def report(medians, cfg, notes):
     return "\n".join(lines).rstrip() + "\n"
 
 
-def package_version(pkg):
-    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True,
-                          text=True)
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
-
-
-def our_commit():
-    rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", ROOT, "diff", "--quiet", "HEAD", "--", "include",
-                            "examples"]).returncode
-    return rev + ("+dirty" if dirty else "")
-
-
-def write_json(mode, cfg, samples, medians, table, notes, facts):
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
-    out = os.path.join(ROOT, "bench", "results",
-                       f"{stamp}-http{'-quick' if mode == 'quick' else ''}.json")
-    result = dict(facts, mode=mode, settings=dict(cfg, file_bytes=FILE_SIZE),
-                  targets={t["name"]: t["label"] for t in TARGETS}, missing=notes.get("missing", {}),
-                  errors=notes.get("errors", []), medians=medians, samples=samples,
-                  table_markdown=table)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-        f.write("\n")
-    return out
-
-
-def machine_facts():
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                   "")
-    return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "bench/http_proxy.py" + "".join(f" {a}" for a in sys.argv[1:]),
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "cpu": cpu,
-        "load_average_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "versions": {pkg: package_version(pkg) for pkg in
-                     ("nginx", "squid", "tinyproxy-bin", "apache2-utils")} |
-                    {"tinyproxy.hpp": our_commit()},
-    }
-
-
 # ---------------------------------------------------------------- main
-def main():
-    args = sys.argv[1:]
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    unknown = [a for a in args if a != "--quick"]
-    if unknown:
-        print(f"http_proxy.py: unknown argument {unknown[0]} (only --quick)", file=sys.stderr)
-        return 2
-    mode = "quick" if "--quick" in args else "full"
+def run(mode, work, t0):
     cfg = SETTINGS[mode]
-    t0 = time.time()
-    # Many held clients need descriptors: the soft limit goes up to the hard one.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    fd_limit = min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 65536)
-    max_clients = 2 * cfg["held_clients"] + 4 * cfg["concurrency"]
-    work = tempfile.mkdtemp(prefix="tinyproxy-http-bench.")
-    os.chmod(work, 0o755)
-    runner = Runner(work, fd_limit, max_clients)
-    # Ctrl-C and SIGTERM become an exception, so the finally below ends every peer.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    fd_limit = fd_soft_limit()
+    runner = Runner(work, fd_limit, 2 * cfg["held_clients"] + 4 * cfg["concurrency"])
     try:
         log(t0, "installing what is missing, building tinyproxy (Release) in build/bench")
-        install_missing(work)
+        install_missing(work, t0)
         if not shutil.which("ab"):
             sys.exit("http_proxy.py: ab (apache2-utils) is required")
         build_ours(work)
-        facts = machine_facts()
+        facts = machine_facts("http_proxy.py", ("nginx", "squid", "tinyproxy-bin",
+                                                "apache2-utils"))
         _, origin_port = runner.start_origin()
         samples, notes = {}, {}
         log(t0, f"requests/s and latency: ab -c {cfg['concurrency']} -t {cfg['seconds']}, "
@@ -670,23 +450,14 @@ def main():
         log(t0, f"memory: {cfg['held_clients']} idle clients per proxy")
         phase_memory(runner, origin_port, cfg, TARGETS, t0, samples, notes)
         medians = medians_of(samples)
-        table = report(medians, cfg, notes)
-        print(table)
-        facts["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        facts["seconds"] = round(time.time() - t0)
-        out = write_json(mode, cfg, samples, medians, table, notes, facts)
-        log(t0, f"wrote {os.path.relpath(out, ROOT)}")
-        return 0
-    except KeyboardInterrupt:
-        log(t0, "interrupted")
-        return 130
+        finish_run(t0, "http", mode, facts, report(medians, cfg, notes), {
+            "settings": dict(cfg, file_bytes=FILE_SIZE),
+            "targets": {t["name"]: t["label"] for t in TARGETS},
+            "missing": notes.get("missing", {}), "errors": notes.get("errors", []),
+            "medians": medians, "samples": samples})
     finally:
         runner.close()
-        if os.environ.get("KEEP_WORK") == "1":
-            print(f"http_proxy.py: logs kept in {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("http_proxy.py", __doc__, run))

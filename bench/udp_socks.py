@@ -11,30 +11,21 @@ the Release CLI and udp_load into build/bench (TINYPROXY_BUILD_BENCH), prints th
 writes bench/results/<date>-<HHMM>-udp[-quick].json. Method: bench/README.md, "SOCKS5 UDP".
 Dante's configuration is the template bench/conf/danted.conf. Every process it starts is ended
 on exit, also on Ctrl-C and errors. Stdlib only."""
-import json
 import os
 import re
-import resource
 import selectors
-import shutil
-import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# What run.py and http_proxy.py do too is theirs and this one's in one place: tpbench/.
+from tpbench.prepare import apt_install, cmake_build  # noqa: E402
+from tpbench.procs import stop  # noqa: E402
+from tpbench.sidebench import (BUILD, OURS, ROOT, fill_template, finish_run,  # noqa: E402
+                               free_port, log, machine_facts, medians_of, ratio, rss_kb,
+                               run_main, tail, wait_port)
 
-# The process handling is http_proxy.py's, the build prepare.py's: one copy of each.
-from http_proxy import (fill_template, free_port, log, machine_facts, our_commit,  # noqa: E402
-                        package_version, rss_kb, stop, tail, wait_port)
-from tpbench.prepare import cmake_build  # noqa: E402
-
-ROOT = os.path.dirname(HERE)
-BUILD = os.environ.get("BENCH_BUILD_DIR") or os.path.join(ROOT, "build", "bench")
-OURS = os.path.join(BUILD, "examples", "tinyproxy")
 UDP_LOAD = os.path.join(BUILD, "bench", "udp_load")
 DANTE = "/usr/sbin/danted"
 
@@ -61,33 +52,10 @@ LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
 # ---------------------------------------------------------------- install and build
-def install_dante(work):
-    """apt-get installs dante-server when danted is missing, its service kept from starting."""
-    if os.path.exists(DANTE):
-        return
-    if not shutil.which("apt-get") or os.geteuid() != 0:
-        print("udp_socks.py: cannot install dante-server (needs root and apt-get); "
-              "Dante is reported missing", file=sys.stderr)
-        return
-    policy = "/usr/sbin/policy-rc.d"
-    made_policy = not os.path.exists(policy)
-    if made_policy:
-        with open(policy, "w") as f:
-            f.write("#!/bin/sh\nexit 101\n")
-        os.chmod(policy, 0o755)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        with open(os.path.join(work, "apt.log"), "w") as apt_log:
-            subprocess.run(["apt-get", "update", "-qq"], stdout=apt_log, stderr=apt_log, env=env,
-                           timeout=600)
-            done = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                                   "dante-server"], stdout=apt_log, stderr=apt_log, env=env,
-                                  timeout=900)
-            if done.returncode != 0:
-                print("udp_socks.py: apt-get install dante-server failed", file=sys.stderr)
-    finally:
-        if made_policy:
-            os.remove(policy)
+def install_dante(work, t0):
+    """apt-get installs dante-server when danted is missing."""
+    if not os.path.exists(DANTE):
+        apt_install(["dante-server"], work, lambda text: log(t0, text), "Dante is reported missing")
 
 
 def build_ours(work):
@@ -323,17 +291,6 @@ def fmt(value, unit):
     return f"{value:,.1f}"
 
 
-def ratio(a, b):
-    if a is None or b is None or a != a or b != b or b == 0:
-        return "–"
-    value = a / b
-    return f"{value:.3f}×" if value < 0.1 else f"{value:.2f}×"
-
-
-def medians_of(samples):
-    return {t: {m: statistics.median(v) for m, v in ms.items() if v} for t, ms in samples.items()}
-
-
 def extra_column(metric, medians, name):
     """Beside a figure: datagrams lost (rate, rr), or associations held/asked (memory)."""
     m = medians.get(name, {})
@@ -385,58 +342,16 @@ def report(medians, cfg, notes):
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_json(mode, cfg, samples, medians, table, notes, facts):
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d-%H%M", time.gmtime())
-    out = os.path.join(ROOT, "bench", "results",
-                       f"{stamp}-udp{'-quick' if mode == 'quick' else ''}.json")
-    result = dict(facts, mode=mode, settings=dict(cfg, sizes=list(SIZES)),
-                  targets={t["name"]: t["label"] for t in TARGETS}, missing=notes.get("missing", {}),
-                  errors=notes.get("errors", []),
-                  exit_summaries=notes.get("exit_summaries", {}), medians=medians, samples=samples,
-                  table_markdown=table)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1, sort_keys=True)
-        f.write("\n")
-    return out
-
-
-def facts_now():
-    facts = machine_facts()
-    facts["command"] = "bench/udp_socks.py" + "".join(f" {a}" for a in sys.argv[1:])
-    facts["versions"] = {"dante-server": package_version("dante-server"),
-                         "tinyproxy.hpp": our_commit()}
-    return facts
-
-
 # ---------------------------------------------------------------- main
-def main():
-    args = sys.argv[1:]
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    unknown = [a for a in args if a != "--quick"]
-    if unknown:
-        print(f"udp_socks.py: unknown argument {unknown[0]} (only --quick)", file=sys.stderr)
-        return 2
-    mode = "quick" if "--quick" in args else "full"
+def run(mode, work, t0):
     cfg = SETTINGS[mode]
-    t0 = time.time()
-    # Each held association is two descriptors in the client and two or more in the proxy.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    work = tempfile.mkdtemp(prefix="tinyproxy-udp-bench.")
-    os.chmod(work, 0o755)
     runner = Runner(work)
-    # Ctrl-C and SIGTERM become an exception, so the finally below ends every process.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     try:
         log(t0, "installing dante-server if missing, building tinyproxy and udp_load in "
                 "build/bench")
-        install_dante(work)
+        install_dante(work, t0)
         build_ours(work)
-        facts = facts_now()
+        facts = machine_facts("udp_socks.py", ("dante-server",))
         echo_port = runner.start_echo()
         samples, notes = {}, {}
         log(t0, f"datagrams/s at {', '.join(map(str, SIZES))} B ({cfg['seconds']} s, window "
@@ -445,23 +360,15 @@ def main():
         log(t0, f"memory: {cfg['held']} associations per proxy")
         phase_memory(runner, echo_port, cfg, t0, samples, notes)
         medians = medians_of(samples)
-        table = report(medians, cfg, notes)
-        print(table)
-        facts["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        facts["seconds"] = round(time.time() - t0)
-        out = write_json(mode, cfg, samples, medians, table, notes, facts)
-        log(t0, f"wrote {os.path.relpath(out, ROOT)}")
-        return 0
-    except KeyboardInterrupt:
-        log(t0, "interrupted")
-        return 130
+        finish_run(t0, "udp", mode, facts, report(medians, cfg, notes), {
+            "settings": dict(cfg, sizes=list(SIZES)),
+            "targets": {t["name"]: t["label"] for t in TARGETS},
+            "missing": notes.get("missing", {}), "errors": notes.get("errors", []),
+            "exit_summaries": notes.get("exit_summaries", {}), "medians": medians,
+            "samples": samples})
     finally:
         runner.close()
-        if os.environ.get("KEEP_WORK") == "1":
-            print(f"udp_socks.py: logs kept in {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("udp_socks.py", __doc__, run))

@@ -37,10 +37,16 @@ def has_matplotlib():
 
 def install_missing(log, work):
     want = [pkg for present, pkg in WANTED if not present()]
-    if not want:
-        return
+    if want:
+        apt_install(want, work, log, "missing peers are reported")
+
+
+def apt_install(want, work, log, otherwise):
+    """apt-get installs the packages WANT, one by one, logging to WORK/apt.log, with their
+    services kept from starting. Without root or apt-get it says so, and OTHERWISE (what
+    happens instead)."""
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        log(f"cannot install {' '.join(want)} (needs root and apt-get); missing peers are reported")
+        log(f"cannot install {' '.join(want)} (needs root and apt-get); {otherwise}")
         return
     log(f"installing {' '.join(want)}")
     # The peers' packages would start system services: refuse that for the install, unless a
@@ -55,11 +61,13 @@ def install_missing(log, work):
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         with open(os.path.join(work, "apt.log"), "ab") as apt_log:
-            subprocess.run(["apt-get", "update", "-qq"], stdout=apt_log, stderr=apt_log, env=env)
+            subprocess.run(["apt-get", "update", "-qq"], stdout=apt_log, stderr=apt_log, env=env,
+                           timeout=600)
             # One by one, so a package that cannot be had leaves the others installed.
             for pkg in want:
                 if subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                                   pkg], stdout=apt_log, stderr=apt_log, env=env).returncode:
+                                   pkg], stdout=apt_log, stderr=apt_log, env=env,
+                                  timeout=900).returncode:
                     log(f"apt-get install {pkg} failed")
     finally:
         if made_policy:
