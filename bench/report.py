@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """bench/report.py RAW.tsv OUT.json: medians, ratios and the markdown tables of bench/run.py.
 bench/report.py --charts RUN.json [--floor FLOOR.tsv] [--out DIR]: its SVG charts (matplotlib).
+bench/report.py --targets RUN.json FLOOR.tsv: the performance issue's targets, each ratio against
+its goal, from a full run and a --floor run.
 
 RAW holds one sample a line: target, metric, value. The run's facts come in BENCH_* environment
 variables, or as the same keys in the mapping run.py passes to main(). Prints the tables and
@@ -465,8 +467,130 @@ def charts_main(args):
         print(path)
 
 
+# ---------------------------------------------------------------- the targets (issue 16)
+def _ratio_row(name, value, goal, higher, how):
+    """One row: the ratio, its goal, met or not, and how it was taken."""
+    if value is None or value != value:
+        return f"| {name} | – | {'≥' if higher else '≤'} {goal} | not measured | {how} |"
+    met = value >= goal if higher else value <= goal
+    return (f"| {name} | {value:.2f}× | {'≥' if higher else '≤'} {goal} | "
+            f"{'yes' if met else '**no**'} | {how} |")
+
+
+def _ahead_row(name, medians, ours, theirs, metrics):
+    """Whether OURS beats THEIRS on every metric both have (higher or lower is better)."""
+    behind, compared = [], 0
+    for metric, higher in metrics:
+        a, b = medians.get(ours, {}).get(metric), medians.get(theirs, {}).get(metric)
+        if a is None or b is None or a != a or b != b:
+            continue
+        compared += 1
+        if (a < b) if higher else (a > b):
+            behind.append(f"{metric} {a:,.1f} against {b:,.1f}")
+    verdict = "yes" if compared and not behind else ("not measured" if not compared else "**no**")
+    detail = f"ahead on {compared - len(behind)} of {compared}" + (
+        f"; behind: {', '.join(behind)}" if behind else "")
+    return f"| {name} | {detail} | every metric | {verdict} | medians of the full run |"
+
+
+SHARED_FORWARD = [("bulk1_gbps", True), ("bulk4_gbps", True), ("bulk1_cpu_s_per_gb", False),
+                  ("bulk4_cpu_s_per_gb", False), ("rate_cps", True),
+                  ("rate_cpu_us_per_conn", False), ("rr_p50_us", False), ("rr_p99_us", False),
+                  ("rrpin_p50_us", False), ("rrpin_p99_us", False), ("mixrr_p50_us", False),
+                  ("mixrr_p99_us", False), ("kb_per_conn_1000", False),
+                  ("kb_per_conn_9000", False)]
+SHARED_SOCKS = [("lbulk" + m[4:], h) if m.startswith("bulk") else (m, h) for m, h in SHARED_FORWARD]
+
+
+def targets_table(run_path, floor_path):
+    """The targets of the performance issue (bench/README.md, "Against the targets") as a
+    markdown table: ratios from the full run in RUN_PATH and the --floor run's samples in
+    FLOOR_PATH, each beside its goal. The poll policy unless named."""
+    with open(run_path) as f:
+        run = json.load(f)
+    full = run["medians"]
+    floor = {t: {m: statistics.median(v) for m, v in ms.items()}
+             for t, ms in load_samples(floor_path).items()}
+
+    def get(medians, target, metric):
+        value = medians.get(target, {}).get(metric)
+        return float("nan") if value is None else value
+
+    def best(medians, targets, metric, higher=True):
+        have = [(get(medians, t, metric), t) for t in targets if get(medians, t, metric) ==
+                get(medians, t, metric)]
+        if not have:
+            return float("nan"), "–"
+        return (max if higher else min)(have)
+
+    rows = ["| target | measured | goal | met? | how |", "|---|---|---|---|---|"]
+    # Against the floor, in the --floor run.
+    shapes = ["floor", "floor-threads", "floor-splice"]
+    rr_floor, rr_shape = best(floor, shapes, "rrpin_p50_us", higher=False)
+    rows.append(_ratio_row("pinned RR p50 ÷ the floor's best shape",
+                           get(floor, "tp-poll", "rrpin_p50_us") / rr_floor, 1.03, False,
+                           f"--floor run; best shape {rr_shape}, {rr_floor:.1f} µs"))
+    ours_socks = get(floor, "tp-socks-poll", "rate_cps") / get(floor, "tp-poll", "rate_cps")
+    floor_socks = get(floor, "floor-socks", "rate_cps") / get(floor, "floor", "rate_cps")
+    rows.append(_ratio_row("SOCKS5 conn/s ÷ own forwarding, ÷ the floor's same ratio",
+                           ours_socks / floor_socks, 0.97, True,
+                           f"--floor run; ours {ours_socks:.2f}, the floor's {floor_socks:.2f}"))
+    rows.append(_ratio_row("4-stream bulk ÷ the splice floor",
+                           get(floor, "tp-poll", "bulk4_gbps") /
+                           get(floor, "floor-splice", "bulk4_gbps"), 0.95, True, "--floor run"))
+    rate_floor, rate_shape = best(floor, shapes, "rate_cps")
+    rows.append(_ratio_row("conn/s ÷ the floor", get(floor, "tp-poll", "rate_cps") / rate_floor,
+                           0.97, True, f"--floor run; best shape {rate_shape}, "
+                                       f"{rate_floor:,.0f} conn/s"))
+    # Against the peers, in the full run (and the floor run's peers, which it also measures).
+    for name, medians, peers in (("full run", full, FORWARD_PEERS),
+                                 ("--floor run", floor, ["haproxy", "nginx"])):
+        peer, who = best(medians, peers, "rate_cps")
+        rows.append(_ratio_row(f"conn/s ÷ best peer ({name})",
+                               get(medians, "tp-poll", "rate_cps") / peer, 1.25, True,
+                               f"best peer {who}"))
+    for streams in (1, 4):
+        peer, who = best(full, FORWARD_PEERS, f"bulk{streams}_gbps")
+        rows.append(_ratio_row(f"{streams}-stream bulk ÷ best peer",
+                               get(full, "tp-poll", f"bulk{streams}_gbps") / peer, 1.15, True,
+                               f"full run; best peer {who}"))
+    rows.append(_ratio_row("SOCKS5 conn/s ÷ microsocks",
+                           get(full, "tp-socks-poll", "rate_cps") /
+                           get(full, "microsocks", "rate_cps"), 1.5, True, "full run"))
+    kb = max(get(full, "tp-poll", "kb_per_conn_1000"), get(full, "tp-poll", "kb_per_conn_9000"))
+    rows.append(f"| KB per held connection (1,000 and 9,000 held) | {kb:.1f} KB | ≤ 2 KB | "
+                f"{'yes' if kb <= 2 else '**no**'} | full run; the larger of the two |")
+    rows.append(_ahead_row("thread policy ahead of microsocks (SOCKS5)", full, "tp-socks-thread",
+                           "microsocks", SHARED_SOCKS))
+    rows.append(_ahead_row("fork policy ahead of socat", full, "tp-fork", "socat",
+                           SHARED_FORWARD))
+    # CPU, counted system-wide: what the proxy added to the whole machine's busy time.
+    # Per GB, the last round's goal restated system-wide; per connection, no goal but the best
+    # peer's.
+    for metric, what, goal in (("bulk1_sys_cpu_s_per_gb", "CPU per GB, 1 stream", 0.75),
+                               ("bulk4_sys_cpu_s_per_gb", "CPU per GB, 4 streams", 0.75),
+                               ("rate_sys_cpu_us_per_conn", "CPU per connection", 1.0)):
+        direct = get(full, "direct", metric)
+        added = {t: {metric: get(full, t, metric) - direct} for t in ["tp-poll"] + FORWARD_PEERS}
+        peer, who = best(added, FORWARD_PEERS, metric, higher=False)
+        rows.append(_ratio_row(f"{what}, system-wide less direct's, ÷ best peer's",
+                               get(added, "tp-poll", metric) / peer, goal, False,
+                               f"full run; ours {get(added, 'tp-poll', metric):,.2f}, best peer {who} "
+                               f"{peer:,.2f}"))
+    return "\n".join(rows) + "\n"
+
+
+def targets_main(args):
+    """report.py --targets RUN.json FLOOR.tsv"""
+    if len(args) != 3:
+        raise SystemExit("usage: report.py --targets RUN.json FLOOR.tsv")
+    print(targets_table(args[1], args[2]), end="")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--charts"]:
         charts_main(sys.argv[1:])
+    elif sys.argv[1:2] == ["--targets"]:
+        targets_main(sys.argv[1:])
     else:
         main()

@@ -107,6 +107,19 @@ def checks(peer):
             return []
         return ["a target missing: " + out] if "missing" in out else []
 
+    def targets_report(b, _):
+        # report.py --targets on the newest full run and --floor run in bench/results.
+        import report
+        results = os.path.join(b.root, "bench", "results")
+        runs = sorted(f for f in os.listdir(results) if f.endswith("-full.json"))
+        floors = sorted(f for f in os.listdir(results) if f.endswith("-floor.tsv"))
+        print(report.targets_table(os.path.join(results, runs[-1]),
+                                   os.path.join(results, floors[-1])))
+
+    def targets_ok(_, out):
+        rows = [line for line in out.splitlines() if line.startswith("| ")]
+        return [] if len(rows) >= 16 else ["report.py --targets printed: " + out[-300:]]
+
     return [
         ("default", full, full_ok),
         ("--levers", levers, levers_ok),
@@ -121,6 +134,7 @@ def checks(peer):
         ("--api", api, lambda s, _: _has(s, "tp-api", "rate_cps", "rrpin_p50_us", "bulk1_gbps",
                                          "delay_p50_us") + _has(s, "api-load", "pairs")),
         ("--syscalls", syscalls, syscalls_ok),
+        ("--targets", targets_report, targets_ok),
     ]
 
 
