@@ -332,20 +332,26 @@ bool basic_session<ModeSession>::take_probe(std::vector<std::uint8_t>& probe) {
     if (!probe.empty() || handshake_.heard_client()) {
         return true; // a client told nothing yet (SOCKS, CONNECT) waits: nothing to read
     }
-    // Enough for a first request or a TLS ClientHello; the relay reads whatever follows. On
-    // the heap, for a moment: a stack buffer would push every call below it a page deeper, and
-    // a thread keeps each stack page it has touched (thread_policy: a thread per session).
+    // Enough for a first request or a TLS ClientHello; the relay reads whatever follows. Read
+    // straight into the probe, on the heap: a stack buffer would push every call below it a
+    // page deeper, and a thread keeps each stack page it has touched (thread_policy). The
+    // connector frees it once the tunnel has it.
     constexpr std::size_t probe_size = 2048;
-    std::unique_ptr<std::uint8_t[]> first(new std::uint8_t[probe_size]);
+    probe.resize(probe_size);
     std::error_code ec;
-    std::size_t n = client_.receive(first.get(), probe_size, ec);
+    std::size_t n = client_.receive(probe.data(), probe.size(), ec);
     if (ec && !detail::would_block(ec)) {
         finish(ec); // reset before its upstream was even tried: nothing to pass it on to
         return false;
     }
-    // At end of stream (0), nothing to send: the relay reads the end again and passes it on.
-    probe.assign(first.get(), first.get() + (ec ? 0 : n));
     client_read_dry_ = ec || (n != 0 && n < probe_size);
+    if (ec || n == 0) {
+        // Nothing to send (at end of stream the relay reads the end again and passes it on),
+        // and nothing to hold while the connect is in progress.
+        std::vector<std::uint8_t>().swap(probe);
+    } else {
+        probe.resize(n);
+    }
     return true;
 }
 
