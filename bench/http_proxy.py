@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tpbench.prepare import apt_install, cmake_build  # noqa: E402
 from tpbench.procs import stop  # noqa: E402
 from tpbench.sidebench import (BUILD, OURS, ROOT, fd_soft_limit, fill_template,  # noqa: E402
-                               finish_run, free_port, log, machine_facts, medians_of, ratio,
-                               rss_kb, run_main, tail, wait_port)
+                               finish_run, free_port, log, machine_facts, medians_of,
+                               metric_tables, rss_kb, run_main, tail, wait_port)
+
 DAEMON = "/usr/bin/tinyproxy"
 SQUID = "/usr/sbin/squid"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -396,28 +397,10 @@ def extra_column(metric, target, medians):
 
 
 def report(medians, cfg, notes):
-    lines = []
-    for title, metric, unit, better, goal_daemon, goal_squid in METRICS:
-        extra = "held/opened" if metric.startswith("mem_") else "keep-alive; failed"
-        lines += [f"#### {title} ({unit}; {better} is better)", "",
-                  f"| target | {unit} | {extra} | ours ÷ daemon | ours ÷ squid |",
-                  "|---|---|---|---|---|"]
-        for target in TARGETS:
-            name = target["name"]
-            if metric.startswith("mem_") and target["kind"] == "direct":
-                continue
-            value = medians.get(name, {}).get(metric)
-            if name in OURS_NAMES:
-                to_daemon = ratio(value, medians.get("daemon", {}).get(metric))
-                to_squid = ratio(value, medians.get("squid", {}).get(metric))
-                if goal_daemon:
-                    to_daemon += f" (goal {goal_daemon})"
-                    to_squid += f" (goal {goal_squid})"
-            else:
-                to_daemon = to_squid = ""
-            lines.append(f"| {target['label']} | {fmt(value, unit)} | "
-                         f"{extra_column(metric, name, medians)} | {to_daemon} | {to_squid} |")
-        lines.append("")
+    lines = metric_tables(
+        METRICS, TARGETS, OURS_NAMES, ("daemon", "squid"), medians, fmt,
+        (lambda metric: "held/opened" if metric.startswith("mem_") else "keep-alive; failed",
+         lambda metric, name: extra_column(metric, name, medians)))
     lines += [f"ab: -c {cfg['concurrency']}, -t {cfg['seconds']} s per run, median of "
               f"{cfg['reps']} repetition(s), a {FILE_SIZE} B file; memory: "
               f"{cfg['held_clients']} clients held, RSS delta of the proxy's process tree ÷ "

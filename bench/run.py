@@ -88,23 +88,15 @@ def plan(mode, s):
     return steps + [("memory", memory)]
 
 
-def dispatch_http(args):
-    """--http: bench/http_proxy.py with the other arguments."""
-    script = os.path.join(HERE, "http_proxy.py")
-    if not os.path.exists(script):
-        print(f"run.py --http: {script} is missing (the HTTP-proxy benchmark)", file=sys.stderr)
+def dispatch(args, flag, script, what):
+    """FLAG (--http, --udp): bench/SCRIPT, the benchmark of WHAT, with the other arguments."""
+    path = os.path.join(HERE, script)
+    if not os.path.exists(path):
+        print(f"run.py {flag}: {path} is missing (the {what} benchmark)", file=sys.stderr)
         return 2
-    rest = [a for a in args if a != "--http"]
-    os.execv(sys.executable, [sys.executable, script, *rest])
+    rest = [a for a in args if a != flag]
+    os.execv(sys.executable, [sys.executable, path, *rest])
     return 2
-
-
-def dispatch_udp(args):
-    """--udp: bench/udp_socks.py with the other arguments."""
-    script = os.path.join(HERE, "udp_socks.py")
-    if not os.path.exists(script):
-        print(f"run.py --udp: {script} is missing (the SOCKS5 UDP benchmark)", file=sys.stderr)
-        return 2
     rest = [a for a in args if a != "--udp"]
     os.execv(sys.executable, [sys.executable, script, *rest])
     return 2
@@ -181,9 +173,9 @@ def _terminate(signum, frame):
 
 def main(args):
     if "--http" in args:
-        return dispatch_http(args)
+        return dispatch(args, "--http", "http_proxy.py", "HTTP-proxy")
     if "--udp" in args:
-        return dispatch_udp(args)
+        return dispatch(args, "--udp", "udp_socks.py", "SOCKS5 UDP")
     if args[:1] == ["--self-test-one"] and len(args) == 2:  # one mode of --self-test
         return self_test_one(args[1])
     quick, quiet, mode = parse(args)

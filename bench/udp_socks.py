@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tpbench.prepare import apt_install, cmake_build  # noqa: E402
 from tpbench.procs import stop  # noqa: E402
 from tpbench.sidebench import (BUILD, OURS, ROOT, fill_template, finish_run,  # noqa: E402
-                               free_port, log, machine_facts, medians_of, ratio, rss_kb,
+                               free_port, log, machine_facts, medians_of, metric_tables, rss_kb,
                                run_main, tail, wait_port)
 
 UDP_LOAD = os.path.join(BUILD, "bench", "udp_load")
@@ -304,30 +304,11 @@ def extra_column(metric, medians, name):
 
 
 def report(medians, cfg, notes):
-    lines = []
-    for title, metric, unit, better, goal_dante, goal_direct in METRICS:
-        extra = "held/asked" if metric.startswith("mem_") else "lost (median)"
-        lines += [f"#### {title} ({unit}; {better} is better)", "",
-                  f"| target | {unit} | {extra} | ours ÷ dante | ours ÷ direct |",
-                  "|---|---|---|---|---|"]
-        for target in TARGETS:
-            name = target["name"]
-            if metric.startswith("mem_") and target["kind"] == "direct":
-                continue
-            value = medians.get(name, {}).get(metric)
-            to_dante = to_direct = ""
-            if name in OURS_NAMES:
-                to_dante = ratio(value, medians.get("dante", {}).get(metric))
-                to_direct = ratio(value, medians.get("direct", {}).get(metric))
-                if goal_dante:
-                    to_dante += f" (goal {goal_dante})"
-                if goal_direct:
-                    to_direct += f" (goal {goal_direct})"
-                if metric.startswith("mem_"):
-                    to_direct = ""
-            lines.append(f"| {target['label']} | {fmt(value, unit)} | "
-                         f"{extra_column(metric, medians, name)} | {to_dante} | {to_direct} |")
-        lines.append("")
+    lines = metric_tables(
+        METRICS, TARGETS, OURS_NAMES, ("dante", "direct"), medians, fmt,
+        (lambda metric: "held/asked" if metric.startswith("mem_") else "lost (median)",
+         lambda metric, name: extra_column(metric, medians, name)),
+        no_ratio=lambda metric, reference: metric.startswith("mem_") and reference == "direct")
     lines += [f"udp_load rate: {cfg['window']} datagrams in flight, {cfg['seconds']} s per run, "
               f"100 ms of silence counts those in flight lost; rr: {cfg['rr_count']} round trips; "
               f"median of {cfg['reps']} repetition(s); memory: {cfg['held']} associations held "

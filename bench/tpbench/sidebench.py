@@ -129,6 +129,37 @@ def ratio(a, b):
     return f"{value:.3f}×" if value < 0.1 else f"{value:.2f}×"
 
 
+def metric_tables(metrics, targets, ours, references, medians, fmt, extra, no_ratio=None):
+    """The markdown tables of a side bench, one per metric: a row per target (direct left out of
+    memory), its figure (FMT), what goes beside it (EXTRA: (header for a metric, cell for a
+    metric and a target)), and for OURS a ratio to each of REFERENCES with its goal. METRICS:
+    (title, metric, unit, "higher" or "lower", one goal per reference, "" for none).
+    NO_RATIO(metric, reference): leave that ratio out. Returns the lines."""
+    header, cell = extra
+    lines = []
+    for title, metric, unit, better, *goals in metrics:
+        lines += [f"#### {title} ({unit}; {better} is better)", "",
+                  f"| target | {unit} | {header(metric)} | "
+                  + " | ".join(f"ours ÷ {r}" for r in references) + " |",
+                  "|---|---|---|" + "---|" * len(references)]
+        for target in targets:
+            name = target["name"]
+            if metric.startswith("mem_") and target["kind"] == "direct":
+                continue
+            value = medians.get(name, {}).get(metric)
+            ratios = []
+            for reference, goal in zip(references, goals):
+                if name not in ours or (no_ratio and no_ratio(metric, reference)):
+                    ratios.append("")
+                    continue
+                ratios.append(ratio(value, medians.get(reference, {}).get(metric))
+                              + (f" (goal {goal})" if goal else ""))
+            lines.append(f"| {target['label']} | {fmt(value, unit)} | {cell(metric, name)} | "
+                         + " | ".join(ratios) + " |")
+        lines.append("")
+    return lines
+
+
 def write_results(kind, mode, facts, fields):
     """bench/results/<date>-<HHMM>-KIND[-quick].json: FACTS and FIELDS; returns its path."""
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
